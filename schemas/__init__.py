@@ -1,0 +1,1 @@
+"""Contracts: Avro schemas, their pydantic mirrors, framing, topic names, Kafka settings."""
