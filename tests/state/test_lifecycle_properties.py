@@ -1,0 +1,200 @@
+"""Property tests of the fold: any permutation, duplication or replay of a task's events folds to
+the same final state (``version`` excluded: it counts applied changes, so it depends on arrival
+order), and no single step ever regresses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas.enums import TERMINAL_STATUSES, ErrorCode, TaskStatus
+from state.lifecycle import ALLOWED, RANK, TERMINAL_PRECEDENCE, TaskState, fold, fold_all
+from tests.state.test_lifecycle import Err, Flat, at, ev, wrap
+
+P, Q, R = TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.PROCESSING
+C, F, X = TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED
+
+# Bounded so the whole file runs in a few seconds.
+BOUNDED = settings(
+    max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+def _error_for(status: TaskStatus, n: int) -> Err | None:
+    return Err(ErrorCode.PROVIDER_ERROR, f"failure {n}") if status is F else None
+
+
+@st.composite
+def realistic_history(draw: st.DrawFn) -> list[Flat]:
+    """A task's events as the system emits them: attempts 1..3, each optionally PENDING (first
+    attempt only), QUEUED, a few PROCESSING reports with growing progress (some without
+    progress), then a terminal. Earlier attempts end FAILED (a retry) or nothing (a lease
+    hand-back); the last may end in any terminal or none, sometimes with a racing second
+    terminal. Clocks tick 0-3 s per event, so equal timestamps occur."""
+    events: list[Flat] = []
+    clock = 0
+    attempts = draw(st.integers(1, 3))
+
+    def emit(status: TaskStatus, attempt: int, progress: float | None = None) -> None:
+        nonlocal clock
+        clock += draw(st.integers(0, 3))
+        n = len(events)
+        result = f"result-{n}" if status is C else None
+        events.append(ev(f"e{n:02d}", status, clock, attempt, progress,
+                         result=result, error=_error_for(status, n), message=f"m{n}"))
+
+    for attempt in range(1, attempts + 1):
+        before = len(events)
+        if attempt == 1 and draw(st.booleans()):
+            emit(P, attempt)
+        if draw(st.booleans()):
+            emit(Q, attempt)
+        reports = draw(st.lists(st.one_of(st.none(), st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0])),
+                                max_size=4))
+        floor = 0.0
+        for p in reports:
+            floor = floor if p is None else max(floor, p)
+            emit(R, attempt, None if p is None else floor)
+        if len(events) == before:
+            emit(Q, attempt)  # every attempt leaves at least one event
+        last = attempt == attempts
+        ends = [None, C, F, X] if last else [None, F]
+        end = draw(st.sampled_from(ends))
+        if end is not None:
+            emit(end, attempt)
+            if last and draw(st.integers(0, 3)) == 0:  # a racing second terminal
+                emit(draw(st.sampled_from([C, F, X])), attempt)
+    return events
+
+
+@st.composite
+def adversarial_history(draw: st.DrawFn) -> list[Flat]:
+    """Any events at all (distinct ids): every status in every attempt, clashing timestamps,
+    newer attempts after COMPLETED, progress reports out of order."""
+    size = draw(st.integers(1, 12))
+    events = []
+    for n in range(size):
+        status = draw(st.sampled_from(list(TaskStatus)))
+        progress = draw(st.one_of(st.none(), st.sampled_from([0.0, 0.25, 0.5, 1.0])))
+        events.append(ev(f"e{n:02d}", status, draw(st.integers(0, 6)), draw(st.integers(1, 3)),
+                         progress, result=f"r{n}" if status is C else None,
+                         error=_error_for(status, n), message=f"m{n}"))
+    return events
+
+
+histories = st.one_of(realistic_history(), adversarial_history())
+
+
+@st.composite
+def redelivery(draw: st.DrawFn, events: list[Flat]) -> list[Flat]:
+    """The same events shuffled, with some delivered more than once."""
+    extra = draw(st.lists(st.sampled_from(events), max_size=len(events)))
+    return draw(st.permutations(events + extra))
+
+
+def essence(state: TaskState | None) -> TaskState | None:
+    return None if state is None else dataclasses.replace(state, version=0)
+
+
+@BOUNDED
+@given(st.data(), histories)
+def test_any_permutation_and_duplication_folds_to_the_same_state(
+    data: st.DataObject, events: list[Flat]
+) -> None:
+    straight = fold_all(events)
+    shuffled = fold_all(data.draw(redelivery(events)))
+    assert essence(shuffled) == essence(straight)
+
+
+@BOUNDED
+@given(histories)
+def test_replay_changes_nothing_not_even_version(events: list[Flat]) -> None:
+    state = fold_all(events)
+    assert state is not None
+    assert fold_all(events, state) is state
+    assert fold_all(reversed(events), state) is state
+
+
+@BOUNDED
+@given(histories)
+def test_enveloped_shape_folds_like_flat_shape(events: list[Flat]) -> None:
+    assert fold_all(wrap(e) for e in events) == fold_all(events)
+
+
+def _reachable() -> set[tuple[TaskStatus, TaskStatus]]:
+    pairs = {(a, b) for a, targets in ALLOWED.items() for b in targets}
+    while True:
+        more = {(a, d) for (a, b), (c, d) in itertools.product(pairs, pairs) if b is c} - pairs
+        if not more:
+            return pairs
+        pairs |= more
+
+
+REACHABLE = _reachable()
+
+
+def assert_no_regression(before: TaskState, after: TaskState) -> None:
+    if after is before:
+        return
+    assert after.version == before.version + 1, "a change bumps version by exactly one"
+    assert after != dataclasses.replace(before, version=after.version), "no empty changes"
+    assert after.attempt >= before.attempt
+    assert after.created_at <= before.created_at
+    if after.attempt > before.attempt:
+        return  # a new attempt starts over
+    assert RANK[after.status] >= RANK[before.status]
+    assert after.progress >= before.progress
+    if before.queued_at is not None:
+        assert after.queued_at is not None and after.queued_at <= before.queued_at
+    if before.started_at is not None:
+        assert after.started_at is not None and after.started_at <= before.started_at
+    if after.status is not before.status:
+        # Within an attempt the fold only follows the table (maybe skipping steps), or settles a
+        # race between two terminals by precedence.
+        if before.status in TERMINAL_STATUSES:
+            assert TERMINAL_PRECEDENCE[after.status] > TERMINAL_PRECEDENCE[before.status]
+        else:
+            assert (before.status, after.status) in REACHABLE
+    elif before.status in TERMINAL_STATUSES and after.last_event_id != before.last_event_id:
+        assert after.completed_at is not None and before.completed_at is not None
+        assert after.completed_at <= before.completed_at, "first terminal report wins"
+
+
+@BOUNDED
+@given(st.data(), histories)
+def test_no_step_ever_regresses(data: st.DataObject, events: list[Flat]) -> None:
+    state: TaskState | None = None
+    for event in data.draw(redelivery(events)):
+        after = fold(state, event)
+        if state is None:
+            assert after.version == 1
+        else:
+            assert_no_regression(state, after)
+        state = after
+
+
+@BOUNDED
+@given(realistic_history())
+def test_realistic_outcome_is_the_last_attempts(events: list[Flat]) -> None:
+    state = fold_all(events)
+    assert state is not None
+    last = max(e.attempt for e in events)
+    assert state.attempt == last
+    ends = {e.status for e in events if e.attempt == last and e.status in TERMINAL_STATUSES}
+    if ends:
+        assert state.status is max(ends, key=TERMINAL_PRECEDENCE.__getitem__)
+        assert state.completed_at is not None
+        if state.status is C:
+            assert state.progress == 1.0 and state.result is not None
+        if state.status is F:
+            assert state.error_code is ErrorCode.PROVIDER_ERROR
+    else:
+        assert not state.is_terminal and state.completed_at is None
+    assert state.created_at == min(e.occurred_at for e in events)
+    started = [e.occurred_at for e in events if e.attempt == last and e.status is R]
+    assert state.started_at == (min(started) if started else None)
+    assert at(0) <= state.created_at
