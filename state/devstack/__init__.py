@@ -1,0 +1,39 @@
+"""The local stack with no Docker: Kafka (KRaft, JVM), PostgreSQL, an S3 endpoint (moto).
+
+Public names (imported lazily, so ``python -m state.devstack.kafka`` and friends run clean):
+
+- :class:`LocalStack` (stack.py): the three together; ``env()`` gives the endpoints.
+- :class:`KafkaBroker`, :func:`ensure_kafka_jars` (kafka.py)
+- :class:`PostgresCluster` (postgres.py)
+- :class:`S3Endpoint`, :func:`create_bucket` (s3.py)
+- :data:`dev` (cli.py): the ``computectl dev`` click group.
+- :class:`DevStackError` (procs.py)
+
+See docs/LOCAL_STACK.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "LocalStack": "state.devstack.stack",
+    "KafkaBroker": "state.devstack.kafka",
+    "ensure_kafka_jars": "state.devstack.kafka",
+    "KAFKA_VERSION": "state.devstack.kafka",
+    "PostgresCluster": "state.devstack.postgres",
+    "S3Endpoint": "state.devstack.s3",
+    "create_bucket": "state.devstack.s3",
+    "dev": "state.devstack.cli",
+    "DevStackError": "state.devstack.procs",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

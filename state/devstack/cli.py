@@ -1,0 +1,269 @@
+"""``computectl dev``: start, inspect and stop the local stack (Kafka, PostgreSQL, S3).
+
+    eval "$(computectl dev up)"     # start detached, export the endpoints
+    computectl dev status
+    computectl dev down             # stop all of it; no process is left behind
+    computectl dev run -- pytest    # start, run one command with the endpoints, stop
+
+``up`` starts every process in a session of its own so that it outlives the CLI and records
+pids, ports and temp dirs in ``<repo>/.cache/devstack/state.json`` (``--state-dir`` or
+``COMPUTE_DEVSTACK_STATE_DIR`` move it); ``down`` and ``status`` read that file.
+Also runnable as ``python -m state.devstack.cli``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from state.devstack.kafka import default_repo_root
+from state.devstack.procs import DevStackError, pid_alive, process_group_members
+from state.devstack.stack import LocalStack
+
+STATE_FILE = "state.json"
+
+
+def _default_state_dir() -> Path:
+    return default_repo_root() / ".cache" / "devstack"
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt for the duration, so the cleanup paths run."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: let the cleanup finish
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _state_path(state_dir: Path) -> Path:
+    return state_dir / STATE_FILE
+
+
+def _read_state(state_dir: Path) -> dict[str, Any] | None:
+    path = _state_path(state_dir)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise click.ClickException(f"{path} is not valid JSON ({exc}); remove it after checking no stack runs")
+
+
+def _write_state(state_dir: Path, state: dict[str, Any]) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = _state_path(state_dir).with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    tmp.replace(_state_path(state_dir))
+
+
+def _recorded_pids(state: dict[str, Any]) -> dict[str, tuple[int, int | None]]:
+    return {
+        name: (c["pid"], c.get("start_ticks"))
+        for name, c in state.get("components", {}).items()
+        if c.get("pid")
+    }
+
+
+def _alive(state: dict[str, Any]) -> dict[str, bool]:
+    return {name: pid_alive(pid, ticks) for name, (pid, ticks) in _recorded_pids(state).items()}
+
+
+def _print_env(env: dict[str, str], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(env, indent=2, sort_keys=True))
+    else:
+        for key, value in env.items():
+            click.echo(f"export {key}={shlex.quote(value)}")
+
+
+def _stop_from_state(state: dict[str, Any]) -> list[str]:
+    """Stop what ``state`` records; returns a problem per process still found afterwards."""
+    stack = LocalStack.from_state(state)
+    problems: list[str] = []
+    try:
+        stack.stop()
+    except DevStackError as exc:
+        problems.append(str(exc))
+    for name, (pid, ticks) in _recorded_pids(state).items():
+        if pid_alive(pid, ticks) or process_group_members(pid):
+            problems.append(f"{name} (pid {pid}) is still running")
+    return problems
+
+
+state_dir_option = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    envvar="COMPUTE_DEVSTACK_STATE_DIR",
+    show_envvar=True,
+    help="Where the state file of a detached stack lives [default: <repo>/.cache/devstack].",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of shell lines.")
+component_options = [
+    click.option("--kafka/--no-kafka", default=True, show_default=True, help="Start the Kafka broker."),
+    click.option("--postgres/--no-postgres", default=True, show_default=True, help="Start PostgreSQL."),
+    click.option("--s3/--no-s3", default=True, show_default=True, help="Start the S3 endpoint (moto)."),
+    click.option("--timeout", type=float, default=120.0, show_default=True,
+                 help="Seconds each component may take to answer."),
+]
+
+
+def with_component_options(fn: Any) -> Any:
+    for option in reversed(component_options):
+        fn = option(fn)
+    return fn
+
+
+@click.group(name="dev")
+def dev() -> None:
+    """Run the local stack with no Docker: a Kafka broker (KRaft, JVM), a throw-away
+    PostgreSQL cluster, an S3 endpoint (moto) and a file:// results folder."""
+
+
+@dev.command()
+@with_component_options
+@state_dir_option
+@json_option
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for RESULTS_URL (kept by `down`) [default: a temp folder `down` removes].")
+def up(kafka: bool, postgres: bool, s3: bool, timeout: float, state_dir: Path | None, as_json: bool,
+       results_dir: Path | None) -> None:
+    """Start the stack detached and print its endpoints as `export KEY=VALUE` lines.
+
+    The processes outlive this command; stop them with `computectl dev down`.
+    Use it as: eval "$(computectl dev up)".
+    """
+    state_dir = state_dir or _default_state_dir()
+    previous = _read_state(state_dir)
+    if previous is not None:
+        if any(_alive(previous).values()):
+            raise click.ClickException(
+                f"a local stack is already up (see {_state_path(state_dir)}); run `computectl dev down` first"
+            )
+        _stop_from_state(previous)  # stale: clean its temp dirs
+        _state_path(state_dir).unlink(missing_ok=True)
+    stack = LocalStack(kafka=kafka, postgres=postgres, s3=s3, detached=True, results_dir=results_dir)
+    try:
+        with sigterm_as_interrupt():
+            stack.start(timeout=timeout, on_launched=lambda s: _write_state(state_dir, s.to_state()))
+            _write_state(state_dir, stack.to_state())
+    except (DevStackError, KeyboardInterrupt) as exc:
+        _state_path(state_dir).unlink(missing_ok=True)
+        raise click.ClickException(str(exc) or "interrupted") from exc
+    _print_env(stack.env(), as_json)
+
+
+@dev.command()
+@state_dir_option
+def down(state_dir: Path | None) -> None:
+    """Stop every process `dev up` started, wait until each is gone, remove the temp dirs."""
+    state_dir = state_dir or _default_state_dir()
+    state = _read_state(state_dir)
+    if state is None:
+        click.echo("no local stack is up", err=True)
+        return
+    with sigterm_as_interrupt():
+        problems = _stop_from_state(state)
+    if problems:
+        raise click.ClickException("; ".join(problems))
+    _state_path(state_dir).unlink(missing_ok=True)
+    stopped = ", ".join(f"{name} (pid {pid})" for name, (pid, _) in _recorded_pids(state).items())
+    click.echo(f"stopped {stopped or 'nothing'}", err=True)
+
+
+@dev.command()
+@state_dir_option
+@json_option
+def status(state_dir: Path | None, as_json: bool) -> None:
+    """Say whether each component of the detached stack is alive and answering.
+
+    Exits 0 when all are, 1 otherwise (also when no stack is up).
+    """
+    state_dir = state_dir or _default_state_dir()
+    state = _read_state(state_dir)
+    if state is None:
+        if as_json:
+            click.echo(json.dumps({"up": False, "components": {}}))
+        else:
+            click.echo("no local stack is up")
+        sys.exit(1)
+    report = LocalStack.from_state(state).status()
+    ok = bool(report) and all(r["alive"] and r["answering"] for r in report.values())
+    if as_json:
+        click.echo(json.dumps({"up": ok, "components": report, "env": state.get("env", {})}, indent=2))
+    else:
+        for name, r in report.items():
+            what = "answering" if r["answering"] else ("alive, not answering" if r["alive"] else "DEAD")
+            click.echo(f"{name:9} pid {r['pid']:<8} {what}")
+    sys.exit(0 if ok else 1)
+
+
+@dev.command()
+@state_dir_option
+@json_option
+def env(state_dir: Path | None, as_json: bool) -> None:
+    """Print the endpoints of the stack that is up, as `dev up` did."""
+    state = _read_state(state_dir or _default_state_dir())
+    if state is None:
+        raise click.ClickException("no local stack is up; run `computectl dev up`")
+    _print_env(state.get("env", {}), as_json)
+
+
+@dev.command(context_settings={"ignore_unknown_options": True})
+@with_component_options
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(kafka: bool, postgres: bool, s3: bool, timeout: float, command: tuple[str, ...]) -> None:
+    """Start the stack, run COMMAND with its endpoints in the environment, stop the stack.
+
+    Exits with COMMAND's exit status. Example: computectl dev run -- pytest -q
+    """
+    stack = LocalStack(kafka=kafka, postgres=postgres, s3=s3)
+    code = 1
+    with sigterm_as_interrupt():
+        try:
+            try:
+                stack.start(timeout=timeout)
+            except DevStackError as exc:
+                raise click.ClickException(str(exc)) from exc
+            child = subprocess.Popen(list(command), env={**os.environ, **stack.env()})
+            try:
+                code = child.wait()
+            except KeyboardInterrupt:
+                child.terminate()
+                try:
+                    child.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+                code = 130
+        except KeyboardInterrupt:
+            code = 130
+        finally:
+            stack.stop()
+    sys.exit(code)
+
+
+def main() -> None:
+    dev(prog_name="computectl dev")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The local stack: Kafka + PostgreSQL + an S3 endpoint + a ``file://`` results folder.
+
+    with LocalStack() as stack:
+        subprocess.run(cmd, env={**os.environ, **stack.env()})
+
+Components start in parallel (threads; each is an external process) and any of them can be
+left out. If one fails to start, the others are stopped and the error names the one that
+failed. ``detached=True`` (``computectl dev up``) makes the processes outlive the caller;
+``to_state()``/``from_state()`` let a later process (``dev down``) stop them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from state.devstack.kafka import KafkaBroker
+from state.devstack.postgres import PostgresCluster
+from state.devstack.procs import DevStackError
+from state.devstack.s3 import S3Endpoint, s3_credentials_env
+
+Component = KafkaBroker | PostgresCluster | S3Endpoint
+
+
+class LocalStack:
+    def __init__(
+        self,
+        *,
+        kafka: bool = True,
+        postgres: bool = True,
+        s3: bool = True,
+        repo_root: Path | str | None = None,
+        detached: bool = False,
+        results_dir: Path | str | None = None,
+        base_dir: Path | str | None = None,
+    ) -> None:
+        self.detached = detached
+        self.kafka = KafkaBroker(repo_root=repo_root, detached=detached, base_dir=base_dir) if kafka else None
+        self.postgres = PostgresCluster(detached=detached, base_dir=base_dir) if postgres else None
+        self.s3 = S3Endpoint(detached=detached, base_dir=base_dir) if s3 else None
+        self.base_dir = Path(base_dir) if base_dir is not None else None
+        self._given_results_dir = Path(results_dir) if results_dir is not None else None
+        self.results_dir: Path | None = self._given_results_dir
+        self._own_results_dir = False
+        self.start_seconds: float | None = None
+
+    def components(self) -> dict[str, Component]:
+        named: dict[str, Component | None] = {"kafka": self.kafka, "postgres": self.postgres, "s3": self.s3}
+        return {name: c for name, c in named.items() if c is not None}
+
+    def start(
+        self,
+        timeout: float = 120.0,
+        *,
+        on_launched: Callable[[LocalStack], None] | None = None,
+    ) -> LocalStack:
+        """Start every component; return once all answer.
+
+        ``on_launched`` runs once every server process exists, before the readiness waits
+        (``dev up`` records the pids there, so even an interrupted start can be stopped).
+        """
+        t0 = time.monotonic()
+        if self.results_dir is None:
+            self.results_dir = Path(tempfile.mkdtemp(prefix="devstack-results-", dir=self.base_dir))
+            self._own_results_dir = True
+        else:
+            self.results_dir.mkdir(parents=True, exist_ok=True)
+        components = self.components()
+        try:
+            # Formatting, initdb (slow, external) in parallel; the servers are launched from
+            # this thread, which outlives them (the parent-death signal is tied to the thread
+            # that spawned a child); the readiness polls run in parallel again.
+            self._in_parallel(components, lambda c: c.prepare(timeout), "prepare")
+            for c in components.values():
+                c.launch()
+            if on_launched is not None:
+                on_launched(self)
+            self._in_parallel(components, lambda c: c.wait_ready(timeout), "wait")
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.monotonic() - t0
+        return self
+
+    @staticmethod
+    def _in_parallel(components: dict[str, Component], fn: Any, what: str) -> None:
+        errors: list[str] = []
+        pool = ThreadPoolExecutor(max_workers=max(1, len(components)), thread_name_prefix=f"devstack-{what}")
+        try:
+            futures = {name: pool.submit(fn, c) for name, c in components.items()}
+            for name, future in futures.items():
+                exc = future.exception()
+                if exc is not None:
+                    errors.append(f"{name}: {exc}")
+        except BaseException:  # Ctrl-C / SIGTERM while waiting: make the pollers give up now
+            for c in components.values():
+                c.cancel()
+            raise
+        finally:
+            pool.shutdown(wait=True)
+        if errors:
+            raise DevStackError("the local stack did not start:\n" + "\n".join(errors))
+
+    def stop(self) -> None:
+        """Stop every component that runs (in parallel), then remove the temp dirs.
+
+        Every component is attempted even if one fails; the first error is raised at the end.
+        """
+        components = self.components()
+        errors: list[str] = []
+        if components:
+            with ThreadPoolExecutor(max_workers=len(components), thread_name_prefix="devstack-stop") as pool:
+                futures = {name: pool.submit(c.stop) for name, c in components.items()}
+                for name, future in futures.items():
+                    exc = future.exception()
+                    if exc is not None:
+                        errors.append(f"{name}: {exc}")
+        if self._own_results_dir and self.results_dir is not None:
+            shutil.rmtree(self.results_dir, ignore_errors=True)
+            self.results_dir = None
+            self._own_results_dir = False
+        if errors:
+            raise DevStackError("the local stack did not stop cleanly:\n" + "\n".join(errors))
+
+    def env(self) -> dict[str, str]:
+        """The endpoints as environment variables for our processes and tests."""
+        env: dict[str, str] = {}
+        if self.kafka is not None:
+            env["KAFKA_BOOTSTRAP_SERVERS"] = self.kafka.bootstrap_servers
+        if self.postgres is not None:
+            env["DATABASE_URL"] = self.postgres.url
+        if self.s3 is not None:
+            env["S3_ENDPOINT_URL"] = self.s3.endpoint_url
+        env.update(s3_credentials_env())
+        if self.results_dir is not None:
+            env["RESULTS_URL"] = self.results_dir.resolve().as_uri()
+        return env
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per component: its pid, whether the process is alive and whether it answers."""
+        report: dict[str, dict[str, Any]] = {}
+        for name, c in self.components().items():
+            alive = c.is_alive()
+            report[name] = {"pid": c.pid, "alive": alive, "answering": bool(alive and c.ping())}
+        return report
+
+    def pids(self) -> list[int]:
+        return [c.pid for c in self.components().values() if c.pid is not None]
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ state (dev up/down)
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "components": {name: c.to_state() for name, c in self.components().items()},
+            "results_dir": str(self.results_dir) if self.results_dir else None,
+            "own_results_dir": self._own_results_dir,
+            "env": self.env(),
+            "start_seconds": self.start_seconds,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> LocalStack:
+        comps = state.get("components", {})
+        stack = cls(kafka=False, postgres=False, s3=False, detached=True)
+        if "kafka" in comps:
+            stack.kafka = KafkaBroker.from_state(comps["kafka"])
+        if "postgres" in comps:
+            stack.postgres = PostgresCluster.from_state(comps["postgres"])
+        if "s3" in comps:
+            stack.s3 = S3Endpoint.from_state(comps["s3"])
+        if state.get("results_dir"):
+            stack.results_dir = Path(state["results_dir"])
+            stack._own_results_dir = bool(state.get("own_results_dir"))
+        stack.start_seconds = state.get("start_seconds")
+        return stack
