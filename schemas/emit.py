@@ -1,0 +1,59 @@
+"""Produce one event the way every writer does: CloudEvents headers + framed Avro, keyed by task id.
+
+Shared by the producers, the workers and the processors so that every record on every topic has
+the same headers (``schemas/headers.py``) and framing (``schemas/codec.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Producer
+
+from schemas.codec import EventCodec
+from schemas.events import AvroRecord
+from schemas.headers import Headers, cloudevent_headers, new_traceparent
+
+DeliveryCallback = Callable[[Any, Any], None]  # (KafkaError | None, Message)
+
+# How long to serve delivery reports before trying again when librdkafka's local queue is full.
+_QUEUE_FULL_WAIT_S = 0.05
+
+
+def event_headers(event: AvroRecord, codec: EventCodec, traceparent: str) -> Headers:
+    """The CloudEvents binary-mode headers of an event that has an ``envelope``."""
+    env = event.envelope  # type: ignore[attr-defined]
+    return cloudevent_headers(
+        event_id=env.event_id,
+        source=env.source,
+        avro_name=event.avro_name,
+        subject=env.task_id,
+        occurred_at=env.occurred_at,
+        framing=codec.framing.value,
+        traceparent=traceparent,
+    )
+
+
+def produce_event(
+    producer: Producer,
+    topic: str,
+    event: AvroRecord,
+    *,
+    codec: EventCodec,
+    traceparent: str | None = None,
+    on_delivery: DeliveryCallback | None = None,
+) -> str:
+    """Encode ``event`` and produce it to ``topic`` keyed by its task id; return the traceparent
+    used (a new trace unless one is given). Delivery is asynchronous: flush or poll the producer.
+    Blocks (serving delivery reports) while the local queue is full, instead of failing."""
+    traceparent = traceparent or new_traceparent()
+    headers = event_headers(event, codec, traceparent)
+    value = codec.encode(event)
+    key = event.envelope.task_id  # type: ignore[attr-defined]
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+            return traceparent
+        except BufferError:
+            producer.poll(_QUEUE_FULL_WAIT_S)

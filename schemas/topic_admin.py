@@ -1,0 +1,83 @@
+"""Create every topic the system uses, idempotently (``computectl topics create``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from schemas.errors import ComputeError
+from schemas.kafka_settings import KafkaSettings
+
+_TIMEOUT_S = 30.0
+_LEADER_POLL_S = 0.05  # polling interval while waiting for new topics' leaders
+# The state and schema-store topics keep only the latest record per key.
+_COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
+
+
+class TopicSetupError(ComputeError):
+    """A topic could not be created or has fewer partitions than configured. Check the broker's
+    ACLs for CreateTopics, or raise the topic's partitions with kafka-topics.sh."""
+
+
+@dataclass(frozen=True)
+class TopicReport:
+    created: list[str]
+    existing: list[str]
+
+
+def ensure_topics(settings: KafkaSettings, admin: AdminClient | None = None) -> TopicReport:
+    admin = admin or AdminClient(settings.client_config())
+    topics = settings.topics
+    wanted = topics.all()
+    present = set(admin.list_topics(timeout=_TIMEOUT_S).topics)
+    missing = [t for t in wanted if t not in present]
+    created: list[str] = []
+    if missing:
+        compacted = topics.compacted()
+        new = [
+            NewTopic(
+                t,
+                num_partitions=settings.partitions,
+                replication_factor=settings.replication_factor,
+                config=dict(_COMPACTED) if t in compacted else {},
+            )
+            for t in missing
+        ]
+        for name, future in admin.create_topics(new, operation_timeout=_TIMEOUT_S).items():
+            try:
+                future.result()
+                created.append(name)
+            except KafkaException as exc:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent creator won
+                    raise TopicSetupError(f"cannot create topic {name}: {exc}") from exc
+    _wait_until_led(admin, settings, wanted)
+    return TopicReport(created=created, existing=[t for t in wanted if t not in created])
+
+
+def _wait_until_led(admin: AdminClient, settings: KafkaSettings, names: list[str]) -> None:
+    """Return once every partition of every topic has a leader in the broker's metadata.
+
+    CreateTopics returns before a new topic's leaders are in the metadata a client sees; a
+    consumer or a watermark query in that window gets NOT_LEADER_FOR_PARTITION.
+    """
+    deadline = time.monotonic() + _TIMEOUT_S
+    while True:
+        meta = admin.list_topics(timeout=_TIMEOUT_S).topics
+        short = [n for n in names if n in meta and len(meta[n].partitions) < settings.partitions]
+        if short:
+            raise TopicSetupError(
+                f"topics with fewer than {settings.partitions} partitions: {', '.join(short)}"
+            )
+        waiting = [
+            n for n in names
+            if n not in meta or meta[n].error is not None
+            or any(p.leader < 0 or p.error is not None for p in meta[n].partitions.values())
+        ]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise TopicSetupError(f"no leader within {_TIMEOUT_S}s for: {', '.join(waiting[:5])}")
+        time.sleep(_LEADER_POLL_S)
