@@ -1,0 +1,172 @@
+"""``computectl``: the command line of the Compute Server.
+
+This module is the composition root of the CLI: each command group lives with the package it
+drives and is imported lazily, so ``computectl submit`` does not pay for torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from schemas.errors import ComputeError
+
+
+def _settings():  # read once per command, passed down
+    from schemas.kafka_settings import KafkaSettings
+
+    return KafkaSettings()
+
+
+def _codec(settings):
+    from schemas.codec import EventCodec
+    from schemas.schema_store import SchemaStoreReader
+
+    registry = None
+    if settings.schema_registry_url:
+        from schemas.registry import HttpSchemaRegistry
+
+        registry = HttpSchemaRegistry(settings.schema_registry_url)
+    return EventCodec(registry=registry, lookup_fingerprint=SchemaStoreReader(settings))
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise click.BadParameter(f"{text!r} is not key=value", param_hint="--param")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)  # numbers, booleans, lists and objects as JSON
+    except json.JSONDecodeError:
+        value = raw  # anything else is a string
+    return key.strip(), value
+
+
+class _ComputeGroup(click.Group):
+    """Turns our typed errors into one clear line and exit code 2, instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ComputeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_ComputeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Compute Server on Kafka: submit AI tasks, run workers and processors, inspect topics.
+
+    Endpoints come from the environment (KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL,
+    S3_ENDPOINT_URL...); `computectl dev up` starts a local stack and prints them.
+    """
+
+
+@cli.group()
+def topics() -> None:
+    """Manage the Kafka topics."""
+
+
+@topics.command("create")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def topics_create(as_json: bool) -> None:
+    """Create every topic with the configured partitions (idempotent)."""
+    from schemas.topic_admin import ensure_topics
+
+    report = ensure_topics(_settings())
+    if as_json:
+        click.echo(json.dumps({"created": report.created, "existing": report.existing}))
+    else:
+        click.echo(f"created {len(report.created)} topic(s), {len(report.existing)} already there")
+
+
+@cli.command()
+@click.argument("task_type")
+@click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE",
+              help="A task parameter; VALUE is parsed as JSON when it can be. Repeatable.")
+@click.option("--json", "json_file", type=click.File("r"), metavar="FILE",
+              help="Read the parameters from a JSON object in FILE ('-' for stdin).")
+@click.option("--idempotency-key", help="Same key, same task id: a repeat is never a second task.")
+@click.option("--tenant", help="origin_tenant_id of the task.")
+@click.option("--webhook-url", help="POST status changes of this task to this URL.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def submit(task_type: str, params: tuple[str, ...], json_file: Any, idempotency_key: str | None,
+           tenant: str | None, webhook_url: str | None, output: str) -> None:
+    """Submit a task of TASK_TYPE (generation, editing, refine, video_generation, ...) and print
+    its id once the broker has acknowledged it.
+
+    Example: computectl submit generation -p prompt="a red dress" -p width=768 -p seed=42
+    """
+    from producers.submit import Origin, TaskProducer
+
+    values: dict[str, Any] = json.load(json_file) if json_file else {}
+    if not isinstance(values, dict):
+        raise click.BadParameter("the JSON must be an object", param_hint="--json")
+    values.update(_parse_param(p) for p in params)
+    values.pop("task_type", None)  # the seed examples carry it; the argument is authoritative
+    settings = _settings()
+    with TaskProducer(settings, codec=_codec(settings), origin=Origin(tenant_id=tenant)) as producer:
+        task_id = producer.submit(task_type, values, idempotency_key=idempotency_key,
+                                  webhook_url=webhook_url)
+    if output == "json":
+        click.echo(json.dumps({"task_id": task_id, "task_type": task_type.upper()}))
+    else:
+        click.echo(task_id)
+
+
+@cli.command()
+@click.argument("topic")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest record, not the newest.")
+@click.option("--max", "max_records", type=int, help="Stop after N records.")
+@click.option("--idle-timeout", type=float, help="Stop after this many seconds without a record.")
+def tail(topic: str, from_beginning: bool, max_records: int | None, idle_timeout: float | None) -> None:
+    """Decode and print the records of TOPIC as JSON lines.
+
+    TOPIC is a full name or an alias: status, control, state, evaluations, schemas, a task type
+    (generation, video_generation, ...), any of them with a .dlq suffix.
+    """
+    from producers.tail import resolve_topic, tail as tail_records
+
+    settings = _settings()
+    name = resolve_topic(settings, topic)
+    for record in tail_records(settings, name, codec=_codec(settings), from_beginning=from_beginning,
+                               max_records=max_records, idle_timeout_s=idle_timeout):
+        click.echo(json.dumps(record, default=str))
+
+
+@cli.group()
+def schemas() -> None:
+    """The Avro contracts, for producers in other languages."""
+
+
+@schemas.command("export")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+def schemas_export(out_dir: Path) -> None:
+    """Write every event schema, self-contained, with its fingerprint, into OUT_DIR."""
+    from schemas import avro_files
+    from schemas.events import all_event_models
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for model in all_event_models():
+        schema = avro_files.schema_json(model.avro_name)
+        fp = avro_files.fingerprint(avro_files.parsed_schema(model.avro_name))
+        (out_dir / f"{model.avro_name}.avsc").write_text(json.dumps(schema, indent=2) + "\n")
+        click.echo(f"{fp.hex()}  {model.avro_name}")
+
+
+def _add_command_groups() -> None:
+    """Command groups that live with the package they drive."""
+    from state.devstack.cli import dev
+
+    cli.add_command(dev)
+    from producers.demo import demo
+
+    cli.add_command(demo)
+
+
+def main() -> None:
+    _add_command_groups()
+    cli()
