@@ -1,0 +1,46 @@
+# The two front doors: `make demo` and `make test`. Both build everything they need on a fresh
+# machine: the virtualenv, the Python packages, and the Kafka jars (from Maven Central).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+# Re-install only when the dependency list changes.
+INSTALLED := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+JARS := .cache/kafka-jars/.resolved.json
+PYTEST_ARGS ?=
+
+.PHONY: help install jars demo test bench clean
+
+help:
+	@echo "make demo   - set up, start the local stack, run the main flow, stop cleanly"
+	@echo "make test   - set up, then run the whole test suite"
+	@echo "make bench  - set up, then run the benchmarks in bench/"
+	@echo "make clean  - remove the virtualenv and caches"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+
+$(INSTALLED): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(INSTALLED)
+
+$(JARS): state/devstack/pom.xml | $(INSTALLED)
+	$(PY) -m state.devstack.kafka --resolve-jars
+
+jars: $(JARS)
+
+demo: install jars
+	$(VENV)/bin/computectl demo
+
+test: install jars
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install jars
+	$(PY) bench/bench_submit.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .hypothesis
