@@ -8,7 +8,11 @@ Providers of this type live here, one class each:
   with soft edges and used as the alpha channel. If the input already had an alpha channel the
   two are multiplied, so nothing transparent becomes opaque. GrabCut's k-means is seeded, so the
   same image gives the same mask.
-* the segmentation-model provider (``transformers``) is to be added below, in the same module.
+* ``transformers`` (:class:`TransformersBackgroundRemove`): the registry's semantic segmentation
+  model (DeepLabV3-MobileViT in production, a tiny DPT offline). Its logits are resized
+  bilinearly to the image and the alpha is ``1 - P(background labels)`` (the labels named in the
+  spec's ``background_label_ids``, else the one called "background"): a soft matte, not a hard
+  cut. An input alpha channel is multiplied in, as above. Deterministic (no sampling).
 
 ``output_format``: ``png`` (default, as the seed says "outputs transparent PNG") or ``webp``
 (lossless, colour kept under transparent pixels).
@@ -29,6 +33,9 @@ from gpu_consumers.handlers.classical import (
     load_picture,
     to_uint8,
 )
+from gpu_consumers.handlers.model_common import ModelProgress, foreground_alpha, provider_options
+from gpu_consumers.model_cache import ModelCache
+from gpu_consumers.models import Role
 from schemas.enums import TaskType
 from schemas.task_params import BackgroundRemoveParams
 
@@ -72,4 +79,37 @@ class ClassicalBackgroundRemove:
 
 
 # --------------------------------------------------------------------------- model providers
-# The segmentation-model provider (provider_type "transformers") goes here.
+
+
+class TransformersBackgroundRemove:
+    task_type: ClassVar[TaskType] = TaskType.BACKGROUND_REMOVE
+    providers: ClassVar[tuple[str, ...]] = ("transformers",)
+
+    def run(self, params: BackgroundRemoveParams, ctx: TaskContext) -> HandlerResult:
+        # 1. check inputs
+        provider_options(params.provider_config, {})  # no settings: any key is a mistake
+        picture = load_picture(ctx, params.image_url, "image_url")
+        fmt = params.output_format or "png"
+        ctx.cancel.raise_if_cancelled()
+
+        # 2. load from the warm cache
+        cache = ModelCache.for_context(ctx)
+        segmenter = cache.segmentation()
+
+        # 3. run: the model's foreground probability is the alpha
+        progress = ModelProgress(ctx, 1)
+        alpha = foreground_alpha(segmenter, picture.rgb, ctx.device)
+        if picture.alpha is not None:
+            alpha = alpha * (picture.alpha.astype(np.float32) / 255.0)
+        progress.advance()
+
+        # 4. encode
+        output = encode_image(picture.rgb, to_uint8(alpha, 255.0), fmt=fmt)
+        progress.finish()
+
+        # 5. return
+        return HandlerResult(
+            outputs=[output], model=cache.model_id(Role.SEGMENTATION), provider="transformers",
+            seed=None, width=picture.width, height=picture.height,
+            extra={"foreground_fraction": round(float(alpha.mean()), 4), "output_format": fmt},
+        )

@@ -3,8 +3,8 @@
 Providers of this type live here, one class each:
 
 * ``classical`` (:class:`ClassicalDetailEnhancer`, weight-free), described below;
-* the diffusion provider (``diffusers``, low-strength img2img guided by ``prompt``) is to be
-  added below, in the same module.
+* ``diffusers`` (:class:`DiffusersDetailEnhancer`): low-strength img2img guided by ``prompt``
+  (described at the end).
 
 Classical method, with ``s = strength`` (default 0.5, the middle of the seed's 0..1; 0 returns
 the input pixels exactly), on float32 RGB in 0..255:
@@ -20,6 +20,15 @@ and each channel's change is then capped at 16 levels (about 6%), so the result 
 the input: ``out = x + clip(0.5 * (enhanced - x), -16, 16)``.
 
 ``prompt`` has no meaning without a model; it is recorded in ``extra``.
+
+Diffusion provider (``diffusers``): one img2img pass over the whole image (the base model derived
+with ``from_pipe``, at the image size snapped to multiples of 8 and resized back) with strength
+``0.5 * s``: detail enhancement should re-draw texture, not content, and img2img changes
+composition above about 0.5, so the task's full range maps onto 0..0.5. ``prompt`` None means a
+generic detail prompt. ``preserve_original`` blends the result back as above (half the change,
+at most 16 levels per channel). s = 0 (or too small for one denoising step) returns the input
+pixels. An alpha channel is kept. ``provider_config``: ``num_inference_steps``,
+``guidance_scale``, ``negative_prompt``, ``seed`` (None: random, recorded).
 """
 
 from __future__ import annotations
@@ -31,8 +40,20 @@ import numpy as np
 
 from gpu_consumers.handler import HandlerResult, TaskContext
 from gpu_consumers.handlers.classical import StepCounter, encode_image, load_picture, to_uint8, unsharp
+from gpu_consumers.handlers.model_common import (
+    DIFFUSION_OPTIONS,
+    ModelProgress,
+    denoise_steps,
+    int_in,
+    provider_options,
+    resolve_seed,
+    run_img2img,
+    torch_generator,
+)
+from gpu_consumers.model_cache import ModelCache
+from gpu_consumers.models import Role
 from schemas.enums import TaskType
-from schemas.task_params import DetailEnhancerParams
+from schemas.task_params import SEED_MAX, SEED_MIN, DetailEnhancerParams
 
 MODEL_NAME = "opencv-clahe-unsharp"
 # The middle of the seed's 0..1 range when the task gives no strength.
@@ -107,4 +128,58 @@ class ClassicalDetailEnhancer:
 
 
 # --------------------------------------------------------------------------- model providers
-# The diffusion provider (provider_type "diffusers") goes here.
+
+# The task's strength 0..1 maps onto img2img strength 0..0.5 (see the doc).
+IMG2IMG_STRENGTH_SCALE = 0.5
+DEFAULT_DETAIL_PROMPT = "highly detailed, sharp focus, fine texture"
+OPTIONS = {**DIFFUSION_OPTIONS, "seed": int_in(SEED_MIN, SEED_MAX)}
+
+
+class DiffusersDetailEnhancer:
+    task_type: ClassVar[TaskType] = TaskType.DETAIL_ENHANCER
+    providers: ClassVar[tuple[str, ...]] = ("diffusers",)
+
+    def run(self, params: DetailEnhancerParams, ctx: TaskContext) -> HandlerResult:
+        # 1. check inputs
+        options = provider_options(params.provider_config, OPTIONS)
+        picture = load_picture(ctx, params.base_image_url, "base_image_url")
+        ctx.cancel.raise_if_cancelled()
+
+        # 2. load from the warm cache
+        cache = ModelCache.for_context(ctx)
+        pipe = cache.img2img()
+        call_kwargs = cache.prepare(pipe, low_memory=ctx.low_memory)
+
+        # 3. prepare
+        strength = IMG2IMG_STRENGTH_SCALE * (DEFAULT_STRENGTH if params.strength is None
+                                             else params.strength)
+        keep_close = bool(params.preserve_original)
+        seed = resolve_seed(options.pop("seed", None))
+        steps = denoise_steps(options.pop("num_inference_steps", None)
+                              or cache.default_steps(Role.TEXT_TO_IMAGE), strength)
+        progress = ModelProgress(ctx, 1)
+
+        # 4. run
+        rgb = picture.rgb
+        if steps is None:
+            progress.advance()
+        else:
+            with progress.phase() as on_step_end:
+                rgb = run_img2img(pipe, rgb, prompt=params.prompt or DEFAULT_DETAIL_PROMPT,
+                                  strength=strength, steps=steps,
+                                  generator=torch_generator(ctx.device, seed),
+                                  on_step_end=on_step_end, call_kwargs={**options, **call_kwargs})
+            if keep_close:
+                rgb = to_uint8(preserve(picture.rgb.astype(np.float32), rgb.astype(np.float32)))
+
+        # 5. encode
+        output = encode_image(rgb, picture.alpha)
+        progress.finish()
+
+        # 6. return
+        return HandlerResult(
+            outputs=[output], model=cache.model_id(Role.TEXT_TO_IMAGE), provider="diffusers",
+            seed=seed, width=picture.width, height=picture.height,
+            extra={"img2img_strength": strength, "num_inference_steps": steps,
+                   "preserve_original": keep_close, "prompt": params.prompt, **options},
+        )

@@ -3,8 +3,8 @@
 Providers of this type live here, one class each:
 
 * ``classical`` (:class:`ClassicalRefine`, weight-free), described below;
-* the diffusion provider (``diffusers``: img2img upscale with ``upscale_prompt``, face detail
-  inpainting with ``face_detail_prompt``) is to be added below, in the same module.
+* ``diffusers`` (:class:`DiffusersRefine`): the same sizing, then diffusion passes (see the
+  section "Diffusion provider" below).
 
 Output size (checked against the REFINE limits of ``schemas.task_params``; exceeding them is
 INVALID_INPUT):
@@ -32,6 +32,24 @@ Classical pipeline, in order:
 
 ``upscale_prompt`` / ``face_detail_prompt`` have no meaning without a model; they are recorded
 in ``extra``.
+
+Diffusion provider (``diffusers``), in order:
+
+1. Lanczos resize to the output size above (alpha resized with it and kept);
+2. upscale pass (upscaling on, ``upscale_denoise`` > 0; None means 0.3, the seed's example):
+   img2img over the whole resized image with strength ``upscale_denoise``,
+   ``upscale_steps`` steps (None: the model's default) and ``upscale_prompt`` (None: a generic
+   quality prompt), at the nearest multiples of 8 and resized back; it re-draws the detail that
+   interpolation cannot invent. The whole frame is one pass: very large targets need a GPU with
+   the memory for them (``low_memory`` tiles the VAE);
+3. faces (``face_detail_enabled``): found on the resized image (before step 2; a low-denoise pass
+   does not move them), each box grown by 15% is run through img2img at the model's native
+   resolution with ``face_detail_denoise`` (None: 0.2, the seed's example),
+   ``face_detail_steps`` and ``face_detail_prompt``, and pasted back through a feathered
+   ellipse, so nothing outside a box changes in that pass.
+
+img2img runs ``int(steps * strength)`` denoising steps; where that is 0 the step count is raised
+until one step runs. ``provider_config``: ``guidance_scale``, ``negative_prompt``, ``seed``.
 """
 
 from __future__ import annotations
@@ -60,8 +78,21 @@ from gpu_consumers.handlers.face_detection import (
     expand_box,
     feather_mask,
 )
+from gpu_consumers.handlers.model_common import (
+    DIFFUSION_OPTIONS,
+    ModelProgress,
+    denoise_steps,
+    enhance_regions,
+    int_in,
+    provider_options,
+    resolve_seed,
+    run_img2img,
+    torch_generator,
+)
+from gpu_consumers.model_cache import ModelCache
+from gpu_consumers.models import Role
 from schemas.enums import TaskType
-from schemas.task_params import REFINE_DIM_MAX, REFINE_MAX_PIXELS, RefineParams
+from schemas.task_params import REFINE_DIM_MAX, REFINE_MAX_PIXELS, SEED_MAX, SEED_MIN, RefineParams
 
 MODEL_NAME = "pillow-lanczos-unsharp"
 # The seed's example factor; used when neither a factor nor a target size is given.
@@ -92,6 +123,17 @@ def output_size(params: RefineParams, width: int, height: int) -> tuple[int, int
     return round(width * factor), round(height * factor)
 
 
+def checked_output_size(params: RefineParams, width: int, height: int) -> tuple[int, int]:
+    """:func:`output_size`, INVALID_INPUT when over the REFINE limits."""
+    width, height = output_size(params, width, height)
+    if max(width, height) > REFINE_DIM_MAX or width * height > REFINE_MAX_PIXELS:
+        raise InvalidInput(
+            f"REFINE output would be {width}x{height} px, over the limit of {REFINE_DIM_MAX} px "
+            f"a side and {REFINE_MAX_PIXELS:,} pixels; lower upscale_factor or the target size"
+        )
+    return width, height
+
+
 def sharpen_iterations(steps: int | None) -> int:
     return min(math.ceil((steps or DEFAULT_STEPS) / STEPS_PER_ITERATION), MAX_SHARPEN_ITERATIONS)
 
@@ -113,12 +155,7 @@ class ClassicalRefine:
     def run(self, params: RefineParams, ctx: TaskContext) -> HandlerResult:
         # 1. check inputs
         picture = load_picture(ctx, params.base_image_url, "base_image_url")
-        width, height = output_size(params, picture.width, picture.height)
-        if max(width, height) > REFINE_DIM_MAX or width * height > REFINE_MAX_PIXELS:
-            raise InvalidInput(
-                f"REFINE output would be {width}x{height} px, over the limit of {REFINE_DIM_MAX} px "
-                f"a side and {REFINE_MAX_PIXELS:,} pixels; lower upscale_factor or the target size"
-            )
+        width, height = checked_output_size(params, picture.width, picture.height)
         ctx.cancel.raise_if_cancelled()
 
         # 2. prepare: the plan decides the number of progress steps
@@ -198,4 +235,84 @@ class ClassicalRefine:
 
 
 # --------------------------------------------------------------------------- model providers
-# The diffusion provider (provider_type "diffusers") goes here.
+
+# The seed's example values, used when the task leaves them out.
+DEFAULT_UPSCALE_DENOISE, DEFAULT_FACE_DENOISE = 0.3, 0.2
+DEFAULT_UPSCALE_PROMPT = "high resolution photo, sharp focus, fine detail"
+DEFAULT_FACE_PROMPT = "detailed face, natural skin texture, sharp eyes"
+DIFFUSION_REFINE_OPTIONS = {"guidance_scale": DIFFUSION_OPTIONS["guidance_scale"],
+                            "negative_prompt": DIFFUSION_OPTIONS["negative_prompt"],
+                            "seed": int_in(SEED_MIN, SEED_MAX)}
+
+
+class DiffusersRefine:
+    task_type: ClassVar[TaskType] = TaskType.REFINE
+    providers: ClassVar[tuple[str, ...]] = ("diffusers",)
+
+    def __init__(self, face_detector: FaceDetector | None = None) -> None:
+        self._face_detector = face_detector
+
+    def run(self, params: RefineParams, ctx: TaskContext) -> HandlerResult:
+        # 1. check inputs
+        options = provider_options(params.provider_config, DIFFUSION_REFINE_OPTIONS)
+        picture = load_picture(ctx, params.base_image_url, "base_image_url")
+        width, height = checked_output_size(params, picture.width, picture.height)
+        ctx.cancel.raise_if_cancelled()
+
+        # 2. load from the warm cache (the img2img pipeline shares the base model's weights)
+        cache = ModelCache.for_context(ctx)
+        pipe = cache.img2img()
+        call_kwargs = {**options, **cache.prepare(pipe, low_memory=ctx.low_memory)}
+        seed = resolve_seed(call_kwargs.pop("seed", None))
+
+        # 3. prepare: resize, find faces, plan the passes
+        rgb, alpha = ClassicalRefine._resize(picture.rgb, picture.alpha, (width, height))
+        upscaling = params.upscale_enabled is not False
+        denoise = (DEFAULT_UPSCALE_DENOISE if params.upscale_denoise is None
+                   else params.upscale_denoise) if upscaling else 0.0
+        default_steps = cache.default_steps(Role.TEXT_TO_IMAGE)
+        upscale_steps = denoise_steps(params.upscale_steps or default_steps, denoise)
+        boxes: list[Box] = []
+        detector = None
+        if params.face_detail_enabled:
+            detector = self._face_detector or default_face_detector()
+            boxes = [expand_box(b, FACE_MARGIN_FRAC, width, height) for b in detect_faces(rgb, detector)]
+        face_denoise = (DEFAULT_FACE_DENOISE if params.face_detail_denoise is None
+                        else params.face_detail_denoise)
+        face_steps = denoise_steps(params.face_detail_steps or default_steps, face_denoise)
+        if face_steps is None:
+            boxes = []
+        progress = ModelProgress(ctx, 1 + (upscale_steps is not None) + len(boxes))
+        progress.advance()
+        generator = torch_generator(ctx.device, seed)
+
+        # 4. run: the upscale pass, then each face
+        if upscale_steps is not None:
+            with progress.phase() as on_step_end:
+                rgb = run_img2img(pipe, rgb, prompt=params.upscale_prompt or DEFAULT_UPSCALE_PROMPT,
+                                  strength=denoise, steps=upscale_steps, generator=generator,
+                                  on_step_end=on_step_end, call_kwargs=call_kwargs)
+        if boxes:
+            rgb = enhance_regions(pipe, rgb, boxes, prompt=params.face_detail_prompt or DEFAULT_FACE_PROMPT,
+                                  strength=face_denoise, steps=face_steps, generator=generator,
+                                  progress=progress, call_kwargs=call_kwargs)
+
+        # 5. encode
+        output = encode_image(rgb, alpha)
+        progress.finish()
+
+        # 6. return
+        extra: dict[str, object] = {
+            "source_size": [picture.width, picture.height],
+            "upscale_denoise": denoise,
+            "upscale_steps": upscale_steps,
+            "ignored": _ignored(params),
+            **options,
+        }
+        if detector is not None:
+            extra.update(faces=len(boxes), face_boxes=[list(b) for b in boxes],
+                         face_detector=detector.name, face_detail_denoise=face_denoise,
+                         face_detail_steps=face_steps)
+        return HandlerResult(outputs=[output], model=cache.model_id(Role.TEXT_TO_IMAGE),
+                             provider="diffusers", seed=seed, width=width, height=height,
+                             extra=extra)
