@@ -1,0 +1,160 @@
+"""The evaluator plugin interface and the registry ``evaluation_provider`` names are looked up in.
+
+Two kinds of evaluator:
+
+* :class:`Evaluator` scores an image in-process (``evaluate(image, context)``): the weight-free
+  ``quality`` evaluator, the ``scripted`` one of tests and demos;
+* :class:`TaskEvaluator` needs a task round-trip (the ``vlm`` judge runs as an LLM_INTERACTION
+  task): ``request(image_url, context)`` builds the task's parameters and ``parse(text, context)``
+  turns the task's answer into an :class:`Evaluation`.
+
+:meth:`EvaluatorRegistry.resolve` picks by name; ``auto`` takes the first *available*
+model-based evaluator (its weights or model are configured in :class:`EvaluatorSettings`), else
+the weight-free one. Settings are read once (:meth:`EvaluatorSettings.from_env`) and passed down.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from PIL import Image
+
+from schemas.enums import TaskType
+from schemas.errors import ComputeError
+from schemas.task_params import LlmInteractionParams
+
+AUTO = "auto"
+
+
+class EvaluatorError(ComputeError):
+    """Root of the evaluators' errors."""
+
+
+class UnknownEvaluator(EvaluatorError):
+    """``evaluation_provider`` names no registered evaluator, or one this deployment has not
+    configured. Use ``auto`` or one of the names in the message."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A score in 0..1 (higher is better), why it is not higher, and the raw signals."""
+
+    score: float
+    reasons: tuple[str, ...] = ()
+    signals: Mapping[str, float] = field(default_factory=dict)
+    evaluator: str = ""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.score) and 0.0 <= self.score <= 1.0):
+            raise ValueError(f"an evaluation score lies in 0..1, got {self.score}")
+        object.__setattr__(self, "reasons", tuple(self.reasons))
+
+
+@dataclass(frozen=True)
+class EvaluationContext:
+    """What an evaluator may know about the attempt besides its pixels."""
+
+    task_type: TaskType = TaskType.GENERATION
+    prompt: str | None = None
+    generation_id: str | None = None
+    shot_id: str | None = None
+    attempt: int = 1
+    # The result should be a cut-out (BACKGROUND_REMOVE, or an RGBA output asked for): the alpha
+    # channel is judged even when it is fully opaque.
+    expects_alpha: bool = False
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    name: str
+
+    def evaluate(self, image: Image.Image, context: EvaluationContext) -> Evaluation: ...
+
+
+@runtime_checkable
+class TaskEvaluator(Protocol):
+    name: str
+
+    def request(self, image_url: str, context: EvaluationContext) -> LlmInteractionParams: ...
+
+    def parse(self, text: str, context: EvaluationContext) -> Evaluation: ...
+
+
+@dataclass(frozen=True)
+class EvaluatorSettings:
+    """Deployment configuration of the model-based evaluators (None: not configured)."""
+
+    vlm_model: str | None = None  # model id the LLM_INTERACTION provider serves, e.g. a Qwen2-VL
+    vlm_provider_type: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> EvaluatorSettings:
+        return cls(vlm_model=environ.get("COMPUTE_EVALUATOR_VLM_MODEL") or None,
+                   vlm_provider_type=environ.get("COMPUTE_EVALUATOR_VLM_PROVIDER") or None)
+
+
+Factory = Callable[[EvaluatorSettings], "Evaluator | TaskEvaluator"]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    factory: Factory
+    model_based: bool
+    available: Callable[[EvaluatorSettings], bool]
+
+
+class EvaluatorRegistry:
+    """Evaluator factories by name. :func:`default_registry` builds the standard one."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+
+    def register(self, name: str, factory: Factory, *, model_based: bool = False,
+                 available: Callable[[EvaluatorSettings], bool] = lambda s: True) -> None:
+        if name == AUTO:
+            raise ValueError(f"{AUTO!r} is reserved for the automatic choice")
+        self._entries[name] = _Entry(factory, model_based, available)
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def resolve(self, provider: str, settings: EvaluatorSettings = EvaluatorSettings()) -> Evaluator | TaskEvaluator:
+        """The evaluator ``provider`` names; ``auto``: the first available model-based one in
+        registration order, else the first weight-free one."""
+        if provider == AUTO:
+            ranked = sorted(self._entries.items(), key=lambda kv: not kv[1].model_based)
+            for name, entry in ranked:
+                if entry.available(settings):
+                    return entry.factory(settings)
+            raise UnknownEvaluator("no evaluator is available; register one")
+        entry = self._entries.get(provider)
+        if entry is None:
+            raise UnknownEvaluator(f"unknown evaluation_provider {provider!r}; known: "
+                                   f"{', '.join([AUTO, *self._entries])}")
+        if not entry.available(settings):
+            raise UnknownEvaluator(f"evaluation_provider {provider!r} is not configured in this "
+                                   f"deployment (see EvaluatorSettings); use {AUTO!r}")
+        return entry.factory(settings)
+
+
+def default_registry() -> EvaluatorRegistry:
+    """``vlm`` (model-based, available when ``vlm_model`` is set) and ``quality`` (weight-free).
+    ``scripted`` is not registered: tests register their own with its scores."""
+    from processors.evaluators.quality import QualityEvaluator
+    from processors.evaluators.vlm import VlmJudge
+
+    registry = EvaluatorRegistry()
+    registry.register("vlm", VlmJudge, model_based=True, available=VlmJudge.available)
+    registry.register("quality", lambda settings: QualityEvaluator())
+    return registry
+
+
+def describe(evaluation: Evaluation) -> dict[str, Any]:
+    """A JSON-friendly view (for logs and the CLI)."""
+    return {"score": round(evaluation.score, 4), "reasons": list(evaluation.reasons),
+            "signals": {k: round(v, 4) for k, v in evaluation.signals.items()},
+            "evaluator": evaluation.evaluator}
