@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from schemas import avro_files
 from schemas.kafka_settings import KafkaSettings
+from schemas.topic_admin import watermarks
 
 # Reading the whole compacted topic is small (one record per schema version) and rare (only on
 # an unknown fingerprint); bound it so a broken broker cannot hang a consumer.
@@ -63,9 +64,7 @@ class SchemaStoreReader:
                 return found
             ends: dict[int, int] = {}
             for p in meta.partitions:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, p), timeout=_READ_TIMEOUT_S
-                )
+                low, high = watermarks(consumer, TopicPartition(topic, p), _READ_TIMEOUT_S)
                 if high > low:
                     ends[p] = high
             consumer.assign([TopicPartition(topic, p, 0) for p in ends])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas.errors import ComputeError
@@ -54,6 +54,8 @@ def ensure_topics(settings: KafkaSettings, admin: AdminClient | None = None) -> 
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent creator won
                     raise TopicSetupError(f"cannot create topic {name}: {exc}") from exc
     _wait_until_led(admin, settings, wanted)
+    if created:
+        _wait_until_serving(settings, created)
     return TopicReport(created=created, existing=[t for t in wanted if t not in created])
 
 
@@ -81,3 +83,31 @@ def _wait_until_led(admin: AdminClient, settings: KafkaSettings, names: list[str
         if time.monotonic() > deadline:
             raise TopicSetupError(f"no leader within {_TIMEOUT_S}s for: {', '.join(waiting[:5])}")
         time.sleep(_LEADER_POLL_S)
+
+
+def watermarks(consumer: Consumer, partition: TopicPartition, timeout_s: float = _TIMEOUT_S) -> tuple[int, int]:
+    """(low, high) offsets of a partition, retrying the transient errors of a partition whose
+    leader is moving or just created (NOT_LEADER_FOR_PARTITION, LEADER_NOT_AVAILABLE...)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return consumer.get_watermark_offsets(partition, timeout=timeout_s)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if not error.retriable() and error.code() != KafkaError.NOT_LEADER_FOR_PARTITION:
+                raise
+            if time.monotonic() > deadline:
+                raise TopicSetupError(f"{partition.topic}[{partition.partition}]: {error.str()}") from exc
+            time.sleep(_LEADER_POLL_S)
+
+
+def _wait_until_serving(settings: KafkaSettings, names: list[str]) -> None:
+    """A leader in the metadata is not yet a leader that serves (KRaft brokers apply the change
+    asynchronously): return once every new partition answers a watermark query."""
+    consumer = Consumer({**settings.client_config(), "group.id": "compute-topic-admin"})
+    try:
+        for name in names:
+            for p in range(settings.partitions):
+                watermarks(consumer, TopicPartition(name, p))
+    finally:
+        consumer.close()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 import uuid
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from schemas.kafka_settings import KafkaSettings
+from schemas.topic_admin import watermarks
 
 
 def read_topic(settings: KafkaSettings, topic: str, *, expect: int, timeout_s: float = 30.0) -> list:
@@ -36,26 +37,11 @@ def read_topic(settings: KafkaSettings, topic: str, *, expect: int, timeout_s: f
         consumer.close()
 
 
-def record_count(settings: KafkaSettings, topic: str, timeout_s: float = 30.0) -> int:
-    """How many records a topic holds now (sum of high watermarks; our topics start at 0).
-
-    A just-created partition answers NOT_LEADER_FOR_PARTITION for a moment after its leader is
-    in the metadata (KRaft applies the change asynchronously): retry until the deadline.
-    """
+def record_count(settings: KafkaSettings, topic: str) -> int:
+    """How many records a topic holds now (sum of high watermarks; our topics start at 0)."""
     consumer = Consumer({**settings.client_config(), "group.id": f"test-count-{uuid.uuid4().hex}"})
-    deadline = time.monotonic() + timeout_s
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        total = 0
-        for p in meta.partitions:
-            while True:
-                try:
-                    total += consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                    break
-                except KafkaException as exc:
-                    if exc.args[0].code() != KafkaError.NOT_LEADER_FOR_PARTITION or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)  # polling a broker-side condition, bounded by the deadline
-        return total
+        return sum(watermarks(consumer, TopicPartition(topic, p))[1] for p in meta.partitions)
     finally:
         consumer.close()
