@@ -1,0 +1,105 @@
+"""What a worker writes to Kafka: status events, hand-back records and dead letters.
+
+Every record goes through one idempotent producer, keyed by task id, with CloudEvents headers
+(``schemas/emit.py``). Whatever decides a commit waits for the broker's acknowledgement first
+(:class:`Ack` + :meth:`Emitter.flush`).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from confluent_kafka import Message, Producer
+
+from schemas.codec import EventCodec
+from schemas.emit import produce_event
+from schemas.enums import ErrorCode, TaskStatus, TaskType
+from schemas.events import Envelope, StatusChanged, TaskError
+from schemas.headers import new_traceparent
+from schemas.topics import Topics
+
+log = logging.getLogger("gpu_consumers.worker")
+
+# How long a terminal status (or a hand-back record, or a dead letter) may take to be
+# acknowledged by the broker before the worker gives up on it and does not commit the offset.
+ACK_TIMEOUT_S = 30.0
+# Dead-letter error messages are headers: keep them readable, not megabytes of a bad record.
+_ERROR_MESSAGE_MAX = 2000
+
+
+class Ack:
+    """Delivery report of one record: ``error`` is None once the broker acknowledged it."""
+
+    def __init__(self) -> None:
+        self.error: str | None = "not delivered"
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        self.error = None if err is None else err.str()
+
+
+def task_id_of_key(key: bytes | None) -> str | None:
+    """The task id a record key names, if it is a UUID."""
+    try:
+        return str(uuid.UUID(key.decode())) if key else None
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+@dataclass
+class Emitter:
+    producer: Producer
+    codec: EventCodec
+    topics: Topics
+    worker_id: str
+    source: str = "worker"
+
+    def status(self, env: Envelope, attempt: int, status: TaskStatus, generation_id: str | None,
+               **fields: Any) -> StatusChanged:
+        """A status event of the task ``env`` describes, for ``attempt``, from this worker."""
+        envelope = env.model_copy(update={
+            "event_id": str(uuid.uuid4()), "occurred_at": datetime.now(timezone.utc),
+            "attempt": attempt, "source": self.source})
+        return StatusChanged(envelope=envelope, status=status, worker_id=self.worker_id,
+                             generation_id=generation_id, **fields)
+
+    def send(self, topic: str, event: Any, trace_id: str | None, ack: Ack | None = None) -> None:
+        """Produce an event, continuing the trace ``trace_id`` when known."""
+        produce_event(self.producer, topic, event, codec=self.codec,
+                      traceparent=new_traceparent(trace_id), on_delivery=ack)
+
+    def flush(self, *acks: Ack) -> bool:
+        """Wait for every outstanding record; True when all ``acks`` were acknowledged."""
+        self.producer.flush(ACK_TIMEOUT_S)
+        return all(ack.error is None for ack in acks)
+
+    def dead_letter(self, msg: Message, error: Exception, task_type: TaskType) -> bool:
+        """Copy a record that cannot be read to ``<topic>.dlq`` (raw key, value and headers,
+        plus ``error.class``, ``error.message``, ``original.topic``, ``original.partition``,
+        ``original.offset``), and fail its task with INVALID_INPUT when the key is a task id.
+        True once the broker acknowledged everything."""
+        topic = msg.topic()
+        headers = [*(msg.headers() or []),
+                   ("error.class", type(error).__name__.encode()),
+                   ("error.message", str(error)[:_ERROR_MESSAGE_MAX].encode()),
+                   ("original.topic", topic.encode()),
+                   ("original.partition", str(msg.partition()).encode()),
+                   ("original.offset", str(msg.offset()).encode())]
+        acks = [Ack()]
+        self.producer.produce(self.topics.dlq(topic), key=msg.key(), value=msg.value(),
+                              headers=headers, on_delivery=acks[0])
+        task_id = task_id_of_key(msg.key())
+        if task_id is not None:
+            # The record's own attempt is unreadable: 1 is the attempt every task starts with.
+            error_info = TaskError.of(ErrorCode.INVALID_INPUT,
+                                      f"the task record could not be read: {error}")
+            event = self.status(Envelope.new(task_id, task_type, source=self.source), 1,
+                                TaskStatus.FAILED, None, error=error_info)
+            acks.append(Ack())
+            self.send(self.topics.status, event, None, acks[1])
+        log.warning("record %s[%d]@%d dead-lettered: %s", topic, msg.partition(), msg.offset(),
+                    error, extra={"task_id": task_id})
+        return self.flush(*acks)

@@ -1,0 +1,383 @@
+"""Running one task record to its end: attempts, time limit, retries, cancel, outputs, statuses.
+
+:class:`TaskRun.execute` runs in the worker's task thread and walks the same stages for every
+attempt: PROCESSING -> content policy -> the handler in its own thread under the time limit ->
+store the outputs -> COMPLETED. On a typed failure the retry policy (``state.retry.decide``)
+picks FAILED-and-retry (the next attempt has its own ``attempt`` in the envelope, after the
+backoff) or FAILED. The worker's main thread never waits on a handler: it keeps polling Kafka and
+commits what ``execute`` reports.
+
+Errors never vanish: a ``TaskFailure`` keeps its code; a time limit is PROVIDER_TIMEOUT; a GPU
+out-of-memory frees the CUDA cache and runs once more with ``ctx.low_memory`` (same attempt),
+then is PROVIDER_ERROR; any other exception is PROVIDER_ERROR with its message.
+
+Cancel reasons (``gpu_consumers.control``): a *user* cancel ends CANCELLED and deletes what the
+attempt stored, even when the handler had finished; a *shutdown* aborts without a terminal
+status (a finished result is still stored and reported: the final write is shielded); a
+*timeout* only ends the attempt. A handler that ignores its token past ``timeout_grace_s`` is
+abandoned: the attempt is FAILED/PROVIDER_TIMEOUT, no retry runs in this process (the retry is
+handed back to the group) and the run reports the worker unhealthy.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any
+
+from gpu_consumers.control import CancelReason, ReasonToken
+from gpu_consumers.emitter import Ack, Emitter
+from gpu_consumers.errors import (
+    ContentPolicyViolation,
+    ProviderError,
+    ProviderTimeout,
+    StorageFailure,
+    TaskCancelled,
+    TaskFailure,
+)
+from gpu_consumers.handler import Handler, HandlerResult, TaskContext
+from gpu_consumers.settings import ContentPolicy, WorkerSettings
+from gpu_consumers.storage import OutputStore
+from schemas.enums import TaskStatus
+from schemas.events import ResultMetadata, TaskError, TaskResult, TaskSubmitted
+from schemas.headers import trace_id_of
+from state.lifecycle import TaskState, check_new_attempt, fold
+from state.retry import decide
+
+log = logging.getLogger("gpu_consumers.worker")
+
+
+class Outcome(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    ABORTED = "aborted"  # shutdown: no terminal status of this worker's making
+
+
+@dataclass
+class RunReport:
+    outcome: Outcome
+    commit: bool  # the record is finished (terminal status or hand-back acknowledged)
+    retried: int = 0
+    healthy: bool = True  # False: a handler ignored its cancel token, or the broker did not ack
+
+
+@dataclass
+class Services:
+    """What every run of one worker shares."""
+
+    settings: WorkerSettings
+    emitter: Emitter
+    store: OutputStore
+    fetcher: Any
+    models: Any
+    device: str
+    handler_for: Callable[[TaskSubmitted], Handler]
+    content_policy: ContentPolicy | None = None
+
+
+class _Stop(Exception):
+    """Internal: a user cancel or a shutdown ends the run."""
+
+    def __init__(self, reason: CancelReason) -> None:
+        self.reason = reason
+
+
+class _Progress:
+    """The handler's progress callback: increasing values only, at most one event per interval."""
+
+    def __init__(self, emit: Callable[[float], None], interval_s: float) -> None:
+        self._emit, self._interval_s = emit, interval_s
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._last_at = time.monotonic()  # the attempt's PROCESSING event counts
+        self.closed = False
+
+    def __call__(self, fraction: float) -> None:
+        try:
+            value = min(max(float(fraction), 0.0), 1.0)  # NaN fails the > test below
+        except (TypeError, ValueError):
+            return
+        now = time.monotonic()
+        with self._lock:
+            if self.closed or not value > self._last or now - self._last_at < self._interval_s:
+                return
+            self._last, self._last_at = value, now
+        try:
+            self._emit(value)
+        except Exception:  # progress is best effort; never fail the task over it
+            log.exception("progress event not produced")
+
+
+class _Call:
+    """One handler run in its own daemon thread, so that a handler that hangs can be left."""
+
+    def __init__(self, fn: Callable[[], HandlerResult]) -> None:
+        self.result: HandlerResult | None = None
+        self.error: BaseException | None = None
+        self.elapsed_s = 0.0
+        self._fn = fn
+        self._done = threading.Event()
+        threading.Thread(target=self._run, name="handler", daemon=True).start()
+
+    def _run(self) -> None:
+        start = time.perf_counter()
+        try:
+            self.result = self._fn()
+        except BaseException as exc:  # reported by the run, never lost
+            self.error = exc
+        finally:
+            self.elapsed_s = time.perf_counter() - start
+            self._done.set()
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._done.wait(max(timeout_s, 0.0))
+
+
+def _is_oom(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")  # only handlers import torch; the runtime never does
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    return oom is not None and isinstance(exc, oom)
+
+
+def _free_gpu_cache() -> None:
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        log.exception("torch.cuda.empty_cache() failed")
+
+
+def build_result(result: HandlerResult, urls: list[str], timing_ms: int) -> TaskResult:
+    """The COMPLETED event's result from a handler's result and its stored outputs' URLs."""
+    def first(kind: str) -> str | None:
+        pairs = zip(urls, result.outputs)
+        return next((url for url, out in pairs if out.content_type.startswith(kind)), None)
+
+    metadata = ResultMetadata(
+        model=result.model, provider=result.provider, timing_ms=timing_ms, width=result.width,
+        height=result.height, fps=result.fps, frame_count=result.frame_count,
+        duration=result.duration_s,
+        content_type=result.outputs[0].content_type if result.outputs else "text/plain")
+    return TaskResult(result_image_url=first("image/"), result_video_url=first("video/"),
+                      result_text=result.text, output_urls=urls, seed=result.seed,
+                      metadata=metadata)
+
+
+class TaskRun:
+    """One task record, from its first attempt to a terminal status (or an abort)."""
+
+    def __init__(self, task: TaskSubmitted, traceparent: str | None, services: Services) -> None:
+        self.task, self.task_id = task, task.envelope.task_id
+        self.attempt = self._first_attempt = task.envelope.attempt
+        self.retried = 0
+        self._services, self._settings = services, services.settings
+        self._trace_id = trace_id_of(traceparent)
+        self._generation_id = task.orchestration.generation_id if task.orchestration else None
+        self._lock = threading.Lock()
+        self._reason: CancelReason | None = None  # user or shutdown: for the whole run
+        self._token: ReasonToken | None = None  # the running attempt's token
+        self._wake = threading.Event()  # ends a backoff wait early
+        self._state: TaskState | None = None  # the fold of what this run emitted
+        self._stored: list[str] = []  # URLs the current attempt stored
+        self._healthy = True
+        self._abandoned = False
+        self._log = {"task_id": self.task_id}
+
+    # ---- called from other threads ------------------------------------------------------------
+
+    def cancel(self, reason: CancelReason) -> None:
+        """Stop the run: ``user`` or ``shutdown`` (the first wins); also ends a backoff wait."""
+        with self._lock:
+            if self._reason is None:
+                self._reason = reason
+            if self._token is not None:
+                self._token.cancel(reason)
+        self._wake.set()
+
+    def abandon(self) -> None:
+        """The worker gave up waiting for this run: it emits nothing more."""
+        self._abandoned = True
+
+    # ---- the run --------------------------------------------------------------------------------
+
+    def execute(self) -> RunReport:
+        low_memory = False
+        while True:
+            try:
+                if self._reason is not None:
+                    raise _Stop(self._reason)
+                self._emit(TaskStatus.PROCESSING, progress=0.0)
+                result, low_memory = self._attempt(low_memory)
+                if self._reason is CancelReason.USER:
+                    raise _Stop(CancelReason.USER)  # stored, but the user no longer wants it
+                return self._terminal(Outcome.COMPLETED, TaskStatus.COMPLETED, result=result)
+            except _Stop as stop:
+                if stop.reason is not CancelReason.USER:
+                    return self._hand_back(Outcome.ABORTED)
+                self._discard()
+                return self._terminal(Outcome.CANCELLED, TaskStatus.CANCELLED,
+                                      message="cancelled by request")
+            except TaskFailure as failure:
+                decision = decide(failure.code, self.attempt, self._settings.retry_policy,
+                                  seed=self.task_id)
+                error = TaskError(code=failure.code, message=str(failure) or type(failure).__name__,
+                                  retryable=decision.retry, details=decision.reason)
+                log.warning("task %s attempt %d failed: %s (%s)", self.task_id, self.attempt,
+                            error.message, decision.reason, extra=self._log)
+                if not decision.retry:
+                    return self._terminal(Outcome.FAILED, TaskStatus.FAILED, error=error)
+                self._emit(TaskStatus.FAILED, error=error)
+                check_new_attempt(self._state, self.attempt + 1)  # type: ignore[arg-type]
+                if self._healthy:
+                    self._wake.wait(decision.delay_s)  # a cancel or a shutdown ends it early
+                self.attempt += 1
+                self.retried += 1
+                if not self._healthy:  # a stuck handler thread holds this process: hand it back
+                    return self._hand_back(Outcome.FAILED)
+
+    def _attempt(self, low_memory: bool) -> tuple[TaskResult, bool]:
+        """One attempt (twice after a GPU out-of-memory); raises TaskFailure or _Stop."""
+        policy = self._services.content_policy
+        if policy is not None:
+            try:
+                refusal = policy(self.task.params)
+            except Exception as exc:
+                raise ProviderError(f"content-policy hook failed: {type(exc).__name__}: {exc}") from exc
+            if refusal:
+                raise ContentPolicyViolation(f"refused by the content policy: {refusal}")
+        while True:
+            call, token = self._run_handler(low_memory)
+            error = call.error
+            if error is None:
+                if self._reason is CancelReason.USER:
+                    raise _Stop(CancelReason.USER)  # finished, but the user no longer wants it
+                timing_ms = int(call.elapsed_s * 1000)
+                return self._store(call.result, timing_ms), low_memory  # type: ignore[arg-type]
+            if self._reason is not None:
+                raise _Stop(self._reason)
+            if token.reason is CancelReason.TIMEOUT and not isinstance(error, TaskFailure):
+                raise self._timeout()
+            if _is_oom(error):
+                _free_gpu_cache()
+                if not low_memory:
+                    log.warning("task %s: GPU out of memory; once more with low_memory",
+                                self.task_id, extra=self._log)
+                    low_memory = True
+                    continue
+                raise ProviderError(f"GPU out of memory, also with low_memory: {error}") from error
+            if isinstance(error, TaskFailure):
+                raise error
+            if isinstance(error, TaskCancelled):
+                raise ProviderError("the handler stopped as cancelled, but nobody cancelled it") \
+                    from error
+            raise ProviderError(f"{type(error).__name__}: {error}") from error
+
+    def _timeout(self, suffix: str = "") -> ProviderTimeout:
+        task_type = self.task.envelope.task_type
+        limit = self._settings.timeout_for(task_type)
+        return ProviderTimeout(f"{task_type.value} task ran past its {limit:g}s time limit{suffix}")
+
+    def _run_handler(self, low_memory: bool) -> tuple[_Call, ReasonToken]:
+        services, attempt = self._services, self.attempt
+        token = ReasonToken()
+        with self._lock:
+            self._token = token
+            if self._reason is not None:
+                token.cancel(self._reason)
+        progress = _Progress(lambda v: self._emit(TaskStatus.PROCESSING, progress=v, attempt=attempt),
+                             self._settings.progress_interval_s)
+        ctx = TaskContext(task_id=self.task_id, attempt=attempt, progress=progress, cancel=token,
+                          fetch=services.fetcher, models=services.models, device=services.device,
+                          low_memory=low_memory)
+        call = _Call(lambda: services.handler_for(self.task).run(self.task.params, ctx))
+        try:
+            if not call.wait(self._settings.timeout_for(self.task.envelope.task_type)):
+                token.cancel(CancelReason.TIMEOUT)  # the handler stops at its next step
+                if not call.wait(self._settings.timeout_grace_s):
+                    self._healthy = False
+                    log.error("task %s: the handler ignored its cancel token for %gs after the "
+                              "time limit; abandoned, the worker stops after this task",
+                              self.task_id, self._settings.timeout_grace_s, extra=self._log)
+                    raise self._timeout(" and did not stop")
+        finally:
+            progress.closed = True
+        return call, token
+
+    def _store(self, result: HandlerResult, timing_ms: int) -> TaskResult:
+        if not result.outputs and result.text is None:
+            raise ProviderError(f"handler {result.model} returned neither outputs nor text")
+        urls = self._stored = []
+        try:
+            for i, output in enumerate(result.outputs):
+                name = f"output-{i}" if len(result.outputs) > 1 else "output"
+                urls.append(self._services.store.put(self.task_id, self.attempt, name, output))
+            return build_result(result, urls, timing_ms)
+        except Exception as exc:
+            self._discard()
+            if isinstance(exc, TaskFailure):
+                raise
+            if isinstance(exc, ValueError):  # pydantic: the handler reported impossible metadata
+                raise ProviderError(f"the handler's result breaks the contract: {exc}") from exc
+            raise StorageFailure(f"storing the output failed: {type(exc).__name__}: {exc}") from exc
+
+    def _discard(self) -> None:
+        """Delete what the current attempt stored (a cancelled task, a failed store)."""
+        urls, self._stored = self._stored, []
+        for url in urls:
+            try:
+                self._services.store.delete(url)
+            except Exception:
+                log.exception("could not delete %s of task %s", url, self.task_id, extra=self._log)
+
+    # ---- emitting -------------------------------------------------------------------------------
+
+    def _emit(self, status: TaskStatus, *, attempt: int | None = None, ack: Ack | None = None,
+              **fields: Any) -> None:
+        if self._abandoned:
+            return
+        emitter = self._services.emitter
+        event = emitter.status(self.task.envelope, attempt or self.attempt, status,
+                               self._generation_id, **fields)
+        if attempt is None or attempt == self.attempt:
+            self._state = fold(self._state, event)
+        emitter.send(emitter.topics.status, event, self._trace_id, ack)
+
+    def _terminal(self, outcome: Outcome, status: TaskStatus, **fields: Any) -> RunReport:
+        ack = Ack()
+        self._emit(status, ack=ack, **fields)
+        acked = not self._abandoned and self._services.emitter.flush(ack)
+        if not acked:
+            log.error("task %s: the %s status was not acknowledged (%s); offset not committed",
+                      self.task_id, status.value, ack.error, extra=self._log)
+        log.info("task %s attempt %d %s", self.task_id, self.attempt, status.value.lower(),
+                 extra={**self._log, "attempt": self.attempt})
+        return RunReport(outcome, commit=acked, retried=self.retried,
+                         healthy=self._healthy and acked)
+
+    def _hand_back(self, outcome: Outcome) -> RunReport:
+        """Give the task back to the group. Still at its record's attempt, the record is just
+        left uncommitted. Past it, a copy carrying the attempt to run next is produced and the
+        original committed, so the next worker does not restart at an attempt older than the
+        statuses already show (which the fold would then ignore)."""
+        if self.attempt == self._first_attempt or self._abandoned:
+            return RunReport(outcome, commit=False, retried=self.retried, healthy=self._healthy)
+        env = self.task.envelope.model_copy(update={
+            "event_id": str(uuid.uuid4()), "occurred_at": datetime.now(timezone.utc),
+            "attempt": self.attempt})
+        emitter, ack = self._services.emitter, Ack()
+        emitter.send(emitter.topics.task(env.task_type), self.task.model_copy(update={"envelope": env}),
+                     self._trace_id, ack)
+        acked = emitter.flush(ack)
+        log.info("task %s handed back to the group as attempt %d", self.task_id, self.attempt,
+                 extra={**self._log, "attempt": self.attempt})
+        return RunReport(outcome, commit=acked, retried=self.retried,
+                         healthy=self._healthy and acked)

@@ -1,0 +1,391 @@
+"""The worker: Kafka consumer groups in, one task at a time, statuses out, then the commit.
+
+One confluent-kafka consumer per served task type, in the group ``<group_prefix>.<type slug>``
+(so adding processes shares a type's partitions), manual commits only. The loop is short:
+
+1. poll the types' consumers in turn; a record that cannot be decoded is dead-lettered (with a
+   FAILED/INVALID_INPUT status when its key is a task id) and committed; a task cancelled while
+   queued ends CANCELLED without running;
+2. otherwise hand the record to a :class:`~gpu_consumers.execution.TaskRun` in the task thread,
+   while this thread keeps calling ``poll``, so the member stays inside ``max.poll.interval.ms``
+   however long the task takes. The first record that arrives meanwhile is kept and every
+   assigned partition is paused: nothing more is fetched until the task ends. (Pausing up front
+   would make every resume wait for a fetch round trip, up to ``fetch.wait.max.ms``, which is
+   half a second per task when tasks are short.);
+3. when the run reports, commit the record's offset synchronously (only after its terminal status
+   was acknowledged by the broker), resume, repeat.
+
+A partition revoked while its task runs (a worker joined) waits up to ``rebalance_wait_s`` for
+the task, so its owner commits it; otherwise the new owner runs it again (at-least-once: the
+lifecycle fold keeps one terminal state per attempt).
+
+Stopping (:meth:`Worker.stop`, which ``computectl worker`` calls on SIGTERM/SIGINT; a library
+class leaves process signals to its process): no new work; the running task may finish
+within ``shutdown_grace_s``, then it is cancelled with reason ``shutdown``: no terminal status and
+no commit, so the group runs it again elsewhere. A worker whose handler ignored a time-limit
+cancel is *unhealthy*: it reports that task, stops, and ``run`` returns with ``healthy`` False so
+that the process exits non-zero and its supervisor starts a fresh one (the stuck thread may be
+holding the GPU). Burst mode (``run(max_tasks=..., idle_timeout_s=...)``) returns counters.
+``run`` may be called once per Worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+
+from gpu_consumers.control import CancelledIds, CancelReason, ControlListener
+from gpu_consumers.emitter import Emitter
+from gpu_consumers.execution import Outcome, RunReport, Services, TaskRun
+from gpu_consumers.handlers.registry import HandlerFactory, HandlerSet, Providers
+from gpu_consumers.settings import ContentPolicy, WorkerSettings
+from gpu_consumers.storage import OutputStore
+from schemas.codec import EventCodec
+from schemas.enums import TaskType
+from schemas.errors import DecodeError
+from schemas.events import TaskSubmitted
+from schemas.headers import header_dict
+from schemas.kafka_settings import KafkaSettings
+from schemas.schema_store import SchemaStoreReader
+
+log = logging.getLogger("gpu_consumers.worker")
+
+_POLL_S = 0.1  # one loop turn; also how fast a stop request or a finished task is noticed
+_JOIN_ALLOWANCE_S = 60.0  # burst idle clock starts anyway if a group never assigns within this
+# Idempotent producer: a status or DLQ record is written once even when librdkafka retries it.
+_PRODUCER_CONFIG = {"enable.idempotence": True, "acks": "all", "linger.ms": 2}
+
+
+@dataclass
+class WorkerStats:
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0  # attempts started after a failed attempt
+    cancelled: int = 0
+    dead_lettered: int = 0
+    aborted: int = 0  # stopped by shutdown, left to the group
+    handled: int = 0  # records taken from the task topics
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class _Lane:
+    """One task type's consumer."""
+
+    task_type: TaskType
+    topic: str
+    consumer: Consumer
+    assigned: bool = False  # the group has assigned this member (possibly nothing)
+    owned: set[tuple[str, int]] = field(default_factory=set)  # kept by the rebalance callbacks
+
+
+@dataclass
+class _InFlight:
+    lane: _Lane
+    msg: Message
+    run: TaskRun
+    thread: threading.Thread = field(init=False)
+    report: RunReport | None = None
+    lost: bool = False  # its partition was revoked before it finished: never commit it
+    committed: bool = False
+
+
+class Worker:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        settings: WorkerSettings,
+        handlers: Mapping[TaskType, HandlerFactory | Providers],
+        store: OutputStore,
+        fetcher: Any,
+        models: Any,
+        *,
+        codec: EventCodec | None = None,
+        content_policy: ContentPolicy | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        missing = [t.slug for t in settings.types if t not in handlers]
+        if missing:
+            raise ValueError(f"no handler for task type(s) {', '.join(missing)}; serve fewer types")
+        self.kafka, self.settings = kafka, settings
+        self.worker_id = worker_id or new_worker_id()
+        self.stats = WorkerStats()
+        self.handlers = HandlerSet(handlers)
+        self._codec = codec or EventCodec(lookup_fingerprint=SchemaStoreReader(kafka))
+        self._store, self._fetcher, self._models = store, fetcher, models
+        self._content_policy = content_policy or settings.load_content_policy()
+        self._cancelled = CancelledIds(settings.cancelled_capacity)
+        self._cancel_lock = threading.Lock()  # orders a cancel against a task's start
+        self._stop = threading.Event()
+        self._force = threading.Event()
+        self._healthy = True
+        self._inflight: _InFlight | None = None
+        self._buffer: deque[tuple[_Lane, Message]] = deque()
+        self._paused = False
+        self._lanes: list[_Lane] = []
+        self._next_lane = 0
+        self._last_activity = time.monotonic()
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def stop(self, *, now: bool = False) -> None:
+        """Stop taking work; the running task gets ``shutdown_grace_s`` (none with ``now``).
+        Thread-safe and signal-safe: only sets flags."""
+        if now:
+            self._force.set()
+        self._stop.set()
+
+    def cancel_requested(self, task_id: str) -> bool:
+        """Whether a cancel for ``task_id`` was read from the control topic (and, if the task
+        is running, passed to it)."""
+        with self._cancel_lock:
+            return task_id in self._cancelled
+
+    def assignment(self) -> list[tuple[str, int]]:
+        """The (topic, partition) pairs this worker owns now (for health checks and tests)."""
+        return sorted(tp for lane in list(self._lanes) for tp in list(lane.owned))
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def run(self, max_tasks: int | None = None,
+            idle_timeout_s: float | None = None) -> WorkerStats:
+        """Serve until stopped (or, in burst mode, ``max_tasks`` records / ``idle_timeout_s``
+        without one); return the counters."""
+        producer = Producer({**self.kafka.client_config(), **_PRODUCER_CONFIG,
+                             "client.id": self.worker_id})
+        self._emitter = Emitter(producer, self._codec, self.kafka.topics, self.worker_id)
+        self._services = Services(
+            settings=self.settings, emitter=self._emitter, store=self._store,
+            fetcher=self._fetcher, models=self._models, device=self.settings.resolved_device(),
+            handler_for=self.handlers.for_task, content_policy=self._content_policy)
+        control = ControlListener(self.kafka, self._on_cancel, codec=self._codec,
+                                  client_id=f"{self.worker_id}-control")
+        started = time.monotonic()
+        try:
+            control.start()
+            self._lanes = [self._open_lane(t) for t in self.settings.types]
+            log.info("worker %s serving %s", self.worker_id,
+                     ", ".join(t.slug for t in self.settings.types))
+            while not self._stop.is_set() and self._healthy:
+                if max_tasks is not None and self.stats.handled >= max_tasks:
+                    break
+                item = self._next_message()
+                if item is not None:
+                    self._handle(*item)
+                elif idle_timeout_s is not None and self._idle_for(started) > idle_timeout_s:
+                    break
+        finally:
+            for lane in self._lanes:
+                self._close_lane(lane)
+            control.stop()
+            producer.flush(10.0)
+            log.info("worker %s stopped: %s", self.worker_id, self.stats)
+        return self.stats
+
+    def _idle_for(self, started: float) -> float:
+        now = time.monotonic()
+        if not all(lane.assigned for lane in self._lanes) and now - started < _JOIN_ALLOWANCE_S:
+            return 0.0
+        return now - self._last_activity
+
+    def _next_message(self) -> tuple[_Lane, Message] | None:
+        if self._buffer:
+            return self._buffer.popleft()
+        n = len(self._lanes)
+        for i in range(n):
+            lane = self._lanes[(self._next_lane + i) % n]
+            msg = lane.consumer.poll(_POLL_S / n)
+            if msg is None:
+                continue
+            if msg.error():
+                log.warning("consumer error on %s: %s", lane.topic, msg.error())
+                continue
+            self._next_lane = (self._next_lane + i + 1) % n  # round robin between types
+            return lane, msg
+        return None
+
+    def _handle(self, lane: _Lane, msg: Message) -> None:
+        self.stats.handled += 1
+        self._last_activity = time.monotonic()
+        headers = header_dict(msg.headers())
+        try:
+            task = self._codec.decode(msg.value() or b"")
+            if not isinstance(task, TaskSubmitted) or task.envelope.task_type is not lane.task_type:
+                raise DecodeError(f"a {type(task).__name__} record on {lane.topic}, which holds "
+                                  f"{lane.task_type.value} tasks")
+        except DecodeError as exc:
+            self.stats.dead_lettered += 1
+            if self._emitter.dead_letter(msg, exc, lane.task_type):
+                self._commit(lane, msg)
+            return
+        run = TaskRun(task, headers.get("traceparent"), self._services)
+        inflight = _InFlight(lane, msg, run)
+        with self._cancel_lock:
+            if run.task_id in self._cancelled:
+                run.cancel(CancelReason.USER)
+            else:
+                self._inflight = inflight  # from now on a cancel reaches the run
+        if self._inflight is not inflight:  # cancelled while queued: CANCELLED, never runs
+            self._finish(lane, msg, run.execute())
+            return
+        inflight.thread = threading.Thread(target=self._execute, args=(inflight,), name="task",
+                                           daemon=True)
+        inflight.thread.start()
+        self._wait(inflight)
+        self._inflight = None
+        self._finish(lane, msg, inflight.report, inflight)
+        if self._paused:
+            self._pause(False)
+        self._last_activity = time.monotonic()
+
+    def _execute(self, inflight: _InFlight) -> None:
+        try:
+            inflight.report = inflight.run.execute()
+        except Exception:  # a bug in the runtime itself: leave the record to the group
+            log.exception("task %s: the run crashed", inflight.run.task_id)
+            inflight.report = RunReport(Outcome.ABORTED, commit=False, healthy=False)
+
+    def _wait(self, inflight: _InFlight) -> None:
+        """Poll until the task thread ends; on shutdown, cancel it after the grace period."""
+        shutdown_at = abandon_at = None
+        while True:
+            inflight.thread.join(_POLL_S)  # returns as soon as the task ends
+            if not inflight.thread.is_alive():
+                return
+            self._poll_while_busy()
+            if not self._stop.is_set():
+                continue
+            now = time.monotonic()
+            if shutdown_at is None:
+                shutdown_at = now + self.settings.shutdown_grace_s
+            if self._force.is_set():  # a second signal: no grace
+                shutdown_at = min(shutdown_at, now)
+            if now >= shutdown_at and abandon_at is None:
+                log.info("task %s: shutting down, cancelling it", inflight.run.task_id)
+                inflight.run.cancel(CancelReason.SHUTDOWN)
+                abandon_at = now + self.settings.timeout_grace_s
+            if abandon_at is not None and now >= abandon_at:
+                log.error("task %s ignored the shutdown cancel; abandoning it", inflight.run.task_id)
+                inflight.run.abandon()
+                inflight.report = RunReport(Outcome.ABORTED, commit=False, healthy=False)
+                return
+
+    def _poll_while_busy(self) -> None:
+        """Keep the members alive. The first record that arrives during a task is kept for
+        later and every partition is paused, so nothing more is fetched until the task ends.
+        (Pausing at the start of every task would cost each resume a fetch round trip, up to
+        ``fetch.wait.max.ms``: half a second per task for short tasks.)"""
+        for lane in self._lanes:
+            msg = lane.consumer.poll(0)
+            if msg is not None and not msg.error():
+                self._buffer.append((lane, msg))
+                self._pause(True)
+
+    def _finish(self, lane: _Lane, msg: Message, report: RunReport | None,
+                inflight: _InFlight | None = None) -> None:
+        report = report or RunReport(Outcome.ABORTED, commit=False, healthy=False)
+        counter = {Outcome.COMPLETED: "completed", Outcome.FAILED: "failed",
+                   Outcome.CANCELLED: "cancelled", Outcome.ABORTED: "aborted"}[report.outcome]
+        setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        self.stats.retried += report.retried
+        if not report.healthy:
+            self._healthy = False
+        if report.commit and not (inflight and (inflight.lost or inflight.committed)):
+            self._commit(lane, msg)
+
+    def _on_cancel(self, task_id: str) -> None:
+        """From the control listener's thread."""
+        with self._cancel_lock:
+            self._cancelled.add(task_id)
+            inflight = self._inflight
+            if inflight is not None and inflight.run.task_id == task_id:
+                inflight.run.cancel(CancelReason.USER)
+
+    # ---- Kafka plumbing ---------------------------------------------------------------------------
+
+    def _open_lane(self, task_type: TaskType) -> _Lane:
+        consumer = Consumer({
+            **self.kafka.client_config(),
+            "group.id": self.settings.group_id(task_type),
+            "client.id": self.worker_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",  # a new group starts with the oldest queued task
+            "max.poll.interval.ms": self.settings.max_poll_interval_ms,
+            # Cooperative rebalancing: a joining worker takes partitions without stopping the
+            # others' running tasks.
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.partition.eof": False,
+        })
+        lane = _Lane(task_type, self.kafka.topics.task(task_type), consumer)
+
+        def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
+            lane.assigned = True
+            lane.owned |= {(p.topic, p.partition) for p in partitions}
+            log.info("assigned %s: %s", lane.topic, sorted(p.partition for p in partitions))
+            self._last_activity = time.monotonic()
+            if self._paused:
+                self._pause(True)
+
+        def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
+            self._revoked(lane, {(p.topic, p.partition) for p in partitions})
+
+        consumer.subscribe([lane.topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
+        return lane
+
+    def _revoked(self, lane: _Lane, gone: set[tuple[str, int]]) -> None:
+        lane.owned -= gone
+        log.info("revoked %s: %s", lane.topic, sorted(p for _, p in gone))
+        self._buffer = deque(
+            (ln, m) for ln, m in self._buffer if (m.topic(), m.partition()) not in gone)
+        inflight = self._inflight
+        if inflight is None or inflight.lane is not lane or (
+                (inflight.msg.topic(), inflight.msg.partition()) not in gone):
+            return
+        # Give the running task a moment to finish so its offset is committed by its owner.
+        inflight.thread.join(self.settings.rebalance_wait_s)
+        if inflight.report is not None and inflight.report.commit:
+            self._commit(lane, inflight.msg)
+            inflight.committed = True
+        else:
+            inflight.lost = True
+            log.warning("task %s: partition revoked while running; its new owner runs it again",
+                        inflight.run.task_id)
+
+    def _pause(self, paused: bool) -> None:
+        self._paused = paused
+        for lane in self._lanes:
+            try:
+                assignment = lane.consumer.assignment()
+                if assignment:
+                    (lane.consumer.pause if paused else lane.consumer.resume)(assignment)
+            except KafkaException as exc:
+                log.warning("pause/resume on %s failed: %s", lane.topic, exc)
+
+    def _commit(self, lane: _Lane, msg: Message) -> None:
+        offset = TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)
+        try:
+            lane.consumer.commit(offsets=[offset], asynchronous=False)
+        except KafkaException as exc:  # e.g. rebalanced away: the new owner redoes the record
+            log.warning("commit of %s[%d]@%d failed: %s", msg.topic(), msg.partition(),
+                        msg.offset(), exc)
+
+    def _close_lane(self, lane: _Lane) -> None:
+        try:
+            lane.consumer.close()  # leaves the group: the others rebalance at once
+        except Exception as exc:
+            log.warning("closing the %s consumer: %s", lane.topic, exc)

@@ -1,0 +1,155 @@
+"""The worker's settings, read once (``WORKER_*`` environment variables) and passed down.
+
+Kafka connection settings live in :class:`schemas.kafka_settings.KafkaSettings` (``KAFKA_*``);
+these are what a worker process does with them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from gpu_consumers.storage import default_results_url
+from schemas.enums import TaskType
+from state.retry import RetryPolicy
+
+ContentPolicy = Callable[[Any], "str | None"]  # params -> reason for refusing, or None
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "compute-server" / "models"
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WORKER_", frozen=True, extra="ignore")
+
+    # Task types this process serves, as slugs: WORKER_TYPES=generation,editing. Default: all.
+    types: Annotated[list[TaskType], NoDecode] = Field(default_factory=lambda: list(TaskType))
+    # The consumer group of type T is "<group_prefix>.<T slug>": every process serving T shares it.
+    group_prefix: str = "compute-workers"
+    # The worker keeps polling (with its partitions paused) while a task runs, so this limit only
+    # bounds a stuck main loop, not a long task: ten minutes, after which the broker hands this
+    # worker's partitions to a live member of the group.
+    max_poll_interval_ms: int = Field(default=600_000, ge=10_000)
+
+    # Time limit of one attempt, per type (WORKER_TASK_TIMEOUTS_S='{"video_generation": 1800}');
+    # types not listed get task_timeout_s. Ten minutes: a large image job on a busy GPU.
+    task_timeout_s: float = Field(default=600.0, gt=0)
+    task_timeouts_s: dict[TaskType, float] = Field(
+        # Image-to-video runs many frames through a UNet: three times the image budget.
+        default_factory=lambda: {TaskType.VIDEO_GENERATION: 1800.0}
+    )
+    # After its deadline a handler gets this long to notice its cancel token (at its next
+    # step); one that does not stop is abandoned and the worker exits after reporting the task.
+    timeout_grace_s: float = Field(default=30.0, ge=0)
+
+    # The retry policy (state/retry.py) for retryable failures inside this worker.
+    retry_max_attempts: int = Field(default=3, ge=1)
+    retry_backoff_base_s: float = Field(default=1.0, ge=0)
+    retry_backoff_max_s: float = Field(default=60.0, ge=0)
+    retry_jitter: float = Field(default=0.1, ge=0, lt=1)
+
+    # At most one PROCESSING progress event per this many seconds per task (≤ 2 events/s).
+    progress_interval_s: float = Field(default=0.5, ge=0)
+    # On SIGTERM the running task may finish within this; after it, it is aborted (no terminal
+    # status, offset not committed: another worker of the group runs it again).
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # How long an assignment change may wait for the running task of a revoked partition to
+    # finish and commit, before the partition is let go (its new owner then runs it again).
+    rebalance_wait_s: float = Field(default=10.0, ge=0)
+    # Cancelled task ids remembered from the control topic (oldest forgotten first).
+    cancelled_capacity: int = Field(default=100_000, ge=1)
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # offline: tiny random-weight models built locally (no downloads); production: real ids.
+    model_profile: Literal["offline", "production"] = Field(
+        default="offline",
+        validation_alias=AliasChoices("WORKER_MODEL_PROFILE", "COMPUTE_MODEL_PROFILE"),
+    )
+    model_cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        validation_alias=AliasChoices("WORKER_MODEL_CACHE_DIR", "COMPUTE_MODEL_CACHE_DIR"),
+    )
+    # Where outputs go: file:///var/results or s3://bucket/prefix (default: a per-user folder).
+    results_url: str = Field(
+        default_factory=default_results_url,
+        validation_alias=AliasChoices("RESULTS_URL", "WORKER_RESULTS_URL"),
+    )
+    # Optional "package.module:function" (or "package.module.function") taking the task's params
+    # and returning a reason to refuse it, or None. A refusal ends FAILED/CONTENT_POLICY.
+    content_policy: str | None = None
+
+    # ---- parsing ------------------------------------------------------------------------------
+
+    @field_validator("types", mode="before")
+    @classmethod
+    def _parse_types(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple)):
+            return [v if isinstance(v, TaskType) else TaskType.parse(str(v)) for v in value]
+        return value
+
+    @field_validator("types")
+    @classmethod
+    def _types_not_empty(cls, value: list[TaskType]) -> list[TaskType]:
+        if not value:
+            raise ValueError("at least one task type is needed")
+        return list(dict.fromkeys(value))  # drop repeats, keep order
+
+    @field_validator("task_timeouts_s", mode="before")
+    @classmethod
+    def _parse_timeout_keys(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k if isinstance(k, TaskType) else TaskType.parse(str(k)): v
+                    for k, v in value.items()}
+        return value
+
+    # ---- derived ------------------------------------------------------------------------------
+
+    def timeout_for(self, task_type: TaskType) -> float:
+        return self.task_timeouts_s.get(task_type, self.task_timeout_s)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.retry_max_attempts,
+            backoff_base_s=self.retry_backoff_base_s,
+            backoff_max_s=self.retry_backoff_max_s,
+            jitter=self.retry_jitter,
+        )
+
+    def group_id(self, task_type: TaskType) -> str:
+        return f"{self.group_prefix}.{task_type.slug}"
+
+    def resolved_device(self) -> str:
+        """``cpu`` or ``cuda``; ``auto`` asks torch (imported only here, only for ``auto``)."""
+        if self.device != "auto":
+            return self.device
+        try:
+            import torch
+        except ImportError:
+            return "cpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def load_content_policy(self) -> ContentPolicy | None:
+        """Import the content-policy hook named by ``content_policy``; raise ValueError naming
+        the setting when it cannot be imported."""
+        if not self.content_policy:
+            return None
+        path = self.content_policy
+        module_name, sep, attr = path.partition(":")
+        if not sep:
+            module_name, _, attr = path.rpartition(".")
+        try:
+            hook = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ValueError(f"WORKER_CONTENT_POLICY={path!r} cannot be imported: {exc}") from exc
+        if not callable(hook):
+            raise ValueError(f"WORKER_CONTENT_POLICY={path!r} is not callable")
+        return hook
