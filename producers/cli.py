@@ -6,6 +6,7 @@ drives and is imported lazily, so ``computectl submit`` does not pay for torch.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -45,8 +46,33 @@ def _parse_param(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+# Commands that live with the package they drive, imported only when used, so that
+# `computectl submit` does not pay for torch.
+_LAZY_COMMANDS = {
+    "dev": "state.devstack.cli:dev",
+    "demo": "producers.demo:demo",
+    "worker": "gpu_consumers.cli:worker",
+    "processors": "processors.cli:processors",
+    "catalog": "producers.catalog:catalog",
+    "apikey": "state.cli:apikey",
+    "db": "state.cli:db",
+    "projector": "state.cli:projector",
+    "api": "state.cli:api",
+}
+
+
 class _ComputeGroup(click.Group):
-    """Turns our typed errors into one clear line and exit code 2, instead of a traceback."""
+    """Loads the lazy commands on demand, and turns our typed errors into one clear line and
+    exit code 2 instead of a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in _LAZY_COMMANDS and name not in self.commands:
+            module, attr = _LAZY_COMMANDS[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -157,16 +183,5 @@ def schemas_export(out_dir: Path) -> None:
         click.echo(f"{fp.hex()}  {model.avro_name}")
 
 
-def _add_command_groups() -> None:
-    """Command groups that live with the package they drive."""
-    from state.devstack.cli import dev
-
-    cli.add_command(dev)
-    from producers.demo import demo
-
-    cli.add_command(demo)
-
-
 def main() -> None:
-    _add_command_groups()
     cli()
