@@ -35,12 +35,11 @@ from pydantic import Field, IPvAnyNetwork, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gpu_consumers.errors import InvalidInput
+from schemas.address_policy import IPAddress, forbidden_reason
 from gpu_consumers.storage import StorageSettings, file_url_path, make_s3_client
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG includes MPO
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _PIL_LOCK = threading.Lock()  # Image.MAX_IMAGE_PIXELS and warning filters are process-wide
 _DNS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="input-dns")  # getaddrinfo has no timeout
 
@@ -85,23 +84,6 @@ def redact(url: str) -> str:
         return "<malformed URL>"
     shown = f"{parts.scheme}://{netloc}{parts.path}" + ("?…" if parts.query else "")
     return shown if len(shown) <= 200 else shown[:199] + "…"
-
-
-def forbidden_reason(ip: IPAddress) -> str | None:
-    """Why ``ip`` is not a public internet address, or None when it is one."""
-    candidates: list[IPAddress] = [ip]
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:  # judged as the IPv4 address it is
-        candidates = [ip.ipv4_mapped]
-    elif isinstance(ip, ipaddress.IPv6Address):
-        candidates += [ip.sixtofour] if ip.sixtofour else []
-        candidates += [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)] if ip in _NAT64 else []
-    for address in candidates:
-        for kind in ("loopback", "link_local", "multicast", "unspecified", "reserved", "private"):
-            if getattr(address, f"is_{kind}"):
-                return f"{kind.replace('_', '-')} address {ip}"
-        if not address.is_global:
-            return f"non-public address {ip}"
-    return None
 
 
 class InputFetcher:

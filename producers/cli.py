@@ -58,6 +58,8 @@ _LAZY_COMMANDS = {
     "db": "state.cli:db",
     "projector": "state.cli:projector",
     "api": "state.cli:api",
+    "status": "state.cli:status",
+    "tasks": "state.cli:tasks",
 }
 
 

@@ -21,7 +21,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from gpu_consumers.errors import InvalidInput
-from gpu_consumers.inputs import InputFetcher, InputSettings, decode_image, forbidden_reason, redact
+from gpu_consumers.inputs import InputFetcher, InputSettings, decode_image, redact
+from schemas.address_policy import forbidden_reason
 
 
 def _png(width: int = 8, height: int = 6, color: tuple[int, int, int] = (200, 30, 40)) -> bytes:

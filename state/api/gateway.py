@@ -1,0 +1,106 @@
+"""What the API writes to Kafka: task submissions (through the TaskProducer) and cancels.
+
+Blocking calls: the routes run them in a worker thread. Submissions are serialised by a lock
+(``TaskProducer`` is not thread-safe) and acknowledged by the broker before the API answers 202.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka.admin import AdminClient
+
+from producers.errors import DeliveryError
+from producers.submit import Origin, TaskProducer
+from schemas.codec import EventCodec
+from schemas.emit import produce_event
+from schemas.enums import TaskStatus, TaskType
+from schemas.events import CancelRequested, Envelope, StatusChanged
+from schemas.kafka_settings import KafkaSettings
+
+SOURCE = "api"
+# linger.ms 0: the API waits for each acknowledgement, so batching would only add latency.
+_LOW_LATENCY = {"linger.ms": 0}
+
+
+class TaskGateway:
+    def __init__(self, kafka: KafkaSettings, *, codec: EventCodec | None = None,
+                 origin_instance: str | None = None, origin_zone: str | None = None,
+                 ack_timeout_s: float = 10.0) -> None:
+        self.kafka = kafka
+        self._codec = codec or EventCodec()
+        self._origin = Origin(instance=origin_instance, zone=origin_zone)
+        self._ack_timeout_s = ack_timeout_s
+        self._lock = threading.Lock()
+        self._tasks = TaskProducer(kafka, codec=self._codec, source=SOURCE, origin=self._origin,
+                                   producer_config=_LOW_LATENCY)
+        self._events = Producer({**kafka.client_config(), "enable.idempotence": True,
+                                 **_LOW_LATENCY})
+        self._admin = AdminClient(kafka.client_config())
+
+    def submit(self, task_type: TaskType, params: Any, *, tenant_id: str,
+               idempotency_key: str | None, webhook_url: str | None) -> tuple[str, bool]:
+        """Produce the task and its PENDING/QUEUED; return its id once the broker has them, and
+        whether it was a repeat this process had already sent (nothing produced then).
+        Raises DeliveryError when the broker did not acknowledge in time."""
+        origin = Origin(self._origin.instance, self._origin.zone, tenant_id)
+        with self._lock:
+            repeats = self._tasks.stats.deduplicated
+            task_id = self._tasks.submit(task_type, params, idempotency_key=idempotency_key,
+                                         webhook_url=webhook_url, origin=origin)
+            self._tasks.flush(self._ack_timeout_s)
+            return task_id, self._tasks.stats.deduplicated > repeats
+
+    def cancel(self, row: dict[str, Any], *, requested_by: str, reason: str | None) -> None:
+        """Ask for the task in ``row`` to be cancelled (control topic); a task that has not
+        started yet is also marked CANCELLED on the status topic right away."""
+        def envelope() -> Envelope:
+            return Envelope(event_id=str(uuid.uuid4()), task_id=str(row["task_id"]),
+                            task_type=TaskType(row["task_type"]), attempt=row["attempt"],
+                            occurred_at=datetime.now(timezone.utc), source=SOURCE,
+                            origin_instance=row.get("origin_instance"),
+                            origin_zone=row.get("origin_zone"),
+                            origin_tenant_id=row.get("origin_tenant_id"))
+
+        events: list[tuple[str, Any]] = [(self.kafka.topics.control, CancelRequested(
+            envelope=envelope(), reason=reason, requested_by=requested_by))]
+        if row["status"] in (TaskStatus.PENDING.value, TaskStatus.QUEUED.value):
+            events.append((self.kafka.topics.status, StatusChanged(
+                envelope=envelope(), status=TaskStatus.CANCELLED,
+                message=f"cancelled before it started ({requested_by})")))
+        self._produce_all(events)
+
+    def _produce_all(self, events: list[tuple[str, Any]]) -> None:
+        failures: list[tuple[str, str]] = []
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                failures.append((msg.topic() or "?", err.str()))
+
+        for topic, event in events:
+            produce_event(self._events, topic, event, codec=self._codec, on_delivery=delivered)
+        remaining = self._events.flush(self._ack_timeout_s)
+        if remaining:
+            failures.append(("(queue)", f"{remaining} record(s) undelivered"))
+        if failures:
+            raise DeliveryError(failures)
+
+    def ping(self, timeout_s: float) -> str | None:
+        """None when the cluster answers a metadata request in time, else why not."""
+        try:
+            meta = self._admin.list_topics(timeout=timeout_s)
+        except Exception as exc:  # KafkaException, or a timeout
+            return f"Kafka: {exc}"
+        return None if meta.brokers else "Kafka: no broker in the metadata"
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._tasks.close(self._ack_timeout_s)
+            except DeliveryError:
+                pass  # shutting down: what could not be delivered was already answered 503
+        self._events.flush(self._ack_timeout_s)

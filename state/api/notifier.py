@@ -1,0 +1,71 @@
+"""Wakes SSE streams when the projector writes events for their task (PostgreSQL NOTIFY).
+
+One LISTEN connection per API process; each stream waits on an asyncio.Event for its task id.
+Streams also re-read on a timer (``sse_poll_s``), so a lost notification or a listener that is
+reconnecting only delays an update, never loses it: the events themselves are read from the
+table by sequence number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+
+import psycopg
+
+from state.db.projection import NOTIFY_CHANNEL
+
+log = logging.getLogger("state.api.notifier")
+_RECONNECT_S = 1.0  # wait before re-opening a lost LISTEN connection
+
+
+class EventNotifier:
+    def __init__(self, database_url: str) -> None:
+        self._url = database_url
+        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._listen())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @contextlib.contextmanager
+    def subscribe(self, task_id: str) -> Iterator[asyncio.Event]:
+        event = asyncio.Event()
+        self._waiters[task_id].add(event)
+        try:
+            yield event
+        finally:
+            waiters = self._waiters.get(task_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[task_id]
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self._wake_all()  # anything written while we were not listening
+                    async for note in conn.notifies():
+                        for event in self._waiters.get(note.payload, ()):
+                            event.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("LISTEN connection lost (%s); reconnecting", exc)
+                await asyncio.sleep(_RECONNECT_S)
+
+    def _wake_all(self) -> None:
+        for waiters in self._waiters.values():
+            for event in waiters:
+                event.set()

@@ -1,0 +1,12 @@
+"""The versioned API router: every resource's router, mounted under /api/v1 by the app."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from state.api.routes import events, monitoring, tasks
+
+api_router = APIRouter()
+api_router.include_router(tasks.router)
+api_router.include_router(events.router)
+api_router.include_router(monitoring.router)

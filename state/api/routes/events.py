@@ -1,0 +1,111 @@
+"""GET /tasks/{id}/events: the task's status changes and progress as server-sent events.
+
+Each event is ``id: <seq>`` (1, 2, 3... per task, the order the projector stored them),
+``event: status``, ``data: <TaskEventPublic JSON>``. A client resumes with ``Last-Event-ID`` (or
+``?after=``) and gets exactly the events after that one: ids come from the table, not from the
+connection, so nothing is skipped or repeated. When the task has ended for good (COMPLETED,
+CANCELLED, or FAILED with no retry to come) the stream sends ``event: end`` and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+
+from schemas.enums import ErrorCode, TaskStatus
+from state.api.deps import CallerDep, NotifierDep, PoolDep, SettingsDep
+from state.api.models.tasks import TaskEventPublic
+from state.api.notifier import EventNotifier
+from state.api.problems import ApiProblem
+from state.api.routes.common import not_found, problem_responses, task_uuid
+from state.api.settings import ApiSettings
+from state.db.pool import AsyncPool
+from state.db.queries import events_after, get_task
+from state.retry import decide
+
+router = APIRouter(prefix="/tasks", tags=["tasks"])
+
+SSE_MEDIA_TYPE = "text/event-stream"
+# Client reconnection delay suggested to EventSource (milliseconds).
+_RETRY_MS = 2000
+
+
+def finished(row: dict) -> bool:
+    """True once no further status event is expected for the task."""
+    status = TaskStatus(row["status"])
+    if status is not TaskStatus.FAILED:
+        return status in (TaskStatus.COMPLETED, TaskStatus.CANCELLED)
+    try:
+        return not decide(ErrorCode(row["error_code"]), row["attempt"]).retry
+    except (ValueError, TypeError):
+        return True
+
+
+def _frame(task_id: str, row: dict) -> str:
+    event = TaskEventPublic.from_row(task_id, row)
+    return f"id: {event.seq}\nevent: status\ndata: {event.model_dump_json()}\n\n"
+
+
+async def stream_events(pool: AsyncPool, notifier: EventNotifier, settings: ApiSettings,
+                        task_id: str, tenant_id: str, after: int) -> AsyncIterator[str]:
+    yield f"retry: {_RETRY_MS}\n\n"
+    idle_s = 0.0
+    with notifier.subscribe(task_id) as wake:
+        while True:
+            wake.clear()
+            async with pool.connection() as conn:
+                # The row first: its event_seq counts the events committed with it.
+                row = await get_task(conn, task_id, tenant_id)
+                rows = [] if row is None or row["event_seq"] <= after else await events_after(
+                    conn, task_id, after)
+            if row is None:
+                return
+            for event_row in rows:
+                yield _frame(task_id, event_row)
+                after = event_row["seq"]
+            if rows:
+                idle_s = 0.0
+                continue
+            if finished(row):
+                end = {"task_id": task_id, "status": row["status"], "last_event_id": after}
+                yield f"event: end\ndata: {json.dumps(end)}\n\n"
+                return
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=settings.sse_poll_s)
+            except TimeoutError:
+                idle_s += settings.sse_poll_s
+                if idle_s >= settings.sse_keepalive_s:
+                    idle_s = 0.0
+                    yield ": keep-alive\n\n"
+
+
+@router.get("/{task_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {SSE_MEDIA_TYPE: {"schema": {"type": "string"}}},
+                             "description": "text/event-stream of TaskEventPublic"},
+                       **problem_responses(400, 401, 404)})
+async def follow_task(
+    task_id: str, caller: CallerDep, pool: PoolDep, notifier: NotifierDep, settings: SettingsDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    after: Annotated[int | None, Query(ge=0, description="resume after this event id")] = None,
+) -> StreamingResponse:
+    """Follow a task live: every status change and progress report, resumable."""
+    tid = task_uuid(task_id)
+    start = after or 0
+    if last_event_id is not None:
+        if not last_event_id.strip().isdigit():
+            raise ApiProblem(400, "bad-last-event-id",
+                             "Last-Event-ID must be the id of an event this stream sent")
+        start = max(start, int(last_event_id))
+    async with pool.connection() as conn:
+        if await get_task(conn, tid, caller.tenant_id) is None:
+            raise not_found(tid)
+    return StreamingResponse(
+        stream_events(pool, notifier, settings, tid, caller.tenant_id, start),
+        media_type=SSE_MEDIA_TYPE,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,44 @@
+"""The API's settings: one frozen object, built by :func:`load_settings`, passed down."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.kafka_settings import KafkaSettings
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COMPUTE_API_", frozen=True, extra="ignore")
+
+    database_url: str = Field(default="postgresql://127.0.0.1:5432/compute",
+                              validation_alias="DATABASE_URL")
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    # 1 MiB: the largest task (an LLM prompt with a system prompt) is a few KiB; images travel
+    # by URL, never in the body.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Connections per API process: each request holds one for a few milliseconds.
+    db_pool_size: int = Field(default=10, ge=1)
+    # How long POST /tasks waits for the broker's acknowledgement before answering 503.
+    submit_timeout_s: float = Field(default=10.0, gt=0)
+    # Origin fields stamped on tasks submitted through this API (the tenant comes from the key).
+    origin_instance: str | None = None
+    origin_zone: str | None = None
+    # A comment line on idle SSE streams this often keeps proxies from closing them.
+    sse_keepalive_s: float = Field(default=15.0, gt=0)
+    # SSE streams re-read the events this often even without a notification (a lost NOTIFY or
+    # a listener reconnecting costs at most this much delay).
+    sse_poll_s: float = Field(default=1.0, gt=0)
+    # Timeout of the Kafka and PostgreSQL checks of /readyz.
+    ready_timeout_s: float = Field(default=2.0, gt=0)
+    # The worker groups are "<prefix>.<type slug>" (gpu_consumers' group_prefix).
+    worker_group_prefix: str = "compute-workers"
+    # Run the projector inside the API process (one command for small deployments and tests).
+    embedded_projector: bool = False
+
+
+def load_settings(**overrides: Any) -> ApiSettings:
+    """Read the environment once (DATABASE_URL, KAFKA_*, COMPUTE_API_*); ``overrides`` win."""
+    return ApiSettings(**overrides)

@@ -1,0 +1,94 @@
+"""The read side of the model, for the API: one task, a filtered page of tasks, task events.
+
+Every query is scoped to a tenant: a task of another tenant does not exist for the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+# Columns a list may be sorted by; anything else is refused before it reaches SQL.
+SORTABLE = ("created_at", "updated_at", "completed_at", "status", "task_type", "progress",
+            "duration_ms", "attempt")
+TASK_COLUMNS = (
+    "task_id", "task_type", "status", "attempt", "progress", "message", "params", "result",
+    "error_code", "error_message", "origin_instance", "origin_zone", "origin_tenant_id",
+    "provider_type", "webhook_url", "generation_id", "created_at", "queued_at", "started_at",
+    "completed_at", "duration_ms", "updated_at", "version", "event_seq",
+)
+_SELECT = sql.SQL("SELECT {} FROM tasks").format(sql.SQL(", ").join(map(sql.Identifier, TASK_COLUMNS)))
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    status: str | None = None
+    task_type: str | None = None
+    provider_type: str | None = None
+    origin_instance: str | None = None
+    origin_zone: str | None = None
+    origin_tenant_id: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    search: str | None = None  # task id prefix
+
+
+async def get_task(conn: psycopg.AsyncConnection, task_id: str, tenant_id: str) -> dict[str, Any] | None:
+    cur = await conn.execute(
+        _SELECT + sql.SQL(" WHERE task_id = %s AND origin_tenant_id = %s"), (task_id, tenant_id)
+    )
+    return await cur.fetchone()
+
+
+def _where(tenant_id: str, f: TaskFilter) -> tuple[sql.Composable, list[Any]]:
+    clauses = [sql.SQL("origin_tenant_id = %s")]
+    args: list[Any] = [tenant_id]
+    for column in ("status", "task_type", "provider_type", "origin_instance", "origin_zone",
+                   "origin_tenant_id"):
+        value = getattr(f, column)
+        if value is not None:
+            clauses.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+            args.append(value)
+    if f.created_after is not None:
+        clauses.append(sql.SQL("created_at >= %s"))
+        args.append(f.created_after)
+    if f.created_before is not None:
+        clauses.append(sql.SQL("created_at < %s"))
+        args.append(f.created_before)
+    if f.search:
+        escaped = f.search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        clauses.append(sql.SQL("task_id::text LIKE %s"))
+        args.append(escaped + "%")
+    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses), args
+
+
+async def list_tasks(
+    conn: psycopg.AsyncConnection, tenant_id: str, f: TaskFilter, *, page: int, page_size: int,
+    sort_by: str = "created_at", sort_order: str = "desc",
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of the tenant's tasks matching ``f`` and the total count."""
+    if sort_by not in SORTABLE or sort_order not in ("asc", "desc"):
+        raise ValueError(f"cannot sort by {sort_by} {sort_order}")
+    where, args = _where(tenant_id, f)
+    direction = sql.SQL("ASC" if sort_order == "asc" else "DESC")
+    nulls = sql.SQL("NULLS LAST" if sort_order == "desc" else "NULLS FIRST")
+    query = (_SELECT + where + sql.SQL(" ORDER BY {} {} {}, task_id {} LIMIT %s OFFSET %s").format(
+        sql.Identifier(sort_by), direction, nulls, direction))
+    cur = await conn.execute(query, [*args, page_size, (page - 1) * page_size])
+    rows = await cur.fetchall()
+    cur = await conn.execute(sql.SQL("SELECT count(*) AS n FROM tasks") + where, args)
+    total = (await cur.fetchone())["n"]
+    return rows, total
+
+
+async def events_after(conn: psycopg.AsyncConnection, task_id: str, after_seq: int,
+                       limit: int = 500) -> list[dict[str, Any]]:
+    cur = await conn.execute(
+        "SELECT seq, event_id, attempt, status, progress, occurred_at, payload FROM task_events"
+        " WHERE task_id = %s AND seq > %s ORDER BY seq LIMIT %s", (task_id, after_seq, limit),
+    )
+    return await cur.fetchall()

@@ -1,0 +1,338 @@
+"""The projector: the status and task topics, folded into the PostgreSQL read model.
+
+A consumer group of its own (``<prefix>-projector``) reads the status topic and the ten task
+topics, decodes each record with :class:`~schemas.codec.EventCodec`, and hands each batch to
+:func:`state.db.projection.apply_batch` (the fold of ``state/lifecycle.py`` against the stored
+row, guarded upserts, idempotent history). Offsets are committed only after the database
+transaction committed: at-least-once, and replays are harmless because the fold is.
+
+A status record that cannot be decoded (or that the fold rejects) is copied to
+``<status topic>.dlq`` with error headers and skipped; an undecodable task record is skipped and
+counted only, because the worker group of its type dead-letters it already. No record stops the
+projector.
+
+:func:`rebuild` replays the same topics from the beginning into an empty database through the same
+code, which is why it writes the same rows as the live projection.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+
+from schemas.codec import EventCodec
+from schemas.errors import DecodeError
+from schemas.events import StatusChanged, TaskSubmitted
+from schemas.kafka_settings import KafkaSettings
+from schemas.topic_admin import ensure_topics
+from state.db.errors import NotEmptyError
+from state.db.migrate import migrate
+from state.db.projection import BatchResult, apply_batch, flatten
+from state.api.webhooks import WebhookDispatcher, WebhookSettings
+from state.errors import LifecycleError
+from state.lifecycle import view_event
+
+log = logging.getLogger("state.projector")
+
+# Up to 500 records per transaction: large enough to amortise the commit, small enough that a
+# batch is written in a few milliseconds and offsets move often.
+BATCH_SIZE = 500
+# How long one poll waits for the first record of a batch; also how late a stop is noticed.
+POLL_TIMEOUT_S = 0.05
+# Back-off while PostgreSQL is unreachable, doubling up to the cap.
+DB_RETRY_BASE_S, DB_RETRY_MAX_S = 0.2, 5.0
+_ERROR_MESSAGE_MAX = 2000
+_METADATA_TIMEOUT_S = 10.0
+
+Event = StatusChanged | TaskSubmitted
+
+
+@dataclass
+class ProjectorStats:
+    batches: int = 0
+    records: int = 0
+    tasks_written: int = 0
+    events_inserted: int = 0
+    dead_lettered: int = 0
+    skipped: int = 0
+    db_retries: int = 0
+
+
+@dataclass
+class _Batch:
+    events: list[Event] = field(default_factory=list)
+    bad: list[tuple[Message, Exception]] = field(default_factory=list)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+def projector_topics(kafka: KafkaSettings) -> list[str]:
+    topics = kafka.topics
+    return [topics.status, *topics.task_topics()]
+
+
+def _decode(codec: EventCodec, msg: Message, status_topic: str) -> Event:
+    """Decode one record to the event its topic carries; raise DecodeError/LifecycleError."""
+    expect = StatusChanged if msg.topic() == status_topic else TaskSubmitted
+    event = codec.decode(msg.value() or b"")
+    if not isinstance(event, expect):
+        raise DecodeError(f"expected a {expect.__name__} on {msg.topic()}, got {type(event).__name__}")
+    if isinstance(event, StatusChanged):
+        view_event(flatten(event))  # the fold's own checks, before the batch depends on them
+    return event
+
+
+def _collect(codec: EventCodec, messages: Iterable[Message], status_topic: str,
+             stats: ProjectorStats) -> _Batch:
+    batch = _Batch()
+    for msg in messages:
+        if msg.error() is not None:
+            if msg.error().fatal():
+                raise RuntimeError(f"fatal Kafka error: {msg.error().str()}")
+            if msg.error().code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", msg.error().str())
+            continue
+        batch.offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+        stats.records += 1
+        try:
+            batch.events.append(_decode(codec, msg, status_topic))
+        except (DecodeError, LifecycleError) as exc:
+            batch.bad.append((msg, exc))
+    return batch
+
+
+class Projector:
+    """One member of the projector group. ``run()`` until ``stop`` is set; ``poll_once()`` for a
+    single batch. Not thread-safe: one thread drives it."""
+
+    def __init__(
+        self,
+        database_url: str,
+        kafka: KafkaSettings,
+        *,
+        codec: EventCodec | None = None,
+        batch_size: int = BATCH_SIZE,
+        poll_timeout_s: float = POLL_TIMEOUT_S,
+        on_batch: Callable[[BatchResult], None] | None = None,
+        create_topics: bool = True,
+    ) -> None:
+        self.database_url = database_url
+        self.kafka = kafka
+        self.stats = ProjectorStats()
+        self._codec = codec or EventCodec()
+        self._batch_size = batch_size
+        self._poll_timeout_s = poll_timeout_s
+        self._on_batch = on_batch
+        self._status_topic = kafka.topics.status
+        if create_topics:
+            ensure_topics(kafka)
+        self.group_id = f"{kafka.topic_prefix}-projector"
+        self._consumer = Consumer({
+            **kafka.client_config(),
+            "group.id": self.group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+        })
+        self._consumer.subscribe(projector_topics(kafka))
+        self._producer: Producer | None = Producer(
+            {**kafka.client_config(), "enable.idempotence": True, "linger.ms": 0})
+        self._conn: psycopg.Connection | None = None
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None) -> ProjectorStats:
+        stop = stop or threading.Event()
+        try:
+            while not stop.is_set():
+                self.poll_once(stop)
+        finally:
+            self.close()
+        return self.stats
+
+    def poll_once(self, stop: threading.Event | None = None) -> int:
+        """Consume, write and commit one batch; return how many records it had."""
+        messages = self._consumer.consume(self._batch_size, self._poll_timeout_s)
+        if not messages:
+            return 0
+        batch = _collect(self._codec, messages, self._status_topic, self.stats)
+        self._dead_letter(batch.bad)
+        result = self._write(batch.events, stop)
+        if result is None:  # stopped while the database was down: offsets stay uncommitted
+            return len(messages)
+        if batch.offsets:
+            self._consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()],
+                asynchronous=False,
+            )
+        self.stats.batches += 1
+        self.stats.tasks_written += result.tasks_written
+        self.stats.events_inserted += result.events_inserted
+        if self._on_batch is not None:
+            self._on_batch(result)
+        return len(messages)
+
+    def close(self) -> None:
+        try:
+            self._consumer.close()
+        except RuntimeError:
+            pass  # already closed
+        if self._producer is not None:
+            self._producer.flush(_METADATA_TIMEOUT_S)
+            self._producer = None  # destroyed now, not at garbage collection
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _write(self, events: list[Event], stop: threading.Event | None) -> BatchResult | None:
+        delay = DB_RETRY_BASE_S
+        while True:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = psycopg.connect(self.database_url, autocommit=True)
+                return apply_batch(self._conn, events)
+            except psycopg.OperationalError as exc:
+                self.stats.db_retries += 1
+                log.warning("PostgreSQL unavailable (%s); retrying the batch in %.1fs", exc, delay)
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+                if stop is not None and stop.wait(delay):
+                    return None
+                if stop is None:
+                    time.sleep(delay)
+                delay = min(delay * 2, DB_RETRY_MAX_S)
+
+    def _dead_letter(self, bad: list[tuple[Message, Exception]]) -> None:
+        failures: list[str] = []
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                failures.append(err.str())
+
+        for msg, error in bad:
+            if msg.topic() != self._status_topic:
+                self.stats.skipped += 1  # the worker group of that task type dead-letters it
+                log.warning("skipping unreadable task record %s[%d]@%d: %s",
+                            msg.topic(), msg.partition(), msg.offset(), error)
+                continue
+            headers = [*(msg.headers() or []),
+                       ("error.class", type(error).__name__.encode()),
+                       ("error.message", str(error)[:_ERROR_MESSAGE_MAX].encode()),
+                       ("original.topic", msg.topic().encode()),
+                       ("original.partition", str(msg.partition()).encode()),
+                       ("original.offset", str(msg.offset()).encode()),
+                       ("dead-lettered-by", b"projector")]
+            assert self._producer is not None, "the projector is closed"
+            self._producer.produce(self.kafka.topics.dlq(msg.topic()), key=msg.key(),
+                                   value=msg.value(), headers=headers, on_delivery=delivered)
+            self.stats.dead_lettered += 1
+            log.warning("dead-lettered status record %s[%d]@%d: %s",
+                        msg.topic(), msg.partition(), msg.offset(), error)
+        if bad and self._producer is not None:
+            self._producer.flush(_METADATA_TIMEOUT_S)
+            if failures:  # do not commit past a record that is neither projected nor kept
+                raise RuntimeError(f"dead-letter produce failed: {'; '.join(failures)}")
+
+
+# ------------------------------------------------------------------------------- rebuild
+
+
+@dataclass
+class RebuildReport:
+    records: int = 0
+    tasks: int = 0
+    events: int = 0
+    skipped: int = 0
+
+
+def rebuild(
+    database_url: str,
+    kafka: KafkaSettings,
+    *,
+    codec: EventCodec | None = None,
+    batch_size: int = BATCH_SIZE,
+    timeout_s: float = 600.0,
+) -> RebuildReport:
+    """Replay the status and task topics from the beginning (up to their ends when called) into
+    the empty database at ``database_url`` (migrated first). Raises NotEmptyError if its tasks
+    table holds rows. Joins no consumer group and commits nothing."""
+    migrate(database_url)
+    codec = codec or EventCodec()
+    report = RebuildReport()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        if conn.execute("SELECT EXISTS (SELECT 1 FROM tasks)").fetchone()[0]:
+            raise NotEmptyError(f"the tasks table of {_redacted(database_url)} is not empty")
+        consumer = Consumer({**kafka.client_config(), "group.id": f"rebuild-{uuid.uuid4().hex}",
+                             "enable.auto.commit": False, "enable.partition.eof": False})
+        try:
+            ends = _assign_from_beginning(consumer, projector_topics(kafka))
+            stats = ProjectorStats()
+            deadline = time.monotonic() + timeout_s
+            while ends:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"rebuild did not reach the end of the topics in {timeout_s}s")
+                messages = consumer.consume(batch_size, POLL_TIMEOUT_S)
+                batch = _collect(codec, messages, kafka.topics.status, stats)
+                result = apply_batch(conn, batch.events)
+                report.skipped += len(batch.bad)
+                report.tasks += result.tasks_written
+                report.events += result.events_inserted
+                for (topic, partition), offset in batch.offsets.items():
+                    if offset >= ends.get((topic, partition), 0):
+                        ends.pop((topic, partition), None)
+            report.records = stats.records
+        finally:
+            consumer.close()
+        report.tasks = conn.execute("SELECT count(*) FROM tasks").fetchone()[0]
+    return report
+
+
+def _assign_from_beginning(consumer: Consumer, topics: list[str]) -> dict[tuple[str, int], int]:
+    """Assign every partition of ``topics`` from offset 0; return the non-empty ones' ends."""
+    meta = consumer.list_topics(timeout=_METADATA_TIMEOUT_S).topics
+    ends: dict[tuple[str, int], int] = {}
+    assignment = []
+    for topic in topics:
+        if topic not in meta or meta[topic].error is not None:
+            continue
+        for p in meta[topic].partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p),
+                                                       timeout=_METADATA_TIMEOUT_S)
+            if high > low:
+                ends[(topic, p)] = high
+                assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+    consumer.assign(assignment)
+    return ends
+
+
+def _redacted(url: str) -> str:
+    """A database URL without its password, for messages."""
+    head, sep, tail = url.rpartition("@")
+    if not sep:
+        return url
+    scheme, _, creds = head.partition("://")
+    return f"{scheme}://{creds.split(':', 1)[0]}@{tail}"
+
+
+def run_projector(database_url: str, kafka: KafkaSettings, stop: threading.Event | None = None,
+                  *, webhooks: WebhookSettings | None = None, **kwargs: Any) -> ProjectorStats:
+    """Migrate, then project until ``stop`` is set (``computectl projector``); with
+    ``webhooks``, also deliver each status change to the task's webhook URL."""
+    migrate(database_url)
+    dispatcher = None if webhooks is None else WebhookDispatcher(database_url, webhooks)
+    try:
+        on_batch = None if dispatcher is None else dispatcher.on_batch
+        return Projector(database_url, kafka, on_batch=on_batch, **kwargs).run(stop)
+    finally:
+        if dispatcher is not None:
+            dispatcher.stop()
