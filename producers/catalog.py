@@ -5,9 +5,9 @@ model registry knows) and a default LoRA weight in 0..1 (what a GENERATION task 
 gets as ``subject_lora_weight`` / ``product_lora_weight`` / ``style_lora_weight``). Both may be
 NULL in the database (an entry without a LoRA: its weight is left out of the task).
 
-:class:`InMemoryCatalog` is for tests; :class:`PostgresCatalog` is the store of record. Its DDL
-is :data:`CATALOG_DDL` below, applied with ``CREATE TABLE IF NOT EXISTS`` on first use; the same
-tables are in ``state/db/migrations/0003_catalog.sql`` (whichever runs first creates them).
+:class:`InMemoryCatalog` is for tests; :class:`PostgresCatalog` is the store of record. Its
+tables belong to the read model's migrations (``state/db/migrations/0003_catalog.sql``): run
+``computectl db migrate`` first.
 ``computectl catalog add-subject|add-product|add-style|list`` edit and show it (:data:`catalog`).
 """
 
@@ -149,27 +149,11 @@ class InMemoryCatalog(_Named):
 
 # --------------------------------------------------------------------------- PostgreSQL
 
-# The catalog's tables, as state/db/migrations/0003_catalog.sql has them, plus range checks.
-CATALOG_DDL = tuple(
-    f"""CREATE TABLE IF NOT EXISTS {kind.table} (
-    id uuid PRIMARY KEY,
-    name text NOT NULL CHECK (btrim(name) <> ''),
-    lora_ref text CHECK (btrim(lora_ref) <> ''),
-    default_weight double precision CHECK (default_weight >= 0 AND default_weight <= 1),
-    created_at timestamptz NOT NULL DEFAULT now()
-)"""
-    for kind in CatalogKind
-)
-# Serialises concurrent first uses: CREATE TABLE IF NOT EXISTS races on the catalog otherwise.
-_DDL_LOCK_KEY = 0x636174616C6F67  # "catalog"
-
-
 class PostgresCatalog(_Named):
     """The catalog in PostgreSQL (psycopg 3); one short connection per call."""
 
     def __init__(self, database_url: str) -> None:
         self._url = database_url
-        self._ready = False
 
     def _connect(self):
         import psycopg
@@ -178,12 +162,9 @@ class PostgresCatalog(_Named):
             conn = psycopg.connect(self._url, autocommit=True)
         except psycopg.OperationalError as exc:
             raise CatalogError(f"cannot reach the catalog database: {exc}; check DATABASE_URL") from exc
-        if not self._ready:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK_KEY,))
-                for statement in CATALOG_DDL:
-                    conn.execute(statement)
-            self._ready = True
+        if conn.execute("SELECT to_regclass('subjects')").fetchone()[0] is None:
+            conn.close()
+            raise CatalogError("the catalog tables are missing: run `computectl db migrate` first")
         return conn
 
     def get(self, kind: CatalogKind, entry_id: str) -> CatalogEntry:

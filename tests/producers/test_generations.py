@@ -214,8 +214,18 @@ def test_submit_plan_puts_three_generation_tasks_with_orchestration_on_the_topic
     assert {e.orchestration.generation_type for e in events} == {GenerationType.AGENTIC}
 
 
+@pytest.fixture
+def catalog_db(database_url):
+    """The read model's migrations own the catalog tables."""
+    from state.db.migrate import migrate
+
+    migrate(database_url)
+    return database_url
+
+
 @pytest.mark.integration
-def test_postgres_catalog_stores_resolves_and_lists(database_url):
+def test_postgres_catalog_stores_resolves_and_lists(catalog_db):
+    database_url = catalog_db
     store, subject, product, style = stocked(PostgresCatalog(database_url))
     again = PostgresCatalog(database_url)  # a second client sees the same rows
     assert again.get_subject(subject.id).lora_ref == "hf:studio/anna-lora"
@@ -235,7 +245,8 @@ def test_postgres_catalog_stores_resolves_and_lists(database_url):
 
 
 @pytest.mark.integration
-def test_catalog_cli_adds_and_lists(database_url):
+def test_catalog_cli_adds_and_lists(catalog_db):
+    database_url = catalog_db
     runner = CliRunner()
     added = runner.invoke(catalog, ["add-product", "Blue Shirt", "--lora", "hf:x/blue-shirt", "--weight", "0.7",
                                     "--database-url", database_url])
