@@ -13,7 +13,7 @@ from confluent_kafka import Producer
 
 from schemas.codec import EventCodec
 from schemas.events import AvroRecord
-from schemas.headers import Headers, cloudevent_headers, new_traceparent
+from schemas.headers import Headers, header_builder, new_traceparent
 
 DeliveryCallback = Callable[[Any, Any], None]  # (KafkaError | None, Message)
 
@@ -24,15 +24,8 @@ _QUEUE_FULL_WAIT_S = 0.05
 def event_headers(event: AvroRecord, codec: EventCodec, traceparent: str) -> Headers:
     """The CloudEvents binary-mode headers of an event that has an ``envelope``."""
     env = event.envelope  # type: ignore[attr-defined]
-    return cloudevent_headers(
-        event_id=env.event_id,
-        source=env.source,
-        avro_name=event.avro_name,
-        subject=env.task_id,
-        occurred_at=env.occurred_at,
-        framing=codec.framing.value,
-        traceparent=traceparent,
-    )
+    build = header_builder(event.avro_name, env.source, codec.framing.value)
+    return build(env.event_id, env.task_id, env.occurred_at, traceparent)
 
 
 def produce_event(
@@ -48,12 +41,31 @@ def produce_event(
     used (a new trace unless one is given). Delivery is asynchronous: flush or poll the producer.
     Blocks (serving delivery reports) while the local queue is full, instead of failing."""
     traceparent = traceparent or new_traceparent()
-    headers = event_headers(event, codec, traceparent)
-    value = codec.encode(event)
-    key = event.envelope.task_id  # type: ignore[attr-defined]
-    while True:
-        try:
-            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
-            return traceparent
-        except BufferError:
+    env = event.envelope  # type: ignore[attr-defined]
+    headers = header_builder(event.avro_name, env.source, codec.framing.value)(
+        env.event_id, env.task_id, env.occurred_at, traceparent
+    )
+    produce_record(producer, topic, codec.encode(event), env.task_id, headers, on_delivery)
+    return traceparent
+
+
+def produce_record(
+    producer: Producer,
+    topic: str,
+    value: bytes,
+    key: str,
+    headers: Headers,
+    on_delivery: DeliveryCallback | None = None,
+) -> None:
+    """``producer.produce`` of an encoded record, serving delivery reports while librdkafka's
+    local queue is full instead of failing (the queue-full policy of :func:`produce_event`)."""
+    try:
+        producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+    except BufferError:
+        while True:
             producer.poll(_QUEUE_FULL_WAIT_S)
+            try:
+                producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+                return
+            except BufferError:
+                continue

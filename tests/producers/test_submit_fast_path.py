@@ -1,0 +1,275 @@
+"""TaskProducer's fast path without a broker: librdkafka is replaced by a recording stand-in.
+
+Checks that the events built without validation (``_trusted``) are exactly the validated models,
+that every argument besides the params is still checked, how delivery reports release
+PENDING/QUEUED, and what a failed produce leaves behind. tests/producers/test_submit.py covers
+the same producer against a real broker.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+import producers.submit as submit_module
+from producers.examples import SEED_EXAMPLES
+from producers.errors import DeliveryError
+from producers.submit import _POLL_EVERY, Origin, TaskProducer, _trusted, task_id_for, validate_params
+from schemas.codec import EventCodec
+from schemas.enums import GenerationStrategy, GenerationType, TaskStatus, TaskType
+from schemas.errors import TaskValidationError
+from schemas.events import TASK_SUBMITTED_MODELS, Envelope, Orchestration, StatusChanged
+from schemas.headers import header_dict, new_uuid4, trace_id_of
+from schemas.kafka_settings import KafkaSettings
+
+
+class FakeMessage:
+    def __init__(self, topic: str, key: str) -> None:
+        self._topic, self._key = topic, key
+
+    def topic(self) -> str:
+        return self._topic
+
+    def key(self) -> bytes:
+        return self._key.encode()
+
+
+class FakeProducer:
+    """Records produce() calls; poll()/flush() serve a delivery report for each, in order."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.records: list[tuple[str, bytes, str, list[tuple[str, bytes]]]] = []
+        self.pending: list[tuple[Any, FakeMessage]] = []
+        self.polls = 0
+        self.fail_next: KafkaError | None = None  # the next report carries this error
+        self.raise_next: Exception | None = None  # the next produce() raises this
+
+    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None):
+        if self.raise_next is not None:
+            exc, self.raise_next = self.raise_next, None
+            raise exc
+        self.records.append((topic, value, key, headers))
+        if on_delivery is not None:
+            self.pending.append((on_delivery, FakeMessage(topic, key)))
+
+    def poll(self, timeout: float = -1) -> int:
+        self.polls += 1
+        pending, self.pending = self.pending, []
+        for callback, msg in pending:
+            err, self.fail_next = self.fail_next, None
+            callback(err, msg)
+        return len(pending)
+
+    def flush(self, timeout: float = -1) -> int:
+        self.poll(0)
+        return 0
+
+
+@pytest.fixture
+def producer(monkeypatch):
+    monkeypatch.setattr(submit_module, "Producer", FakeProducer)
+    monkeypatch.setattr(submit_module, "publish_schemas", lambda *args, **kwargs: None)
+    return TaskProducer(KafkaSettings(bootstrap_servers="127.0.0.1:1", topic_prefix="fake"))
+
+
+def _decoded(producer: TaskProducer) -> list[tuple[str, Any, str, dict[str, str]]]:
+    codec = EventCodec()
+    return [(topic, codec.decode(value), key, header_dict(headers))
+            for topic, value, key, headers in producer._producer.records]
+
+
+def _orchestration() -> Orchestration:
+    return Orchestration(generation_id=new_uuid4(), prediction_index=2,
+                         generation_type=list(GenerationType)[0], strategy=list(GenerationStrategy)[0])
+
+
+# --------------------------------------------------------------------------- trusted construction
+
+
+def test_trusted_is_model_construct_with_every_field():
+    fields = dict(event_id=new_uuid4(), task_id=new_uuid4(), task_type=TaskType.REFINE, attempt=3,
+                  occurred_at=submit_module._now(submit_module._UTC), source="producer",
+                  origin_instance="i-1", origin_zone=None, origin_tenant_id="acme")
+    trusted = _trusted(Envelope, dict(fields))
+    constructed = Envelope.model_construct(**fields)
+    validated = Envelope(**fields)
+    for other in (constructed, validated):
+        assert trusted == other and repr(trusted) == repr(other) and hash(trusted) == hash(other)
+        assert trusted.model_dump() == other.model_dump()
+    assert trusted.model_fields_set == constructed.model_fields_set == set(Envelope.model_fields)
+    assert trusted.__pydantic_extra__ is None and trusted.__pydantic_private__ is None
+    # a copy with changes works as on any model (its field set is a set of its own)
+    copy = trusted.model_copy(update={"attempt": 4})
+    assert copy.attempt == 4 and trusted.attempt == 3
+    with pytest.raises(Exception):
+        trusted.attempt = 5  # still frozen
+
+
+@pytest.mark.parametrize("task_type", list(TaskType))
+@pytest.mark.parametrize("extras", [False, True])
+def test_built_events_equal_the_validated_models(producer, task_type, extras):
+    params = validate_params(task_type, SEED_EXAMPLES[task_type])
+    kwargs = dict(idempotency_key="key-1", orchestration=_orchestration(),
+                  webhook_url="https://hooks.example.com/x") if extras else {}
+    origin = Origin("i-1", "eu-1", "acme") if extras else Origin()
+    task = producer._build_task(params, new_uuid4(), 2 if extras else 1, origin, **kwargs)
+    model = TASK_SUBMITTED_MODELS[task_type]
+    assert type(task) is model
+    assert task == model.model_validate(task.model_dump())  # every value passes validation
+    assert task.model_fields_set == set(model.model_fields)
+    assert task.envelope.model_fields_set == set(Envelope.model_fields)
+    codec = EventCodec()
+    assert codec.decode(codec.encode(task), expect=model) == task
+    for status in (TaskStatus.PENDING, TaskStatus.QUEUED):
+        event = producer._build_status(task, status)
+        assert event == StatusChanged.model_validate(event.model_dump())
+        assert event.model_fields_set == set(StatusChanged.model_fields)
+        assert event.status is status
+        assert event.generation_id == (task.orchestration.generation_id if extras else None)
+        same = {k: v for k, v in task.envelope.model_dump().items() if k not in ("event_id", "occurred_at")}
+        assert {k: v for k, v in event.envelope.model_dump().items() if k in same} == same
+        assert event.envelope.event_id != task.envelope.event_id
+        assert event.envelope.occurred_at >= task.envelope.occurred_at
+        assert codec.decode(codec.encode(event), expect=StatusChanged) == event
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"webhook_url": "s3://bucket/hook"}, "webhook_url"),
+        ({"webhook_url": 17}, "webhook_url"),
+        ({"task_id": "not-a-uuid"}, "task_id"),
+        ({"attempt": 0}, "attempt"),
+        ({"attempt": 2**31}, "attempt"),
+        ({"attempt": "three"}, "attempt"),
+        ({"idempotency_key": 12}, "idempotency_key"),
+        ({"orchestration": {"generation_id": "x"}}, "orchestration.generation_id"),
+        ({"origin": {"tenant_id": "acme"}}, "origin"),
+    ],
+)
+def test_arguments_besides_the_params_are_validated(producer, kwargs, field):
+    with pytest.raises(TaskValidationError) as info:
+        producer.submit(TaskType.GENERATION, SEED_EXAMPLES[TaskType.GENERATION], **kwargs)
+    assert field in [f for f, _ in info.value.problems]
+    assert producer._producer.records == [] and producer.stats.submitted == 0
+
+
+def test_given_values_are_normalised_as_the_models_would(producer):
+    task_id = str(uuid.uuid4())
+    orchestration = _orchestration()
+    returned = producer.submit(TaskType.GENERATION, SEED_EXAMPLES[TaskType.GENERATION],
+                               task_id=task_id.upper(), attempt=2,
+                               orchestration=orchestration.model_dump(mode="json"),
+                               origin=Origin(tenant_id="acme"))
+    producer.flush()
+    assert returned == task_id
+    (_, task, key, _), *_ = _decoded(producer)
+    assert key == task_id and task.envelope.task_id == task_id and task.envelope.attempt == 2
+    assert task.orchestration == orchestration and task.envelope.origin_tenant_id == "acme"
+
+
+def test_origin_and_source_are_checked_once():
+    with pytest.raises(TypeError):
+        Origin(tenant_id=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        TaskProducer(KafkaSettings(bootstrap_servers="127.0.0.1:1"), source="")
+
+
+# --------------------------------------------------------------------------- records and statuses
+
+
+def test_each_task_gives_three_records_in_its_trace(producer):
+    ids = [producer.submit(TaskType.GENERATION, SEED_EXAMPLES[TaskType.GENERATION]) for _ in range(100)]
+    producer.flush()
+    records = _decoded(producer)
+    assert len(records) == 300
+    by_task: dict[str, list] = {}
+    for topic, event, key, headers in records:
+        assert key == event.envelope.task_id == headers["ce_subject"]
+        assert headers["ce_id"] == event.envelope.event_id and headers["ce_type"] == event.avro_name
+        assert headers["ce_time"] == event.envelope.occurred_at.isoformat()
+        assert headers["ce_source"] == "/compute/producer" and headers["ce_specversion"] == "1.0"
+        assert headers["content-type"] == "application/avro; framing=single-object"
+        by_task.setdefault(key, []).append((topic, event, headers))
+    assert set(by_task) == set(ids)
+    for task_id, ((t0, task, h0), (t1, pending, h1), (t2, queued, h2)) in by_task.items():
+        assert t0 == "fake.tasks.generation" and t1 == t2 == "fake.tasks.status"
+        assert pending.status is TaskStatus.PENDING and queued.status is TaskStatus.QUEUED
+        assert trace_id_of(h0["traceparent"]) == trace_id_of(h1["traceparent"]) == trace_id_of(h2["traceparent"])
+        assert len({h0["traceparent"], h1["traceparent"], h2["traceparent"]}) == 3
+    assert len({e.envelope.event_id for _, e, _, _ in records}) == 300
+    assert producer.stats.submitted == producer.stats.acknowledged == 100
+
+
+def test_a_burst_polls_once_per_batch_and_a_trickle_on_every_submit(producer, monkeypatch):
+    fake = producer._producer
+    clock = [1000.0]
+    monkeypatch.setattr(submit_module, "_monotonic", lambda: clock[0])
+    producer.poll()
+    fake.polls = 0
+    for _ in range(3 * _POLL_EVERY):  # no time passes: a poll every _POLL_EVERY submits
+        producer.submit(TaskType.GENERATION, SEED_EXAMPLES[TaskType.GENERATION])
+    assert fake.polls == 3
+    # the statuses of acknowledged tasks were produced by those polls, without flush()
+    statuses_before = sum(1 for r in fake.records if r[0] == "fake.tasks.status")
+    assert statuses_before == 2 * 3 * _POLL_EVERY
+    fake.polls = 0
+    for _ in range(5):  # a trickle: time passes between submits, each one polls
+        clock[0] += 1.0
+        producer.submit(TaskType.GENERATION, SEED_EXAMPLES[TaskType.GENERATION])
+    assert fake.polls == 5
+    assert sum(1 for r in fake.records if r[0] == "fake.tasks.status") == statuses_before + 2 * 5
+
+
+def test_a_failed_delivery_is_reported_and_its_key_can_be_submitted_again(producer):
+    fake = producer._producer
+    fake.fail_next = KafkaError(KafkaError._MSG_TIMED_OUT)
+    first = producer.submit(TaskType.LLM_INTERACTION, SEED_EXAMPLES[TaskType.LLM_INTERACTION],
+                            idempotency_key="order-1")
+    with pytest.raises(DeliveryError) as info:
+        producer.flush()
+    assert info.value.failures[0][0] == first
+    assert not [r for r in fake.records if r[0] == "fake.tasks.status"]  # no status for it
+    again = producer.submit(TaskType.LLM_INTERACTION, SEED_EXAMPLES[TaskType.LLM_INTERACTION],
+                            idempotency_key="order-1")
+    producer.flush()
+    assert again == first == task_id_for("order-1")
+    assert producer.stats.deduplicated == 0 and producer.stats.acknowledged == 1
+    assert len(fake.records) == 1 + 1 + 2  # the failed task, its resend, PENDING and QUEUED
+
+
+def test_a_produce_that_raises_is_not_remembered(producer):
+    fake = producer._producer
+    fake.raise_next = KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+    with pytest.raises(KafkaException):
+        producer.submit(TaskType.LLM_INTERACTION, SEED_EXAMPLES[TaskType.LLM_INTERACTION],
+                        idempotency_key="order-2")
+    assert producer.stats.submitted == 0 and fake.records == []
+    producer.submit(TaskType.LLM_INTERACTION, SEED_EXAMPLES[TaskType.LLM_INTERACTION],
+                    idempotency_key="order-2")
+    producer.flush()
+    assert producer.stats.submitted == 1 and producer.stats.deduplicated == 0
+    assert len(fake.records) == 3
+
+
+def test_a_full_queue_is_waited_out(producer):
+    fake = producer._producer
+    fake.raise_next = BufferError("Local: Queue full")
+    producer.submit(TaskType.GENERATION, SEED_EXAMPLES[TaskType.GENERATION])
+    producer.flush()
+    assert len(fake.records) == 3 and producer.stats.acknowledged == 1
+
+
+def test_a_repeat_is_dropped_without_producing(producer):
+    params = SEED_EXAMPLES[TaskType.GENERATION]
+    first = producer.submit(TaskType.GENERATION, params, idempotency_key="k")
+    assert producer.submit(TaskType.GENERATION, params, idempotency_key="k") == first
+    producer.flush()
+    assert producer.stats.deduplicated == 1 and len(producer._producer.records) == 3
