@@ -98,7 +98,7 @@ class ModelCache:
         self.last_lora_switch: LoraSwitch | None = None
         self._lock = threading.RLock()
         self._models: dict[str, Any] = {}
-        self._families: dict[int, _Family] = {}  # id(unet) -> family
+        self._families: dict[int, _Family] = {}  # id(denoiser) -> family
 
     @classmethod
     def for_context(cls, ctx: Any) -> ModelCache:
@@ -143,7 +143,7 @@ class ModelCache:
         return loaded
 
     def _new_family(self, pipe: Any) -> Any:
-        self._families[id(pipe.unet)] = _Family(root=pipe, members=[pipe])
+        self._families[id(_denoiser(pipe))] = _Family(root=pipe, members=[pipe])
         return pipe
 
     def _derive(self, key: str, auto_class: str) -> Any:
@@ -151,7 +151,7 @@ class ModelCache:
             base = self.text_to_image()
             pipe = _import(f"diffusers.{auto_class}").from_pipe(base)
             pipe.set_progress_bar_config(disable=True)
-            self._families[id(base.unet)].members.append(pipe)
+            self._families[id(_denoiser(base))].members.append(pipe)
             return pipe
 
         return self._load(key, build)
@@ -205,7 +205,7 @@ class ModelCache:
         """Put ``pipe``'s shared state in this task's shape; returns extra call kwargs."""
         with self._lock:
             set_low_memory(pipe, low_memory)
-            family = self._families.get(id(getattr(pipe, "unet", None)))
+            family = self._families.get(id(_denoiser(pipe)))
             if family is None:  # a pipeline without adapters (video)
                 return {}
             self.apply_loras(pipe, loras or {})
@@ -214,7 +214,7 @@ class ModelCache:
     def apply_loras(self, pipe: Any, weights: Mapping[str, float | None]) -> LoraSwitch:
         """Load (once) and activate the adapters with a weight > 0; all None/0 turns LoRA off."""
         with self._lock:
-            family = self._families[id(pipe.unet)]
+            family = self._families[id(_denoiser(pipe))]
             active = {name: float(w) for name, w in weights.items() if w}
             if not active:
                 started = time.perf_counter()
@@ -261,7 +261,7 @@ class ModelCache:
 
     def loaded_loras(self, pipe: Any) -> list[str]:
         """Adapter names currently loaded on ``pipe``'s UNet, least recently used first."""
-        return list(self._families[id(pipe.unet)].loras)
+        return list(self._families[id(_denoiser(pipe))].loras)
 
     def _reference(self, family: _Family, image: Any, scale: float) -> dict[str, Any]:
         if image is None and not family.ip_loaded:
@@ -284,6 +284,13 @@ class ModelCache:
         family.root.set_ip_adapter_scale(float(scale) if image is not None else 0.0)
         blank = Image.new("RGB", (BLANK_REFERENCE_PX, BLANK_REFERENCE_PX))
         return {"ip_adapter_image": image if image is not None else blank}
+
+
+def _denoiser(pipe: Any) -> Any:
+    """The module a pipeline family shares and adapters live on: the UNet of SD/SDXL-class
+    pipelines, the transformer of FLUX/SD3-class ones; None for a pipeline without either."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else getattr(pipe, "transformer", None)
 
 
 def set_low_memory(pipe: Any, on: bool) -> None:

@@ -1,4 +1,5 @@
-"""`make demo` runs `computectl demo`: it must run to the end and leave no process behind."""
+"""`make demo` runs `computectl demo`: it must run to the end, run one task of each type through a
+worker to COMPLETED, and leave no process behind."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import tempfile
 
 import psutil
 import pytest
+
+from schemas.enums import TaskType
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +46,13 @@ def test_demo_runs_the_main_flow_and_stops_everything(demo_tmp):
     out = done.stdout
     assert out.count("PENDING → QUEUED") == 10
     assert "the same task" in out and "refused, nothing produced" in out
+    # The workers part: one task of each type through a `computectl worker` process.
+    assert "workers: 10 of 10 tasks COMPLETED" in out
+    part = out[out.index("workers: one task of each type"):]
+    for task_type in TaskType:  # the results table: one row per type, its folded final status
+        [row] = [line for line in part.splitlines() if line.startswith(f"│ {task_type.value} ")]
+        assert row.split("│")[2].strip() == "COMPLETED", row
+    assert "'healthy': True" in out and "'completed': 10" in out
     assert "nothing left running" in out
     assert f"RESULTS_URL=file://{demo_tmp}" in out  # the stack did live in our folder
     assert _processes_using(demo_tmp) == []
