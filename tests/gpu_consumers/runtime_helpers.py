@@ -45,7 +45,8 @@ PNG = _png()
 class Scripted:
     """Does what the task's ``prompt`` says: ``ok``; ``fail:<CODE>:<k>`` (fails attempts 1..k);
     ``steps:<n>:<seconds>`` (n steps, cancel check + progress each); ``hang`` (ignores cancel);
-    ``crash`` (a plain exception)."""
+    ``crash`` (a plain exception); ``oom:<once|always>`` (torch's CUDA out-of-memory error,
+    once: only while ``ctx.low_memory`` is off)."""
 
     task_type = TYPE
     providers = ("test",)
@@ -53,6 +54,7 @@ class Scripted:
     def __init__(self, hang_is_ok: bool = False) -> None:
         self.hang_is_ok = hang_is_ok
         self.runs: list[tuple[str, int]] = []
+        self.low_memory: list[bool] = []
         self._started: dict[str, threading.Event] = defaultdict(threading.Event)
 
     def started(self, task_id: str) -> threading.Event:
@@ -60,6 +62,7 @@ class Scripted:
 
     def run(self, params: Any, ctx: TaskContext) -> HandlerResult:
         self.runs.append((ctx.task_id, ctx.attempt))
+        self.low_memory.append(ctx.low_memory)
         self._started[ctx.task_id].set()
         verb, *args = params.prompt.split(":")
         if verb == "fail" and ctx.attempt <= int(args[1]):
@@ -74,6 +77,10 @@ class Scripted:
             RELEASE.wait(DEADLINE_S)
         if verb == "crash":
             raise RuntimeError("boom")
+        if verb == "oom" and (args[0] == "always" or not ctx.low_memory):
+            import torch
+
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (scripted)")
         return HandlerResult(outputs=[OutputFile(PNG, "image/png", ".png")], model="scripted",
                              provider="test", seed=7, width=1, height=1)
 

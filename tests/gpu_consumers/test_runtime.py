@@ -140,6 +140,27 @@ def test_retryable_failures_are_retried_as_new_attempts(kafka, status_log, resul
     assert committed(kafka) == 2
 
 
+def test_gpu_out_of_memory_runs_once_more_in_low_memory_mode_then_fails_typed(
+    kafka, status_log, results_dir
+):
+    handler = Scripted()
+    worker = make_worker(kafka, handler, FileStore(results_dir), retry_max_attempts=1)
+    recovers, never = submit(kafka, "oom:once", "oom:always")
+
+    stats = Running(worker, max_tasks=2).join()
+
+    assert (stats.completed, stats.failed) == (1, 1)
+    status_log.wait_terminal(recovers, never)
+    assert status_log.state(recovers).status is TaskStatus.COMPLETED
+    assert status_log.state(recovers).attempt == 1  # the low-memory rerun is the same attempt
+    bad = status_log.state(never)
+    assert (bad.status, bad.error_code) == (TaskStatus.FAILED, ErrorCode.PROVIDER_ERROR)
+    assert "out of memory" in bad.error_message.lower()
+    runs = list(zip(handler.runs, handler.low_memory))
+    assert runs.count(((recovers, 1), False)) == 1 and runs.count(((recovers, 1), True)) == 1
+    assert runs.count(((never, 1), False)) == 1 and runs.count(((never, 1), True)) == 1
+
+
 def test_typed_failures_fail_at_once_and_plain_exceptions_become_provider_errors(kafka, status_log, results_dir):
     handler = Scripted()
 
