@@ -1,0 +1,208 @@
+"""The Faust app: the lifecycle fold, its state topic, and leases (docs/PROCESSORS.md).
+
+    status topic ──fold_status──> tasks table ══ its changelog: <prefix>.tasks.state (compacted)
+         │                            └─> lease book ──lease timer──> FAILED, retry record
+         └─ unreadable ──> <status>.dlq                    ▲   (status topic, task topic)
+    task topics ──keep_submissions──> submissions table ───┘
+
+:func:`create_app` builds one app per call (no module-level app). The agents only move records
+between Kafka and the pure functions of ``processors/folding.py`` and ``processors/leases.py``.
+At least once: offsets are committed after the outputs of the records they cover were flushed,
+and every output is idempotent (same key and version, or a deterministic event id).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+import faust
+
+from processors.folding import STATE_CONTENT_TYPE, decode_state, fold_batch
+from processors.lease_timer import LeaseTimer
+from processors.leases import LeaseBook
+from processors.settings import ProcessorSettings
+from schemas.codec import EventCodec
+from schemas.enums import TaskStatus
+from schemas.kafka_settings import KafkaSettings
+from state.lifecycle import TaskState
+from state.retry import decide
+
+log = logging.getLogger("processors.app")
+
+_ERROR_MESSAGE_MAX = 2000  # bytes of an error message copied into a DLQ header
+# Decoded states kept beside the table's JSON: a task in flight is folded every few seconds;
+# 100k states (~60 MB) cover the tasks in flight of a large farm.
+DECODED_CACHE_SIZE = 100_000
+
+
+def _broker_credentials(kafka: KafkaSettings) -> Any:
+    """KafkaSettings' security settings in Faust's vocabulary."""
+    protocol = kafka.security_protocol.upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=kafka.ssl_ca_location)
+        if kafka.ssl_certificate_location:
+            context.load_cert_chain(kafka.ssl_certificate_location, kafka.ssl_key_location)
+        if protocol == "SSL":
+            return faust.SSLCredentials(context)
+    password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+    return faust.SASLCredentials(username=kafka.sasl_username, password=password,
+                                 mechanism=kafka.sasl_mechanism or "PLAIN", ssl_context=context)
+
+
+def _faust_settings(kafka: KafkaSettings, settings: ProcessorSettings, app_id: str) -> dict:
+    return dict(
+        broker=[f"kafka://{host.strip()}" for host in kafka.bootstrap_servers.split(",")],
+        broker_credentials=_broker_credentials(kafka),
+        store=settings.store,
+        datadir=str(settings.datadir / app_id),
+        processing_guarantee="at_least_once",  # faust's exactly_once is not reliable
+        topic_partitions=kafka.partitions,
+        topic_replication_factor=kafka.replication_factor,
+        web_enabled=False,
+        autodiscover=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        stream_buffer_maxsize=settings.stream_buffer_maxsize,
+        broker_max_poll_records=settings.max_poll_records,
+        consumer_max_fetch_size=settings.max_partition_fetch_bytes,
+        broker_commit_every=settings.commit_every,
+        broker_commit_interval=settings.commit_interval_s,
+        producer_linger=settings.producer_linger_ms / 1000.0,
+        producer_max_batch_size=settings.producer_max_batch_size,
+        producer_compression_type=settings.producer_compression,
+        table_standby_replicas=settings.table_standby_replicas,
+        consumer_group_instance_id=settings.group_instance_id,
+        broker_session_timeout=settings.session_timeout_s,
+    )
+
+
+def _delete(table: Any, partition: int, key: str) -> None:
+    """``del table[key]`` with the changelog partition given explicitly: Faust takes it from the
+    stream's current event, which a batch of events (``take_events``) does not set. The source
+    record's partition is the right one: the changelog is co-partitioned with the source."""
+    if table.data.pop(key, None) is not None:
+        table.send_changelog(partition, key, None, value_serializer="raw")
+
+
+def _dead_letter_headers(message: Any, error: Exception) -> list[tuple[str, bytes]]:
+    return [*(message.headers or []),
+            ("error.class", type(error).__name__.encode()),
+            ("error.message", str(error).encode()[:_ERROR_MESSAGE_MAX]),
+            ("original.topic", message.topic.encode()),
+            ("original.partition", str(message.partition).encode()),
+            ("original.offset", str(message.offset).encode())]
+
+
+def _state_headers(state: TaskState) -> list[tuple[str, bytes]]:
+    return [("ce_specversion", b"1.0"),
+            ("ce_id", f"{state.task_id}/{state.version}".encode()),
+            ("ce_source", b"/compute/processors"),
+            ("ce_type", b"compute.state.TaskState"),
+            ("ce_subject", state.task_id.encode()),
+            ("content-type", STATE_CONTENT_TYPE)]
+
+
+def create_app(
+    kafka: KafkaSettings, settings: ProcessorSettings, *, codec: EventCodec | None = None
+) -> faust.App:
+    """The processors' Faust app for these settings; run it with a ``faust.Worker``."""
+    codec = codec or EventCodec()
+    topics = kafka.topics
+    app_id = settings.app_id_for(kafka.topic_prefix)
+    settings.datadir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
+    app = faust.App(app_id, **_faust_settings(kafka, settings, app_id))
+    policy = settings.retry_policy
+
+    status_topic = app.topic(topics.status, partitions=kafka.partitions)
+    # str keys: the table's keys, also when recovery reads them back from this topic.
+    state_topic = app.topic(topics.state, partitions=kafka.partitions, key_type=str,
+                            value_type=bytes, compacting=True, acks=False)
+    dlq_topic = app.topic(topics.dlq(topics.status), partitions=kafka.partitions)
+    task_topics = app.topic(*topics.task_topics(), partitions=kafka.partitions)
+
+    book = LeaseBook(settings.lease_for, policy)
+
+    async def on_changelog_event(event: Any) -> None:  # recovery: rebuild the lease book
+        state = decode_state(event.value)
+        if state is not None:
+            book.observe(event.message.partition, state)
+
+    # The state topic is the tasks table's changelog: one record per change serves both, and
+    # a restart recovers the table from the topic the projection reads.
+    tasks = app.Table("tasks", partitions=kafka.partitions, key_type=str, value_type=bytes,
+                      changelog_topic=state_topic, on_changelog_event=on_changelog_event,
+                      help="task id -> the folded state's JSON document")
+    submissions = app.Table("submissions", partitions=kafka.partitions, key_type=str,
+                            value_type=bytes,
+                            help="task id -> its latest task record, to retry after a lease")
+
+    decoded: dict[str, tuple[bytes, TaskState]] = {}  # skips JSON for a task seen recently
+
+    def load(task_id: str) -> TaskState | None:
+        document = tasks.data.get(task_id)
+        if document is None:
+            return None
+        hit = decoded.get(task_id)
+        if hit is not None and hit[0] is document:  # the very bytes in the table: still valid
+            return hit[1]
+        return decode_state(document)
+
+    def remember(task_id: str, document: bytes, state: TaskState) -> None:
+        if len(decoded) >= DECODED_CACHE_SIZE:
+            decoded.clear()  # cheaper than an LRU; refills from the table in one batch
+        decoded[task_id] = (document, state)
+
+    def is_final(state: TaskState) -> bool:
+        if state.status in (TaskStatus.COMPLETED, TaskStatus.CANCELLED):
+            return True
+        return state.status is TaskStatus.FAILED and not (
+            state.error_code and decide(state.error_code, state.attempt, policy).retry)
+
+    def on_state_delivered(delivery: Any) -> None:
+        if not delivery.cancelled() and delivery.exception() is not None:
+            # Stop before a commit covers a state the broker never got; the next start folds
+            # those records again.
+            log.error("state record not delivered, stopping: %s", delivery.exception())
+            app.loop.create_task(app.crash(delivery.exception()))
+
+    @app.agent(status_topic, name="fold_status")
+    async def fold_status(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            outcome = fold_batch(
+                codec, [(e.message.key, e.message.value, e.message.partition) for e in events], load)
+            for index, error in outcome.dead:
+                message = events[index].message
+                log.warning("status record %s[%d]@%d dead-lettered: %s", message.topic,
+                            message.partition, message.offset, error)
+                await dlq_topic.send(key=message.key, value=message.value,
+                                     headers=_dead_letter_headers(message, error))
+            for changed in outcome.changed:
+                tasks.data[changed.task_id] = changed.document  # the table: local store...
+                remember(changed.task_id, changed.document, changed.state)
+                delivery = await app.producer.send(  # ...and its changelog, the state topic
+                    topics.state, changed.task_id.encode(), changed.document, changed.partition,
+                    None, _state_headers(changed.state))
+                delivery.add_done_callback(on_state_delivered)
+                book.observe(changed.partition, changed.state)
+                if is_final(changed.state) and changed.task_id in submissions.data:
+                    _delete(submissions, changed.partition, changed.task_id)
+
+    @app.agent(task_topics, name="keep_submissions")
+    async def keep_submissions(stream: Any) -> None:
+        async for event in stream.events():
+            key = event.message.key
+            task_id = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+            state = load(task_id) if task_id else None
+            if task_id and event.message.value and not (state and is_final(state)):
+                submissions[task_id] = event.message.value
+
+    timer = LeaseTimer(app, kafka, settings, book, codec=codec, status_topic=topics.status,
+                       submission=submissions.data.get)
+    app.timer(settings.lease_check_interval_s, name="check_leases")(timer.check)
+    app.on_before_shutdown.connect(timer.on_shutdown)
+    return app

@@ -1,0 +1,179 @@
+"""The lease decision (pure): when a PROCESSING task times out, when it is retried, and what the
+outputs are; and the lease book's view of freshness."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from processors.leases import (
+    LeaseBook,
+    Retry,
+    TimeOut,
+    is_lease_failure,
+    lease_event_id,
+    needs_watching,
+    resolve,
+    retry_events,
+    timeout_event,
+)
+from schemas.enums import ErrorCode, TaskStatus, TaskType
+from state.lifecycle import fold, fold_all
+from state.retry import RetryPolicy
+from tests.processors.scripted import T0, status, submitted
+
+POLICY = RetryPolicy(max_attempts=3, backoff_base_s=2.0, backoff_max_s=60.0, jitter=0.0)
+LEASE_S = 60.0
+
+
+def processing(attempt: int = 1, at_s: float = 0.0, task_id: str | None = None):
+    task_id = task_id or str(uuid.uuid4())
+    at = T0 + timedelta(seconds=at_s)
+    return fold_all([status(task_id, TaskStatus.QUEUED, at - timedelta(seconds=1), attempt=attempt),
+                     status(task_id, TaskStatus.PROCESSING, at, attempt=attempt, progress=0.3)])
+
+
+def after(seconds: float):
+    return T0 + timedelta(seconds=seconds)
+
+
+def timed_out(state):
+    """The state once the lease's FAILED event was folded."""
+    action = resolve(state, state.updated_at + timedelta(seconds=LEASE_S + 1), LEASE_S, POLICY)
+    assert isinstance(action, TimeOut)
+    return fold(state, timeout_event(action)), action
+
+
+def test_a_fresh_processing_task_is_left_alone() -> None:
+    assert resolve(processing(), after(LEASE_S), LEASE_S, POLICY) is None  # not older than the lease
+
+
+def test_a_stale_task_times_out_retryably_with_a_deterministic_event() -> None:
+    state = processing()
+    action = resolve(state, after(LEASE_S + 0.001), LEASE_S, POLICY)
+    assert isinstance(action, TimeOut) and action.decision.retry
+    event = timeout_event(action)
+    assert event.status is TaskStatus.FAILED and event.envelope.attempt == 1
+    assert event.error.code is ErrorCode.PROVIDER_TIMEOUT and event.error.retryable
+    assert event.envelope.occurred_at == state.updated_at + timedelta(seconds=LEASE_S)
+    # Judged again later (after a crash, by another worker): the very same event.
+    again = timeout_event(resolve(state, after(10 * LEASE_S), LEASE_S, POLICY))
+    assert again == event
+    assert event.envelope.event_id == lease_event_id(state.task_id, 1, "timeout")
+
+
+@pytest.mark.parametrize("st", [TaskStatus.QUEUED, TaskStatus.COMPLETED, TaskStatus.CANCELLED])
+def test_only_processing_tasks_have_a_lease(st: TaskStatus) -> None:
+    task_id = str(uuid.uuid4())
+    state = fold(None, status(task_id, st, T0, result=st is TaskStatus.COMPLETED))
+    assert resolve(state, after(100 * LEASE_S), LEASE_S, POLICY) is None
+    assert not needs_watching(state, POLICY)
+
+
+def test_the_retry_waits_for_the_backoff_then_starts_the_next_attempt() -> None:
+    failed, action = timed_out(processing())
+    assert is_lease_failure(failed) and needs_watching(failed, POLICY)
+    due = failed.updated_at + timedelta(seconds=POLICY.backoff_base_s)
+    assert resolve(failed, due - timedelta(milliseconds=1), LEASE_S, POLICY) is None
+    retry = resolve(failed, due, LEASE_S, POLICY)
+    assert isinstance(retry, Retry) and retry.decision.next_attempt == 2
+
+    original = submitted(failed.task_id)
+    record, queued = retry_events(retry, original)
+    assert record.envelope.task_id == failed.task_id and record.envelope.attempt == 2
+    assert record.params == original.params and record.envelope.task_type is TaskType.GENERATION
+    assert queued.status is TaskStatus.QUEUED and queued.envelope.attempt == 2
+    assert record.envelope.event_id == lease_event_id(failed.task_id, 2, "retry")
+    assert queued.envelope.event_id == lease_event_id(failed.task_id, 2, "queued")
+    assert retry_events(retry, original) == (record, queued)  # deterministic
+    assert fold(failed, queued).attempt == 2  # the new attempt takes over in the fold
+
+
+def test_the_last_allowed_attempt_fails_for_good() -> None:
+    state = processing(attempt=POLICY.max_attempts)
+    failed, action = timed_out(state)
+    assert not action.decision.retry and not timeout_event(action).error.retryable
+    assert is_lease_failure(failed) and not needs_watching(failed, POLICY)
+    assert resolve(failed, after(10_000), LEASE_S, POLICY) is None
+
+
+def test_a_workers_own_failure_is_not_retried_by_the_lease() -> None:
+    task_id = str(uuid.uuid4())
+    state = fold(processing(task_id=task_id),
+                 status(task_id, TaskStatus.FAILED, after(1), error=ErrorCode.PROVIDER_ERROR))
+    assert not is_lease_failure(state)
+    assert resolve(state, after(10_000), LEASE_S, POLICY) is None  # the worker retries it
+
+
+def test_a_late_completion_beats_the_lease_failure() -> None:
+    failed, _ = timed_out(processing())
+    done = fold(failed, status(failed.task_id, TaskStatus.COMPLETED, after(LEASE_S + 5), result=True))
+    assert done.status is TaskStatus.COMPLETED
+    assert resolve(done, after(10_000), LEASE_S, POLICY) is None
+
+
+def test_every_attempt_is_bounded() -> None:
+    """Time out, retry, time out... exactly max_attempts attempts, then FAILED."""
+    state, attempts = processing(), []
+    for _ in range(10):
+        attempts.append(state.attempt)
+        state, _ = timed_out(state)
+        retry = resolve(state, after(1e6), LEASE_S, POLICY)
+        if retry is None:
+            break
+        _, queued = retry_events(retry, submitted(state.task_id))
+        state = fold(fold(state, queued), status(state.task_id, TaskStatus.PROCESSING,
+                                                 queued.envelope.occurred_at, attempt=queued.envelope.attempt))
+    assert attempts == [1, 2, 3]
+    assert state.status is TaskStatus.FAILED and state.error_code is ErrorCode.PROVIDER_TIMEOUT
+
+
+# --------------------------------------------------------------------------- the lease book
+
+
+def test_leases_are_judged_only_on_a_view_that_is_complete() -> None:
+    book = LeaseBook(lambda t: LEASE_S, POLICY)
+    state = processing()
+    book.observe(0, state)
+    late = after(LEASE_S + 30)
+    book.note_end_offsets(late, {0: 100, 1: 5})
+    # Partition 0 has records the app has not folded yet (committed 90 < 100): maybe a progress
+    # report of this very task. Nothing is judged there.
+    assert book.fresh_as_of({0: 90, 1: 5}) == {1: late}
+    assert book.due(book.fresh_as_of({0: 90, 1: 5})) == []
+    # Once everything written before ``late`` is folded, the lease has run out.
+    fresh = book.fresh_as_of({0: 100, 1: 5})
+    assert fresh == {0: late, 1: late}
+    [action] = book.due(fresh)
+    assert isinstance(action, TimeOut) and action.state == state
+
+
+def test_an_action_is_repeated_only_once_its_output_should_have_been_folded() -> None:
+    book = LeaseBook(lambda t: LEASE_S, POLICY)
+    book.observe(0, processing())
+    book.note_end_offsets(after(100), {0: 10})
+    [action] = book.due(book.fresh_as_of({0: 10}))
+    book.sent(action, after(101))
+    assert book.due(book.fresh_as_of({0: 10})) == []  # the view predates the output
+    book.note_end_offsets(after(102), {0: 11})
+    assert book.due(book.fresh_as_of({0: 10})) == []  # still folding it
+    assert len(book.due(book.fresh_as_of({0: 11}))) == 1  # folded, yet still PROCESSING: again
+
+
+def test_the_book_follows_states_and_partitions() -> None:
+    book = LeaseBook(lambda t: {TaskType.VIDEO_GENERATION: 10 * LEASE_S}.get(t, LEASE_S), POLICY)
+    running = processing()
+    book.observe(1, running)
+    assert len(book) == 1
+    book.observe(1, fold(running, status(running.task_id, TaskStatus.COMPLETED, after(5), result=True)))
+    assert len(book) == 0
+    book.observe(1, running)
+    book.keep_partitions([0])  # partition 1 went to another worker
+    assert len(book) == 0
+    video = fold_all([status(str(uuid.uuid4()), TaskStatus.PROCESSING, T0,
+                             task_type=TaskType.VIDEO_GENERATION)])
+    book.observe(0, video)
+    book.note_end_offsets(after(2 * LEASE_S), {0: 0})
+    assert book.due(book.fresh_as_of({0: None})) == []  # video's own, longer lease

@@ -1,0 +1,285 @@
+"""The Faust app on the real broker, run as ``python -m processors.cli`` in a subprocess.
+
+* It folds the status events of hundreds of tasks (out of order, duplicated) into the state
+  topic; SIGKILLed mid-stream and restarted, it recovers its table from the changelog (the state
+  topic) and ends with exactly the states, versions included, of ``state.lifecycle.fold_all``
+  over the status topic read straight. Records it cannot read go to the DLQ. SIGTERM exits 0.
+* A stuck PROCESSING task is resolved by its lease, retried with a new attempt on its task
+  topic, and bounded: exactly ``max_attempts`` attempts, then FAILED.
+
+Every wait is a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from processors.folding import state_to_json
+from schemas.codec import EventCodec
+from schemas.emit import produce_event
+from schemas.enums import ErrorCode, TaskStatus
+from schemas.errors import DecodeError
+from schemas.events import StatusChanged, TaskSubmitted
+from schemas.headers import header_dict
+from schemas.kafka_settings import KafkaSettings
+from schemas.topic_admin import ensure_topics
+from state.devstack.procs import die_with_parent_fn
+from state.lifecycle import TaskState, fold_all
+from tests.processors.scripted import T0, lifecycle, shuffled_with_duplicates, status, submitted
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CODEC = EventCodec()
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class App:
+    """``python -m processors.cli`` with the test's topics; its log in ``tmp_path``."""
+
+    def __init__(self, kafka: KafkaSettings, tmp_path: Path, **settings: Any) -> None:
+        self.env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+                    "KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
+                    "KAFKA_PARTITIONS": str(kafka.partitions),
+                    "PROCESSORS_DATADIR": str(tmp_path / "faust"),
+                    # A restart takes the partitions back at once (static membership).
+                    "PROCESSORS_GROUP_INSTANCE_ID": "test-processor",
+                    "PROCESSORS_COMMIT_INTERVAL_S": "0.5",
+                    **{f"PROCESSORS_{k.upper()}": str(v) for k, v in settings.items()}}
+        self.log = tmp_path / "processors.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "processors.cli", "--no-create-topics"], cwd=REPO,
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=die_with_parent_fn())
+
+    def check_alive(self) -> None:
+        assert self.proc is not None and self.proc.poll() is None, (
+            f"the app exited ({self.proc and self.proc.returncode}):\n{self.tail()}")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:] if self.log.exists() else ""
+
+
+def wait_for(what: str, check: Callable[[], T | None], app: App, timeout_s: float = 60.0) -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app.check_alive()
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout_s:g}s; app log:\n{app.tail()}")
+        time.sleep(0.2)  # polling topics written by another process, bounded by the deadline
+
+
+def read_all(kafka: KafkaSettings, topic: str) -> list[Any]:
+    """Every record ``topic`` holds now, in offset order per partition."""
+    consumer = Consumer({**kafka.client_config(), "group.id": f"test-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False})
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in parts}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        left, records = sum(ends.values()), []
+        deadline = time.monotonic() + 30
+        while left > 0:
+            assert time.monotonic() < deadline, f"{topic}: {len(records)} records read"
+            msg = consumer.poll(0.2)
+            if msg is not None and not msg.error() and msg.offset() < ends[msg.partition()]:
+                records.append(msg)
+                left -= 1
+        return sorted(records, key=lambda m: (m.partition(), m.offset()))
+    finally:
+        consumer.close()
+
+
+def latest_states(kafka: KafkaSettings) -> dict[str, dict]:
+    """The state topic as its readers see it: the latest document per task."""
+    return {m.key().decode(): json.loads(m.value()) for m in read_all(kafka, kafka.topics.state)}
+
+
+def same_states(got: dict[str, dict], expected: dict[str, dict]) -> dict[str, dict] | None:
+    """``got`` when it equals ``expected``; else None, and what differs goes to the log."""
+    if got == expected:
+        return got
+    wrong = [k for k in expected if got.get(k) != expected[k]]
+    print(f"{len(wrong)} states differ; e.g. {wrong[:1] and (expected[wrong[0]], got.get(wrong[0]))}")
+    return None
+
+
+def straight_fold(kafka: KafkaSettings) -> dict[str, TaskState]:
+    """``fold_all`` over the status topic read straight (partition order), skipping records
+    that cannot be read."""
+    events: dict[str, list[StatusChanged]] = defaultdict(list)
+    for msg in read_all(kafka, kafka.topics.status):
+        try:
+            event = CODEC.decode(msg.value(), expect=StatusChanged)
+        except DecodeError:
+            continue
+        events[event.envelope.task_id].append(event)
+    return {task_id: fold_all(evs) for task_id, evs in events.items()}
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def produce(kafka: KafkaSettings, events: list[Any], topic: str | None = None) -> None:
+    producer = Producer({**kafka.client_config(), "enable.idempotence": True})
+    for event in events:
+        produce_event(producer, topic or kafka.topics.status, event, codec=CODEC)
+    assert producer.flush(30) == 0
+
+
+# --------------------------------------------------------------------------- the fold
+
+
+def test_fold_survives_a_kill_and_matches_the_straight_fold(kafka_settings: KafkaSettings,
+                                                            tmp_path: Path) -> None:
+    kafka = kafka_settings
+    ensure_topics(kafka)
+    rng = random.Random(20260101)
+    first, second, third = [], [], []  # each task's events, cut in three at random places
+    for _ in range(300):
+        events = shuffled_with_duplicates(lifecycle(str(uuid.uuid4()), T0, rng), rng)
+        cut1, cut2 = sorted(rng.randrange(len(events) + 1) for _ in range(2))
+        first += events[:cut1]
+        second += events[cut1:cut2]
+        third += events[cut2:]
+    produce(kafka, first)
+    garbage, bad_keys = Producer(kafka.client_config()), {b"not-a-task", str(uuid.uuid4()).encode()}
+    for key in bad_keys:
+        garbage.produce(kafka.topics.status, key=key, value=b"\x00\x01 not avro" if b"-a-" in key else b"{}")
+    assert garbage.flush(30) == 0
+
+    # The scripted events are dated 2026-01-01: no lease may judge them stale here.
+    app = App(kafka, tmp_path, lease_s=1e9)
+    app.start()
+    try:
+        expected = {k: state_to_json(v) for k, v in straight_fold(kafka).items()}
+        wait_for("folded states of the first half",
+                 lambda: latest_states(kafka) == expected, app, timeout_s=90)
+
+        before = len(read_all(kafka, kafka.topics.state))
+        produce(kafka, second)
+        wait_for("the second half under way", lambda: len(read_all(kafka, kafka.topics.state)) > before, app)
+        app.stop(signal.SIGKILL)  # mid-stream: offsets since the last commit are replayed
+        produce(kafka, third)  # folded after the restart onto the states recovered
+
+        app.start()
+        expected = {k: state_to_json(v) for k, v in straight_fold(kafka).items()}
+        assert len(expected) == 300
+        got = wait_for("the straight fold's states after the restart",
+                       lambda: same_states(latest_states(kafka), expected), app, timeout_s=90)
+        assert {d["status"] for d in got.values()} >= {"COMPLETED", "FAILED", "CANCELLED", "PROCESSING"}
+
+        dead = read_all(kafka, kafka.topics.dlq(kafka.topics.status))
+        assert {m.key() for m in dead} == bad_keys  # (twice if replayed after the kill)
+        headers = header_dict(dead[0].headers())
+        assert headers["original.topic"] == kafka.topics.status
+        assert {"error.class", "error.message", "original.partition", "original.offset"} <= set(headers)
+    finally:
+        code = app.stop(signal.SIGTERM)
+    assert code == 0, app.tail()
+    assert "Traceback" not in app.tail(), app.tail()
+
+
+# --------------------------------------------------------------------------- leases
+
+
+def test_a_stuck_task_is_resolved_by_its_lease_and_retries_are_bounded(
+        kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    kafka = kafka_settings
+    ensure_topics(kafka)
+    doomed, recovers, healthy, sentinel = (str(uuid.uuid4()) for _ in range(4))
+    produce(kafka, [submitted(doomed), submitted(recovers)], kafka.topics.task(submitted(doomed).envelope.task_type))
+    produce(kafka, [status(t, TaskStatus.PROCESSING, now(), progress=0.1) for t in (doomed, recovers, healthy)]
+            + [status(healthy, TaskStatus.COMPLETED, now(), result=True)])
+
+    app = App(kafka, tmp_path, lease_s=2.0, lease_check_interval_s=0.3, retry_max_attempts=3,
+              retry_backoff_base_s=0.3, retry_jitter=0.0)
+    app.start()
+    task_topic = kafka.topics.task(submitted(doomed).envelope.task_type)
+    handled: set[tuple[str, int]] = {(doomed, 1), (recovers, 1)}
+
+    def dying_workers() -> bool:
+        """Play the workers: every new attempt starts and dies, but ``recovers`` completes its
+        second one. Done when both tasks are settled."""
+        for msg in read_all(kafka, task_topic):
+            task = CODEC.decode(msg.value(), expect=None)
+            assert isinstance(task, TaskSubmitted)
+            key = (task.envelope.task_id, task.envelope.attempt)
+            if key in handled:
+                continue
+            handled.add(key)
+            events = [status(key[0], TaskStatus.PROCESSING, now(), attempt=key[1], progress=0.0)]
+            if key[0] == recovers:
+                events.append(status(key[0], TaskStatus.COMPLETED, now(), attempt=key[1], result=True))
+            produce(kafka, events)
+        states = latest_states(kafka)
+        return (states.get(doomed, {}).get("status") == "FAILED" and states[doomed]["attempt"] == 3
+                and states.get(recovers, {}).get("status") == "COMPLETED")
+
+    try:
+        wait_for("both tasks settled", dying_workers, app, timeout_s=90)
+        # One more lease after that: had a fourth attempt been coming, it would be there now.
+        produce(kafka, [status(sentinel, TaskStatus.PROCESSING, now())])
+        wait_for("the sentinel's lease", lambda: latest_states(kafka).get(sentinel, {}).get("status") == "FAILED", app)
+    finally:
+        code = app.stop(signal.SIGTERM)
+    assert code == 0, app.tail()
+
+    attempts: dict[str, list[int]] = defaultdict(list)
+    for msg in read_all(kafka, task_topic):
+        env = CODEC.decode(msg.value(), expect=None).envelope
+        attempts[env.task_id].append(env.attempt)
+    assert attempts[doomed] == [1, 2, 3]  # exactly max_attempts
+    assert attempts[recovers] == [1, 2]
+
+    timeouts = [e for e in (CODEC.decode(m.value(), expect=StatusChanged)
+                            for m in read_all(kafka, kafka.topics.status))
+                if e.status is TaskStatus.FAILED]
+    doomed_failures = sorted((e.envelope.attempt, e.error.retryable) for e in timeouts
+                             if e.envelope.task_id == doomed)
+    assert doomed_failures == [(1, True), (2, True), (3, False)]
+    assert all(e.error.code is ErrorCode.PROVIDER_TIMEOUT for e in timeouts)
+    assert not [e for e in timeouts if e.envelope.task_id == healthy]
+
+    states = latest_states(kafka)
+    assert states[doomed]["error_code"] == "PROVIDER_TIMEOUT"
+    assert (states[recovers]["attempt"], states[healthy]["status"]) == (2, "COMPLETED")
+    assert states == {k: state_to_json(v) for k, v in straight_fold(kafka).items()}
