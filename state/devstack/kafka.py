@@ -30,13 +30,13 @@ from typing import Any
 
 from state.devstack.procs import (
     DevStackError,
+    ServerProcess,
     free_ports,
     port_open,
     proc_start_ticks,
     record_owner,
     run_checked,
     spawn,
-    stop_tree,
     sweep_stale_workdirs,
     tail,
     wait_until,
@@ -197,7 +197,7 @@ def metadata_round_trip(bootstrap: str, timeout: float = 2.0) -> bool:
     return bool(md.brokers)
 
 
-class KafkaBroker:
+class KafkaBroker(ServerProcess):
     """One KRaft node (``process.roles=broker,controller``) on 127.0.0.1.
 
     ``start()`` picks two free ports (client, controller) unless given, formats a log
@@ -361,38 +361,15 @@ class KafkaBroker:
         """Make a wait_ready() in another thread give up at its next poll."""
         self._cancelled.set()
 
-    def is_alive(self) -> bool:
-        from state.devstack.procs import pid_alive
-
-        if self._proc is not None:
-            return self._proc.poll() is None
-        return self.pid is not None and pid_alive(self.pid, self.start_ticks)
-
     def ping(self, timeout: float = 2.0) -> bool:
         return self.port is not None and metadata_round_trip(self.bootstrap_servers, timeout)
 
-    def stop(self, timeout: float = 30.0, *, keep_files: bool = False) -> None:
-        """Controlled shutdown (SIGTERM), SIGKILL after ``timeout``; then remove the temp dir."""
-        if self.pid is not None:
-            stop_tree(self.pid, start_ticks=self.start_ticks, timeout=timeout, popen=self._proc)
-            self.pid = None
-            self._proc = None
-        if self.workdir is not None and not keep_files:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
-
-    def __enter__(self) -> KafkaBroker:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    # stop(): controlled shutdown (SIGTERM), SIGKILL after the timeout, then the temp dir goes.
 
     # ------------------------------------------------------------------ state (dev up/down)
     def to_state(self) -> dict[str, Any]:
         return {
-            "pid": self.pid,
-            "start_ticks": self.start_ticks,
-            "workdir": str(self.workdir) if self.workdir else None,
+            **self._process_state(),
             "port": self.port,
             "controller_port": self.controller_port,
             "bootstrap_servers": self.bootstrap_servers if self.port else None,

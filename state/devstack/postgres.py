@@ -25,15 +25,14 @@ from typing import Any
 
 from state.devstack.procs import (
     DevStackError,
+    ServerProcess,
     chown_tree,
     free_port,
-    pid_alive,
     proc_start_ticks,
     record_owner,
     run_checked,
     running_as_root,
     spawn,
-    stop_tree,
     sweep_stale_workdirs,
     tail,
     unprivileged_user,
@@ -82,7 +81,7 @@ def can_connect(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-class PostgresCluster:
+class PostgresCluster(ServerProcess):
     """One throw-away cluster on 127.0.0.1 with a database ``compute``; see :attr:`url`."""
 
     def __init__(
@@ -234,11 +233,6 @@ class PostgresCluster:
         """Make a wait_ready() in another thread give up at its next poll."""
         self._cancelled.set()
 
-    def is_alive(self) -> bool:
-        if self._proc is not None:
-            return self._proc.poll() is None
-        return self.pid is not None and pid_alive(self.pid, self.start_ticks)
-
     def ping(self, timeout: float = 2.0) -> bool:
         return self.port is not None and can_connect(self.url, timeout)
 
@@ -261,25 +255,12 @@ class PostgresCluster:
                 )
 
             # Then SIGINT (PostgreSQL's "fast shutdown"): a no-op when pg_ctl stopped it.
-            stop_tree(self.pid, start_ticks=self.start_ticks, sig=signal.SIGINT, timeout=timeout,
-                      popen=self._proc, graceful=pg_ctl_stop)
-            self.pid = None
-            self._proc = None
-        if self.workdir is not None and not keep_files:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
-
-    def __enter__(self) -> PostgresCluster:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+            self._stop_process(timeout, sig=signal.SIGINT, graceful=pg_ctl_stop)
+        self._remove_workdir(keep_files)
 
     def to_state(self) -> dict[str, Any]:
         return {
-            "pid": self.pid,
-            "start_ticks": self.start_ticks,
-            "workdir": str(self.workdir) if self.workdir else None,
+            **self._process_state(),
             "port": self.port,
             "superuser": self.superuser,
             "database": self.database,

@@ -401,3 +401,50 @@ def sweep_stale_workdirs(prefix: str, base_dir: Path | None = None) -> list[Path
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
+
+
+class ServerProcess:
+    """What the local servers share: one server process (our child, or recorded by pid and
+    start time in ``dev up``'s state file) and a work folder removed when it stops."""
+
+    pid: int | None
+    start_ticks: int | None
+    workdir: Path | None
+    _proc: subprocess.Popen | None
+
+    def start(self, timeout: float = 120.0) -> "ServerProcess":
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 30.0, *, keep_files: bool = False) -> None:
+        self._stop_process(timeout)
+        self._remove_workdir(keep_files)
+
+    def is_alive(self) -> bool:
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return self.pid is not None and pid_alive(self.pid, self.start_ticks)
+
+    def _stop_process(self, timeout: float, **stop_kwargs: Any) -> None:
+        if self.pid is not None:
+            stop_tree(self.pid, start_ticks=self.start_ticks, timeout=timeout, popen=self._proc,
+                      **stop_kwargs)
+            self.pid = None
+            self._proc = None
+
+    def _remove_workdir(self, keep_files: bool) -> None:
+        if self.workdir is not None and not keep_files:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def _process_state(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "start_ticks": self.start_ticks,
+            "workdir": str(self.workdir) if self.workdir else None,
+        }
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

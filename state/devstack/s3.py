@@ -9,7 +9,6 @@ folder instead (see ``LocalStack``); this endpoint is what tests of the S3 path 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 import threading
@@ -21,12 +20,11 @@ from typing import Any
 
 from state.devstack.procs import (
     DevStackError,
+    ServerProcess,
     free_port,
-    pid_alive,
     proc_start_ticks,
     record_owner,
     spawn,
-    stop_tree,
     sweep_stale_workdirs,
     tail,
     wait_until,
@@ -86,7 +84,7 @@ def create_bucket(endpoint_url: str, bucket: str, **client_kwargs: str) -> None:
         pass
 
 
-class S3Endpoint:
+class S3Endpoint(ServerProcess):
     """moto's S3 server (``python -m moto.server``) on a free port of 127.0.0.1."""
 
     def __init__(self, *, port: int | None = None, detached: bool = False, base_dir: Path | str | None = None):
@@ -182,34 +180,15 @@ class S3Endpoint:
         """Make a wait_ready() in another thread give up at its next poll."""
         self._cancelled.set()
 
-    def is_alive(self) -> bool:
-        if self._proc is not None:
-            return self._proc.poll() is None
-        return self.pid is not None and pid_alive(self.pid, self.start_ticks)
-
     def ping(self, timeout: float = 2.0) -> bool:
         return self.port is not None and http_answers(f"{self.endpoint_url}/moto-api/", timeout)
 
     def stop(self, timeout: float = 15.0, *, keep_files: bool = False) -> None:
-        if self.pid is not None:
-            stop_tree(self.pid, start_ticks=self.start_ticks, timeout=timeout, popen=self._proc)
-            self.pid = None
-            self._proc = None
-        if self.workdir is not None and not keep_files:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
-
-    def __enter__(self) -> S3Endpoint:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().stop(timeout, keep_files=keep_files)
 
     def to_state(self) -> dict[str, Any]:
         return {
-            "pid": self.pid,
-            "start_ticks": self.start_ticks,
-            "workdir": str(self.workdir) if self.workdir else None,
+            **self._process_state(),
             "port": self.port,
             "endpoint_url": self.endpoint_url if self.port else None,
         }
