@@ -275,16 +275,8 @@ class KafkaBroker(ServerProcess):
         )
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, timeout: float = 120.0) -> KafkaBroker:
-        """prepare() + launch() + wait_ready(): returns once a metadata round trip succeeds."""
-        try:
-            self.prepare(timeout)
-            self.launch()
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+    START_TIMEOUT_S = 120.0
+    # start() (ServerProcess): returns once a metadata round trip succeeds.
 
     def prepare(self, timeout: float = 120.0) -> None:
         """Jars, ports, temp dir, server.properties and ``StorageTool format`` (no server yet).

@@ -142,16 +142,7 @@ class PostgresCluster(ServerProcess):
         assert self.workdir is not None
         return f"--- {self.workdir / 'postgres.log'} (tail) ---\n{tail(self.workdir / 'postgres.log')}"
 
-    def start(self, timeout: float = 60.0) -> PostgresCluster:
-        """prepare() + launch() + wait_ready(): returns once ``compute`` exists."""
-        try:
-            self.prepare(timeout)
-            self.launch()
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+    # start() (ServerProcess): returns once ``compute`` exists.
 
     def prepare(self, timeout: float = 60.0) -> None:
         """Port, temp dir (owned by the unprivileged user when we are root) and ``initdb``.

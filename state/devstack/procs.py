@@ -412,8 +412,28 @@ class ServerProcess:
     workdir: Path | None
     _proc: subprocess.Popen | None
 
-    def start(self, timeout: float = 120.0) -> "ServerProcess":
+    START_TIMEOUT_S = 60.0  # a subclass may need longer (the JVM broker)
+
+    def prepare(self, timeout: float) -> None:
         raise NotImplementedError
+
+    def launch(self) -> None:
+        raise NotImplementedError
+
+    def wait_ready(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    def start(self, timeout: float | None = None):
+        """prepare() + launch() + wait_ready(); on any failure the process and files go."""
+        timeout = self.START_TIMEOUT_S if timeout is None else timeout
+        try:
+            self.prepare(timeout)
+            self.launch()
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def stop(self, timeout: float = 30.0, *, keep_files: bool = False) -> None:
         self._stop_process(timeout)

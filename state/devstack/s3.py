@@ -118,16 +118,7 @@ class S3Endpoint(ServerProcess):
     def client(self) -> Any:
         return s3_client(self.endpoint_url)
 
-    def start(self, timeout: float = 60.0) -> S3Endpoint:
-        """prepare() + launch() + wait_ready(): returns once the server answers HTTP."""
-        try:
-            self.prepare(timeout)
-            self.launch()
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+    # start() (ServerProcess): returns once the server answers HTTP.
 
     def prepare(self, timeout: float = 60.0) -> None:
         """Port and temp dir. Thread-safe."""
