@@ -397,3 +397,32 @@ def submit_plan(plan: GenerationPlan, producer: TaskSubmitter) -> SubmittedPlan:
         [prompt_id] = submit_tasks([plan.prompt_step.task], producer)
         return SubmittedPlan(generation_id=plan.generation_id, task_ids=(), prompt_task_id=prompt_id)
     return SubmittedPlan(generation_id=plan.generation_id, task_ids=tuple(submit_tasks(plan.tasks, producer)))
+
+
+# --------------------------------------------------------------------------- the request record
+
+# The record a generation request travels as on the generations topic (keyed by generation id):
+# the processors' orchestrator starts the generation from it and submits its tasks. JSON, like
+# the state documents: it is internal to this system, and the plan is already a pydantic model.
+GENERATION_REQUEST_FORMAT = 1
+GENERATION_REQUEST_CONTENT_TYPE = b"application/json; format=compute.GenerationRequested/1"
+
+
+class GenerationRequested(_Frozen):
+    """A generation to start: its plan and who asked for it."""
+
+    format: int = GENERATION_REQUEST_FORMAT
+    plan: GenerationPlan
+    requested_at: str  # ISO 8601, UTC
+    origin_instance: str | None = None
+    origin_zone: str | None = None
+    origin_tenant_id: str | None = None
+    webhook_url: str | None = None
+
+    def to_record(self) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+        """``(key, value, headers)`` for the generations topic."""
+        gid = self.plan.generation_id
+        headers = [("ce_specversion", b"1.0"), ("ce_id", f"{gid}/requested".encode()),
+                   ("ce_source", b"/compute/producers"), ("ce_type", b"compute.generations.GenerationRequested"),
+                   ("ce_subject", gid.encode()), ("content-type", GENERATION_REQUEST_CONTENT_TYPE)]
+        return gid.encode(), self.model_dump_json().encode(), headers

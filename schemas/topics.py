@@ -40,6 +40,17 @@ class Topics:
         return f"{self.prefix}.evaluations"
 
     @property
+    def generations(self) -> str:
+        """Keyed by generation id: the requests (plans) and the final states of their tasks,
+        which the processors' orchestrator folds into each generation's record."""
+        return f"{self.prefix}.generations"
+
+    @property
+    def generations_state(self) -> str:
+        """Compacted: the latest record of each generation (the orchestrator table's changelog)."""
+        return f"{self.prefix}.generations.state"
+
+    @property
     def schemas(self) -> str:
         """Compacted: every Avro schema a writer has used, keyed by its fingerprint."""
         return f"{self.prefix}.schemas"
@@ -52,13 +63,13 @@ class Topics:
         return [self.task(t) for t in TaskType]
 
     def all(self) -> list[str]:
-        """Every topic the system uses, DLQs included (the state and schemas topics have none:
-        only our own processors write them)."""
-        main = [*self.task_topics(), self.status, self.control, self.evaluations]
-        return [*main, *(self.dlq(t) for t in main), self.state, self.schemas]
+        """Every topic the system uses, DLQs included (the state topics and the schemas topic
+        have none: only our own processes write them)."""
+        main = [*self.task_topics(), self.status, self.control, self.evaluations, self.generations]
+        return [*main, *(self.dlq(t) for t in main), self.state, self.generations_state, self.schemas]
 
     def compacted(self) -> frozenset[str]:
-        return frozenset({self.state, self.schemas})
+        return frozenset({self.state, self.generations_state, self.schemas})
 
     def task_type_of(self, topic: str) -> TaskType | None:
         """Inverse of :meth:`task`; None for a topic that is not a task topic."""
