@@ -6,12 +6,10 @@ from __future__ import annotations
 import io
 import threading
 import time
-import uuid
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from PIL import Image
 
 from gpu_consumers.errors import InvalidInput, ProviderError, StorageFailure
@@ -23,9 +21,8 @@ from producers.submit import TaskProducer
 from schemas.codec import EventCodec
 from schemas.emit import produce_event
 from schemas.enums import TaskType
-from schemas.events import CancelRequested, Envelope, StatusChanged
+from schemas.events import CancelRequested, Envelope
 from schemas.kafka_settings import KafkaSettings
-from state.lifecycle import TaskState, fold_all
 
 TYPE = TaskType.IMAGE_ADJUSTER
 DEADLINE_S = 30.0
@@ -86,51 +83,6 @@ class Scripted:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.02)
-
-
-class StatusLog:
-    """The status topic, read from the beginning and decoded, per task id."""
-
-    def __init__(self, settings: KafkaSettings) -> None:
-        topic = settings.topics.status
-        self._codec = EventCodec()
-        self._consumer = Consumer({**settings.client_config(), "group.id": f"reader-{uuid.uuid4().hex}",
-                                   "enable.auto.commit": False})
-        parts = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        self.events: dict[str, list[StatusChanged]] = defaultdict(list)
-
-    def _drain(self) -> None:
-        while (msg := self._consumer.poll(0.05)) is not None:
-            if not msg.error():
-                event = self._codec.decode(msg.value(), expect=StatusChanged)
-                self.events[event.envelope.task_id].append(event)
-
-    def state(self, task_id: str) -> TaskState | None:
-        return fold_all(self.events[task_id])
-
-    def wait(self, condition: Callable[[StatusLog], bool], what: str) -> None:
-        wait_for(lambda: self._drain() or condition(self), what)
-
-    def wait_terminal(self, *task_ids: str) -> None:
-        def done(log: StatusLog) -> bool:
-            return all((s := log.state(t)) is not None and s.is_terminal for t in task_ids)
-
-        self.wait(done, f"terminal statuses of {task_ids}")
-
-    def terminals(self, task_id: str) -> list[StatusChanged]:
-        return [e for e in self.events[task_id] if e.status.is_terminal]
-
-    def close(self) -> None:
-        self._consumer.close()
 
 
 class Running:

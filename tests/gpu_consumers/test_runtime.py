@@ -34,16 +34,14 @@ from tests.gpu_consumers.runtime_helpers import (
     GatedStore,
     Running,
     Scripted,
-    StatusLog,
     committed,
     files_of,
     make_worker,
     request_cancel,
     submit,
-    wait_for,
     worker_settings,
 )
-from tests.kafka_helpers import read_topic
+from tests.kafka_helpers import StatusLog, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 

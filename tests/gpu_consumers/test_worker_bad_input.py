@@ -35,8 +35,8 @@ from schemas.headers import header_dict
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
 from state.lifecycle import TaskState
-from tests.gpu_consumers.runtime_helpers import Running, StatusLog, worker_settings
-from tests.kafka_helpers import read_topic
+from tests.gpu_consumers.runtime_helpers import Running, worker_settings
+from tests.kafka_helpers import StatusLog, read_topic
 
 pytestmark = pytest.mark.integration
 

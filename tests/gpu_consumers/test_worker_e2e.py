@@ -19,9 +19,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from PIL import Image
 
@@ -37,12 +36,11 @@ from producers.submit import TaskProducer
 from schemas.codec import EventCodec
 from schemas.emit import produce_event
 from schemas.enums import ErrorCode, TaskStatus, TaskType
-from schemas.events import CancelRequested, Envelope, StatusChanged
+from schemas.events import CancelRequested, Envelope
 from schemas.headers import header_dict
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics, watermarks
-from state.lifecycle import TaskState, fold_all
-from tests.kafka_helpers import read_topic
+from tests.kafka_helpers import StatusLog, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -84,8 +82,8 @@ def kafka(kafka_settings: KafkaSettings) -> KafkaSettings:
 
 
 @pytest.fixture
-def statuses(kafka: KafkaSettings) -> Iterator[StatusTopic]:
-    topic = StatusTopic(kafka)
+def statuses(kafka: KafkaSettings) -> Iterator[StatusLog]:
+    topic = StatusLog(kafka, DEADLINE_S)
     yield topic
     topic.close()
 
@@ -148,18 +146,6 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(_OWN_PREFIXES)}
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = DEADLINE_S,
-             also: Callable[[], None] = lambda: None) -> None:
-    """Poll ``condition`` until it holds; ``also`` runs each turn (it may raise, e.g. when a
-    worker died)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        also()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(0.05)
-
-
 @dataclass
 class WorkerProcess:
     name: str
@@ -195,53 +181,6 @@ class WorkerProcess:
         """SIGTERM (what a supervisor sends), then the counters of the clean stop."""
         self.proc.send_signal(signal.SIGTERM)
         return self.finish(timeout_s)
-
-
-class StatusTopic:
-    """The status topic from its beginning, decoded and grouped by task id."""
-
-    def __init__(self, kafka: KafkaSettings) -> None:
-        self._codec = EventCodec()
-        topic = kafka.topics.status
-        self._consumer = Consumer({**kafka.client_config(), "group.id": f"e2e-{uuid.uuid4().hex}",
-                                   "enable.auto.commit": False})
-        parts = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        self.events: dict[str, list[StatusChanged]] = defaultdict(list)
-
-    def drain(self) -> None:
-        while (msg := self._consumer.poll(0.05)) is not None:
-            if not msg.error():
-                event = self._codec.decode(msg.value(), expect=StatusChanged)
-                self.events[event.envelope.task_id].append(event)
-
-    def state(self, task_id: str) -> TaskState | None:
-        return fold_all(self.events[task_id])
-
-    def wait(self, condition: Callable[[StatusTopic], bool], what: str,
-             timeout_s: float = DEADLINE_S, also: Callable[[], None] = lambda: None) -> None:
-        wait_for(lambda: self.drain() or condition(self), what, timeout_s, also)
-
-    def wait_terminal(self, *task_ids: str, also: Callable[[], None] = lambda: None) -> None:
-        def done(log: StatusTopic) -> bool:
-            return all((s := log.state(t)) is not None and s.is_terminal for t in task_ids)
-
-        self.wait(done, f"terminal statuses of {len(task_ids)} task(s)", also=also)
-
-    def wait_running(self, task_id: str, also: Callable[[], None] = lambda: None) -> None:
-        """Until a PROCESSING event with progress > 0: the task is inside its denoising loop."""
-        self.wait(lambda log: any(e.status is TaskStatus.PROCESSING and (e.progress or 0) > 0
-                                  for e in log.events[task_id]),
-                  f"task {task_id} to report progress", also=also)
-
-    def terminals(self, task_id: str) -> list[StatusChanged]:
-        return [e for e in self.events[task_id] if e.status.is_terminal]
-
-    def terminals_per_attempt(self, task_id: str) -> Counter[int]:
-        return Counter(e.envelope.attempt for e in self.terminals(task_id))
-
-    def close(self) -> None:
-        self._consumer.close()
 
 
 class Inputs:
@@ -459,7 +398,7 @@ def test_two_worker_processes_in_one_group_share_a_types_partitions(kafka, statu
         members = group_members(kafka, task_type)
         return len(members) == 2 and all(members)
 
-    wait_for(shared, "both workers to own a partition of the group", also=both_alive)
+    wait_for(shared, "both workers to own a partition of the group", DEADLINE_S, also=both_alive)
     image = inputs.image("shared.png", (48, 40))
     task_ids: list[str] = []
     # Random task ids spread over both partitions; keep submitting until each holds some.
