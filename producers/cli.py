@@ -54,6 +54,7 @@ _LAZY_COMMANDS = {
     "worker": "gpu_consumers.cli:worker",
     "processors": "processors.cli:processors",
     "catalog": "producers.catalog:catalog",
+    "generate": "producers.generate_cli:generate",
     "apikey": "state.cli:apikey",
     "db": "state.cli:db",
     "projector": "state.cli:projector",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +20,7 @@ from schemas.topics import DLQ_SUFFIX
 
 def resolve_topic(settings: KafkaSettings, name: str) -> str:
     """Accept a full topic name or a short alias: status, control, state, evaluations, schemas,
-    a task type (generation, video-generation...), each optionally followed by ``.dlq``."""
+    generations, generations.state, a task type (generation, video-generation...), each optionally followed by ``.dlq``."""
     topics = settings.topics
     base, dlq = (name[: -len(DLQ_SUFFIX)], True) if name.endswith(DLQ_SUFFIX) else (name, False)
     aliases = {
@@ -28,6 +29,8 @@ def resolve_topic(settings: KafkaSettings, name: str) -> str:
         "state": topics.state,
         "evaluations": topics.evaluations,
         "schemas": topics.schemas,
+        "generations": topics.generations,
+        "generations.state": topics.generations_state,
     }
     if base in aliases:
         full = aliases[base]
@@ -50,6 +53,15 @@ def decode_record(codec: EventCodec, msg: Any) -> dict[str, Any]:
     value = msg.value()
     if msg.topic().endswith(".schemas"):
         out["value"] = value.decode() if value else None
+        return out
+    content_type = out["headers"].get("content-type", "")
+    if content_type.startswith("application/json"):  # state documents, generation records
+        out["type"] = content_type.partition("format=")[2] or "json"
+        try:
+            out["value"] = json.loads(value) if value else None
+        except ValueError as exc:
+            out["error"] = f"not JSON: {exc}"
+            out["value_base64"] = base64.b64encode(value or b"").decode()
         return out
     try:
         name, record = codec.decode_dict(value)
