@@ -1,9 +1,13 @@
-"""The Faust app: the lifecycle fold, its state topic, and leases (docs/PROCESSORS.md).
+"""The Faust app: the lifecycle fold, its state topic, leases, and the generations orchestrator
+(docs/PROCESSORS.md).
 
     status topic ──fold_status──> tasks table ══ its changelog: <prefix>.tasks.state (compacted)
-         │                            └─> lease book ──lease timer──> FAILED, retry record
-         └─ unreadable ──> <status>.dlq                    ▲   (status topic, task topic)
+         │                            ├─> lease book ──lease timer──> FAILED, retry record
+         └─ unreadable ──> <status>.dlq│                   ▲   (status topic, task topic)
     task topics ──keep_submissions──> submissions table ───┘
+                                       └─> final states of generation tasks, keyed by generation
+                                           id ──> <prefix>.generations ──orchestrate──> (see
+                                           processors/orchestrator.py)
 
 :func:`create_app` builds one app per call (no module-level app). The agents only move records
 between Kafka and the pure functions of ``processors/folding.py`` and ``processors/leases.py``.
@@ -15,13 +19,16 @@ from __future__ import annotations
 
 import logging
 import ssl
+import zlib
 from typing import Any
 
 import faust
 
 from processors.folding import STATE_CONTENT_TYPE, decode_state, fold_batch
 from processors.lease_timer import LeaseTimer
+from processors.evaluators.base import EvaluatorRegistry, EvaluatorSettings, default_registry
 from processors.leases import LeaseBook
+from processors.orchestrator import FetchImage, Orchestrator, Outbox, install
 from processors.settings import ProcessorSettings
 from schemas.codec import EventCodec
 from schemas.enums import TaskStatus
@@ -107,10 +114,55 @@ def _state_headers(state: TaskState) -> list[tuple[str, bytes]]:
             ("content-type", STATE_CONTENT_TYPE)]
 
 
+def librdkafka_partition(key: bytes, partitions: int) -> int:
+    """The partition librdkafka's default partitioner (``consistent_random``: CRC-32 of the key)
+    gives ``key``: the one every other writer of the topic (confluent-kafka) uses. aiokafka's
+    own partitioner (murmur2) would put the record elsewhere."""
+    return zlib.crc32(key) % partitions
+
+
+def evaluator_registry(settings: ProcessorSettings,
+                       registry: EvaluatorRegistry | None = None) -> EvaluatorRegistry:
+    """``registry`` (else :func:`default_registry`), plus ``scripted`` when a script is set."""
+    registry = registry or default_registry()
+    script = settings.evaluator_script
+    if script is not None and "scripted" not in registry.names():
+        from processors.evaluators.scripted import PromptScriptedEvaluator
+
+        scripted = PromptScriptedEvaluator(script)
+        registry.register("scripted", lambda _settings: scripted)
+    return registry
+
+
+def _default_fetch_image() -> FetchImage:
+    """Images as the workers fetch inputs (``INPUT_*``: limits, private networks, file roots;
+    the ``RESULTS_URL`` folder and ``s3://`` with ``S3_ENDPOINT_URL``)."""
+    from gpu_consumers.inputs import InputFetcher, InputSettings
+    from gpu_consumers.storage import StorageSettings, file_url_path
+
+    settings = InputSettings()
+    results_url = StorageSettings().results_url
+    if results_url.startswith("file:"):  # the workers' results, also when INPUT_ALLOWED_FILE_ROOTS
+        root = file_url_path(results_url)  # names only the folders of task inputs
+        if root not in settings.allowed_file_roots:
+            settings = settings.model_copy(
+                update={"allowed_file_roots": [*settings.allowed_file_roots, root]})
+    fetcher = InputFetcher(settings)
+    return lambda url: fetcher.fetch_image(url, mode=None)
+
+
 def create_app(
-    kafka: KafkaSettings, settings: ProcessorSettings, *, codec: EventCodec | None = None
+    kafka: KafkaSettings, settings: ProcessorSettings, *, codec: EventCodec | None = None,
+    evaluators: EvaluatorRegistry | None = None,
+    evaluator_settings: EvaluatorSettings | None = None,
+    fetch_image: FetchImage | None = None,
 ) -> faust.App:
-    """The processors' Faust app for these settings; run it with a ``faust.Worker``."""
+    """The processors' Faust app for these settings; run it with a ``faust.Worker``.
+
+    ``evaluators``: the AGENTIC loop's evaluator plugins (default: :func:`default_registry`,
+    plus ``scripted`` when ``settings.evaluator_script`` is set); ``evaluator_settings`` default
+    to :meth:`EvaluatorSettings.from_env`; ``fetch_image(url)`` reads an attempt's image
+    (default: ``gpu_consumers.inputs.InputFetcher`` with ``InputSettings()``)."""
     codec = codec or EventCodec()
     topics = kafka.topics
     app_id = settings.app_id_for(kafka.topic_prefix)
@@ -184,13 +236,23 @@ def create_app(
             for changed in outcome.changed:
                 tasks.data[changed.task_id] = changed.document  # the table: local store...
                 remember(changed.task_id, changed.document, changed.state)
+                headers = _state_headers(changed.state)
                 delivery = await app.producer.send(  # ...and its changelog, the state topic
                     topics.state, changed.task_id.encode(), changed.document, changed.partition,
-                    None, _state_headers(changed.state))
+                    None, headers)
                 delivery.add_done_callback(on_state_delivered)
                 book.observe(changed.partition, changed.state)
-                if is_final(changed.state) and changed.task_id in submissions.data:
+                if not is_final(changed.state):
+                    continue
+                if changed.task_id in submissions.data:
                     _delete(submissions, changed.partition, changed.task_id)
+                generation_id = changed.state.generation_id
+                if generation_id is not None:  # repartition: task id -> generation id
+                    key = generation_id.encode()
+                    delivery = await app.producer.send(
+                        topics.generations, key, changed.document,
+                        librdkafka_partition(key, kafka.partitions), None, headers)
+                    delivery.add_done_callback(on_state_delivered)
 
     @app.agent(task_topics, name="keep_submissions")
     async def keep_submissions(stream: Any) -> None:
@@ -205,4 +267,10 @@ def create_app(
                        submission=submissions.data.get)
     app.timer(settings.lease_check_interval_s, name="check_leases")(timer.check)
     app.on_before_shutdown.connect(timer.on_shutdown)
+
+    orchestrator = Orchestrator(
+        Outbox(kafka, codec), evaluator_registry(settings, evaluators),
+        evaluator_settings or EvaluatorSettings.from_env(), fetch_image or _default_fetch_image())
+    install(app, kafka, orchestrator, dead_letter_headers=_dead_letter_headers,
+            on_delivered=on_state_delivered)
     return app

@@ -1,7 +1,9 @@
-"""``computectl processors``: run the Faust app until SIGTERM (or Ctrl-C).
+"""``computectl processors``: run the Faust app until SIGTERM (or Ctrl-C): the lifecycle fold,
+leases, and the generations orchestrator (the AGENTIC loop).
 
 Settings are read once from the environment (``KAFKA_*``, ``SCHEMA_REGISTRY_URL``,
-``PROCESSORS_*``) and passed down. The topics are created first if missing (idempotent), so the
+``PROCESSORS_*``, ``COMPUTE_EVALUATOR_*``; the orchestrator fetches images with the workers'
+``INPUT_*``, ``RESULTS_URL`` and ``S3_ENDPOINT_URL``) and passed down. The topics are created first if missing (idempotent), so the
 app never waits on a topic nobody created. On SIGTERM the worker stops its agents, flushes what
 they produced, commits, and exits 0; a crash or a SIGKILL loses nothing either: the next start
 recovers the tables from their changelogs and folds again from the last committed offsets.
@@ -24,6 +26,7 @@ def _stop_while_starting(signum: int, frame: FrameType | None) -> None:
 
 def build_app():  # settings read once, here
     from processors.app import create_app
+    from processors.evaluators.base import EvaluatorSettings
     from processors.settings import ProcessorSettings
     from schemas.codec import EventCodec
     from schemas.kafka_settings import KafkaSettings
@@ -36,7 +39,8 @@ def build_app():  # settings read once, here
 
         registry = HttpSchemaRegistry(kafka.schema_registry_url)
     codec = EventCodec(registry=registry, lookup_fingerprint=SchemaStoreReader(kafka))
-    return kafka, create_app(kafka, ProcessorSettings(), codec=codec)
+    return kafka, create_app(kafka, ProcessorSettings(), codec=codec,
+                             evaluator_settings=EvaluatorSettings.from_env())
 
 
 @click.command("processors")
@@ -45,7 +49,8 @@ def build_app():  # settings read once, here
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def processors(create_topics: bool, log_level: str) -> None:
-    """Run the stream processors: the lifecycle fold into the state topic, and leases."""
+    """Run the stream processors: the lifecycle fold into the state topic, leases, and the
+    generations orchestrator (AGENTIC evaluation and retries)."""
     signal.signal(signal.SIGTERM, _stop_while_starting)  # the worker replaces it once running
     import faust
 

@@ -93,6 +93,7 @@ def state_to_json(state: TaskState) -> dict[str, Any]:
         "result": None if state.result is None else _jsonable(state.result),
         "error_code": None if state.error_code is None else state.error_code.value,
         "error_message": state.error_message,
+        "generation_id": state.generation_id,
     }
 
 
@@ -129,6 +130,7 @@ def state_from_json(doc: dict[str, Any]) -> TaskState:
         result=doc["result"],
         error_code=None if error_code is None else ErrorCode(error_code),
         error_message=doc["error_message"],
+        generation_id=doc.get("generation_id"),  # absent from documents written before it
     )
 
 

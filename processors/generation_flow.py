@@ -22,30 +22,52 @@ generations topic; it carries out the :data:`Effect` list each returns, in order
 
 Every function is idempotent: an input already applied (at-least-once delivery replays them)
 returns the record unchanged (the same object) and no effects. A record that changed has
-``version`` + 1 and ``updated_at = now``.
+``version`` + 1 and ``updated_at = now``. One exception, on purpose: a repeated COMPLETED of an
+AGENTIC attempt that is still waiting for its score (or of its judge) returns the same record but
+re-emits :class:`Evaluate` (:class:`ParseJudgement`). The orchestrator writes the record only after
+it has carried out the effects, so a crash in between loses the evaluation, and the replayed
+final state is what asks for it again. ``start`` is deterministic; that the generation already
+has a record is the caller's check.
 
 Generation status (:class:`GenerationStatus`): RUNNING from the start; when every prediction is
 terminal: COMPLETED if at least one prediction COMPLETED, CANCELLED if every prediction was
-cancelled, else FAILED. ``completed_at`` is set then.
+cancelled, else FAILED. ``completed_at`` is set then, and the record no longer changes.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
+from processors.agentic import (_KNOBS, Action, ActionKind, Completed, Failed, OrchestratedShot, ShotAttempt,
+                                ShotSettings, on_attempt_finished)
 from processors.evaluators.base import Evaluation, EvaluationContext
-from producers.generations import GenerationPlan, GenerationRequested, PlannedTask
-from schemas.enums import TaskStatus
-from schemas.events import EvaluationRecorded
-from schemas.task_params import LlmInteractionParams
+from producers.generations import (GenerationPlan, GenerationRequested, PendingTask, PlannedTask, continue_after_edit,
+                                   continue_after_prompt)
+from schemas.enums import ErrorCode, GenerationType, TaskStatus, TaskType
+from schemas.events import Envelope, EvaluationRecorded, Orchestration
+from schemas.task_params import LlmInteractionParams, TaskParams
 from state.lifecycle import TaskState
 
 GENERATION_RECORD_FORMAT = 1
 GENERATION_RECORD_CONTENT_TYPE = b"application/json; format=compute.GenerationRecord/1"
+
+# Fixed namespace of the ids derived here (judge tasks, evaluation events); changing it would make
+# a replay submit a second judge and write a second evaluation event.
+_NS = uuid.UUID("33fcb214-5a3f-41fd-9756-802d5c163c21")
+EVALUATION_SOURCE = "/compute/processors/orchestrator"
+# A COMPLETED attempt with no image cannot be judged: it scores 0 so the loop retries or gives it
+# the lowest rank, and the evaluation says who scored it.
+NO_IMAGE_REASON, NO_IMAGE_EVALUATOR = "the result has no image", "orchestrator"
+JUDGE_EVALUATOR = "vlm"
+
+_S = TaskStatus
 
 
 class GenerationStatus(StrEnum):
@@ -66,11 +88,18 @@ class PredictionRecord(_Frozen):
     # PENDING until its first task is submitted (a prompt step), PROCESSING while any of its
     # tasks runs or is evaluated, then COMPLETED / FAILED / CANCELLED.
     status: TaskStatus = TaskStatus.PENDING
-    task_id: str | None = None  # the task whose result is (or will be) the prediction's
+    # The task whose result is (or will be) the prediction's: the latest attempt while the shot
+    # runs, the accepted attempt once decided (also while its follow-up runs), the follow-up once
+    # that COMPLETED.
+    task_id: str | None = None
     task_ids: tuple[str, ...] = ()  # every task run for it, in order: attempts, then follow-up
     shot: dict[str, JsonValue] | None = None  # AGENTIC: OrchestratedShot.to_dict()
     follow_up_task_id: str | None = None
-    result: dict[str, JsonValue] | None = None  # the TaskResult JSON of the task above
+    # The TaskResult JSON of ``task_id`` (COMPLETED; while a follow-up runs, the result it works on).
+    result: dict[str, JsonValue] | None = None
+    # task id -> TaskResult JSON of every COMPLETED task of the prediction: the accepted attempt
+    # is named only after later attempts ran, so each attempt's result is kept until then.
+    results: dict[str, dict[str, JsonValue]] = {}
     error_code: str | None = None
     error_message: str | None = None
 
@@ -85,6 +114,7 @@ class GenerationRecord(_Frozen):
     predictions: tuple[PredictionRecord, ...]
     prompt_task_id: str | None = None
     prompt: str | None = None  # the prompt the GENERATION tasks got (after a prompt step)
+    message: str | None = None  # a note for the user, e.g. that the template prompt was used
     judges: dict[str, str] = {}  # judge task id -> the attempt task id it judges
     origin_instance: str | None = None
     origin_zone: str | None = None
@@ -136,28 +166,67 @@ class EmitEvaluation:
 
 
 Effect = SubmitTask | Evaluate | ParseJudgement | EmitEvaluation
+Step = tuple[GenerationRecord, list[Effect]]
 
 
 # --------------------------------------------------------------------------- the functions
 
 
-def start(request: GenerationRequested, *, now: datetime) -> tuple[GenerationRecord, list[Effect]]:
-    raise NotImplementedError
+def start(request: GenerationRequested, *, now: datetime) -> Step:
+    plan = request.plan
+    common = dict(generation_id=plan.generation_id, plan=plan, created_at=now, updated_at=now,
+                  origin_instance=request.origin_instance, origin_zone=request.origin_zone,
+                  origin_tenant_id=request.origin_tenant_id, webhook_url=request.webhook_url)
+    if plan.prompt_step is not None:  # the GENERATION tasks wait for their prompt
+        waiting = tuple(PredictionRecord(index=i, task_id=t.task_id) for i, t in enumerate(plan.prompt_step.waiting))
+        record = GenerationRecord(**common, predictions=waiting, prompt_task_id=plan.prompt_step.task.task_id)
+        return record, [SubmitTask(plan.prompt_step.task)]
+    predictions = tuple(_submitted(PredictionRecord(index=i), t) for i, t in enumerate(plan.tasks))
+    return GenerationRecord(**common, predictions=predictions, prompt=plan.prompt), [SubmitTask(t) for t in plan.tasks]
 
 
-def on_task_final(record: GenerationRecord, state: TaskState, *, now: datetime
-                  ) -> tuple[GenerationRecord, list[Effect]]:
-    raise NotImplementedError
+def on_task_final(record: GenerationRecord, state: TaskState, *, now: datetime) -> Step:
+    if record.status is not GenerationStatus.RUNNING or not state.status.is_terminal:
+        return record, []
+    task_id = state.task_id
+    if task_id == record.prompt_task_id:
+        return _on_prompt(record, state, now)
+    if task_id in record.judges:
+        return _on_judge(record, state, now)
+    for p in record.predictions:
+        if task_id == p.follow_up_task_id:
+            return _on_follow_up(record, p, state, now)
+        if task_id in p.task_ids:
+            return _on_attempt(record, p, state, now)
+    return record, []
 
 
-def on_evaluation(record: GenerationRecord, task_id: str, evaluation: Evaluation, *, now: datetime
-                  ) -> tuple[GenerationRecord, list[Effect]]:
-    raise NotImplementedError
+def on_evaluation(record: GenerationRecord, task_id: str, evaluation: Evaluation, *, now: datetime) -> Step:
+    found = _open_attempt(record, task_id)
+    if found is None:
+        return record, []
+    p, shot, attempt = found
+    p, effects = _evaluated(record, p, shot, attempt, evaluation, now)
+    return _commit(record, now, p), effects
+
+
+def judge_task_id(attempt_task_id: str) -> str:
+    """The judge task of an attempt (deterministic: a replayed Evaluate finds the same judge)."""
+    return str(uuid.uuid5(_NS, f"{attempt_task_id}/judge"))
 
 
 def start_judging(record: GenerationRecord, task_id: str, params: LlmInteractionParams, *,
-                  now: datetime) -> tuple[GenerationRecord, list[Effect]]:
-    raise NotImplementedError
+                  now: datetime) -> Step:
+    judge_id = judge_task_id(task_id)
+    found = _open_attempt(record, task_id)
+    if found is None or judge_id in record.judges:
+        return record, []
+    # No shot_id: the judge is no attempt of the shot, only the generation's (so its final state
+    # is routed back here).
+    orchestration = _orchestration(record.plan, found[0].index).model_copy(update={"shot_id": None})
+    judge = PlannedTask(task_id=judge_id, task_type=TaskType.LLM_INTERACTION, params=params,
+                        orchestration=orchestration)
+    return _commit(record, now, judges={**record.judges, judge_id: task_id}), [SubmitTask(judge)]
 
 
 def encode_record(record: GenerationRecord) -> bytes:
@@ -166,3 +235,243 @@ def encode_record(record: GenerationRecord) -> bytes:
 
 def decode_record(document: bytes) -> GenerationRecord:
     return GenerationRecord.model_validate_json(document)
+
+
+# --------------------------------------------------------------------------- by task role
+
+
+def _on_prompt(record: GenerationRecord, state: TaskState, now: datetime) -> Step:
+    if any(p.status is not _S.PENDING for p in record.predictions):
+        return record, []  # already continued
+    if state.status is _S.CANCELLED:
+        cancelled = tuple(_with(p, status=_S.CANCELLED, error_message="the prompt task was cancelled")
+                          for p in record.predictions)
+        return _commit(record, now, predictions=cancelled), []
+    completed = state.status is _S.COMPLETED
+    # A failed prompt step is no reason to fail the generation: the template prompt still works.
+    tasks = continue_after_prompt(record.plan, _result(state).get("result_text") if completed else None)
+    prompt = tasks[0].params.prompt
+    message = None
+    if not completed:
+        message = (f"the prompt task failed ({_code(state)}: {state.error_message or 'no message'}); "
+                   f"the template prompt was used")
+    elif prompt == record.plan.prompt_step.fallback_prompt:
+        message = "the prompt task gave no usable prompt; the template prompt was used"
+    predictions = tuple(_submitted(p, t) for p, t in zip(record.predictions, tasks))
+    return (_commit(record, now, predictions=predictions, prompt=prompt, message=message),
+            [SubmitTask(t) for t in tasks])
+
+
+def _on_judge(record: GenerationRecord, state: TaskState, now: datetime) -> Step:
+    found = _open_attempt(record, record.judges[state.task_id])
+    if found is None:
+        return record, []
+    p, shot, attempt = found
+    if state.status is _S.COMPLETED:  # repeated while the attempt waits: see the module doc
+        text = _result(state).get("result_text") or ""
+        return record, [ParseJudgement(attempt.task_id, text, shot.settings.evaluation_provider,
+                                       _context(record, shot, attempt))]
+    failed = Evaluation(0.0, (f"evaluation failed: {_code(state)}",), evaluator=JUDGE_EVALUATOR)
+    return on_evaluation(record, attempt.task_id, failed, now=now)
+
+
+def _on_follow_up(record: GenerationRecord, p: PredictionRecord, state: TaskState, now: datetime) -> Step:
+    if p.status.is_terminal:
+        return record, []
+    if state.status is _S.COMPLETED:
+        result = _result(state)
+        p = _with(p, status=_S.COMPLETED, task_id=state.task_id, result=result,
+                  results={**p.results, state.task_id: result})
+    else:  # the accepted result it worked on stays in ``result`` and ``results``
+        p = _with(p, status=state.status, error_code=_code(state) if state.status is _S.FAILED else None,
+                  error_message=state.error_message)
+    return _commit(record, now, p), []
+
+
+def _on_attempt(record: GenerationRecord, p: PredictionRecord, state: TaskState, now: datetime) -> Step:
+    if p.status.is_terminal:
+        return record, []
+    task_id, status = state.task_id, state.status
+    if p.shot is None:  # BASE: the task's outcome is the prediction's
+        if p.follow_up_task_id is not None:
+            return record, []  # already accepted
+        if status is _S.COMPLETED:
+            result = _result(state)
+            p, effects = _accept(record.plan, _with(p, results={**p.results, task_id: result}), task_id)
+            return _commit(record, now, p), effects
+        return _commit(record, now, _ended(p, state)), []
+    shot = OrchestratedShot.from_dict(p.shot)
+    attempt = next(a for a in shot.attempts if a.task_id == task_id)
+    if shot.done or attempt.status is not _S.PENDING:
+        return record, []
+    if status is _S.COMPLETED:
+        result = _result(state)
+        waiting = _with(p, results={**p.results, task_id: result}) if task_id not in p.results else p
+        url = _image_url(result)
+        if url is None:
+            no_image = Evaluation(0.0, (NO_IMAGE_REASON,), evaluator=NO_IMAGE_EVALUATOR)
+            done, effects = _evaluated(record, waiting, shot, attempt, no_image, now)
+            return _commit(record, now, done), effects
+        return _commit(record, now, waiting), [Evaluate(task_id, url, shot.settings.evaluation_provider,
+                                                        _context(record, shot, attempt))]
+    if status is _S.CANCELLED:  # a cancel ends the prediction: no retry, the shot is done
+        attempts = tuple(dataclasses.replace(a, status=_S.CANCELLED) if a.task_id == task_id else a
+                         for a in shot.attempts)
+        shot = dataclasses.replace(shot, attempts=attempts, done=True)
+        return _commit(record, now, _ended(_with(p, shot=shot.to_dict()), state)), []
+    code = state.error_code or ErrorCode.PROVIDER_ERROR
+    shot, action = on_attempt_finished(shot, task_id, Failed(code, state.error_message or ""))
+    p, effects = _act(record.plan, p, shot, action, last_error=state.error_message)
+    return _commit(record, now, p), effects
+
+
+# --------------------------------------------------------------------------- the AGENTIC decision
+
+
+def _evaluated(record: GenerationRecord, p: PredictionRecord, shot: OrchestratedShot, attempt: ShotAttempt,
+               evaluation: Evaluation, now: datetime) -> tuple[PredictionRecord, list[Effect]]:
+    """Decide on a scored attempt: the evaluation event, then the action's effects."""
+    shot, action = on_attempt_finished(shot, attempt.task_id, Completed(evaluation.score, evaluation.reasons))
+    accepted = action.task_id if action.kind in (ActionKind.ACCEPT, ActionKind.ACCEPT_BEST) else None
+    envelope = Envelope(
+        # uuid5: a replayed decision writes the same event, which consumers can drop as a duplicate.
+        event_id=str(uuid.uuid5(_NS, f"{attempt.task_id}/evaluation")), task_id=attempt.task_id,
+        task_type=attempt.params.task_type, attempt=1, occurred_at=now, source=EVALUATION_SOURCE,
+        origin_instance=record.origin_instance, origin_zone=record.origin_zone,
+        origin_tenant_id=record.origin_tenant_id)
+    event = EvaluationRecorded(
+        envelope=envelope, generation_id=record.generation_id, shot_id=shot.shot_id,
+        evaluated_attempt=attempt.attempt, score=evaluation.score, reasons=list(evaluation.reasons),
+        evaluator=evaluation.evaluator or shot.settings.evaluation_provider,
+        decision=action.kind.evaluation_decision, accepted_task_id=accepted)
+    p, effects = _act(record.plan, p, shot, action, last_error=None)
+    return p, [EmitEvaluation(event), *effects]
+
+
+def _act(plan: GenerationPlan, p: PredictionRecord, shot: OrchestratedShot, action: Action, *,
+         last_error: str | None) -> tuple[PredictionRecord, list[Effect]]:
+    """Carry out the shot's action on the prediction (scored or FAILED attempts alike)."""
+    p = _with(p, shot=shot.to_dict())
+    if action.kind is ActionKind.RETRY:
+        retry = PlannedTask(task_id=action.task_id, task_type=action.params.task_type, params=action.params,
+                            orchestration=_orchestration(plan, p.index))
+        return _with(p, task_id=retry.task_id, task_ids=(*p.task_ids, retry.task_id)), [SubmitTask(retry)]
+    if action.kind is ActionKind.GIVE_UP:  # only a FAILED attempt can end a shot with no result
+        last = shot.attempts[-1]
+        code = last.error_code.value if last.error_code else None
+        return _with(p, status=_S.FAILED, error_code=code,
+                     error_message=f"every attempt failed ({len(shot.attempts)} of {shot.settings.max_attempts}); "
+                                   f"the last: {code}: {last_error or 'no message'}"), []
+    return _accept(plan, p, action.task_id)
+
+
+def _accept(plan: GenerationPlan, p: PredictionRecord, task_id: str) -> tuple[PredictionRecord, list[Effect]]:
+    """``task_id``'s result is the prediction's, unless the plan has a follow-up to run on it."""
+    result = p.results.get(task_id)
+    p = _with(p, task_id=task_id, result=result)
+    url = _image_url(result or {})
+    follow_up = continue_after_edit(plan, p.index, url) if url else None
+    if follow_up is None:
+        return _with(p, status=_S.COMPLETED), []
+    return (_with(p, follow_up_task_id=follow_up.task_id, task_ids=(*p.task_ids, follow_up.task_id)),
+            [SubmitTask(follow_up)])
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _submitted(p: PredictionRecord, task: PlannedTask) -> PredictionRecord:
+    """The prediction once its first task is submitted (AGENTIC: its shot starts here)."""
+    o = task.orchestration
+    shot = None
+    if o is not None and o.generation_type is GenerationType.AGENTIC:
+        shot = OrchestratedShot.start(generation_id=o.generation_id, prediction_index=p.index, params=task.params,
+                                      settings=ShotSettings.of(o), shot_id=o.shot_id,
+                                      task_id=task.task_id).to_dict()
+    return _with(p, status=_S.PROCESSING, task_id=task.task_id, task_ids=(task.task_id,), shot=shot)
+
+
+def _open_attempt(record: GenerationRecord, task_id: str
+                  ) -> tuple[PredictionRecord, OrchestratedShot, ShotAttempt] | None:
+    """The prediction, shot and attempt of ``task_id`` if that attempt still waits for its outcome."""
+    if record.status is not GenerationStatus.RUNNING:
+        return None
+    for p in record.predictions:
+        if p.shot is None or task_id not in p.task_ids or p.status.is_terminal:
+            continue
+        shot = OrchestratedShot.from_dict(p.shot)
+        attempt = next((a for a in shot.attempts if a.task_id == task_id), None)
+        if attempt is not None and not shot.done and attempt.status is _S.PENDING:
+            return p, shot, attempt
+    return None
+
+
+def _orchestration(plan: GenerationPlan, index: int) -> Orchestration:
+    """Prediction ``index``'s orchestration (the plan's task, or its task waiting for a prompt)."""
+    tasks: tuple[PlannedTask | PendingTask, ...] = plan.tasks or (plan.prompt_step.waiting if plan.prompt_step else ())
+    return tasks[index].orchestration
+
+
+def _context(record: GenerationRecord, shot: OrchestratedShot, attempt: ShotAttempt) -> EvaluationContext:
+    task_type = attempt.params.task_type
+    return EvaluationContext(task_type=task_type, prompt=_prompt_of(attempt.params),
+                             generation_id=record.generation_id, shot_id=shot.shot_id, attempt=attempt.attempt,
+                             expects_alpha=task_type is TaskType.BACKGROUND_REMOVE)
+
+
+def _prompt_of(params: TaskParams) -> str | None:
+    # The field holding the prompt differs per task type; agentic's table is the one place it is kept.
+    field = _KNOBS[params.task_type].prompt
+    return getattr(params, field, None) if field else None
+
+
+def _result(state: TaskState) -> dict[str, Any]:
+    """The TaskResult JSON of a final state (the fold keeps whatever the event carried)."""
+    result = state.result
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json")
+    return dict(result) if isinstance(result, dict) else {}
+
+
+def _image_url(result: dict[str, Any]) -> str | None:
+    return result.get("result_image_url") or next(iter(result.get("output_urls") or ()), None)
+
+
+def _code(state: TaskState) -> str:
+    """The error code a FAILED state names (CANCELLED for a cancel)."""
+    if state.status is _S.FAILED:
+        return (state.error_code or ErrorCode.PROVIDER_ERROR).value
+    return state.status.value
+
+
+def _ended(p: PredictionRecord, state: TaskState) -> PredictionRecord:
+    """The prediction ended as its task did (FAILED or CANCELLED)."""
+    return _with(p, status=state.status, error_code=_code(state) if state.status is _S.FAILED else None,
+                 error_message=state.error_message)
+
+
+def _with(p: PredictionRecord, **changes: Any) -> PredictionRecord:
+    return p.model_copy(update=changes)
+
+
+def _commit(record: GenerationRecord, now: datetime, prediction: PredictionRecord | None = None,
+            **changes: Any) -> GenerationRecord:
+    """The record with ``changes`` (and ``prediction`` in its place): the same object when
+    nothing changed, else version + 1, ``updated_at = now`` and the generation status."""
+    if prediction is not None:
+        changes["predictions"] = tuple(prediction if q.index == prediction.index else q for q in record.predictions)
+    new = record.model_copy(update=changes)
+    if new == record:
+        return record
+    status = _status(new.predictions)
+    return new.model_copy(update=dict(status=status, version=record.version + 1, updated_at=now,
+                                      completed_at=None if status is GenerationStatus.RUNNING else now))
+
+
+def _status(predictions: tuple[PredictionRecord, ...]) -> GenerationStatus:
+    statuses = {p.status for p in predictions}
+    if not all(s.is_terminal for s in statuses):
+        return GenerationStatus.RUNNING
+    if _S.COMPLETED in statuses:
+        return GenerationStatus.COMPLETED
+    return GenerationStatus.CANCELLED if statuses == {_S.CANCELLED} else GenerationStatus.FAILED

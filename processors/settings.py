@@ -90,6 +90,12 @@ class ProcessorSettings(BaseSettings):
     # Standby replicas of the tables on other workers: a failover then recovers from a warm copy.
     table_standby_replicas: int = Field(default=1, ge=0)
 
+    # ---- the generations orchestrator (processors/orchestrator.py)
+    # Tests and demos only: scores of the "scripted" evaluator, which is registered only when
+    # this is set. JSON: {"<prompt prefix>": [score or [score, [reasons]], ...]}: attempt n of a
+    # shot whose prompt starts with the prefix gets the n-th entry (the longest prefix wins).
+    evaluator_script: dict[str, list[float | tuple[float, list[str]]]] | None = None
+
     @field_validator("leases_s", mode="before")
     @classmethod
     def _parse_lease_keys(cls, value: Any) -> Any:

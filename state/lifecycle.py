@@ -21,10 +21,12 @@ The state's status, attempt, result, error, message, last_event_id, updated_at (
 ``occurred_at``) and completed_at come from the winning event; the rest are merges:
 ``created_at`` = earliest event of any attempt; ``queued_at``/``started_at`` = earliest
 QUEUED/PROCESSING event of the state's attempt; ``progress`` = highest progress reported in the
-attempt (``COMPLETED`` forces 1.0). Because the winner is the maximum of a total order and the
-merges are min/max, every permutation, duplication or replay of a set of events (distinct
-``event_id`` per distinct event) folds to the same state -- except ``version``, which counts the
-changes actually applied (+1 each, never on a no-op) and so depends on arrival order.
+attempt (``COMPLETED`` forces 1.0); ``task_type`` and ``generation_id`` = the first non-null one
+seen (every event of a task carries the same, or none, so the order does not matter). Because
+the winner is the maximum of a total order and the merges are min/max, every permutation,
+duplication or replay of a set of events (distinct ``event_id`` per distinct event) folds to the
+same state -- except ``version``, which counts the changes actually applied (+1 each, never on a
+no-op) and so depends on arrival order.
 
 "Absorbing", precisely: a terminal state's status, result and error never change for events of
 its own or an older attempt (barring the race rule 3), and an event that changes nothing returns
@@ -122,6 +124,7 @@ class EventView:
     result: object | None
     error_code: ErrorCode | None
     error_message: str | None
+    generation_id: str | None = None
 
 
 def view_event(event: object) -> EventView:
@@ -138,6 +141,7 @@ def view_event(event: object) -> EventView:
         error = getattr(event, "error", None)
         code = None if error is None else ErrorCode(error.code)
         err_msg = None if error is None else error.message
+        generation_id = getattr(event, "generation_id", None)
         task_type = raw_type
         if raw_type is not None and not isinstance(raw_type, TaskType):
             task_type = TaskType.parse(raw_type)
@@ -150,6 +154,8 @@ def view_event(event: object) -> EventView:
         raise InvalidStatusEvent(f"{where}: attempt must be an int >= 1, got {attempt!r}")
     if not isinstance(occurred_at, datetime) or occurred_at.tzinfo is None:
         raise InvalidStatusEvent(f"{where}: occurred_at must be a timezone-aware datetime")
+    if generation_id is not None and not isinstance(generation_id, str):
+        raise InvalidStatusEvent(f"{where}: generation_id must be text, got {generation_id!r}")
     if progress is not None and (
         isinstance(progress, bool)
         or not isinstance(progress, (int, float))
@@ -161,7 +167,7 @@ def view_event(event: object) -> EventView:
         occurred_at=occurred_at.astimezone(timezone.utc), task_type=task_type, status=status,
         progress=None if progress is None else float(progress),
         message=getattr(event, "message", None), result=getattr(event, "result", None),
-        error_code=code, error_message=err_msg,
+        error_code=code, error_message=err_msg, generation_id=generation_id or None,
     )
 
 
@@ -185,6 +191,8 @@ class TaskState:
     result: object | None = None
     error_code: ErrorCode | None = None
     error_message: str | None = None
+    # The generation the task belongs to (StatusChanged.generation_id), None for a lone task.
+    generation_id: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -219,11 +227,13 @@ def _outcome(ev: EventView) -> dict[str, object]:
 
 
 def _start(
-    ev: EventView, created_at: datetime, task_type: TaskType | None, version: int
+    ev: EventView, created_at: datetime, task_type: TaskType | None, version: int,
+    generation_id: str | None,
 ) -> TaskState:
     """A fresh state for the first event seen of an attempt."""
     return TaskState(
         task_id=ev.task_id, task_type=task_type, version=version, created_at=created_at,
+        generation_id=generation_id,
         progress=1.0 if ev.status is _S.COMPLETED else (ev.progress or 0.0),
         queued_at=_earliest(None, ev, _S.QUEUED), started_at=_earliest(None, ev, _S.PROCESSING),
         **_outcome(ev),  # type: ignore[arg-type]
@@ -234,7 +244,7 @@ def fold(state: TaskState | None, event: StatusEventLike | object) -> TaskState:
     """Apply one status event. Returns ``state`` itself when the event changes nothing."""
     ev = view_event(event)
     if state is None:
-        return _start(ev, ev.occurred_at, ev.task_type, version=1)
+        return _start(ev, ev.occurred_at, ev.task_type, version=1, generation_id=ev.generation_id)
     if ev.task_id != state.task_id:
         raise TaskIdMismatch(
             f"event {ev.event_id} of task {ev.task_id} folded into the state of task "
@@ -242,9 +252,12 @@ def fold(state: TaskState | None, event: StatusEventLike | object) -> TaskState:
         )
     created_at = min(state.created_at, ev.occurred_at)
     task_type = state.task_type or ev.task_type
+    generation_id = state.generation_id or ev.generation_id
     if ev.attempt > state.attempt:  # rule 1: a newer attempt starts over
-        return _start(ev, created_at, task_type, version=state.version + 1)
-    changes: dict[str, object] = dict(created_at=created_at, task_type=task_type)
+        return _start(ev, created_at, task_type, version=state.version + 1,
+                      generation_id=generation_id)
+    changes: dict[str, object] = dict(created_at=created_at, task_type=task_type,
+                                      generation_id=generation_id)
     if ev.attempt == state.attempt:
         changes.update(
             queued_at=_earliest(state.queued_at, ev, _S.QUEUED),

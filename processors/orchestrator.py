@@ -1,0 +1,394 @@
+"""The generations orchestrator: the agent ``orchestrate`` and the I/O of generation effects.
+
+    <prefix>.generations ──orchestrate──> generations table ══ changelog: <prefix>.generations.state
+      ▲  GenerationRequested (producers)        │                              (compacted)
+      └─ final task states (fold_status)        └─> effects: tasks (TaskProducer), evaluations
+                                                    (<prefix>.evaluations), evaluators
+
+Every decision is :mod:`processors.generation_flow`'s (pure functions returning ``(record,
+effects)``); this module only decodes what arrives, calls them, and carries out the effects:
+
+* :class:`~processors.generation_flow.SubmitTask` → ``producers.submit.TaskProducer.submit``
+  (its id and orchestration; the generation's origin);
+* :class:`~processors.generation_flow.Evaluate` → the evaluator ``provider`` names in the
+  :class:`~processors.evaluators.EvaluatorRegistry`. An in-process :class:`Evaluator`: fetch the
+  image (``gpu_consumers.inputs.InputFetcher``: limits, private-address rule) and score it in a
+  thread → ``on_evaluation``. A :class:`TaskEvaluator` (``vlm``): ``request(image_url, context)``
+  → ``start_judging`` (its judge task is one more SubmitTask);
+* :class:`~processors.generation_flow.ParseJudgement` → ``evaluator.parse`` → ``on_evaluation``;
+* :class:`~processors.generation_flow.EmitEvaluation` → ``schemas.emit.produce_event`` to the
+  evaluations topic (Avro, CloudEvents headers), keyed by the attempt's task id.
+
+The effects of ``on_evaluation`` / ``start_judging`` are carried out right after the effect that
+caused them (depth first) until none is left. An evaluator that fails (unknown provider, image
+refused or unreadable, unparseable judgement) scores 0.0 with a reason naming the error: the
+loop goes on and the failure is visible in the record and on the evaluations stream.
+
+At least once: the effects' records are flushed (and acknowledged) before the new record goes
+to the table and its changelog, and Faust commits the offset only after that. A replay after a
+crash repeats effects whose ids are deterministic (task ids, evaluation event ids), which the
+fold and the readers absorb. A record the broker refuses stops the app, so no commit covers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from confluent_kafka import Producer
+from PIL import Image
+from pydantic import ValidationError
+
+from processors import generation_flow as flow
+from processors.evaluators.base import (Evaluation, EvaluationContext, Evaluator,
+                                        EvaluatorRegistry, EvaluatorSettings, TaskEvaluator)
+from processors.folding import STATE_CONTENT_TYPE, decode_state
+from processors.generation_flow import (GENERATION_RECORD_CONTENT_TYPE, EmitEvaluation, Evaluate,
+                                        GenerationRecord, ParseJudgement, SubmitTask)
+from producers.errors import DeliveryError
+from producers.generations import GENERATION_REQUEST_CONTENT_TYPE, GenerationRequested
+from schemas.codec import EventCodec
+from schemas.emit import produce_event
+from schemas.errors import ComputeError
+from schemas.events import EvaluationRecorded
+from schemas.kafka_settings import KafkaSettings
+from state.lifecycle import TaskState
+
+log = logging.getLogger("processors.orchestrator")
+
+T = TypeVar("T")
+FetchImage = Callable[[str], Image.Image]
+
+_ACK_TIMEOUT_S = 30.0
+# Evaluations are few (one per AGENTIC attempt): an idempotent producer, batched a little.
+_PRODUCER = {"enable.idempotence": True, "acks": "all", "linger.ms": 5}
+
+
+class BadGenerationRecord(ComputeError):
+    """A record on the generations topic cannot be read (see the message). It is copied to
+    ``<prefix>.generations.dlq`` with error headers and skipped; fix the writer."""
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _header(headers: Any, name: str) -> bytes | None:
+    items = headers.items() if isinstance(headers, Mapping) else (headers or ())
+    for key, value in items:
+        if key == name:
+            return value if isinstance(value, bytes) else str(value).encode()
+    return None
+
+
+def _sniff(value: bytes) -> bytes:
+    """The content type of a record that has no header: a request has a ``plan``, a task state a
+    ``task_id`` and a ``status``."""
+    try:
+        doc = json.loads(value)
+    except ValueError as exc:
+        raise BadGenerationRecord(f"no content-type header and not JSON ({exc})") from None
+    if isinstance(doc, dict) and "plan" in doc:
+        return GENERATION_REQUEST_CONTENT_TYPE
+    if isinstance(doc, dict) and "task_id" in doc and "status" in doc:
+        return STATE_CONTENT_TYPE
+    raise BadGenerationRecord("no content-type header, and the JSON is neither a generation "
+                              "request nor a task state")
+
+
+def read_generation_message(key: bytes | str | None, value: bytes | None,
+                            headers: Any) -> GenerationRequested | TaskState:
+    """Decode one record of the generations topic: a :class:`GenerationRequested` or a final
+    :class:`TaskState`, dispatched on its ``content-type`` header (sniffed when absent). Raise
+    :class:`BadGenerationRecord` when it must be dead-lettered (unreadable, unknown type, no
+    generation id, or keyed by something other than its generation id)."""
+    if value is None:
+        raise BadGenerationRecord("record has no value (a tombstone on the generations topic)")
+    content_type = _header(headers, "content-type") or _sniff(value)
+    try:
+        if content_type == GENERATION_REQUEST_CONTENT_TYPE:
+            decoded: GenerationRequested | TaskState = GenerationRequested.model_validate_json(value)
+            generation_id = decoded.plan.generation_id
+        elif content_type == STATE_CONTENT_TYPE:
+            decoded = decode_state(value)  # type: ignore[assignment]
+            generation_id = decoded.generation_id  # type: ignore[union-attr]
+            if generation_id is None:
+                raise BadGenerationRecord(f"task state {decoded.task_id} has no generation_id")
+        else:
+            raise BadGenerationRecord(f"unknown content-type {content_type!r} (expected "
+                                      f"{GENERATION_REQUEST_CONTENT_TYPE!r} or {STATE_CONTENT_TYPE!r})")
+    except ComputeError:
+        raise
+    except (ValidationError, ValueError, KeyError, TypeError) as exc:
+        raise BadGenerationRecord(f"cannot decode a {content_type.decode(errors='replace')} "
+                                  f"record: {type(exc).__name__}: {exc}") from None
+    if isinstance(key, bytes):
+        key = key.decode("utf-8", "replace")
+    if key != generation_id:
+        raise BadGenerationRecord(f"record keyed {key!r} belongs to generation {generation_id}: "
+                                  "the generations topic is keyed by generation id")
+    return decoded
+
+
+def record_headers(record: GenerationRecord) -> list[tuple[str, bytes]]:
+    """CloudEvents binary-mode headers of a generation record on the generations.state topic."""
+    gid = record.generation_id
+    return [("ce_specversion", b"1.0"),
+            ("ce_id", f"{gid}/{record.version}".encode()),
+            ("ce_source", b"/compute/processors"),
+            ("ce_type", b"compute.generations.GenerationRecord"),
+            ("ce_subject", gid.encode()),
+            ("content-type", GENERATION_RECORD_CONTENT_TYPE)]
+
+
+# --------------------------------------------------------------------------- the outbox
+
+
+class Outbox:
+    """The confluent-kafka side: task records (``TaskProducer``) and evaluation events. Not
+    thread-safe: the orchestrator calls it from one thread only."""
+
+    def __init__(self, kafka: KafkaSettings, codec: EventCodec, source: str = "processors") -> None:
+        self._kafka, self._codec, self._source = kafka, codec, source
+        self._tasks: Any = None
+        self._events: Producer | None = None
+        self._failures: list[tuple[str, str]] = []
+
+    def _task_producer(self) -> Any:
+        if self._tasks is None:  # created in the I/O thread: it may publish schemas (blocking)
+            from producers.submit import TaskProducer
+
+            self._tasks = TaskProducer(self._kafka, codec=self._codec, source=self._source)
+        return self._tasks
+
+    def submit(self, task: Any, origin: tuple[str | None, str | None, str | None]) -> None:
+        from producers.submit import Origin
+
+        self._task_producer().submit(task.task_type, task.params, task_id=task.task_id,
+                                     orchestration=task.orchestration, origin=Origin(*origin))
+
+    def emit(self, event: EvaluationRecorded) -> None:
+        if self._events is None:
+            self._events = Producer({**self._kafka.client_config(), **_PRODUCER})
+        task_id = event.envelope.task_id
+
+        def delivered(err: Any, msg: Any) -> None:
+            if err is not None:
+                self._failures.append((task_id, err.str()))
+
+        produce_event(self._events, self._kafka.topics.evaluations, event, codec=self._codec,
+                      on_delivery=delivered)
+
+    def flush(self, timeout_s: float = _ACK_TIMEOUT_S) -> None:
+        """Wait for every record; raise :class:`DeliveryError` if the broker refused any."""
+        if self._tasks is not None:
+            self._tasks.flush(timeout_s)
+        if self._events is not None:
+            left = self._events.flush(timeout_s)
+            failures, self._failures = self._failures, []
+            if left:
+                failures.append(("(queue)", f"{left} evaluation record(s) undelivered after {timeout_s}s"))
+            if failures:
+                raise DeliveryError(failures)
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._tasks = self._events = None
+
+
+# --------------------------------------------------------------------------- the effects
+
+
+def failed_evaluation(provider: str, error: BaseException) -> Evaluation:
+    """What an evaluator that raised gives the loop: 0.0, and the error as the reason."""
+    return Evaluation(0.0, (f"evaluation failed: {type(error).__name__}: {error}"[:500],),
+                      {}, provider)
+
+
+class Orchestrator:
+    """Carries out the effects of :mod:`processors.generation_flow` (see the module doc).
+
+    ``io`` runs a blocking call of the outbox (one thread: the producers are not thread-safe);
+    evaluations run in ``evaluate_in`` (the loop's default executor when None)."""
+
+    def __init__(self, outbox: Outbox | Any, registry: EvaluatorRegistry,
+                 evaluator_settings: EvaluatorSettings, fetch_image: FetchImage, *,
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+        self._outbox = outbox
+        self._registry = registry
+        self._evaluator_settings = evaluator_settings
+        self._fetch_image = fetch_image
+        self._clock = clock
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchestrator-io")
+        self._evaluators: dict[str, Evaluator | TaskEvaluator] = {}
+
+    async def _in_io(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    def evaluator(self, provider: str) -> Evaluator | TaskEvaluator:
+        """The evaluator ``provider`` names (one instance per name); raises UnknownEvaluator."""
+        found = self._evaluators.get(provider)
+        if found is None:
+            found = self._evaluators[provider] = self._registry.resolve(
+                provider, self._evaluator_settings)
+        return found
+
+    # ---- entry points (one per kind of record)
+
+    async def on_request(self, current: GenerationRecord | None,
+                         request: GenerationRequested) -> GenerationRecord | None:
+        """The record after a request; None when the generation exists already (a repeat)."""
+        if current is not None:
+            log.info("generation %s already started; request ignored", current.generation_id)
+            return None
+        record, effects = flow.start(request, now=self._clock())
+        return await self.carry_out(record, effects)
+
+    async def on_task_final(self, current: GenerationRecord | None,
+                            state: TaskState) -> GenerationRecord | None:
+        if current is None:
+            log.warning("final state of task %s for unknown generation %s ignored",
+                        state.task_id, state.generation_id)
+            return None
+        record, effects = flow.on_task_final(current, state, now=self._clock())
+        return await self.carry_out(record, effects)
+
+    # ---- the effects
+
+    async def carry_out(self, record: GenerationRecord, effects: Iterable[flow.Effect]
+                        ) -> GenerationRecord:
+        """Carry out ``effects`` in order (and those they lead to), then flush; the record as
+        it ends up. Raises DeliveryError when the broker refused a record."""
+        pending: deque[flow.Effect] = deque(effects)
+        origin = (record.origin_instance, record.origin_zone, record.origin_tenant_id)
+        wrote = False
+        while pending:
+            effect = pending.popleft()
+            more: list[flow.Effect] = []
+            if isinstance(effect, SubmitTask):
+                await self._in_io(self._outbox.submit, effect.task, origin)
+                wrote = True
+            elif isinstance(effect, EmitEvaluation):
+                await self._in_io(self._outbox.emit, effect.event)
+                wrote = True
+            elif isinstance(effect, Evaluate):
+                record, more = await self._evaluate(record, effect)
+            elif isinstance(effect, ParseJudgement):
+                record, more = self._parse(record, effect)
+            else:
+                raise TypeError(f"unknown effect {effect!r}")
+            pending.extendleft(reversed(more))  # depth first: what it caused comes next
+        if wrote:
+            await self._in_io(self._outbox.flush)
+        return record
+
+    async def _evaluate(self, record: GenerationRecord, effect: Evaluate
+                        ) -> tuple[GenerationRecord, list[flow.Effect]]:
+        try:
+            evaluator = self.evaluator(effect.provider)
+            if isinstance(evaluator, TaskEvaluator) and not isinstance(evaluator, Evaluator):
+                params = evaluator.request(effect.image_url, effect.context)
+                return flow.start_judging(record, effect.task_id, params, now=self._clock())
+            loop = asyncio.get_running_loop()
+            evaluation = await loop.run_in_executor(
+                None, self._score, evaluator, effect.image_url, effect.context)
+        except Exception as exc:  # bad image, fetch refused, unknown provider, evaluator bug
+            log.warning("evaluation of task %s (%s) failed: %s", effect.task_id, effect.provider, exc)
+            evaluation = failed_evaluation(effect.provider, exc)
+        return flow.on_evaluation(record, effect.task_id, evaluation, now=self._clock())
+
+    def _score(self, evaluator: Evaluator, image_url: str, context: EvaluationContext) -> Evaluation:
+        return evaluator.evaluate(self._fetch_image(image_url), context)
+
+    def _parse(self, record: GenerationRecord, effect: ParseJudgement
+               ) -> tuple[GenerationRecord, list[flow.Effect]]:
+        try:
+            evaluator = self.evaluator(effect.provider)
+            if not isinstance(evaluator, TaskEvaluator):
+                raise TypeError(f"evaluator {effect.provider!r} does not judge by task")
+            evaluation = evaluator.parse(effect.text, effect.context)
+        except Exception as exc:  # UnparseableJudgement above all
+            log.warning("judgement of task %s (%s) unusable: %s", effect.task_id, effect.provider, exc)
+            evaluation = failed_evaluation(effect.provider, exc)
+        return flow.on_evaluation(record, effect.task_id, evaluation, now=self._clock())
+
+    def close(self) -> None:
+        try:
+            self._io.submit(self._outbox.close).result(_ACK_TIMEOUT_S * 2)
+        finally:
+            self._io.shutdown(wait=False)
+
+
+# --------------------------------------------------------------------------- the agent
+
+
+def install(app: Any, kafka: KafkaSettings, orchestrator: Orchestrator, *,
+            dead_letter_headers: Callable[[Any, Exception], list[tuple[str, bytes]]],
+            on_delivered: Callable[[Any], None]) -> Any:
+    """Add the ``generations`` table and the ``orchestrate`` agent to ``app``; returns the table.
+    ``on_delivered`` checks each changelog record's delivery (app.py's: crash on a failure)."""
+    topics = kafka.topics
+    source = app.topic(topics.generations, partitions=kafka.partitions)
+    state_topic = app.topic(topics.generations_state, partitions=kafka.partitions, key_type=str,
+                            value_type=bytes, compacting=True, acks=False)
+    dlq = app.topic(topics.dlq(topics.generations), partitions=kafka.partitions)
+    # The record topic is the table's changelog: one record per change serves both.
+    table = app.Table("generations", partitions=kafka.partitions, key_type=str, value_type=bytes,
+                      changelog_topic=state_topic,
+                      help="generation id -> its GenerationRecord's JSON document")
+
+    async def dead_letter(message: Any, error: Exception) -> None:
+        log.warning("generations record %s[%d]@%d dead-lettered: %s", message.topic,
+                    message.partition, message.offset, error)
+        await dlq.send(key=message.key, value=message.value,
+                       headers=dead_letter_headers(message, error))
+
+    @app.agent(source, name="orchestrate")
+    async def orchestrate(stream: Any) -> None:
+        async for event in stream.events():
+            message = event.message
+            try:
+                incoming = read_generation_message(message.key, message.value, message.headers)
+            except BadGenerationRecord as exc:
+                await dead_letter(message, exc)
+                continue
+            generation_id = (incoming.plan.generation_id if isinstance(incoming, GenerationRequested)
+                             else incoming.generation_id)
+            try:
+                document = table.data.get(generation_id)
+                current = None if document is None else flow.decode_record(document)
+                if isinstance(incoming, GenerationRequested):
+                    record = await orchestrator.on_request(current, incoming)
+                else:
+                    record = await orchestrator.on_task_final(current, incoming)
+            except DeliveryError as exc:
+                # Stop before a commit covers effects the broker never got; the next start
+                # replays this record.
+                log.error("generation %s: effects not delivered, stopping: %s", generation_id, exc)
+                await app.crash(exc)
+                return
+            except Exception as exc:  # never stop on one record: keep it for an operator
+                log.exception("generation %s: record not applied", generation_id)
+                await dead_letter(message, exc)
+                continue
+            if record is None or (current is not None and record.version == current.version):
+                continue
+            document = flow.encode_record(record)
+            table.data[generation_id] = document  # the table: local store...
+            delivery = await app.producer.send(  # ...and its changelog, the records topic
+                topics.generations_state, generation_id.encode(), document, message.partition,
+                None, record_headers(record))
+            delivery.add_done_callback(on_delivered)
+
+    async def on_shutdown(app: Any = None, **_: Any) -> None:
+        await asyncio.to_thread(orchestrator.close)
+
+    app.on_before_shutdown.connect(on_shutdown)
+    return table
