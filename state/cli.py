@@ -114,13 +114,14 @@ def db_migrate(database_url: str | None) -> None:
 @db.command("rebuild")
 @_db_option
 def db_rebuild(database_url: str | None) -> None:
-    """Replay the status and task topics from the beginning into an EMPTY database."""
+    """Replay the status, task and generations-state topics from the beginning into an EMPTY
+    database (tasks, task_events, generations and their predictions, shots, attempts, refines)."""
     from schemas.kafka_settings import KafkaSettings
     from state.projector import rebuild
 
     report = rebuild(_database_url(database_url), KafkaSettings())
-    click.echo(f"replayed {report.records} records: {report.tasks} tasks, {report.events} events"
-               f" ({report.skipped} unreadable records skipped)")
+    click.echo(f"replayed {report.records} records: {report.tasks} tasks, {report.events} events,"
+               f" {report.generations} generations ({report.skipped} unreadable records skipped)")
 
 
 # ------------------------------------------------------------------------------ processes
@@ -128,8 +129,8 @@ def db_rebuild(database_url: str | None) -> None:
 @click.command("projector")
 @_db_option
 def projector(database_url: str | None) -> None:
-    """Project the status and task topics into PostgreSQL until SIGINT/SIGTERM; deliver
-    webhooks when COMPUTE_WEBHOOK_SECRET is set."""
+    """Project the status, task and generations-state topics into PostgreSQL until
+    SIGINT/SIGTERM; deliver webhooks when COMPUTE_WEBHOOK_SECRET is set."""
     from schemas.kafka_settings import KafkaSettings
     from state.projector import run_projector
 

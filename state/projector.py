@@ -11,6 +11,11 @@ A status record that cannot be decoded (or that the fold rejects) is copied to
 counted only, because the worker group of its type dead-letters it already. No record stops the
 projector.
 
+It also reads the compacted generations-state topic (the processors' GenerationRecord of each
+generation) and hands those documents to
+:func:`state.db.generation_projection.apply_generation_records` (version-guarded replace of the
+generation's rows); an unreadable one is skipped and counted.
+
 :func:`rebuild` replays the same topics from the beginning into an empty database through the same
 code, which is why it writes the same rows as the live projection.
 """
@@ -34,6 +39,7 @@ from schemas.events import StatusChanged, TaskSubmitted
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
 from state.db.errors import NotEmptyError
+from state.db.generation_projection import apply_generation_records, decode_generation_record
 from state.db.migrate import migrate
 from state.db.projection import BatchResult, apply_batch, flatten
 from state.api.webhooks import WebhookDispatcher, WebhookSettings
@@ -64,18 +70,21 @@ class ProjectorStats:
     dead_lettered: int = 0
     skipped: int = 0
     db_retries: int = 0
+    generations_written: int = 0
 
 
 @dataclass
 class _Batch:
     events: list[Event] = field(default_factory=list)
     bad: list[tuple[Message, Exception]] = field(default_factory=list)
+    # GenerationRecord documents of the compacted generations-state topic, in topic order.
+    generations: list[Any] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 def projector_topics(kafka: KafkaSettings) -> list[str]:
     topics = kafka.topics
-    return [topics.status, *topics.task_topics()]
+    return [topics.status, *topics.task_topics(), topics.generations_state]
 
 
 def _decode(codec: EventCodec, msg: Message, status_topic: str) -> Event:
@@ -90,7 +99,7 @@ def _decode(codec: EventCodec, msg: Message, status_topic: str) -> Event:
 
 
 def _collect(codec: EventCodec, messages: Iterable[Message], status_topic: str,
-             stats: ProjectorStats) -> _Batch:
+             stats: ProjectorStats, generations_topic: str | None = None) -> _Batch:
     batch = _Batch()
     for msg in messages:
         if msg.error() is not None:
@@ -102,7 +111,10 @@ def _collect(codec: EventCodec, messages: Iterable[Message], status_topic: str,
         batch.offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
         stats.records += 1
         try:
-            batch.events.append(_decode(codec, msg, status_topic))
+            if msg.topic() == generations_topic:
+                batch.generations.append(decode_generation_record(msg.value(), msg.headers()))
+            else:
+                batch.events.append(_decode(codec, msg, status_topic))
         except (DecodeError, LifecycleError) as exc:
             batch.bad.append((msg, exc))
     return batch
@@ -121,8 +133,13 @@ class Projector:
         batch_size: int = BATCH_SIZE,
         poll_timeout_s: float = POLL_TIMEOUT_S,
         on_batch: Callable[[BatchResult], None] | None = None,
+        in_transaction: Callable[[psycopg.Connection, BatchResult], object] | None = None,
         create_topics: bool = True,
     ) -> None:
+        # ``in_transaction(conn, result)`` runs inside the batch's status transaction, after its
+        # writes: what it writes (the webhook outbox) commits with the batch or not at all.
+        # ``on_batch(result)`` runs after the offsets are committed.
+        self._in_transaction = in_transaction
         self.database_url = database_url
         self.kafka = kafka
         self.stats = ProjectorStats()
@@ -162,9 +179,10 @@ class Projector:
         messages = self._consumer.consume(self._batch_size, self._poll_timeout_s)
         if not messages:
             return 0
-        batch = _collect(self._codec, messages, self._status_topic, self.stats)
+        batch = _collect(self._codec, messages, self._status_topic, self.stats,
+                         self.kafka.topics.generations_state)
         self._dead_letter(batch.bad)
-        result = self._write(batch.events, stop)
+        result = self._write(batch.events, stop, batch.generations)
         if result is None:  # stopped while the database was down: offsets stay uncommitted
             return len(messages)
         if batch.offsets:
@@ -193,13 +211,22 @@ class Projector:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _write(self, events: list[Event], stop: threading.Event | None) -> BatchResult | None:
+    def _write(self, events: list[Event], stop: threading.Event | None,
+               generations: list[Any] = ()) -> BatchResult | None:
         delay = DB_RETRY_BASE_S
         while True:
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = psycopg.connect(self.database_url, autocommit=True)
-                return apply_batch(self._conn, events)
+                # Two transactions: each is guarded, so redoing the first after a failure of
+                # the second (or after a crash before the commit of offsets) is harmless.
+                self.stats.generations_written += apply_generation_records(self._conn, generations)
+                if self._in_transaction is None or not events:
+                    return apply_batch(self._conn, events)
+                with self._conn.transaction():  # apply_batch's own becomes a savepoint
+                    result = apply_batch(self._conn, events)
+                    self._in_transaction(self._conn, result)
+                return result
             except psycopg.OperationalError as exc:
                 self.stats.db_retries += 1
                 log.warning("PostgreSQL unavailable (%s); retrying the batch in %.1fs", exc, delay)
@@ -221,8 +248,11 @@ class Projector:
 
         for msg, error in bad:
             if msg.topic() != self._status_topic:
-                self.stats.skipped += 1  # the worker group of that task type dead-letters it
-                log.warning("skipping unreadable task record %s[%d]@%d: %s",
+                # A task record: the worker group of its type dead-letters it. A generation
+                # record (a tombstone, a format this projector does not know): no DLQ, only
+                # our processors write that compacted topic.
+                self.stats.skipped += 1
+                log.warning("skipping unreadable record %s[%d]@%d: %s",
                             msg.topic(), msg.partition(), msg.offset(), error)
                 continue
             headers = [*(msg.headers() or []),
@@ -253,6 +283,7 @@ class RebuildReport:
     tasks: int = 0
     events: int = 0
     skipped: int = 0
+    generations: int = 0
 
 
 def rebuild(
@@ -263,15 +294,17 @@ def rebuild(
     batch_size: int = BATCH_SIZE,
     timeout_s: float = 600.0,
 ) -> RebuildReport:
-    """Replay the status and task topics from the beginning (up to their ends when called) into
-    the empty database at ``database_url`` (migrated first). Raises NotEmptyError if its tasks
-    table holds rows. Joins no consumer group and commits nothing."""
+    """Replay the status, task and generations-state topics from the beginning (up to their ends
+    when called) into the empty database at ``database_url`` (migrated first). Raises
+    NotEmptyError if its tasks or generations table holds rows. Joins no consumer group and
+    commits nothing."""
     migrate(database_url)
     codec = codec or EventCodec()
     report = RebuildReport()
     with psycopg.connect(database_url, autocommit=True) as conn:
-        if conn.execute("SELECT EXISTS (SELECT 1 FROM tasks)").fetchone()[0]:
-            raise NotEmptyError(f"the tasks table of {_redacted(database_url)} is not empty")
+        for table in ("tasks", "generations"):
+            if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0]:
+                raise NotEmptyError(f"the {table} table of {_redacted(database_url)} is not empty")
         consumer = Consumer({**kafka.client_config(), "group.id": f"rebuild-{uuid.uuid4().hex}",
                              "enable.auto.commit": False, "enable.partition.eof": False})
         try:
@@ -282,7 +315,9 @@ def rebuild(
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"rebuild did not reach the end of the topics in {timeout_s}s")
                 messages = consumer.consume(batch_size, POLL_TIMEOUT_S)
-                batch = _collect(codec, messages, kafka.topics.status, stats)
+                batch = _collect(codec, messages, kafka.topics.status, stats,
+                                 kafka.topics.generations_state)
+                apply_generation_records(conn, batch.generations)
                 result = apply_batch(conn, batch.events)
                 report.skipped += len(batch.bad)
                 report.tasks += result.tasks_written
@@ -290,10 +325,15 @@ def rebuild(
                 for (topic, partition), offset in batch.offsets.items():
                     if offset >= ends.get((topic, partition), 0):
                         ends.pop((topic, partition), None)
+                if ends and not messages:  # a compacted topic may end in a gap of offsets
+                    for tp in consumer.position([TopicPartition(t, p) for t, p in ends]):
+                        if tp.offset >= ends[(tp.topic, tp.partition)]:
+                            ends.pop((tp.topic, tp.partition))
             report.records = stats.records
         finally:
             consumer.close()
         report.tasks = conn.execute("SELECT count(*) FROM tasks").fetchone()[0]
+        report.generations = conn.execute("SELECT count(*) FROM generations").fetchone()[0]
     return report
 
 
@@ -327,12 +367,15 @@ def _redacted(url: str) -> str:
 def run_projector(database_url: str, kafka: KafkaSettings, stop: threading.Event | None = None,
                   *, webhooks: WebhookSettings | None = None, **kwargs: Any) -> ProjectorStats:
     """Migrate, then project until ``stop`` is set (``computectl projector``); with
-    ``webhooks``, also deliver each status change to the task's webhook URL."""
+    ``webhooks``, also queue each status change in the webhook outbox (in the batch's
+    transaction) and deliver the outbox's due rows."""
     migrate(database_url)
     dispatcher = None if webhooks is None else WebhookDispatcher(database_url, webhooks)
     try:
-        on_batch = None if dispatcher is None else dispatcher.on_batch
-        return Projector(database_url, kafka, on_batch=on_batch, **kwargs).run(stop)
+        return Projector(database_url, kafka,
+                         on_batch=None if dispatcher is None else dispatcher.on_batch,
+                         in_transaction=None if dispatcher is None else dispatcher.enqueue,
+                         **kwargs).run(stop)
     finally:
         if dispatcher is not None:
             dispatcher.stop()

@@ -1,4 +1,5 @@
-"""What the API writes to Kafka: task submissions (through the TaskProducer) and cancels.
+"""What the API writes to Kafka: task submissions (through the TaskProducer), cancels, and
+generation requests (the GenerationRequested record on the generations topic).
 
 Blocking calls: the routes run them in a worker thread. Submissions are serialised by a lock
 (``TaskProducer`` is not thread-safe) and acknowledged by the broker before the API answers 202.
@@ -15,6 +16,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from producers.errors import DeliveryError
+from producers.generations import GenerationRequested
 from producers.submit import Origin, TaskProducer
 from schemas.codec import EventCodec
 from schemas.emit import produce_event
@@ -73,6 +75,24 @@ class TaskGateway:
                 envelope=envelope(), status=TaskStatus.CANCELLED,
                 message=f"cancelled before it started ({requested_by})")))
         self._produce_all(events)
+
+    def submit_generation(self, requested: GenerationRequested) -> None:
+        """Produce the GenerationRequested record to the generations topic (keyed by generation
+        id) and return once the broker has it; DeliveryError when it did not acknowledge in time."""
+        key, value, headers = requested.to_record()
+        failures: list[tuple[str, str]] = []
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                failures.append((msg.topic() or "?", err.str()))
+
+        self._events.produce(self.kafka.topics.generations, key=key, value=value,
+                             headers=headers, on_delivery=delivered)
+        remaining = self._events.flush(self._ack_timeout_s)
+        if remaining:
+            failures.append(("(queue)", f"{remaining} record(s) undelivered"))
+        if failures:
+            raise DeliveryError(failures)
 
     def _produce_all(self, events: list[tuple[str, Any]]) -> None:
         failures: list[tuple[str, str]] = []

@@ -1,34 +1,49 @@
-"""Webhooks: each status change of a task with a ``webhook_url`` is POSTed there, signed.
+"""Webhooks: each status change of a task is POSTed, signed, to its webhook URL — durably.
 
-The projector feeds :meth:`WebhookDispatcher.on_batch` with the transitions of each committed
-batch. A delivery is a JSON POST with
+Where a delivery goes: the task's own ``webhook_url`` (from its task-submitted event) or, when it
+has none, the URL configured for the task's ``origin_instance`` (``WebhookSettings.origin_urls``,
+``COMPUTE_WEBHOOK_ORIGIN_URLS``); the task's own URL always wins. Only status changes count (a
+new status or attempt; progress-only reports are not sent).
+
+Durability (a transactional outbox): the projector calls :func:`enqueue` inside the transaction
+of the projection batch that produced the status changes, so each (task, status event) delivery
+is a ``webhook_outbox`` row that commits with the batch or not at all: a crash can neither lose
+a delivery nor invent one, and a replayed batch queues nothing twice (``UNIQUE (task_id,
+event_id)``). :class:`WebhookDispatcher` threads, in any number of projector processes, claim
+due rows with ``SELECT ... FOR UPDATE SKIP LOCKED`` (a row is held by one thread of one process
+while it is being POSTed), send, record the attempt as a row of ``webhook_deliveries``, and
+reschedule the row or mark it final, all in the claim's transaction. A process that dies mid-POST
+releases its lock; the row is sent again (at least once: receivers deduplicate on the event id).
+Pending retries survive restarts: their next attempt time is stored.
+
+A delivery is a JSON POST with
 
     X-Compute-Event-Id   the status event's id (receivers deduplicate on it)
     X-Compute-Signature  t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
 
-Deliveries of one task are sent in order, one at a time. 2xx is success; a network error, 408, 429 or 5xx is retried with exponential backoff up to
-``max_attempts``; another 4xx or a forbidden address is final. Every attempt is a row of
-``webhook_deliveries``. Addresses follow the input-URL rules: no loopback, private, link-local,
-multicast or otherwise non-public address unless ``allow_private_networks``.
-
-Delivery is best effort across restarts: pending retries live in memory (a projector that
-stops loses them; the deliveries table shows the last attempt).
+Deliveries of one task are sent in order, one at a time: a row is claimable only while no
+earlier row of its task is pending (a retry waiting for its backoff holds the task's later
+changes back). 2xx is success; a network error, 408, 429 or 5xx is retried with exponential
+backoff up to ``max_attempts``; another 4xx or a forbidden address is final. Addresses follow
+the input-URL rules: no loopback, private, link-local, multicast or otherwise non-public address
+unless ``allow_private_networks``; they are checked at each attempt (DNS may change).
 """
 
 from __future__ import annotations
 
 import hashlib
-import heapq
 import hmac
 import ipaddress
 import json
 import logging
+import os
 import socket
 import threading
 import time
 import urllib.parse
-from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -42,33 +57,60 @@ log = logging.getLogger("state.webhooks")
 SIGNATURE_HEADER = "X-Compute-Signature"
 EVENT_ID_HEADER = "X-Compute-Event-Id"
 _RETRY_STATUSES = frozenset({408, 429})
+_ERROR_MAX = 500
+
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 
 
 @dataclass(frozen=True)
 class WebhookSettings:
     secret: str
     # Five attempts over about half a minute: a receiver restarting is covered, a dead one is
-    # given up on before the next status change of the same task.
+    # given up on before it holds a task's later changes back for long.
     max_attempts: int = 5
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
-    # A receiver must answer quickly; slow ones would hold a delivery thread.
+    # A receiver must answer quickly; slow ones would hold a delivery thread (and its row lock).
     timeout_s: float = 5.0
     allow_private_networks: bool = False
     threads: int = 4
+    # origin_instance -> URL, for tasks that carry no webhook_url of their own.
+    origin_urls: Mapping[str, str] = field(default_factory=dict)
+    # How often idle delivery threads look for due rows queued by other processes (a batch of
+    # this process wakes them at once).
+    poll_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        for instance, url in self.origin_urls.items():
+            problem = _url_shape_problem(url)
+            if not isinstance(instance, str) or not instance or problem:
+                raise ValueError(f"origin webhook URL for {instance!r}: {problem or 'empty origin'}")
+        object.__setattr__(self, "origin_urls", MappingProxyType(dict(self.origin_urls)))
+        if self.max_attempts < 1 or self.threads < 1 or self.poll_s <= 0:
+            raise ValueError("max_attempts and threads must be >= 1, poll_s > 0")
 
 
-def webhook_settings_from_env(env: dict[str, str] | None = None) -> WebhookSettings | None:
-    """``COMPUTE_WEBHOOK_SECRET`` (unset: no webhooks) and
-    ``COMPUTE_WEBHOOK_ALLOW_PRIVATE_NETWORKS`` (``true`` for a laptop or a private cluster)."""
-    import os
-
-    env = dict(os.environ) if env is None else env
+def webhook_settings_from_env(env: Mapping[str, str] | None = None) -> WebhookSettings | None:
+    """``COMPUTE_WEBHOOK_SECRET`` (unset: no webhooks), ``COMPUTE_WEBHOOK_ALLOW_PRIVATE_NETWORKS``
+    (``true`` for a laptop or a private cluster) and ``COMPUTE_WEBHOOK_ORIGIN_URLS`` (a JSON
+    object ``{"<origin_instance>": "<url>", ...}``). Raises ValueError on a malformed value."""
+    env = os.environ if env is None else env
     secret = env.get("COMPUTE_WEBHOOK_SECRET")
     if not secret:
         return None
     allow = env.get("COMPUTE_WEBHOOK_ALLOW_PRIVATE_NETWORKS", "").lower() in ("1", "true", "yes")
-    return WebhookSettings(secret=secret, allow_private_networks=allow)
+    raw = env.get("COMPUTE_WEBHOOK_ORIGIN_URLS", "").strip()
+    origin_urls: dict[str, str] = {}
+    if raw:
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"COMPUTE_WEBHOOK_ORIGIN_URLS is not JSON: {exc}") from exc
+        if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
+            raise ValueError("COMPUTE_WEBHOOK_ORIGIN_URLS must be a JSON object of origin_instance"
+                             " -> URL strings")
+        origin_urls = parsed
+    return WebhookSettings(secret=secret, allow_private_networks=allow, origin_urls=origin_urls)
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -88,13 +130,23 @@ def verify(secret: str, header: str, body: bytes, *, tolerance_s: float = 300.0)
     return hmac.compare_digest(sign(secret, timestamp, body), header)
 
 
-def address_problem(url: str, allow_private: bool) -> str | None:
-    """None when ``url`` may be called, else why not."""
+def _url_shape_problem(url: Any) -> str | None:
+    if not isinstance(url, str):
+        return "not a string"
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         return f"not an http(s) URL: {url[:100]}"
+    return None
+
+
+def address_problem(url: str, allow_private: bool) -> str | None:
+    """None when ``url`` may be called, else why not."""
+    problem = _url_shape_problem(url)
+    if problem:
+        return problem
     if allow_private:
         return None
+    parsed = urllib.parse.urlsplit(url)
     try:
         infos = socket.getaddrinfo(parsed.hostname, parsed.port or 443, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
@@ -104,17 +156,6 @@ def address_problem(url: str, allow_private: bool) -> str | None:
         if reason:
             return f"{parsed.hostname} resolves to a {reason}"
     return None
-
-
-@dataclass(order=True)
-class _Delivery:
-    due: float
-    seq: int
-    task_id: str = field(compare=False)
-    event_id: str = field(compare=False)
-    url: str = field(compare=False)
-    body: bytes = field(compare=False)
-    attempt: int = field(default=1, compare=False)
 
 
 def payload(t: Transition) -> dict[str, Any]:
@@ -130,50 +171,109 @@ def payload(t: Transition) -> dict[str, Any]:
     }
 
 
+def target_url(row: Mapping[str, Any], settings: WebhookSettings) -> str | None:
+    """Where a task's deliveries go: its own URL, else its origin instance's (once its
+    task-submitted event is projected, so that a task's own URL can never lose to it)."""
+    own = row.get("webhook_url")
+    if own:
+        return own
+    instance = row.get("origin_instance")
+    if not instance or row.get("submitted_event_id") is None:
+        return None
+    return settings.origin_urls.get(instance)
+
+
+_ENQUEUE = (
+    "INSERT INTO webhook_outbox (task_id, event_id, url, body) VALUES (%s, %s, %s, %s)"
+    " ON CONFLICT (task_id, event_id) DO NOTHING"
+)
+
+
+def enqueue(conn: psycopg.Connection, result: BatchResult, settings: WebhookSettings) -> int:
+    """Queue one outbox row per status change in ``result`` that has a target URL; call it inside
+    the batch's transaction (the projector's ``in_transaction`` hook). Returns the rows given."""
+    rows = []
+    for t in result.transitions:
+        before = t.before
+        if before is not None and (before.status, before.attempt) == (t.after.status,
+                                                                       t.after.attempt):
+            continue  # progress only
+        url = target_url(t.row, settings)
+        if url is None:
+            continue
+        body = json.dumps(payload(t), separators=(",", ":")).encode()
+        rows.append((t.task_id, t.after.last_event_id, url, body))
+    if rows:
+        with conn.cursor() as cur:
+            cur.executemany(_ENQUEUE, rows)
+    return len(rows)
+
+
+# The due head of some task's queue that no other thread holds: a row is a head while no
+# earlier row of its task is pending. Not-yet-due heads are returned too (wait_s > 0), so an
+# idle thread knows how long it may sleep; the caller lets go of those at once.
+_CLAIM = """
+SELECT outbox_id, task_id::text, event_id::text, url, body, attempts,
+       greatest(extract(epoch FROM next_attempt_at - clock_timestamp()), 0)::float8 AS wait_s
+  FROM webhook_outbox o
+ WHERE state = 'pending'
+   AND NOT EXISTS (SELECT 1 FROM webhook_outbox e
+                    WHERE e.task_id = o.task_id AND e.state = 'pending'
+                      AND e.outbox_id < o.outbox_id)
+ ORDER BY next_attempt_at, outbox_id
+ LIMIT 1
+   FOR UPDATE SKIP LOCKED
+"""
+_RECORD = (
+    "INSERT INTO webhook_deliveries (task_id, event_id, url, attempt, status_code, error)"
+    " VALUES (%s, %s, %s, %s, %s, %s)"
+)
+_RESCHEDULE = (
+    "UPDATE webhook_outbox SET state = %s, attempts = %s, last_status_code = %s, last_error = %s,"
+    " next_attempt_at = clock_timestamp() + make_interval(secs => %s),"
+    " updated_at = clock_timestamp() WHERE outbox_id = %s"
+)
+
+
 class WebhookDispatcher:
+    """Delivery threads over the outbox. ``enqueue`` (in the batch transaction) queues,
+    ``on_batch`` (after the commit) wakes the threads; ``stop`` ends them after their current
+    attempt. Several dispatchers (processes) may share one database."""
+
     def __init__(self, database_url: str, settings: WebhookSettings) -> None:
         self._url = database_url
         self.settings = settings
-        self._heap: list[_Delivery] = []
         self._cond = threading.Condition()
-        self._seq = 0
-        self._busy = 0
-        # Deliveries of one task go out in order: while one is queued or in flight, the task's
-        # later ones wait here (a task id is present while it has one in the heap or in flight).
-        self._per_task: dict[str, deque[_Delivery]] = {}
+        self._kicks = 0
         self._stopping = False
         self._threads = [threading.Thread(target=self._work, name=f"webhooks-{i}", daemon=True)
                          for i in range(settings.threads)]
         for thread in self._threads:
             thread.start()
 
+    def enqueue(self, conn: psycopg.Connection, result: BatchResult) -> int:
+        return enqueue(conn, result, self.settings)
+
     def on_batch(self, result: BatchResult) -> None:
-        """Queue a delivery for each status change (not progress-only) of a task with a URL."""
-        for t in result.transitions:
-            url = t.row.get("webhook_url")
-            before = t.before
-            if not url or (before is not None and (before.status, before.attempt)
-                           == (t.after.status, t.after.attempt)):
-                continue
-            body = json.dumps(payload(t), separators=(",", ":")).encode()
-            delivery = _Delivery(time.monotonic(), 0, t.task_id, t.after.last_event_id, url, body)
-            with self._cond:
-                waiting = self._per_task.get(t.task_id)
-                if waiting is not None:  # one in flight or queued for this task: keep order
-                    waiting.append(delivery)
-                    continue
-                self._per_task[t.task_id] = deque()
-            self._push(delivery)
+        """A batch committed: wake the threads if it may have queued deliveries."""
+        if result.transitions:
+            self.wake()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._kicks += 1
+            self._cond.notify_all()
 
     def wait_idle(self, timeout_s: float) -> bool:
-        """True once nothing is queued or in flight (for tests and shutdown)."""
+        """True once no delivery is pending in the outbox (for tests and shutdown)."""
         deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while self._heap or self._busy or self._per_task:
-                left = deadline - time.monotonic()
-                if left <= 0:
+        with psycopg.connect(self._url, autocommit=True) as conn:
+            while conn.execute("SELECT EXISTS (SELECT 1 FROM webhook_outbox"
+                               " WHERE state = 'pending')").fetchone()[0]:
+                if time.monotonic() > deadline:
                     return False
-                self._cond.wait(left)
+                with self._cond:
+                    self._cond.wait(0.05)
         return True
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -183,90 +283,82 @@ class WebhookDispatcher:
         for thread in self._threads:
             thread.join(timeout_s)
 
-    def _next_of(self, task_id: str) -> None:
-        """The task's head delivery is done: queue its next one, if any."""
-        with self._cond:
-            waiting = self._per_task.get(task_id)
-            if not waiting:
-                self._per_task.pop(task_id, None)
-                self._cond.notify_all()
-                return
-            following = waiting.popleft()
-            following.due = time.monotonic()
-        self._push(following)
-
-    def _push(self, d: _Delivery) -> None:
-        with self._cond:
-            self._seq += 1
-            d.seq = self._seq
-            heapq.heappush(self._heap, d)
-            self._cond.notify()
-
-    def _next(self) -> _Delivery | None:
-        with self._cond:
-            while not self._stopping:
-                if self._heap and self._heap[0].due <= time.monotonic():
-                    self._busy += 1
-                    return heapq.heappop(self._heap)
-                wait = self._heap[0].due - time.monotonic() if self._heap else None
-                self._cond.wait(wait)
-            return None
+    # -- delivery threads --------------------------------------------------------------------
 
     def _work(self) -> None:
         with httpx.Client(timeout=self.settings.timeout_s, follow_redirects=False,
                           trust_env=False) as client:
             conn: psycopg.Connection | None = None
-            while (d := self._next()) is not None:
-                try:
-                    code, error, retry = self._attempt(client, d)
-                    conn = self._record(conn, d, code, error)
-                    if retry and d.attempt < self.settings.max_attempts:
-                        delay = min(self.settings.backoff_base_s * 2 ** (d.attempt - 1),
-                                    self.settings.backoff_max_s)
-                        d.attempt += 1
-                        d.due = time.monotonic() + delay
-                        self._push(d)
-                    else:
-                        self._next_of(d.task_id)
-                except Exception:  # a delivery thread never dies
-                    log.exception("webhook delivery to %s failed unexpectedly", d.url)
-                    self._next_of(d.task_id)
-                finally:
+            try:
+                while True:
                     with self._cond:
-                        self._busy -= 1
-                        self._cond.notify_all()
-            if conn is not None:
-                conn.close()
+                        if self._stopping:
+                            return
+                        seen = self._kicks
+                    try:
+                        if conn is None or conn.closed:
+                            conn = psycopg.connect(self._url, autocommit=True)
+                        wait_s = self._deliver_one(conn, client)
+                    except psycopg.Error as exc:  # the database is away: try again later
+                        log.warning("webhook outbox unavailable: %s", exc)
+                        if conn is not None:
+                            conn.close()
+                        conn, wait_s = None, self.settings.poll_s
+                    except Exception:  # a delivery thread never dies
+                        log.exception("webhook delivery thread failed unexpectedly")
+                        wait_s = self.settings.poll_s
+                    if wait_s <= 0:
+                        continue
+                    with self._cond:
+                        if not self._stopping and self._kicks == seen:
+                            self._cond.wait(wait_s)
+            finally:
+                if conn is not None:
+                    conn.close()
 
-    def _attempt(self, client: httpx.Client, d: _Delivery) -> tuple[int | None, str | None, bool]:
-        """(status code, error, retryable) of one POST."""
-        problem = address_problem(d.url, self.settings.allow_private_networks)
+    def _deliver_one(self, conn: psycopg.Connection, client: httpx.Client) -> float:
+        """Claim, send, record and reschedule one due delivery; 0 when one was made, else how
+        long to wait before looking again."""
+        with conn.transaction():
+            row = conn.execute(_CLAIM).fetchone()
+            if row is None:
+                return self.settings.poll_s
+            outbox_id, task_id, event_id, url, body, attempts, wait_s = row
+            if wait_s > 0:
+                return min(wait_s, self.settings.poll_s)
+            attempt = attempts + 1
+            code, error, retry = self._attempt(client, url, event_id, bytes(body))
+            conn.execute(_RECORD, (task_id, event_id, url, attempt, code, error))
+            delay = 0.0
+            if error is None:
+                state = DELIVERED
+            elif retry and attempt < self.settings.max_attempts:
+                state = PENDING
+                delay = min(self.settings.backoff_base_s * 2 ** (attempt - 1),
+                            self.settings.backoff_max_s)
+            else:
+                state = FAILED
+                log.warning("webhook delivery of task %s event %s to %s given up after %d"
+                            " attempt(s): %s", task_id, event_id, url, attempt, error)
+            conn.execute(_RESCHEDULE, (state, attempt, code, error, delay, outbox_id))
+        return 0.0
+
+    def _attempt(self, client: httpx.Client, url: str, event_id: str,
+                 body: bytes) -> tuple[int | None, str | None, bool]:
+        """(status code, error, retryable) of one POST; error None means delivered."""
+        problem = address_problem(url, self.settings.allow_private_networks)
         if problem:
-            return None, f"refused: {problem}", False
-        headers = {"Content-Type": "application/json", EVENT_ID_HEADER: d.event_id,
-                   SIGNATURE_HEADER: sign(self.settings.secret, int(time.time()), d.body),
+            return None, f"refused: {problem}"[:_ERROR_MAX], False
+        headers = {"Content-Type": "application/json", EVENT_ID_HEADER: event_id,
+                   SIGNATURE_HEADER: sign(self.settings.secret, int(time.time()), body),
                    "User-Agent": "compute-server-webhooks/1"}
         try:
-            resp = client.post(d.url, content=d.body, headers=headers)
+            resp = client.post(url, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            return None, f"{type(exc).__name__}: {exc}"[:500], True
+            return None, f"{type(exc).__name__}: {exc}"[:_ERROR_MAX], True
+        except Exception as exc:  # e.g. an URL httpx cannot use: final, not a stuck row
+            return None, f"{type(exc).__name__}: {exc}"[:_ERROR_MAX], False
         if 200 <= resp.status_code < 300:
             return resp.status_code, None, False
         retry = resp.status_code >= 500 or resp.status_code in _RETRY_STATUSES
         return resp.status_code, f"HTTP {resp.status_code}", retry
-
-    def _record(self, conn: psycopg.Connection | None, d: _Delivery, code: int | None,
-                error: str | None) -> psycopg.Connection | None:
-        try:
-            if conn is None or conn.closed:
-                conn = psycopg.connect(self._url, autocommit=True)
-            conn.execute(
-                "INSERT INTO webhook_deliveries (task_id, event_id, url, attempt, status_code, error)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (d.task_id, d.event_id, d.url, d.attempt, code, error))
-        except psycopg.Error as exc:
-            log.warning("could not record a webhook delivery of task %s: %s", d.task_id, exc)
-            if conn is not None:
-                conn.close()
-            return None
-        return conn

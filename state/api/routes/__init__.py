@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from state.api.routes import events, monitoring, tasks
+from state.api.routes import catalog, events, generations, monitoring, tasks
 
 api_router = APIRouter()
 api_router.include_router(tasks.router)
 api_router.include_router(events.router)
 api_router.include_router(monitoring.router)
+api_router.include_router(generations.router)
+api_router.include_router(catalog.router)

@@ -12,6 +12,8 @@ from openapi_spec_validator import validate
 from schemas.enums import TaskStatus, TaskType
 from tests.state.api.conftest import ApiStack, Tenant
 from tests.state.api.helpers import run_task, submit, wait_status
+from tests.state.db import generation_helpers as gh
+from tests.state.db.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +41,16 @@ def test_every_operation_answers_as_documented(api: ApiStack, client: httpx.Clie
     run_task(api, tenant, done, TaskType.DETAIL_ENHANCER, (TaskStatus.PROCESSING, 0.5),
              (TaskStatus.COMPLETED, None))
     wait_status(client, tenant, done, "COMPLETED")
+    subject = client.post("/api/v1/catalog/subjects", headers=tenant.headers,
+                          json={"name": "Anna", "lora_ref": "loras/anna", "default_weight": 0.8}).json()
+    generation = gh.base_record(gh.plan(), tenant=tenant.name)
+    gh.produce_records(api.kafka, [generation])
+    wait_for(lambda: client.get(f"/api/v1/generations/{generation.generation_id}",
+                                headers=tenant.headers).status_code == 200, what="the generation")
+    bodies = {**gh.route_bodies(subject["id"]),
+              "/api/v1/catalog/{kind}": {"name": "Studio", "lora_ref": "loras/s", "default_weight": 0.5}}
+    path_values = {"generation_id": generation.generation_id, "kind": "subjects",
+                   "entry_id": subject["id"]}
 
     doc = api.app.openapi()
     visited = set()
@@ -46,7 +58,8 @@ def test_every_operation_answers_as_documented(api: ApiStack, client: httpx.Clie
         for method, op in operations.items():
             task_id = queued if path.endswith("/cancel") else done
             url = re.sub(r"\{task_id\}", task_id, path)
-            body = GOOD if method == "post" and "requestBody" in op else None
+            url = re.sub(r"\{(\w+)\}", lambda m: path_values[m[1]], url)
+            body = bodies.get(path, GOOD) if method == "post" and "requestBody" in op else None
             needs_key = "security" in op
             headers = tenant.headers if needs_key else {}
             resp = client.request(method.upper(), url, json=body, headers=headers)
@@ -64,7 +77,10 @@ def test_every_operation_answers_as_documented(api: ApiStack, client: httpx.Clie
                                        "/api/v1/tasks/{task_id}/result",
                                        "/api/v1/tasks/{task_id}/cancel",
                                        "/api/v1/tasks/{task_id}/events", "/healthz", "/readyz",
-                                       "/metrics"}
+                                       "/metrics", "/api/v1/generations",
+                                       "/api/v1/generations/{generation_id}",
+                                       "/api/v1/catalog/{kind}", "/api/v1/catalog/{kind}/{entry_id}",
+                                       *gh.route_bodies("-")}
 
 
 def test_health_readiness_and_metrics(api: ApiStack, client: httpx.Client, tenant: Tenant) -> None:

@@ -1,5 +1,6 @@
 """Webhooks: delivered, signed, retried after a refused first attempt, every attempt recorded;
-private addresses refused unless allowed."""
+the outbox survives a projector restart and commits with its batch; per-origin URLs; private
+addresses refused unless allowed; several dispatchers share the outbox in per-task order."""
 
 from __future__ import annotations
 
@@ -13,14 +14,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psycopg
 import pytest
 
+from schemas.enums import TaskStatus
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
-from state.api.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, WebhookSettings, verify
+from state.api.webhooks import (
+    EVENT_ID_HEADER,
+    SIGNATURE_HEADER,
+    WebhookDispatcher,
+    WebhookSettings,
+    enqueue,
+    verify,
+    webhook_settings_from_env,
+)
 from state.db.migrate import migrate
-from state.projector import run_projector
-from tests.state.db.helpers import lifecycle, produce, submitted, wait_for
-
-pytestmark = pytest.mark.integration
+from state.db.projection import BatchResult
+from state.projector import Projector, run_projector
+from tests.state.db.helpers import lifecycle, produce, submitted, task_row, wait_for
 
 SECRET = "s3cr3t-for-tests"
 
@@ -49,6 +58,9 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def delivered(self) -> list[dict]:
+        return [json.loads(b) for _, b, c in self.requests if c == 200]
+
 
 @contextmanager
 def projecting(db_url: str, kafka: KafkaSettings, webhooks: WebhookSettings) -> Iterator[None]:
@@ -63,15 +75,31 @@ def projecting(db_url: str, kafka: KafkaSettings, webhooks: WebhookSettings) -> 
     finally:
         stop.set()
         thread.join(30)
+        assert not thread.is_alive(), "the projector did not stop"
 
 
 def _deliveries(db_url: str, task_id: str) -> list[tuple]:
     with psycopg.connect(db_url) as conn:
         return conn.execute(
-            "SELECT attempt, status_code, error, event_id::text FROM webhook_deliveries"
+            "SELECT attempt, status_code, error, event_id::text, url FROM webhook_deliveries"
             " WHERE task_id = %s ORDER BY delivery_id", (task_id,)).fetchall()
 
 
+def _outbox(db_url: str, task_id: str) -> list[tuple]:
+    with psycopg.connect(db_url) as conn:
+        return conn.execute(
+            "SELECT state, attempts FROM webhook_outbox WHERE task_id = %s ORDER BY outbox_id",
+            (task_id,)).fetchall()
+
+
+def _check_signed(receiver: Receiver) -> None:
+    for headers, body, _ in receiver.requests:
+        assert verify(SECRET, headers[SIGNATURE_HEADER], body)
+        assert not verify("wrong secret", headers[SIGNATURE_HEADER], body)
+        assert headers[EVENT_ID_HEADER] == json.loads(body)["event_id"]
+
+
+@pytest.mark.integration
 def test_status_changes_are_delivered_signed_and_retried(db_url: str,
                                                          kafka_settings: KafkaSettings) -> None:
     receiver = Receiver([503])  # the first delivery is refused
@@ -82,25 +110,117 @@ def test_status_changes_are_delivered_signed_and_retried(db_url: str,
         produce(kafka_settings, [submitted(tid, at=events[0].envelope.occurred_at,
                                            webhook_url=receiver.url)])
         produce(kafka_settings, events)
-        wait_for(lambda: any(json.loads(b)["status"] == "COMPLETED" for _, b, c in receiver.requests
-                             if c == 200), what="the COMPLETED webhook")
+        wait_for(lambda: any(d["status"] == "COMPLETED" for d in receiver.delivered()),
+                 what="the COMPLETED webhook")
         wait_for(lambda: len(_deliveries(db_url, tid)) == len(receiver.requests),
                  what="every attempt recorded")
-    delivered = [json.loads(b) for _, b, c in receiver.requests if c == 200]
-    # every status change once (the progress-only PROCESSING report is not a status change)
+    delivered = receiver.delivered()
+    # every status change once, in order (the progress-only PROCESSING report is not a change)
     assert [d["status"] for d in delivered] == ["PENDING", "QUEUED", "PROCESSING", "COMPLETED"]
     assert delivered[-1]["result"]["result_image_url"].endswith(f"{tid}.png")
-    for headers, body, _ in receiver.requests:
-        assert verify(SECRET, headers[SIGNATURE_HEADER], body)
-        assert not verify("wrong secret", headers[SIGNATURE_HEADER], body)
-        assert headers[EVENT_ID_HEADER] == json.loads(body)["event_id"]
+    _check_signed(receiver)
     rows = _deliveries(db_url, tid)
     first_event = rows[0][3]
-    attempts = [(a, code) for a, code, _, ev in rows if ev == first_event]
+    attempts = [(a, code) for a, code, _, ev, _ in rows if ev == first_event]
     assert attempts == [(1, 503), (2, 200)]  # refused, then retried and delivered
     assert rows[0][2] == "HTTP 503"
+    assert _outbox(db_url, tid) == [("delivered", 2)] + [("delivered", 1)] * 3
 
 
+@pytest.mark.integration
+def test_a_pending_retry_survives_a_projector_restart(db_url: str,
+                                                      kafka_settings: KafkaSettings) -> None:
+    receiver = Receiver([503])
+    tid = str(uuid.uuid4())
+    events = lifecycle(tid, final=TaskStatus.PENDING)
+    # The retry is due 4 s after the refusal: the first projector is stopped well before.
+    settings = WebhookSettings(secret=SECRET, allow_private_networks=True, backoff_base_s=4.0)
+    with projecting(db_url, kafka_settings, settings):
+        produce(kafka_settings, [submitted(tid, at=events[0].envelope.occurred_at,
+                                           webhook_url=receiver.url), *events])
+        wait_for(lambda: _deliveries(db_url, tid), what="the refused first attempt recorded")
+    assert len(receiver.requests) == 1
+    assert _outbox(db_url, tid) == [("pending", 1)]  # stopped between the attempt and the retry
+
+    with projecting(db_url, kafka_settings, settings):  # a new projector, nothing new to read
+        wait_for(lambda: _outbox(db_url, tid) == [("delivered", 2)], what="the retry delivered")
+    assert [(a, code) for a, code, *_ in _deliveries(db_url, tid)] == [(1, 503), (2, 200)]
+    assert [c for _, _, c in receiver.requests] == [503, 200]
+    assert receiver.requests[0][1] == receiver.requests[1][1]  # the same body, the same event
+    _check_signed(receiver)
+
+
+@pytest.mark.integration
+def test_the_outbox_commits_with_its_batch(db_url: str, kafka_settings: KafkaSettings) -> None:
+    """A batch whose transaction fails leaves neither rows nor deliveries; replayed, it queues
+    each delivery once."""
+    migrate(db_url)
+    ensure_topics(kafka_settings)
+    tid = str(uuid.uuid4())
+    events = lifecycle(tid, final=TaskStatus.QUEUED)
+    produce(kafka_settings, [submitted(tid, at=events[0].envelope.occurred_at,
+                                       webhook_url="http://hooks.example/x"), *events])
+    settings = WebhookSettings(secret=SECRET)
+    queued: list[int] = []
+
+    def crash_after_enqueue(conn: psycopg.Connection, result: BatchResult) -> None:
+        queued.append(enqueue(conn, result, settings))
+        if queued[-1]:  # (a batch of the submitted event alone commits)
+            raise RuntimeError("the process dies before the batch commits")
+
+    crashing = Projector(db_url, kafka_settings, in_transaction=crash_after_enqueue,
+                         create_topics=False)
+    try:
+        with pytest.raises(RuntimeError, match="dies"):
+            wait_for(lambda: crashing.poll_once() and False, what="a batch with status changes")
+    finally:
+        crashing.close()
+    row = task_row(db_url, tid)
+    assert row is None or row["version"] == 0  # no status change committed...
+    assert _outbox(db_url, tid) == []  # ...and no delivery queued
+
+    def replayed() -> bool:
+        projector.poll_once()
+        return (task_row(db_url, tid) or {}).get("status") == "QUEUED"
+
+    projector = Projector(db_url, kafka_settings, create_topics=False,
+                          in_transaction=lambda conn, result: enqueue(conn, result, settings))
+    try:
+        wait_for(replayed, what="the batch replayed")
+    finally:
+        projector.close()
+    assert _outbox(db_url, tid) == [("pending", 0), ("pending", 0)]  # PENDING, QUEUED; once
+
+
+@pytest.mark.integration
+def test_origin_url_serves_tasks_without_their_own(db_url: str,
+                                                   kafka_settings: KafkaSettings) -> None:
+    origin_rx, own_rx = Receiver([]), Receiver([])
+    plain, own, elsewhere = (str(uuid.uuid4()) for _ in range(3))
+    settings = WebhookSettings(secret=SECRET, allow_private_networks=True,
+                               origin_urls={"shop-1": origin_rx.url})
+    origins = {plain: "shop-1", own: "shop-1", elsewhere: "shop-2"}
+    with projecting(db_url, kafka_settings, settings):
+        produce(kafka_settings, [
+            submitted(tid, at=lifecycle(tid)[0].envelope.occurred_at, instance=origin,
+                      webhook_url=own_rx.url if tid == own else None)
+            for tid, origin in origins.items()])
+        wait_for(lambda: all(task_row(db_url, tid) for tid in origins), what="the submissions")
+        for tid, origin in origins.items():
+            produce(kafka_settings, lifecycle(tid, final=TaskStatus.QUEUED, instance=origin))
+        wait_for(lambda: len(origin_rx.delivered()) == 2 and len(own_rx.delivered()) == 2,
+                 what="both receivers' deliveries")
+        wait_for(lambda: task_row(db_url, elsewhere)["status"] == "QUEUED", what="the projection")
+    assert [(d["task_id"], d["status"]) for d in origin_rx.delivered()] == [
+        (plain, "PENDING"), (plain, "QUEUED")]
+    assert [(d["task_id"], d["status"]) for d in own_rx.delivered()] == [
+        (own, "PENDING"), (own, "QUEUED")]  # the task's own URL wins over its origin's
+    _check_signed(origin_rx)
+    assert {r[4] for r in _deliveries(db_url, plain)} == {origin_rx.url}
+    assert _outbox(db_url, elsewhere) == [] and _deliveries(db_url, elsewhere) == []
+
+
+@pytest.mark.integration
 def test_private_addresses_are_refused_unless_allowed(db_url: str,
                                                       kafka_settings: KafkaSettings) -> None:
     receiver = Receiver([])
@@ -111,5 +231,50 @@ def test_private_addresses_are_refused_unless_allowed(db_url: str,
         produce(kafka_settings, [submitted(tid, at=events[0].envelope.occurred_at,
                                            webhook_url=receiver.url), *events])
         rows = wait_for(lambda: _deliveries(db_url, tid), what="the refused delivery recorded")
+        wait_for(lambda: _outbox(db_url, tid) == [("failed", 1)], what="the delivery final")
     assert rows[0][:2] == (1, None) and "loopback address 127.0.0.1" in rows[0][2]
     assert receiver.requests == []
+
+
+@pytest.mark.integration
+def test_dispatchers_share_the_outbox_in_task_order(db_url: str) -> None:
+    """Two dispatchers (as two projector processes) on one outbox: each delivery once, each
+    task's in order, a retrying head holding its task's later deliveries back."""
+    migrate(db_url)
+    receiver = Receiver([503, 503])  # the first two requests (both tasks' heads, or one twice)
+    tasks = [str(uuid.uuid4()) for _ in range(2)]
+    rows = [(tid, str(uuid.uuid4()), receiver.url, json.dumps({"task_id": tid, "n": n}).encode())
+            for n in range(4) for tid in tasks]
+    with psycopg.connect(db_url) as conn:
+        conn.cursor().executemany("INSERT INTO webhook_outbox (task_id, event_id, url, body)"
+                                  " VALUES (%s, %s, %s, %s)", rows)
+    settings = WebhookSettings(secret=SECRET, allow_private_networks=True, backoff_base_s=0.05,
+                               threads=3)
+    dispatchers = [WebhookDispatcher(db_url, settings) for _ in range(2)]
+    try:
+        assert dispatchers[0].wait_idle(30), "the outbox was not drained"
+    finally:
+        for d in dispatchers:
+            d.stop()
+    for tid in tasks:
+        sent = [(json.loads(b)["n"], c) for _, b, c in receiver.requests
+                if json.loads(b)["task_id"] == tid]
+        assert [n for n, _ in sent] == sorted(n for n, _ in sent)  # a retry before the next
+        assert [n for n, c in sent if c == 200] == [0, 1, 2, 3]
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM webhook_deliveries").fetchone()[0] == 10
+        assert conn.execute("SELECT count(*) FROM webhook_outbox WHERE state = 'delivered'"
+                            ).fetchone()[0] == 8
+
+
+def test_settings_from_env() -> None:
+    assert webhook_settings_from_env({}) is None
+    s = webhook_settings_from_env({
+        "COMPUTE_WEBHOOK_SECRET": "x", "COMPUTE_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
+        "COMPUTE_WEBHOOK_ORIGIN_URLS": '{"backend-eu-1": "https://hooks.example/compute"}'})
+    assert s is not None and s.allow_private_networks
+    assert dict(s.origin_urls) == {"backend-eu-1": "https://hooks.example/compute"}
+    for bad in ("not json", '["https://a.example"]', '{"a": 1}', '{"a": "ftp://a.example"}'):
+        with pytest.raises(ValueError):
+            webhook_settings_from_env({"COMPUTE_WEBHOOK_SECRET": "x",
+                                       "COMPUTE_WEBHOOK_ORIGIN_URLS": bad})
