@@ -28,6 +28,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from producers.demo_children import Children
+from producers.demo_generation import run_generation
 from producers.demo_tasks import demo_tasks
 from producers.tail import tail
 from schemas.codec import EventCodec
@@ -178,11 +179,16 @@ def run_flow(stack, settings: KafkaSettings, children: Children, api_url: str,
             _show_processor_states(settings, ids, console)
         else:
             console.print("processors: exited; the reason ends this demo's output")
+        generation = None
+        if children.died() is None:
+            generation = run_generation(api, console, children.died)
         _show_final(api_url, key, ids, final, console)
     # Shown everything first: the tables say what went wrong as much as the exit status does.
     why = children.died()
     if why is not None or done < len(ids):
         raise click.ClickException(why or f"only {done} of {len(ids)} tasks COMPLETED")
+    if generation is None or generation["status"] != "COMPLETED":
+        raise click.ClickException(f"the generation ended {generation and generation['status']}")
 
 
 def _wait_api_ready(api: httpx.Client, api_url: str, children: Children,

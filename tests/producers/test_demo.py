@@ -94,6 +94,11 @@ def test_demo_runs_the_main_flow_and_stops_everything(demo_tmp):
         assert {"PENDING", "QUEUED", "PROCESSING"} <= set(statuses[:-1]), row
         assert statuses[-1] == "COMPLETED", row
     assert "processors: 10 of 10 tasks folded" in out and "{'COMPLETED': 10}" in out
+    # One AGENTIC generation through the API: every prediction scored, decided and COMPLETED.
+    generation = out[out.index("a generation: AGENTIC"):out.index("the API")]
+    assert re.search(r"generation [0-9a-f-]{36}: COMPLETED", generation), generation
+    assert "prediction 0: COMPLETED" in generation and "prediction 1: COMPLETED" in generation
+    assert re.search(r"ACCEPT", generation), generation
     # The end: the API URL, a ready-made curl with the real key, every task's final state.
     final = out[out.index("the API"):]
     api_url = re.search(r"^API: (http://127\.0\.0\.1:\d+) ", final, re.M).group(1)
@@ -106,6 +111,7 @@ def test_demo_runs_the_main_flow_and_stops_everything(demo_tmp):
         assert row[4].endswith("s") and row[5], row  # a duration, a result
     # ...then everything stops cleanly.
     assert "stopped: worker (clean), processors (clean), api (clean)" in out
-    assert "'healthy': True" in out and "'completed': 10" in out
+    assert "'healthy': True" in out
+    assert int(re.search(r"'completed': (\d+)", out).group(1)) >= 12  # ten tasks, 2+ attempts
     assert "nothing left running" in out
     assert _processes_using(demo_tmp) == []
