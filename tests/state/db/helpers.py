@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +27,8 @@ from schemas.events import (
     TaskSubmitted,
 )
 from schemas.kafka_settings import KafkaSettings
+from state.db.migrate import migrate
+from state.projector import Projector
 from schemas.task_params import PARAMS_MODELS
 
 T = TypeVar("T")
@@ -132,3 +135,18 @@ def task_row(url: str, task_id: str) -> dict[str, Any] | None:
 
     with psycopg.connect(url, row_factory=dict_row) as conn:
         return conn.execute("SELECT * FROM tasks WHERE task_id = %s", (task_id,)).fetchone()
+
+
+@contextmanager
+def running_projector(db_url: str, kafka: KafkaSettings, **kwargs) -> Iterator[Projector]:
+    migrate(db_url)
+    projector = Projector(db_url, kafka, **kwargs)
+    stop = threading.Event()
+    thread = threading.Thread(target=projector.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield projector
+    finally:
+        stop.set()
+        thread.join(30)
+        assert not thread.is_alive()

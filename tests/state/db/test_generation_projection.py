@@ -3,10 +3,7 @@ orchestrated_shots, shot_attempts, refines. Guarded by the version; live and reb
 
 from __future__ import annotations
 
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -22,9 +19,9 @@ from state.db.generation_projection import (
     rows_of,
 )
 from state.db.migrate import migrate
-from state.projector import Projector, rebuild
+from state.projector import rebuild
 from tests.state.db import generation_helpers as gh
-from tests.state.db.helpers import fresh_database, lifecycle, produce, table, wait_for
+from tests.state.db.helpers import fresh_database, lifecycle, produce, running_projector, table, wait_for
 
 AGENTIC = {"strategy": "GENERATE", "generation_type": "AGENTIC", "subject_id": gh.SUBJECT_ID,
            "shot_type_string": "full-body shot", "seed": 7}
@@ -133,21 +130,6 @@ def test_refine_and_prompt_step_records(db_url: str) -> None:
 # --------------------------------------------------------------------------- Kafka: live = rebuilt
 
 
-@contextmanager
-def _running(db_url: str, kafka: KafkaSettings, **kwargs) -> Iterator[Projector]:
-    migrate(db_url)
-    projector = Projector(db_url, kafka, **kwargs)
-    stop = threading.Event()
-    thread = threading.Thread(target=projector.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield projector
-    finally:
-        stop.set()
-        thread.join(30)
-        assert not thread.is_alive()
-
-
 @pytest.mark.integration
 def test_live_projection_and_rebuild_give_the_same_generation_rows(
     db_url: str, kafka_settings: KafkaSettings, database_url: str
@@ -165,7 +147,7 @@ def test_live_projection_and_rebuild_give_the_same_generation_rows(
         gh.base_record(refine, tenant="acme", done=True, version=3),  # duplicate
     ]
     tid = str(uuid.uuid4())
-    with _running(db_url, kafka_settings, batch_size=3) as projector:
+    with running_projector(db_url, kafka_settings, batch_size=3) as projector:
         gh.produce_records(kafka_settings, records[:4])
         gh.produce_records(kafka_settings, [b"{not json", None], key=str(uuid.uuid4()))
         gh.produce_records(kafka_settings, records[4:])

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import random
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -15,10 +12,10 @@ from confluent_kafka import Producer
 from schemas.enums import ErrorCode, TaskStatus
 from schemas.kafka_settings import KafkaSettings
 from state.db.errors import NotEmptyError
-from state.db.migrate import migrate
-from state.projector import Projector, rebuild
+from state.projector import rebuild
 from tests.kafka_helpers import read_topic
 from tests.state.db.helpers import (
+    running_projector,
     T0,
     fresh_database,
     lifecycle,
@@ -31,21 +28,6 @@ from tests.state.db.helpers import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@contextmanager
-def running_projector(db_url: str, kafka: KafkaSettings, **kwargs) -> Iterator[Projector]:
-    migrate(db_url)
-    projector = Projector(db_url, kafka, **kwargs)
-    stop = threading.Event()
-    thread = threading.Thread(target=projector.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield projector
-    finally:
-        stop.set()
-        thread.join(30)
-        assert not thread.is_alive()
 
 
 def _scripted(rng: random.Random, n_tasks: int) -> list:
