@@ -315,6 +315,16 @@ def latest_records(kafka: KafkaSettings) -> dict[str, flow.GenerationRecord]:
     return {m.key().decode(): flow.decode_record(m.value())
             for m in read_all(kafka, kafka.topics.generations_state)}
 
+def finished(worker: FakeWorker, kafka: KafkaSettings, gids: dict[str, str]
+             ) -> dict[str, flow.GenerationRecord] | None:
+    """Every generation's latest record once none is RUNNING (the fake worker runs meanwhile)."""
+    worker.pump()
+    records = latest_records(kafka)
+    done = all(gid in records and records[gid].status is not flow.GenerationStatus.RUNNING
+               for gid in gids.values())
+    return records if done else None
+
+
 
 def evaluations(kafka: KafkaSettings) -> dict[str, list[EvaluationRecorded]]:
     by_generation: dict[str, list[EvaluationRecorded]] = defaultdict(list)
@@ -376,14 +386,8 @@ def test_generations_run_the_agentic_loop_on_the_broker(kafka_settings: KafkaSet
         assert base.predictions[1].status is TaskStatus.PROCESSING
         worker.release()
 
-        def all_done() -> dict[str, flow.GenerationRecord] | None:
-            worker.pump()
-            records = latest_records(kafka)
-            done = all(gid in records and records[gid].status is not flow.GenerationStatus.RUNNING
-                       for gid in gids.values())
-            return records if done else None
-
-        records = wait_for("every generation finished", all_done, app, timeout_s=120)
+        records = wait_for("every generation finished", lambda: finished(worker, kafka, gids), app,
+                           timeout_s=120)
         wait_for("the dead letter", lambda: read_all(kafka, kafka.topics.dlq(kafka.topics.generations)), app)
     finally:
         code = app.stop()
@@ -468,20 +472,14 @@ def test_generations_finish_the_same_after_a_kill(kafka_settings: KafkaSettings,
     app.env["RESULTS_URL"] = results_dir.resolve().as_uri()
     worker = FakeWorker(kafka, results_dir, BEHAVIOURS)
 
-    def finished() -> dict[str, flow.GenerationRecord] | None:
-        worker.pump()
-        records = latest_records(kafka)
-        done = all(gid in records and records[gid].status is not flow.GenerationStatus.RUNNING
-                   for gid in gids.values())
-        return records if done else None
-
     app.start()
     try:
         wait_for("a first evaluation", lambda: (worker.pump(), evaluations(kafka))[1], app, timeout_s=120)
         app.stop(signal.SIGKILL)
         worker.pump()  # what the app submitted before it died runs meanwhile
         app.start()
-        records = wait_for("every generation finished", finished, app, timeout_s=120)
+        records = wait_for("every generation finished", lambda: finished(worker, kafka, gids), app,
+                           timeout_s=120)
     finally:
         code = app.stop()
         worker.close()
