@@ -13,8 +13,13 @@ projector.
 
 It also reads the compacted generations-state topic (the processors' GenerationRecord of each
 generation) and hands those documents to
-:func:`state.db.generation_projection.apply_generation_records` (version-guarded replace of the
-generation's rows); an unreadable one is skipped and counted.
+:func:`state.db.generation_projection.project_generation_records` (version-guarded replace of the
+generation's rows, reporting the generations' status changes); an unreadable one is skipped and
+counted.
+
+One batch is one transaction: its generation rows, its task rows and what the ``in_transaction``
+hook writes (the webhook outbox rows of both kinds of status change) commit together, or none of
+them does and the batch is read again.
 
 :func:`rebuild` replays the same topics from the beginning into an empty database through the same
 code, which is why it writes the same rows as the live projection.
@@ -39,9 +44,14 @@ from schemas.events import StatusChanged, TaskSubmitted
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
 from state.db.errors import NotEmptyError
-from state.db.generation_projection import apply_generation_records, decode_generation_record
+from state.db.generation_projection import (
+    ProjectedBatch,
+    apply_generation_records,
+    decode_generation_record,
+    project_generation_records,
+)
 from state.db.migrate import migrate
-from state.db.projection import BatchResult, apply_batch, flatten
+from state.db.projection import apply_batch, flatten
 from state.api.webhooks import WebhookDispatcher, WebhookSettings
 from state.errors import LifecycleError
 from state.lifecycle import view_event
@@ -132,13 +142,14 @@ class Projector:
         codec: EventCodec | None = None,
         batch_size: int = BATCH_SIZE,
         poll_timeout_s: float = POLL_TIMEOUT_S,
-        on_batch: Callable[[BatchResult], None] | None = None,
-        in_transaction: Callable[[psycopg.Connection, BatchResult], object] | None = None,
+        on_batch: Callable[[ProjectedBatch], None] | None = None,
+        in_transaction: Callable[[psycopg.Connection, ProjectedBatch], object] | None = None,
         create_topics: bool = True,
     ) -> None:
-        # ``in_transaction(conn, result)`` runs inside the batch's status transaction, after its
-        # writes: what it writes (the webhook outbox) commits with the batch or not at all.
-        # ``on_batch(result)`` runs after the offsets are committed.
+        # ``in_transaction(conn, result)`` runs inside the batch's transaction, after its
+        # writes (generations, then tasks): what it writes (the webhook outbox) commits with the
+        # batch or not at all. ``result`` is a ProjectedBatch: the tasks' transitions and the
+        # generations' status changes. ``on_batch(result)`` runs after the offsets are committed.
         self._in_transaction = in_transaction
         self.database_url = database_url
         self.kafka = kafka
@@ -193,6 +204,7 @@ class Projector:
         self.stats.batches += 1
         self.stats.tasks_written += result.tasks_written
         self.stats.events_inserted += result.events_inserted
+        self.stats.generations_written += result.generations_written
         if self._on_batch is not None:
             self._on_batch(result)
         return len(messages)
@@ -212,20 +224,21 @@ class Projector:
     # -- internals ---------------------------------------------------------------------------
 
     def _write(self, events: list[Event], stop: threading.Event | None,
-               generations: list[Any] = ()) -> BatchResult | None:
+               generations: list[Any] = ()) -> ProjectedBatch | None:
+        if not events and not generations:
+            return ProjectedBatch()
         delay = DB_RETRY_BASE_S
         while True:
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = psycopg.connect(self.database_url, autocommit=True)
-                # Two transactions: each is guarded, so redoing the first after a failure of
-                # the second (or after a crash before the commit of offsets) is harmless.
-                self.stats.generations_written += apply_generation_records(self._conn, generations)
-                if self._in_transaction is None or not events:
-                    return apply_batch(self._conn, events)
-                with self._conn.transaction():  # apply_batch's own becomes a savepoint
-                    result = apply_batch(self._conn, events)
-                    self._in_transaction(self._conn, result)
+                # One transaction (the projections' own become savepoints). Generation locks
+                # are taken before task locks in every batch of every projector: no deadlock.
+                with self._conn.transaction():
+                    generation_result = project_generation_records(self._conn, generations)
+                    result = ProjectedBatch.of(apply_batch(self._conn, events), generation_result)
+                    if self._in_transaction is not None:
+                        self._in_transaction(self._conn, result)
                 return result
             except psycopg.OperationalError as exc:
                 self.stats.db_retries += 1

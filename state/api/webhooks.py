@@ -1,15 +1,22 @@
-"""Webhooks: each status change of a task is POSTed, signed, to its webhook URL — durably.
+"""Webhooks: each status change of a task or a generation is POSTed, signed, to its webhook URL
+— durably.
 
-Where a delivery goes: the task's own ``webhook_url`` (from its task-submitted event) or, when it
-has none, the URL configured for the task's ``origin_instance`` (``WebhookSettings.origin_urls``,
-``COMPUTE_WEBHOOK_ORIGIN_URLS``); the task's own URL always wins. Only status changes count (a
-new status or attempt; progress-only reports are not sent).
+A delivery has a subject: a task (``subject_kind`` ``task``) or a generation (``generation``).
+
+Where a delivery goes: the subject's own ``webhook_url`` (a task's from its task-submitted event,
+a generation's from its GenerationRecord) or, when it has none, the URL configured for the
+subject's ``origin_instance`` (``WebhookSettings.origin_urls``, ``COMPUTE_WEBHOOK_ORIGIN_URLS``);
+the subject's own URL always wins. Only status changes count: a task's new status or attempt
+(progress-only reports are not sent); a generation's new status (RUNNING when first projected,
+then COMPLETED / FAILED / CANCELLED; not every version of its record), event id
+``uuid5(generation_id, status)``.
 
 Durability (a transactional outbox): the projector calls :func:`enqueue` inside the transaction
-of the projection batch that produced the status changes, so each (task, status event) delivery
-is a ``webhook_outbox`` row that commits with the batch or not at all: a crash can neither lose
-a delivery nor invent one, and a replayed batch queues nothing twice (``UNIQUE (task_id,
-event_id)``). :class:`WebhookDispatcher` threads, in any number of projector processes, claim
+of the projection batch that produced the status changes (task and generation rows alike), so
+each (subject, status event) delivery is a ``webhook_outbox`` row that commits with the batch or
+not at all: a crash can neither lose a delivery nor invent one, and a replayed batch queues
+nothing twice (``UNIQUE (subject_kind, subject_id, event_id)``). :class:`WebhookDispatcher`
+threads, in any number of projector processes, claim
 due rows with ``SELECT ... FOR UPDATE SKIP LOCKED`` (a row is held by one thread of one process
 while it is being POSTed), send, record the attempt as a row of ``webhook_deliveries``, and
 reschedule the row or mark it final, all in the claim's transaction. A process that dies mid-POST
@@ -21,8 +28,8 @@ A delivery is a JSON POST with
     X-Compute-Event-Id   the status event's id (receivers deduplicate on it)
     X-Compute-Signature  t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
 
-Deliveries of one task are sent in order, one at a time: a row is claimable only while no
-earlier row of its task is pending (a retry waiting for its backoff holds the task's later
+Deliveries of one subject are sent in order, one at a time: a row is claimable only while no
+earlier row of its subject is pending (a retry waiting for its backoff holds the subject's later
 changes back). 2xx is success; a network error, 408, 429 or 5xx is retried with exponential
 backoff up to ``max_attempts``; another 4xx or a forbidden address is final. Addresses follow
 the input-URL rules: no loopback, private, link-local, multicast or otherwise non-public address
@@ -41,6 +48,7 @@ import socket
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -50,6 +58,7 @@ import httpx
 import psycopg
 
 from schemas.address_policy import forbidden_reason
+from state.db.generation_projection import GenerationChange
 from state.db.projection import BatchResult, Transition
 
 log = logging.getLogger("state.webhooks")
@@ -60,13 +69,14 @@ _RETRY_STATUSES = frozenset({408, 429})
 _ERROR_MAX = 500
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+TASK, GENERATION = "task", "generation"  # webhook_outbox.subject_kind
 
 
 @dataclass(frozen=True)
 class WebhookSettings:
     secret: str
     # Five attempts over about half a minute: a receiver restarting is covered, a dead one is
-    # given up on before it holds a task's later changes back for long.
+    # given up on before it holds a subject's later changes back for long.
     max_attempts: int = 5
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
@@ -74,7 +84,7 @@ class WebhookSettings:
     timeout_s: float = 5.0
     allow_private_networks: bool = False
     threads: int = 4
-    # origin_instance -> URL, for tasks that carry no webhook_url of their own.
+    # origin_instance -> URL, for tasks and generations that carry no webhook_url of their own.
     origin_urls: Mapping[str, str] = field(default_factory=dict)
     # How often idle delivery threads look for due rows queued by other processes (a batch of
     # this process wakes them at once).
@@ -171,6 +181,41 @@ def payload(t: Transition) -> dict[str, Any]:
     }
 
 
+def generation_event_id(generation_id: str, status: str) -> str:
+    """The stable event id of a generation's change to ``status``: the same whichever version
+    of the record (or which projector, or a replay) reports it."""
+    return str(uuid.uuid5(uuid.UUID(generation_id), status))
+
+
+def generation_payload(c: GenerationChange) -> dict[str, Any]:
+    r = c.record
+    predictions = []
+    for p in r.predictions:
+        result = p.result or {}
+        predictions.append({
+            "index": p.index, "status": p.status.value, "task_id": p.task_id,
+            "result_image_url": result.get("result_image_url"),
+            "result_video_url": result.get("result_video_url"),
+            "error": None if p.error_code is None else {"code": p.error_code,
+                                                        "message": p.error_message},
+        })
+    return {
+        "type": "generation.status_changed",
+        "event_id": generation_event_id(c.generation_id, c.after),
+        "generation_id": c.generation_id, "status": c.after, "version": c.version,
+        "predictions": predictions, "occurred_at": r.updated_at.isoformat(),
+    }
+
+
+def generation_target_url(c: GenerationChange, settings: WebhookSettings) -> str | None:
+    """Where a generation's deliveries go: its own URL (its record always carries it), else its
+    origin instance's."""
+    if c.record.webhook_url:
+        return c.record.webhook_url
+    instance = c.record.origin_instance
+    return settings.origin_urls.get(instance) if instance else None
+
+
 def target_url(row: Mapping[str, Any], settings: WebhookSettings) -> str | None:
     """Where a task's deliveries go: its own URL, else its origin instance's (once its
     task-submitted event is projected, so that a task's own URL can never lose to it)."""
@@ -184,15 +229,27 @@ def target_url(row: Mapping[str, Any], settings: WebhookSettings) -> str | None:
 
 
 _ENQUEUE = (
-    "INSERT INTO webhook_outbox (task_id, event_id, url, body) VALUES (%s, %s, %s, %s)"
-    " ON CONFLICT (task_id, event_id) DO NOTHING"
+    "INSERT INTO webhook_outbox (subject_kind, subject_id, event_id, url, body)"
+    " VALUES (%s, %s, %s, %s, %s)"
+    " ON CONFLICT (subject_kind, subject_id, event_id) DO NOTHING"
 )
 
 
+def _json(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
 def enqueue(conn: psycopg.Connection, result: BatchResult, settings: WebhookSettings) -> int:
-    """Queue one outbox row per status change in ``result`` that has a target URL; call it inside
-    the batch's transaction (the projector's ``in_transaction`` hook). Returns the rows given."""
+    """Queue one outbox row per status change in ``result`` that has a target URL: its task
+    ``transitions`` and, for a :class:`~state.db.generation_projection.ProjectedBatch`, its
+    ``generation_changes``. Call it inside the batch's transaction (the projector's
+    ``in_transaction`` hook). Returns the rows given."""
     rows = []
+    for c in getattr(result, "generation_changes", ()):
+        url = generation_target_url(c, settings)
+        if url is not None:
+            rows.append((GENERATION, c.generation_id, generation_event_id(c.generation_id, c.after),
+                         url, _json(generation_payload(c))))
     for t in result.transitions:
         before = t.before
         if before is not None and (before.status, before.attempt) == (t.after.status,
@@ -201,32 +258,32 @@ def enqueue(conn: psycopg.Connection, result: BatchResult, settings: WebhookSett
         url = target_url(t.row, settings)
         if url is None:
             continue
-        body = json.dumps(payload(t), separators=(",", ":")).encode()
-        rows.append((t.task_id, t.after.last_event_id, url, body))
+        rows.append((TASK, t.task_id, t.after.last_event_id, url, _json(payload(t))))
     if rows:
         with conn.cursor() as cur:
             cur.executemany(_ENQUEUE, rows)
     return len(rows)
 
 
-# The due head of some task's queue that no other thread holds: a row is a head while no
-# earlier row of its task is pending. Not-yet-due heads are returned too (wait_s > 0), so an
+# The due head of some subject's queue that no other thread holds: a row is a head while no
+# earlier row of its subject is pending. Not-yet-due heads are returned too (wait_s > 0), so an
 # idle thread knows how long it may sleep; the caller lets go of those at once.
 _CLAIM = """
-SELECT outbox_id, task_id::text, event_id::text, url, body, attempts,
+SELECT outbox_id, subject_kind, subject_id::text, event_id::text, url, body, attempts,
        greatest(extract(epoch FROM next_attempt_at - clock_timestamp()), 0)::float8 AS wait_s
   FROM webhook_outbox o
  WHERE state = 'pending'
    AND NOT EXISTS (SELECT 1 FROM webhook_outbox e
-                    WHERE e.task_id = o.task_id AND e.state = 'pending'
+                    WHERE e.subject_kind = o.subject_kind AND e.subject_id = o.subject_id
+                      AND e.state = 'pending'
                       AND e.outbox_id < o.outbox_id)
  ORDER BY next_attempt_at, outbox_id
  LIMIT 1
    FOR UPDATE SKIP LOCKED
 """
 _RECORD = (
-    "INSERT INTO webhook_deliveries (task_id, event_id, url, attempt, status_code, error)"
-    " VALUES (%s, %s, %s, %s, %s, %s)"
+    "INSERT INTO webhook_deliveries (subject_kind, subject_id, event_id, url, attempt,"
+    " status_code, error) VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
 _RESCHEDULE = (
     "UPDATE webhook_outbox SET state = %s, attempts = %s, last_status_code = %s, last_error = %s,"
@@ -256,7 +313,7 @@ class WebhookDispatcher:
 
     def on_batch(self, result: BatchResult) -> None:
         """A batch committed: wake the threads if it may have queued deliveries."""
-        if result.transitions:
+        if result.transitions or getattr(result, "generation_changes", None):
             self.wake()
 
     def wake(self) -> None:
@@ -323,12 +380,12 @@ class WebhookDispatcher:
             row = conn.execute(_CLAIM).fetchone()
             if row is None:
                 return self.settings.poll_s
-            outbox_id, task_id, event_id, url, body, attempts, wait_s = row
+            outbox_id, kind, subject_id, event_id, url, body, attempts, wait_s = row
             if wait_s > 0:
                 return min(wait_s, self.settings.poll_s)
             attempt = attempts + 1
             code, error, retry = self._attempt(client, url, event_id, bytes(body))
-            conn.execute(_RECORD, (task_id, event_id, url, attempt, code, error))
+            conn.execute(_RECORD, (kind, subject_id, event_id, url, attempt, code, error))
             delay = 0.0
             if error is None:
                 state = DELIVERED
@@ -338,8 +395,8 @@ class WebhookDispatcher:
                             self.settings.backoff_max_s)
             else:
                 state = FAILED
-                log.warning("webhook delivery of task %s event %s to %s given up after %d"
-                            " attempt(s): %s", task_id, event_id, url, attempt, error)
+                log.warning("webhook delivery of %s %s event %s to %s given up after %d"
+                            " attempt(s): %s", kind, subject_id, event_id, url, attempt, error)
             conn.execute(_RESCHEDULE, (state, attempt, code, error, delay, outbox_id))
         return 0.0
 

@@ -18,6 +18,14 @@ Every column comes from the document (no ``now()``), so ``rebuild`` — the same
 writes the same rows. Per-generation advisory locks (sorted) keep two projectors of one group,
 during a rebalance, from interleaving.
 
+:func:`project_generation_records` also reports the status changes it wrote (for webhooks): for
+each generation written, the records of the batch newer than the stored row are walked in version
+order and each one whose status differs from the one before it (the stored row's, or none for a
+generation not seen yet) is a :class:`GenerationChange`. So a generation first projected RUNNING
+and later COMPLETED reports two changes, even when both records arrive in one batch; a duplicate,
+an older record or a newer version of the same status reports none. The caller's transaction
+(the projector's batch) makes what it does with them commit with the rows.
+
 The read side (:func:`get_generation`, :func:`list_generations`) serves the API; every query is
 scoped to a tenant.
 """
@@ -25,7 +33,7 @@ scoped to a tenant.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -40,6 +48,7 @@ from processors.generation_flow import (
     decode_record,
 )
 from schemas.errors import DecodeError
+from state.db.projection import BatchResult
 
 # Advisory-lock hash seed of generation ids ("gens"), apart from the tasks' locks.
 _LOCK_SEED = 0x67656E73
@@ -192,27 +201,71 @@ def _shot_rows(record: GenerationRecord, shot: dict[str, Any], results: dict[str
 # --------------------------------------------------------------------------- writing
 
 
+@dataclass(frozen=True)
+class GenerationChange:
+    """A generation's status changed: ``before`` (the status before, None for a generation not
+    projected before) to ``after``, by ``record`` (the document of that version)."""
+
+    generation_id: str
+    before: str | None
+    after: str
+    version: int
+    record: GenerationRecord
+
+
+@dataclass
+class GenerationBatchResult:
+    written: int = 0  # generations whose row was replaced
+    changes: list[GenerationChange] = field(default_factory=list)  # in version order per generation
+
+
+@dataclass
+class ProjectedBatch(BatchResult):
+    """What one projector batch wrote: the tasks' part (:class:`BatchResult`, its
+    ``transitions``) and the generations' part (``generation_changes``), one transaction."""
+
+    generations_written: int = 0
+    generation_changes: list[GenerationChange] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, tasks: BatchResult, generations: GenerationBatchResult | None = None
+           ) -> ProjectedBatch:
+        generations = generations or GenerationBatchResult()
+        return cls(tasks_written=tasks.tasks_written, events_inserted=tasks.events_inserted,
+                   transitions=tasks.transitions, generations_written=generations.written,
+                   generation_changes=generations.changes)
+
+
 def apply_generation_records(conn: psycopg.Connection, records: Iterable[GenerationRecord]) -> int:
     """Project ``records`` (in topic order) inside one transaction; return how many generations
     were written (those whose record was newer than the stored row)."""
-    latest: dict[str, GenerationRecord] = {}
+    return project_generation_records(conn, records).written
+
+
+def project_generation_records(conn: psycopg.Connection, records: Iterable[GenerationRecord]
+                               ) -> GenerationBatchResult:
+    """Project ``records`` (in topic order) inside one transaction (a savepoint of the caller's,
+    if one is open); report the generations written and their status changes."""
+    # generation id -> version -> the first record of that version seen in the batch
+    versions: dict[str, dict[int, GenerationRecord]] = {}
     for record in records:
-        seen = latest.get(record.generation_id)
-        if seen is None or record.version > seen.version:
-            latest[record.generation_id] = record
-    if not latest:
-        return 0
+        versions.setdefault(record.generation_id, {}).setdefault(record.version, record)
+    result = GenerationBatchResult()
+    if not versions:
+        return result
+    latest = {gid: by_version[max(by_version)] for gid, by_version in versions.items()}
     ids = sorted(latest)
     with conn.transaction():
         conn.execute(
             "SELECT count(pg_advisory_xact_lock(hashtextextended(x, %s)))"
             " FROM (SELECT unnest(%s::text[]) AS x ORDER BY 1) AS ids", (_LOCK_SEED, ids))
-        stored = {str(gid): version for gid, version in conn.execute(
-            "SELECT generation_id, version FROM generations WHERE generation_id = ANY(%s::uuid[])",
-            (ids,))}
-        winners = [rows_of(latest[g]) for g in ids if latest[g].version > stored.get(g, -1)]
+        stored = {str(gid): (version, status) for gid, version, status in conn.execute(
+            "SELECT generation_id, version, status FROM generations"
+            " WHERE generation_id = ANY(%s::uuid[])", (ids,))}
+        winners = [rows_of(latest[g]) for g in ids
+                   if latest[g].version > stored.get(g, (-1, None))[0]]
         if not winners:
-            return 0
+            return result
         written: list[str] = []
         with conn.cursor() as cur:
             for rows in winners:  # RETURNING per row: the guard may still refuse one
@@ -220,7 +273,7 @@ def apply_generation_records(conn: psycopg.Connection, records: Iterable[Generat
                 if cur.fetchone() is not None:
                     written.append(rows.generation["generation_id"])
         if not written:
-            return 0
+            return result
         chosen = [r for r in winners if r.generation["generation_id"] in set(written)]
         for table in ("predictions", "orchestrated_shots", "refines"):  # shot_attempts cascade
             conn.execute(f"DELETE FROM {table} WHERE generation_id = ANY(%s::uuid[])", (written,))
@@ -234,7 +287,16 @@ def apply_generation_records(conn: psycopg.Connection, records: Iterable[Generat
                 values = [_params(row, columns) for rows in chosen for row in getattr(rows, attr)]
                 if values:
                     cur.executemany(_insert(table, columns), values)
-    return len(written)
+    for gid in written:
+        stored_version, status = stored.get(gid, (-1, None))
+        for version in sorted(v for v in versions[gid] if v > stored_version):
+            record = versions[gid][version]
+            if record.status.value != status:
+                result.changes.append(GenerationChange(gid, status, record.status.value,
+                                                       version, record))
+                status = record.status.value
+    result.written = len(written)
+    return result
 
 
 def _params(row: dict[str, Any], columns: Sequence[str]) -> tuple[Any, ...]:

@@ -82,13 +82,15 @@ def _deliveries(db_url: str, task_id: str) -> list[tuple]:
     with psycopg.connect(db_url) as conn:
         return conn.execute(
             "SELECT attempt, status_code, error, event_id::text, url FROM webhook_deliveries"
-            " WHERE task_id = %s ORDER BY delivery_id", (task_id,)).fetchall()
+            " WHERE subject_kind = 'task' AND subject_id = %s ORDER BY delivery_id",
+            (task_id,)).fetchall()
 
 
 def _outbox(db_url: str, task_id: str) -> list[tuple]:
     with psycopg.connect(db_url) as conn:
         return conn.execute(
-            "SELECT state, attempts FROM webhook_outbox WHERE task_id = %s ORDER BY outbox_id",
+            "SELECT state, attempts FROM webhook_outbox"
+            " WHERE subject_kind = 'task' AND subject_id = %s ORDER BY outbox_id",
             (task_id,)).fetchall()
 
 
@@ -246,8 +248,8 @@ def test_dispatchers_share_the_outbox_in_task_order(db_url: str) -> None:
     rows = [(tid, str(uuid.uuid4()), receiver.url, json.dumps({"task_id": tid, "n": n}).encode())
             for n in range(4) for tid in tasks]
     with psycopg.connect(db_url) as conn:
-        conn.cursor().executemany("INSERT INTO webhook_outbox (task_id, event_id, url, body)"
-                                  " VALUES (%s, %s, %s, %s)", rows)
+        conn.cursor().executemany("INSERT INTO webhook_outbox (subject_kind, subject_id,"
+                                  " event_id, url, body) VALUES ('task', %s, %s, %s, %s)", rows)
     settings = WebhookSettings(secret=SECRET, allow_private_networks=True, backoff_base_s=0.05,
                                threads=3)
     dispatchers = [WebhookDispatcher(db_url, settings) for _ in range(2)]
