@@ -49,6 +49,7 @@ from processors.generation_flow import (
 )
 from schemas.errors import DecodeError
 from state.db.projection import BatchResult
+from state.db.queries import tenant_where
 
 # Advisory-lock hash seed of generation ids ("gens"), apart from the tasks' locks.
 _LOCK_SEED = 0x67656E73
@@ -356,19 +357,7 @@ async def list_generations(conn: psycopg.AsyncConnection, tenant_id: str, f: Gen
                            ) -> tuple[list[dict[str, Any]], int]:
     """One page of the tenant's generations (newest first unless ``sort_order`` is "asc") and
     the total count of matches."""
-    clauses = [sql.SQL("origin_tenant_id = %s")]
-    args: list[Any] = [tenant_id]
-    for column in ("status", "strategy", "generation_type"):
-        value = getattr(f, column)
-        if value is not None:
-            clauses.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
-            args.append(value)
-    if f.created_after is not None:
-        clauses.append(sql.SQL("created_at >= %s"))
-        args.append(f.created_after)
-    if f.created_before is not None:
-        clauses.append(sql.SQL("created_at < %s"))
-        args.append(f.created_before)
+    clauses, args = tenant_where(tenant_id, f, ("status", "strategy", "generation_type"))
     where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses)
     direction = sql.SQL("ASC" if sort_order == "asc" else "DESC")
     cur = await conn.execute(

@@ -44,11 +44,12 @@ async def get_task(conn: psycopg.AsyncConnection, task_id: str, tenant_id: str) 
     return await cur.fetchone()
 
 
-def _where(tenant_id: str, f: TaskFilter) -> tuple[sql.Composable, list[Any]]:
-    clauses = [sql.SQL("origin_tenant_id = %s")]
+def tenant_where(tenant_id: str, f: Any, columns: tuple[str, ...]) -> tuple[list[sql.Composable], list[Any]]:
+    """The WHERE clauses (and their arguments) of a tenant's list: each of ``columns`` that ``f``
+    sets must be equal, ``f.created_after`` <= created_at < ``f.created_before``."""
+    clauses: list[sql.Composable] = [sql.SQL("origin_tenant_id = %s")]
     args: list[Any] = [tenant_id]
-    for column in ("status", "task_type", "provider_type", "origin_instance", "origin_zone",
-                   "origin_tenant_id"):
+    for column in columns:
         value = getattr(f, column)
         if value is not None:
             clauses.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
@@ -59,6 +60,12 @@ def _where(tenant_id: str, f: TaskFilter) -> tuple[sql.Composable, list[Any]]:
     if f.created_before is not None:
         clauses.append(sql.SQL("created_at < %s"))
         args.append(f.created_before)
+    return clauses, args
+
+
+def _where(tenant_id: str, f: TaskFilter) -> tuple[sql.Composable, list[Any]]:
+    clauses, args = tenant_where(tenant_id, f, ("status", "task_type", "provider_type", "origin_instance",
+                                                "origin_zone", "origin_tenant_id"))
     if f.search:
         escaped = f.search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         clauses.append(sql.SQL("task_id::text LIKE %s"))
