@@ -8,6 +8,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
+import psycopg
+from psycopg.rows import dict_row
 import uuid
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -105,3 +107,19 @@ def sse_frames(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
             continue
         field, _, value = line.partition(":")
         frame[field] = value[1:] if value.startswith(" ") else value
+
+
+def webhook_outbox(db_url: str, kind: str, subject_id: str) -> list[dict[str, Any]]:
+    """The outbox rows of one task or generation, oldest first."""
+    with psycopg.connect(db_url, row_factory=dict_row) as conn:
+        return conn.execute(
+            "SELECT state, attempts, event_id::text, url, body FROM webhook_outbox"
+            " WHERE subject_kind = %s AND subject_id = %s ORDER BY outbox_id", (kind, subject_id)).fetchall()
+
+
+def webhook_deliveries(db_url: str, kind: str, subject_id: str) -> list[tuple]:
+    """Every delivery attempt of one task or generation: (attempt, status code, error, event id, url)."""
+    with psycopg.connect(db_url) as conn:
+        return conn.execute(
+            "SELECT attempt, status_code, error, event_id::text, url FROM webhook_deliveries"
+            " WHERE subject_kind = %s AND subject_id = %s ORDER BY delivery_id", (kind, subject_id)).fetchall()

@@ -30,6 +30,7 @@ from state.api.webhooks import (
 from state.db.generation_projection import ProjectedBatch
 from state.db.migrate import migrate
 from state.projector import Projector, rebuild
+from tests.state.api.helpers import webhook_deliveries, webhook_outbox
 from tests.state.api.test_webhooks import SECRET, Receiver, projecting
 from tests.state.db import generation_helpers as gh
 from tests.state.db.helpers import fresh_database, wait_for
@@ -57,19 +58,11 @@ def _failed(record: GenerationRecord, version: int) -> GenerationRecord:
 
 
 def _outbox(db_url: str, gid: str) -> list[dict]:
-    with psycopg.connect(db_url, row_factory=dict_row) as conn:
-        return conn.execute(
-            "SELECT state, attempts, event_id::text, url, body FROM webhook_outbox"
-            " WHERE subject_kind = 'generation' AND subject_id = %s ORDER BY outbox_id",
-            (gid,)).fetchall()
+    return webhook_outbox(db_url, "generation", gid)
 
 
 def _deliveries(db_url: str, gid: str) -> list[tuple]:
-    with psycopg.connect(db_url) as conn:
-        return conn.execute(
-            "SELECT attempt, status_code, error, event_id::text, url FROM webhook_deliveries"
-            " WHERE subject_kind = 'generation' AND subject_id = %s ORDER BY delivery_id",
-            (gid,)).fetchall()
+    return webhook_deliveries(db_url, "generation", gid)
 
 
 def _generation(db_url: str, gid: str) -> dict | None:

@@ -29,6 +29,7 @@ from state.api.webhooks import (
 from state.db.migrate import migrate
 from state.db.projection import BatchResult
 from state.projector import Projector, run_projector
+from tests.state.api.helpers import webhook_deliveries, webhook_outbox
 from tests.state.db.helpers import lifecycle, produce, submitted, task_row, wait_for
 
 SECRET = "s3cr3t-for-tests"
@@ -79,19 +80,11 @@ def projecting(db_url: str, kafka: KafkaSettings, webhooks: WebhookSettings) -> 
 
 
 def _deliveries(db_url: str, task_id: str) -> list[tuple]:
-    with psycopg.connect(db_url) as conn:
-        return conn.execute(
-            "SELECT attempt, status_code, error, event_id::text, url FROM webhook_deliveries"
-            " WHERE subject_kind = 'task' AND subject_id = %s ORDER BY delivery_id",
-            (task_id,)).fetchall()
+    return webhook_deliveries(db_url, "task", task_id)
 
 
 def _outbox(db_url: str, task_id: str) -> list[tuple]:
-    with psycopg.connect(db_url) as conn:
-        return conn.execute(
-            "SELECT state, attempts FROM webhook_outbox"
-            " WHERE subject_kind = 'task' AND subject_id = %s ORDER BY outbox_id",
-            (task_id,)).fetchall()
+    return [(row["state"], row["attempts"]) for row in webhook_outbox(db_url, "task", task_id)]
 
 
 def _check_signed(receiver: Receiver) -> None:
