@@ -11,10 +11,15 @@ before every pipeline call (the handlers do): it switches the task's LoRA weight
 off, so a REFINE after a GENERATION never inherits its style LoRA), sets the IP-Adapter scale and
 returns the keyword arguments the call needs, and applies ``low_memory``.
 
-* LoRA (:meth:`apply_loras`): each named adapter loads once (``load_lora_weights(path,
-  adapter_name=name)``) and is switched per task with ``set_adapters(names, weights)``. At most
-  ``lora_capacity`` adapters stay loaded; the least recently used is dropped with
-  ``delete_adapters``. All weights None or 0 -> ``disable_lora()``, so the output equals no LoRA.
+* LoRA (:meth:`apply_loras`): a task weights *slots* (``subject``, ``product``, ...). A slot
+  the task names a reference for (``refs``, from ``provider_config.loras``) uses the adapter that
+  reference resolves to (:meth:`ModelRegistry.resolve_lora_ref`: a folder under the LoRA root, or
+  an allowed hub repo; safetensors only), named ``ref_<hash>`` after what it resolved to; any
+  other slot uses the deployment's adapter for that slot, named after the slot. Each adapter
+  loads once (``load_lora_weights(path, adapter_name=name)``) and is switched per task with
+  ``set_adapters(names, weights)``. At most ``lora_capacity`` adapters stay loaded; the least
+  recently used is dropped with ``delete_adapters``. All weights None or 0 ->
+  ``disable_lora()``, so the output equals no LoRA.
   ``last_lora_switch`` records the last switch and its time (loading excluded; about 2 ms on the
   tiny models, see ``bench/bench_lora_switch.py``).
 * IP-Adapter (:meth:`prepare` with ``reference``): loaded on the family's first task with a
@@ -42,7 +47,15 @@ from pathlib import Path
 from typing import Any
 
 from gpu_consumers.errors import InvalidInput, ProviderError
-from gpu_consumers.models import ModelProfile, ModelRegistry, Role, image_processor_class
+from gpu_consumers.models import (
+    LORA_ADAPTERS,
+    LoraRefError,
+    LoraSource,
+    ModelProfile,
+    ModelRegistry,
+    Role,
+    image_processor_class,
+)
 
 # Denoising steps when neither the task (provider_config) nor the spec's options say: what the
 # production models are usually run with, and 2 for the tiny offline models (CPU seconds).
@@ -76,11 +89,24 @@ class Segmenter:
 
 @dataclass(frozen=True)
 class LoraSwitch:
-    """What :meth:`ModelCache.apply_loras` set: the active adapters and weights, and its time."""
+    """What :meth:`ModelCache.apply_loras` set: the active adapters and weights, and its time
+    (``loaded``: the adapters that had to be loaded first; their loading is not in the time)."""
 
     names: tuple[str, ...]
     weights: tuple[float, ...]
     switch_ms: float
+    loaded: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SlotLora:
+    """The adapter serving one weighted slot of a task: ``reference`` None is the deployment's
+    adapter for the slot."""
+
+    slot: str
+    adapter_name: str
+    source: LoraSource
+    reference: str | None = None
 
 
 def _import(dotted: str) -> Any:
@@ -200,6 +226,7 @@ class ModelCache:
         return self._load("llm", build)
 
     def prepare(self, pipe: Any, *, loras: Mapping[str, float | None] | None = None,
+                lora_refs: Mapping[str, str] | None = None,
                 reference: Any = None, reference_scale: float = 0.0,
                 low_memory: bool = False) -> dict[str, Any]:
         """Put ``pipe``'s shared state in this task's shape; returns extra call kwargs."""
@@ -208,22 +235,30 @@ class ModelCache:
             family = self._families.get(id(_denoiser(pipe)))
             if family is None:  # a pipeline without adapters (video)
                 return {}
-            self.apply_loras(pipe, loras or {})
+            self.apply_loras(pipe, loras or {}, lora_refs)
             return self._reference(family, reference, reference_scale)
 
-    def apply_loras(self, pipe: Any, weights: Mapping[str, float | None]) -> LoraSwitch:
-        """Load (once) and activate the adapters with a weight > 0; all None/0 turns LoRA off."""
+    def apply_loras(self, pipe: Any, weights: Mapping[str, float | None],
+                    refs: Mapping[str, str] | None = None) -> LoraSwitch:
+        """Load (once) and activate the adapters of the slots with a weight > 0 (``refs``: slot
+        -> the task's LoRA reference, see :meth:`check_loras`); all None/0 turns LoRA off."""
         with self._lock:
             family = self._families[id(_denoiser(pipe))]
-            active = {name: float(w) for name, w in weights.items() if w}
-            if not active:
+            if not any(weights.values()):
                 started = time.perf_counter()
                 if family.lora_enabled:
                     family.root.disable_lora()
                     family.lora_enabled = False
                 self.last_lora_switch = LoraSwitch((), (), (time.perf_counter() - started) * 1e3)
                 return self.last_lora_switch
-            sources = self.check_loras(active)
+            slots = self.check_loras(weights, refs)
+            # Adapter -> weight; two slots naming one LoRA add up (the LoRA delta is linear in it).
+            active: dict[str, float] = {}
+            sources: dict[str, LoraSource] = {}
+            for slot, lora in slots.items():
+                active[lora.adapter_name] = active.get(lora.adapter_name, 0.0) + float(weights[slot])
+                sources[lora.adapter_name] = lora.source
+            loaded = []
             for name in active:
                 if name in family.loras:
                     family.loras.move_to_end(name)
@@ -233,9 +268,22 @@ class ModelCache:
                     family.root.delete_adapters(victim)
                     del family.loras[victim]
                 source = sources[name]
-                family.root.load_lora_weights(source.model_id, weight_name=source.weight_name,
-                                              adapter_name=name)
+                extra = {"use_safetensors": True} if source.safetensors_only else {}
+                try:
+                    family.root.load_lora_weights(source.model_id, weight_name=source.weight_name,
+                                                  adapter_name=name, **extra)
+                except Exception as exc:
+                    _forget_adapter(family.root, name)  # a half-loaded adapter would block a retry
+                    # A referenced file under the LoRA root that does not load (not a LoRA, or one
+                    # for another model) is the task's problem. Anything else, hub downloads
+                    # included, goes to the runtime as usual (retried as a provider error).
+                    local = source.safetensors_only and Path(source.model_id).is_absolute()
+                    if not (local and isinstance(exc, _BAD_LORA_FILE)):
+                        raise
+                    ref = next(s.reference for s in slots.values() if s.adapter_name == name)
+                    raise InvalidInput(f"LoRA reference {ref!r} could not be loaded: {exc}") from exc
                 family.loras[name] = None
+                loaded.append(name)
             started = time.perf_counter()  # the switch itself, loading excluded
             if not family.lora_enabled:
                 family.root.enable_lora()
@@ -243,21 +291,42 @@ class ModelCache:
             names = tuple(active)
             family.root.set_adapters(list(names), adapter_weights=[active[n] for n in names])
             self.last_lora_switch = LoraSwitch(names, tuple(active[n] for n in names),
-                                               (time.perf_counter() - started) * 1e3)
+                                               (time.perf_counter() - started) * 1e3, tuple(loaded))
             return self.last_lora_switch
 
-    def check_loras(self, weights: Mapping[str, float | None]) -> dict[str, Any]:
-        """INVALID_INPUT unless every adapter weighted > 0 is configured and they fit at once."""
-        active = [name for name, weight in weights.items() if weight]
-        sources = self.registry.lora_sources() if active else {}
-        missing = sorted(set(active) - set(sources))
+    def check_loras(self, weights: Mapping[str, float | None],
+                    refs: Mapping[str, str] | None = None) -> dict[str, SlotLora]:
+        """The adapter of every slot weighted > 0; INVALID_INPUT unless each resolves and they
+        fit at once. Every reference in ``refs`` (slot -> reference) is resolved, weighted or
+        not (:meth:`ModelRegistry.resolve_lora_ref`); a weighted slot without one needs the
+        deployment's adapter for that slot."""
+        refs = dict(refs or {})
+        unknown = sorted(set(refs) - set(LORA_ADAPTERS))
+        if unknown:
+            raise InvalidInput(f"LoRA references for unknown slot(s) {', '.join(unknown)} "
+                               f"(slots: {', '.join(LORA_ADAPTERS)})")
+        resolved = {}
+        for slot, reference in refs.items():
+            try:
+                resolved[slot] = self.registry.resolve_lora_ref(reference)
+            except LoraRefError as exc:
+                raise InvalidInput(f"{slot}: {exc}") from exc
+        active = [slot for slot, weight in weights.items() if weight]
+        plain = [slot for slot in active if slot not in resolved]
+        configured = self.registry.lora_sources() if plain else {}
+        missing = sorted(set(plain) - set(configured))
         if missing:
             raise InvalidInput(f"no LoRA is configured for {', '.join(missing)} on this worker "
-                               f"(configured: {', '.join(sorted(sources)) or 'none'})")
-        if len(active) > self.lora_capacity:
-            raise InvalidInput(f"{len(active)} LoRAs at once; this worker keeps at most "
+                               f"(configured: {', '.join(sorted(configured)) or 'none'}) and the "
+                               f"task names no reference for it")
+        slots = {slot: (SlotLora(slot, resolved[slot].adapter_name, resolved[slot].source,
+                                 resolved[slot].reference) if slot in resolved
+                        else SlotLora(slot, slot, configured[slot])) for slot in active}
+        adapters = {lora.adapter_name for lora in slots.values()}
+        if len(adapters) > self.lora_capacity:
+            raise InvalidInput(f"{len(adapters)} LoRAs at once; this worker keeps at most "
                                f"{self.lora_capacity} loaded")
-        return dict(sources)
+        return slots
 
     def loaded_loras(self, pipe: Any) -> list[str]:
         """Adapter names currently loaded on ``pipe``'s UNet, least recently used first."""
@@ -284,6 +353,25 @@ class ModelCache:
         family.root.set_ip_adapter_scale(float(scale) if image is not None else 0.0)
         blank = Image.new("RGB", (BLANK_REFERENCE_PX, BLANK_REFERENCE_PX))
         return {"ip_adapter_image": image if image is not None else blank}
+
+
+def _bad_lora_file_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover - safetensors comes with diffusers
+        return (OSError, ValueError, KeyError)
+    return (OSError, ValueError, KeyError, SafetensorError)
+
+
+_BAD_LORA_FILE = _bad_lora_file_errors()
+
+
+def _forget_adapter(pipe: Any, name: str) -> None:
+    try:
+        if name in {n for names in pipe.get_list_adapters().values() for n in names}:
+            pipe.delete_adapters(name)
+    except Exception:  # noqa: BLE001 - best effort; the load error is what the caller reports
+        pass
 
 
 def _denoiser(pipe: Any) -> Any:

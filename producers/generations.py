@@ -326,7 +326,11 @@ def _template(request: Any, entries: dict[CatalogKind, CatalogEntry], i: int, rn
     if isinstance(request, GenerateRequest):
         seed = (request.seed + i) & SEED_MAX if request.seed is not None else rng.randint(0, SEED_MAX)
         weights = {f"{kind.value}_lora_weight": e.default_weight for kind, e in entries.items() if e.lora_ref}
-        return _some(width=request.width, height=request.height, seed=seed, **weights)
+        # Which LoRA each weighted slot applies: the worker resolves these references
+        # (gpu_consumers/handlers/generation.py); without them it would use its configured ones.
+        refs = {kind.value: e.lora_ref for kind, e in entries.items() if e.lora_ref}
+        return _some(width=request.width, height=request.height, seed=seed, **weights,
+                     provider_config={"loras": refs} if refs else None)
     if isinstance(request, EditingRequest):
         subject, product = entries.get(CatalogKind.SUBJECT), entries.get(CatalogKind.PRODUCT)
         prompt = EDIT_PROMPTS[request.tool.value].format(

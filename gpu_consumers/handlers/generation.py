@@ -11,28 +11,37 @@ Parameters:
 * ``seed``: a ``torch.Generator`` on the worker's device; None draws a random 63-bit seed, which
   the result records, so every image can be reproduced;
 * ``subject_lora_weight``, ``product_lora_weight``, ``style_lora_weight``,
-  ``product2_lora_weight``: the weights of the adapters named ``subject``, ``product``, ``style``
-  and ``product2`` (``ModelCache.apply_loras``: loaded once, switched with ``set_adapters``);
-  None and 0 leave an adapter out, and with all of them None/0 LoRA is off (the output equals a
-  run without LoRA). A weight for an adapter the deployment has not configured is INVALID_INPUT;
+  ``product2_lora_weight``: the weights of the LoRA slots ``subject``, ``product``, ``style`` and
+  ``product2`` (``ModelCache.apply_loras``: each adapter loaded once, switched with
+  ``set_adapters``); None and 0 leave a slot out, and with all of them None/0 LoRA is off (the
+  output equals a run without LoRA). Which LoRA a slot applies: the task's reference for it in
+  ``provider_config.loras``, else the adapter the deployment configured for the slot
+  (``COMPUTE_LORA_<SLOT>``); a weight for a slot with neither is INVALID_INPUT;
 * ``reference_image_url`` + ``reference_image_strength``: the reference guides the image through
   an IP-Adapter whose scale is the strength (0 ignores the reference, 1 lets it dominate the
   prompt; None means 0.5, the usual balance). The strength alone, without an image, does nothing;
 * ``provider_config``: ``num_inference_steps`` (1..150; default: the spec's option, else 30 in
-  production and 2 offline), ``guidance_scale`` (0..30), ``negative_prompt``; any other key is
-  INVALID_INPUT.
+  production and 2 offline), ``guidance_scale`` (0..30), ``negative_prompt``, ``loras`` (slot ->
+  LoRA reference, e.g. ``{"subject": "anna", "style": "hf:studio/minimal"}``; the planner sets
+  it from the catalog's ``lora_ref``). A reference is resolved by
+  ``ModelRegistry.resolve_lora_ref``: a folder or ``.safetensors`` file under the LoRA root
+  (``COMPUTE_LORA_ROOT``), or in production a hub repo matching ``COMPUTE_LORA_ALLOWED_REPOS``;
+  safetensors only. A malformed, unknown or refused reference is INVALID_INPUT naming it. Any
+  other key is INVALID_INPUT.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from PIL import Image
 
+from gpu_consumers.errors import InvalidInput
 from gpu_consumers.handler import HandlerResult, TaskContext
 from gpu_consumers.handlers.classical import encode_image, to_picture
 from gpu_consumers.handlers.model_common import (
     DIFFUSION_OPTIONS,
+    Check,
     ModelProgress,
     pipe_image,
     provider_options,
@@ -52,6 +61,25 @@ DEFAULT_PROVIDER = "diffusers"
 DEFAULT_REFERENCE_STRENGTH = 0.5
 
 
+def lora_refs(key: str, value: Any) -> dict[str, str]:
+    """``provider_config.loras``: an object of LoRA slot -> reference (a non-empty string; what
+    it may name is the registry's to decide)."""
+    if not isinstance(value, dict):
+        raise InvalidInput(f"provider_config.{key} must be an object of LoRA slot -> reference")
+    unknown = sorted(str(k) for k in value if k not in LORA_ADAPTERS)
+    if unknown:
+        raise InvalidInput(f"provider_config.{key}: unknown LoRA slot(s) {', '.join(unknown)} "
+                           f"(slots: {', '.join(LORA_ADAPTERS)})")
+    bad = sorted(k for k, v in value.items() if not isinstance(v, str) or not v)
+    if bad:
+        raise InvalidInput(f"provider_config.{key}: the reference of {', '.join(bad)} must be a "
+                           f"non-empty string")
+    return dict(value)
+
+
+GENERATION_OPTIONS: dict[str, Check] = {**DIFFUSION_OPTIONS, "loras": lora_refs}
+
+
 def lora_weights(params: GenerationParams) -> dict[str, float | None]:
     """The task's adapter weights by adapter name (the order of ``LORA_ADAPTERS``)."""
     values = (params.subject_lora_weight, params.product_lora_weight, params.style_lora_weight,
@@ -68,10 +96,11 @@ class DiffusersGeneration:
 
     def run(self, params: GenerationParams, ctx: TaskContext) -> HandlerResult:
         # 1. check inputs
-        options = provider_options(params.provider_config, DIFFUSION_OPTIONS)
+        options = provider_options(params.provider_config, GENERATION_OPTIONS)
+        refs = options.pop("loras", None) or {}
         cache = ModelCache.for_context(ctx)
         weights = lora_weights(params)
-        cache.check_loras(weights)
+        slots = cache.check_loras(weights, refs)
         reference = None
         if params.reference_image_url is not None:
             reference = to_picture(ctx.fetch.fetch_image(params.reference_image_url, mode="RGB"),
@@ -83,7 +112,7 @@ class DiffusersGeneration:
         strength = (DEFAULT_REFERENCE_STRENGTH if params.reference_image_strength is None
                     else params.reference_image_strength)
         call_kwargs = cache.prepare(
-            pipe, loras=weights, low_memory=ctx.low_memory,
+            pipe, loras=weights, lora_refs=refs, low_memory=ctx.low_memory,
             reference=None if reference is None else Image.fromarray(reference.rgb),
             reference_scale=strength)
         switch = cache.last_lora_switch
@@ -106,7 +135,9 @@ class DiffusersGeneration:
         encoded = encode_image(rgb)
         progress.finish()
 
-        # 6. return
+        # 6. return (lora_refs: the reference each weighted slot applied, only when the task
+        # named one; a slot not listed used the deployment's adapter)
+        used = {slot: lora.reference for slot, lora in slots.items() if lora.reference is not None}
         return HandlerResult(
             outputs=[encoded], model=cache.model_id(Role.TEXT_TO_IMAGE), provider="diffusers",
             seed=seed, width=params.width, height=params.height,
@@ -114,6 +145,7 @@ class DiffusersGeneration:
                 "num_inference_steps": steps,
                 "working_size": list(work),
                 "lora_weights": {k: v for k, v in weights.items() if v},
+                **({"lora_refs": used} if used else {}),
                 "lora_switch_ms": None if switch is None else round(switch.switch_ms, 3),
                 "reference_scale": strength if reference is not None else None,
                 **options,

@@ -7,11 +7,14 @@ a tiny model built on first use. Loading is left to the handlers.
 
 from gpu_consumers.models.registry import (
     LORA_ADAPTERS,
+    LORA_WEIGHT_NAME,
     IpAdapterSource,
+    LoraRefError,
     LoraSource,
     ModelProfile,
     ModelRegistry,
     ModelSpec,
+    ResolvedLora,
     Role,
     image_processor_class,
     production_specs,
@@ -19,11 +22,14 @@ from gpu_consumers.models.registry import (
 
 __all__ = [
     "LORA_ADAPTERS",
+    "LORA_WEIGHT_NAME",
     "IpAdapterSource",
+    "LoraRefError",
     "LoraSource",
     "ModelProfile",
     "ModelRegistry",
     "ModelSpec",
+    "ResolvedLora",
     "Role",
     "image_processor_class",
     "production_specs",

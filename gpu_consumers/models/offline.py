@@ -233,20 +233,38 @@ def build_lora_set(out_dir: Path, cfg: dict[str, Any]) -> None:
     Unlike a freshly initialised PEFT LoRA (B = 0, a no-op) both matrices are random, so an
     adapter with weight > 0 really changes the image.
     """
-    from diffusers import StableDiffusionPipeline
-
     out_dir.mkdir(parents=True, exist_ok=True)
     linears = _unet_attention_linears(cfg["unet"], cfg["target_modules"])
-    rank, std = cfg["rank"], cfg["std"]
     gen = torch.Generator().manual_seed(cfg["seed"])
     for adapter in cfg["adapters"]:
-        layers: dict[str, torch.Tensor] = {}
-        for name, n_in, n_out in linears:
-            layers[f"{name}.lora_A.weight"] = torch.randn(rank, n_in, generator=gen) * std
-            layers[f"{name}.lora_B.weight"] = torch.randn(n_out, rank, generator=gen) * std
-        StableDiffusionPipeline.save_lora_weights(
-            out_dir, unet_lora_layers=layers, weight_name=f"{adapter}.safetensors"
-        )  # no alpha keys: diffusers then uses lora_alpha = rank, i.e. scale 1 per unit weight
+        _save_lora(out_dir / f"{adapter}.safetensors", _lora_layers(linears, cfg, gen))
+
+
+def build_lora_file(path: Path, cfg: dict[str, Any], seed: int) -> None:
+    """One random LoRA file at ``path`` (a ``.safetensors`` name), in the format of
+    :func:`build_lora_set`, for the UNet of ``cfg`` (the registry's ``lora`` config), its weights
+    drawn from ``seed`` instead of ``cfg["seed"]``. The registry uses it to put a tiny LoRA under a
+    reference's name into the LoRA root (:meth:`ModelRegistry.build_offline_lora`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    linears = _unet_attention_linears(cfg["unet"], cfg["target_modules"])
+    with torch.random.fork_rng(devices=[]):
+        _save_lora(path, _lora_layers(linears, cfg, torch.Generator().manual_seed(seed)))
+
+
+def _lora_layers(linears, cfg: dict[str, Any], gen: torch.Generator) -> dict[str, torch.Tensor]:
+    rank, std = cfg["rank"], cfg["std"]
+    layers: dict[str, torch.Tensor] = {}
+    for name, n_in, n_out in linears:
+        layers[f"{name}.lora_A.weight"] = torch.randn(rank, n_in, generator=gen) * std
+        layers[f"{name}.lora_B.weight"] = torch.randn(n_out, rank, generator=gen) * std
+    return layers
+
+
+def _save_lora(path: Path, layers: dict[str, torch.Tensor]) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    # No alpha keys: diffusers then uses lora_alpha = rank, i.e. scale 1 per unit weight.
+    StableDiffusionPipeline.save_lora_weights(path.parent, unet_lora_layers=layers, weight_name=path.name)
 
 
 def build_ip_adapter(out_dir: Path, cfg: dict[str, Any]) -> None:

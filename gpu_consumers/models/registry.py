@@ -22,11 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +56,44 @@ LORA_ADAPTERS: tuple[str, ...] = ("subject", "product", "style", "product2")
 
 @dataclass(frozen=True)
 class LoraSource:
-    """One LoRA file: ``pipe.load_lora_weights(model_id, weight_name=..., adapter_name=name)``."""
+    """One LoRA file: ``pipe.load_lora_weights(model_id, weight_name=..., adapter_name=name)``.
+
+    ``safetensors_only``: load with ``use_safetensors=True``, so diffusers never falls back to a
+    pickled file (set for every reference a task names; the deployment's own adapters are
+    trusted as configured)."""
 
     model_id: str
     weight_name: str | None = None
+    safetensors_only: bool = False
+
+
+@dataclass(frozen=True)
+class ResolvedLora:
+    """A task's LoRA reference, resolved by :meth:`ModelRegistry.resolve_lora_ref`.
+
+    ``adapter_name`` is derived from what the reference resolved to (the file, its size and
+    modification time; or the hub repo and file), so two references are two adapters, the same
+    one is loaded once, and a file replaced in place loads as a new adapter."""
+
+    reference: str
+    adapter_name: str
+    source: LoraSource
+
+
+class LoraRefError(ValueError):
+    """A LoRA reference that is malformed, unknown or refused (the message names it)."""
+
+
+# A reference: ``[hf:]name[:weight.safetensors]``. ``name`` is a relative path of plain parts
+# (letters, digits, ``._-``; no part starts with a dot, so no ``..``, no hidden files, no
+# absolute paths, no ``~``, no backslashes); ``weight`` a plain ``.safetensors`` file name.
+_REF_PART = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}"
+_LORA_REF = re.compile(
+    rf"(?P<hub>hf:)?(?P<name>{_REF_PART}(?:/{_REF_PART}){{0,7}})(?::(?P<weight>{_REF_PART}\.safetensors))?")
+MAX_LORA_REF_CHARS = 300
+# The file a folder's LoRA is read from when the reference names none (diffusers' own name);
+# :meth:`ModelRegistry.build_offline_lora` writes it.
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
 @dataclass(frozen=True)
@@ -147,9 +183,15 @@ class ModelRegistry:
         *,
         specs: Mapping[Role | str, ModelSpec] | None = None,
         offline_configs: Mapping[str, Mapping[str, Any]] | None = None,
+        lora_root: str | os.PathLike[str] | None = None,
+        lora_allowed_repos: Iterable[str] = (),
     ) -> None:
         self.profile = ModelProfile(profile)
         self.cache_dir = Path(cache_dir or _default_cache_dir()).expanduser()
+        # Where task LoRA references resolve to folders (resolve_lora_ref); hub repos a
+        # reference may name in production (fnmatch patterns on "org/repo"; none by default).
+        self.lora_root = Path(lora_root).expanduser() if lora_root else self.cache_dir / "loras"
+        self.lora_allowed_repos = tuple(p.strip() for p in lora_allowed_repos if p.strip())
         base = production_specs() if self.profile is ModelProfile.PRODUCTION else _offline_specs()
         for role, spec in (specs or {}).items():
             base[Role(role)] = spec
@@ -175,10 +217,14 @@ class ModelRegistry:
         production only: ``COMPUTE_MODEL_<ROLE>`` (hub id or local folder, e.g.
         COMPUTE_MODEL_TEXT_TO_IMAGE), ``COMPUTE_LORA_<NAME>`` (``id_or_dir[:weight_name]``, NAME
         one of LORA_ADAPTERS) and ``COMPUTE_IP_ADAPTER`` (``id_or_dir:subfolder:weight_name``).
+        Task LoRA references (:meth:`resolve_lora_ref`): ``COMPUTE_LORA_ROOT`` (default
+        ``<cache dir>/loras``) and, production only, ``COMPUTE_LORA_ALLOWED_REPOS``
+        (comma-separated patterns such as ``studio/*``; default none).
         """
         env = os.environ if environ is None else environ
         profile = ModelProfile(env.get("COMPUTE_MODEL_PROFILE", ModelProfile.OFFLINE))
         overrides: dict[Role, ModelSpec] = {}
+        allowed: list[str] = []
         if profile is ModelProfile.PRODUCTION:
             specs = production_specs()
             for role in Role:
@@ -197,7 +243,9 @@ class ModelRegistry:
                 overrides[Role.IP_ADAPTER] = replace(
                     specs[Role.IP_ADAPTER], model_id=model_id,
                     ip_adapter=IpAdapterSource(model_id, subfolder, weight or "ip-adapter.bin"))
-        return cls(profile, env.get("COMPUTE_MODEL_CACHE_DIR"), specs=overrides)
+            allowed = env.get("COMPUTE_LORA_ALLOWED_REPOS", "").split(",")
+        return cls(profile, env.get("COMPUTE_MODEL_CACHE_DIR"), specs=overrides,
+                   lora_root=env.get("COMPUTE_LORA_ROOT") or None, lora_allowed_repos=allowed)
 
     # ---- resolution --------------------------------------------------------------------------
 
@@ -242,6 +290,95 @@ class ModelRegistry:
         folder = self.path_for(Role.LORA)
         return {name: LoraSource(folder, f"{name}.safetensors")
                 for name in self._configs[Role.LORA.value]["adapters"]}
+
+    def resolve_lora_ref(self, reference: str) -> ResolvedLora:
+        """A task's LoRA reference (untrusted) as a file to load; LoraRefError names it otherwise.
+
+        ``[hf:]name[:weight.safetensors]`` resolves, in this order:
+
+        1. without ``hf:``, to ``<lora_root>/<name>``: a folder (its ``weight``, else
+           ``pytorch_lora_weights.safetensors``, else its only ``.safetensors`` file) or a
+           ``.safetensors`` file. The file must lie inside the root once symlinks are resolved;
+        2. in the production profile, to the hub repo ``name`` (``org/repo``) when it matches a
+           pattern of ``lora_allowed_repos`` (``weight``, or the repo's ``.safetensors`` file).
+
+        Only ``.safetensors`` weights are ever loaded (never a pickle). Anything else, and every
+        reference in the offline profile that is not under the root, is refused.
+        """
+        match = (_LORA_REF.fullmatch(reference)
+                 if isinstance(reference, str) and len(reference) <= MAX_LORA_REF_CHARS else None)
+        if match is None:
+            raise LoraRefError(
+                f"LoRA reference {reference!r} is malformed: expected a relative name such as "
+                "'anna', 'loras/anna:v2.safetensors' or 'hf:org/repo' (absolute paths, '..', '~', "
+                "hidden parts and backslashes are refused)")
+        name, weight = match["name"], match["weight"]
+        if not match["hub"]:
+            found = self._local_lora(reference, name, weight)
+            if found is not None:
+                return found
+        repo_like = name.count("/") == 1
+        if (self.profile is ModelProfile.PRODUCTION and repo_like
+                and any(fnmatchcase(name, pattern) for pattern in self.lora_allowed_repos)):
+            digest = _digest("hub", name, weight or "")
+            return ResolvedLora(reference, f"ref_{digest}", LoraSource(name, weight, safetensors_only=True))
+        where = "" if match["hub"] else "no LoRA of that name under the LoRA root, and "
+        why = ("hub references need the production profile" if self.profile is not ModelProfile.PRODUCTION
+               else "no allowed hub repo (COMPUTE_LORA_ALLOWED_REPOS) matches it")
+        raise LoraRefError(f"unknown LoRA reference {reference!r}: {where}{why}")
+
+    def _local_lora(self, reference: str, name: str, weight: str | None) -> ResolvedLora | None:
+        path = self.lora_root / name
+        if path.is_dir():
+            if weight is None:
+                files = sorted(p.name for p in path.glob("*.safetensors")
+                               if p.is_file() and not p.name.startswith("."))
+                if LORA_WEIGHT_NAME in files:
+                    files = [LORA_WEIGHT_NAME]
+                if not files:
+                    raise LoraRefError(f"LoRA reference {reference!r}: its folder holds no "
+                                       ".safetensors file (only .safetensors weights are loaded)")
+                if len(files) > 1:
+                    raise LoraRefError(f"LoRA reference {reference!r}: its folder holds several "
+                                       f".safetensors files; name one, e.g. '{reference}:{files[0]}'")
+                weight = files[0]
+            path = path / weight
+            if not path.is_file():
+                raise LoraRefError(f"LoRA reference {reference!r}: its folder has no {weight}")
+        elif not path.is_file() or weight is not None:
+            return None
+        elif path.suffix != ".safetensors":
+            raise LoraRefError(f"LoRA reference {reference!r}: only .safetensors weights are loaded")
+        real = path.resolve()
+        if not real.is_relative_to(self.lora_root.resolve()):
+            raise LoraRefError(f"LoRA reference {reference!r} resolves outside the LoRA root")
+        stat = real.stat()
+        digest = _digest("local", str(real), str(stat.st_size), str(stat.st_mtime_ns))
+        return ResolvedLora(reference, f"ref_{digest}",
+                            LoraSource(str(real.parent), real.name, safetensors_only=True))
+
+    def build_offline_lora(self, name: str) -> ResolvedLora:
+        """Offline profile: a tiny random LoRA for the reference ``name`` (a plain relative
+        name), written once to ``<lora_root>/<name>/pytorch_lora_weights.safetensors`` with
+        weights seeded from the name, so each name is a different adapter and the real loading
+        path runs. For tests and demos; the worker never builds one for a task."""
+        if self.profile is not ModelProfile.OFFLINE:
+            raise ValueError("build_offline_lora is for the offline profile only")
+        match = _LORA_REF.fullmatch(name)
+        if match is None or match["hub"] or match["weight"]:
+            raise LoraRefError(f"{name!r} is not a plain relative LoRA name")
+        from gpu_consumers.models import offline
+
+        target = self.lora_root / name / LORA_WEIGHT_NAME
+        if not target.is_file():
+            self.lora_root.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(self.lora_root / ".build.lock")):
+                if not target.is_file():
+                    staging = target.with_name(f".{os.getpid()}.staging.safetensors")
+                    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
+                    offline.build_lora_file(staging, self._configs[Role.LORA.value], seed)
+                    os.replace(staging, target)
+        return self.resolve_lora_ref(name)
 
     def ip_adapter_source(self) -> IpAdapterSource | None:
         if self.profile is ModelProfile.PRODUCTION:
@@ -294,6 +431,10 @@ class ModelRegistry:
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         return target
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 def _is_complete(folder: Path) -> bool:

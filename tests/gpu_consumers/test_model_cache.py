@@ -11,7 +11,7 @@ from PIL import Image
 
 from gpu_consumers.errors import InvalidInput
 from gpu_consumers.model_cache import ModelCache
-from gpu_consumers.models import Role
+from gpu_consumers.models import LoraSource, Role
 from tests.gpu_consumers.handlers.model_support import (  # noqa: F401 - fixtures
     model_cache,
     noise_image,
@@ -98,3 +98,130 @@ def test_for_context(model_cache):
     assert ModelCache.for_context(dataclasses.replace(ctx, models=model_cache)) is model_cache
     adopted = ModelCache.for_context(dataclasses.replace(ctx, models=model_cache.registry))
     assert ModelCache.for_context(dataclasses.replace(ctx, models=model_cache.registry)) is adopted
+
+
+# --------------------------------------------------------------------------- LoRA references
+
+
+def test_lora_references_resolve_only_under_the_root(tmp_path):
+    from gpu_consumers.models import LORA_WEIGHT_NAME, LoraRefError, ModelRegistry
+
+    registry = ModelRegistry("offline", tmp_path / "models")
+    root = registry.lora_root
+    assert root == tmp_path / "models" / "loras"
+    anna = registry.build_offline_lora("clients/anna")
+    assert (root / "clients" / "anna" / LORA_WEIGHT_NAME).is_file()
+    assert anna.adapter_name.startswith("ref_") and anna.source.safetensors_only
+    assert anna.source == LoraSource(str((root / "clients" / "anna").resolve()), LORA_WEIGHT_NAME, True)
+    assert registry.resolve_lora_ref("clients/anna") == anna  # the same reference, the same adapter
+    assert registry.build_offline_lora("bea").adapter_name != anna.adapter_name
+    # A folder with several files needs the file named; a file may be named directly.
+    (root / "two").mkdir()
+    for name in ("a.safetensors", "b.safetensors"):
+        (root / "two" / name).write_bytes((root / "bea" / LORA_WEIGHT_NAME).read_bytes())
+    with pytest.raises(LoraRefError, match="'two'.*several"):
+        registry.resolve_lora_ref("two")
+    assert registry.resolve_lora_ref("two:b.safetensors").source.weight_name == "b.safetensors"
+    assert registry.resolve_lora_ref("two/a.safetensors").source.weight_name == "a.safetensors"
+
+    for bad in ("../models/loras/bea", "bea/../bea", "/etc/passwd", str(root / "bea"), "~/bea",
+                ".hidden", "bea\\x", "C:/bea", "", "bea/", "bea:x.bin", "hf:org/repo:../x.safetensors"):
+        with pytest.raises(LoraRefError, match="malformed"):
+            registry.resolve_lora_ref(bad)
+    with pytest.raises(LoraRefError, match="unknown LoRA reference 'nobody'"):
+        registry.resolve_lora_ref("nobody")
+    with pytest.raises(LoraRefError, match="'hf:studio/anna'.*production profile"):
+        registry.resolve_lora_ref("hf:studio/anna")
+    # Never a pickle: not a .bin file, not a folder holding only one.
+    (root / "pickled").mkdir()
+    (root / "pickled" / "pytorch_lora_weights.bin").write_bytes(b"pickle")
+    (root / "old.bin").write_bytes(b"pickle")
+    with pytest.raises(LoraRefError, match="'pickled'.*no .safetensors"):
+        registry.resolve_lora_ref("pickled")
+    with pytest.raises(LoraRefError, match="'old.bin'.*only .safetensors"):
+        registry.resolve_lora_ref("old.bin")
+    # A symlink out of the root is refused.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / LORA_WEIGHT_NAME).write_bytes(b"x")
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(LoraRefError, match="'escape' resolves outside the LoRA root"):
+        registry.resolve_lora_ref("escape")
+
+
+def test_hub_references_need_production_and_an_allowed_repo(tmp_path):
+    from gpu_consumers.models import LoraRefError, ModelRegistry
+
+    env = {"COMPUTE_MODEL_PROFILE": "production", "COMPUTE_MODEL_CACHE_DIR": str(tmp_path),
+           "COMPUTE_LORA_ROOT": str(tmp_path / "mine"), "COMPUTE_LORA_ALLOWED_REPOS": "studio/*, acme/style"}
+    registry = ModelRegistry.from_env(env)
+    assert registry.lora_root == tmp_path / "mine"
+    assert registry.lora_allowed_repos == ("studio/*", "acme/style")
+    anna = registry.resolve_lora_ref("studio/anna")
+    assert anna.source == LoraSource("studio/anna", None, True)
+    pinned = registry.resolve_lora_ref("hf:studio/anna:v2.safetensors")
+    assert pinned.source == LoraSource("studio/anna", "v2.safetensors", True)
+    assert pinned.adapter_name != anna.adapter_name
+    assert registry.resolve_lora_ref("acme/style").source.model_id == "acme/style"
+    for refused in ("acme/other", "evil/anna", "hf:evil/anna", "studio/anna/deeper", "anna"):
+        with pytest.raises(LoraRefError, match=f"unknown LoRA reference '{refused}'.*COMPUTE_LORA_ALLOWED_REPOS"):
+            registry.resolve_lora_ref(refused)
+    # Nothing is allowed by default.
+    with pytest.raises(LoraRefError, match="unknown"):
+        ModelRegistry.from_env({**env, "COMPUTE_LORA_ALLOWED_REPOS": ""}).resolve_lora_ref("studio/anna")
+
+
+def test_a_weight_needs_a_reference_or_a_configured_adapter(tmp_path, model_cache):
+    from gpu_consumers.models import ModelRegistry
+
+    # A production worker with no adapter configured (nothing is loaded by check_loras).
+    registry = ModelRegistry("production", tmp_path, lora_root=model_cache.registry.lora_root)
+    cache = ModelCache(registry)
+    model_cache.registry.build_offline_lora("check/anna")
+    with pytest.raises(InvalidInput, match="no LoRA is configured for subject"):
+        cache.check_loras({"subject": 1.0})
+    [slot] = cache.check_loras({"subject": 1.0, "style": 0.0}, {"subject": "check/anna"}).values()
+    assert (slot.slot, slot.reference) == ("subject", "check/anna") and slot.adapter_name.startswith("ref_")
+    with pytest.raises(InvalidInput, match="no LoRA is configured for style"):
+        cache.check_loras({"subject": 1.0, "style": 0.5}, {"subject": "check/anna"})
+    with pytest.raises(InvalidInput, match="unknown slot.*face"):
+        cache.check_loras({}, {"face": "check/anna"})
+    # A reference is checked even when its slot has no weight.
+    with pytest.raises(InvalidInput, match="product: LoRA reference '../x' is malformed"):
+        cache.check_loras({}, {"product": "../x"})
+
+
+def test_referenced_loras_are_adapters_of_their_own(model_cache):
+    registry = model_cache.registry
+    anna, bea = registry.build_offline_lora("cache/anna"), registry.build_offline_lora("cache/bea")
+    cache = ModelCache(registry, lora_capacity=2)
+    pipe = cache.text_to_image()
+    first = cache.apply_loras(pipe, {"subject": 1.0}, {"subject": "cache/anna"})
+    assert first.names == first.loaded == (anna.adapter_name,)
+    with_anna = image_of(pipe)
+    again = cache.apply_loras(pipe, {"subject": 1.0}, {"subject": "cache/anna"})
+    assert again.names == (anna.adapter_name,) and again.loaded == ()  # cached: loaded once
+    cache.apply_loras(pipe, {"subject": 1.0}, {"subject": "cache/bea"})
+    with_bea = image_of(pipe)
+    assert not np.array_equal(with_anna, with_bea)
+    assert cache.loaded_loras(pipe) == [anna.adapter_name, bea.adapter_name]
+    # Without a reference the slot's configured adapter applies; the LRU bound holds for all.
+    plain = cache.apply_loras(pipe, {"subject": 1.0})
+    assert plain.names == ("subject",) and cache.loaded_loras(pipe) == [bea.adapter_name, "subject"]
+    # Two slots naming one LoRA apply it once, with their weights added.
+    both = cache.apply_loras(pipe, {"subject": 0.5, "product": 0.5},
+                             {"subject": "cache/anna", "product": "cache/anna"})
+    assert (both.names, both.weights) == ((anna.adapter_name,), (1.0,))
+    assert np.array_equal(image_of(pipe), with_anna)
+
+
+def test_a_referenced_file_that_is_no_lora_is_invalid_input(model_cache):
+    registry = model_cache.registry
+    broken = registry.lora_root / "broken"
+    broken.mkdir(parents=True, exist_ok=True)
+    (broken / "pytorch_lora_weights.safetensors").write_bytes(b"not a safetensors file")
+    cache = ModelCache(registry)
+    pipe = cache.text_to_image()
+    with pytest.raises(InvalidInput, match="LoRA reference 'broken' could not be loaded"):
+        cache.apply_loras(pipe, {"style": 1.0}, {"style": "broken"})
+    assert cache.loaded_loras(pipe) == [] and pipe.get_list_adapters() == {}

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from pydantic import ValidationError
 
-from processors.agentic import attempt_task_id, shot_id_for
+from processors.agentic import adjust, attempt_task_id, shot_id_for
 from producers.catalog import CatalogError, CatalogKind, InMemoryCatalog, PostgresCatalog, UnknownCatalogEntry, catalog
 from producers.generations import (
     DETAIL_FOLLOW_UP, GenerateRequest, GenerationPlan, clean_prompt, continue_after_edit, continue_after_prompt,
@@ -76,6 +76,32 @@ def test_an_entry_without_a_lora_sets_no_weight():
     [task] = plan_generation(generate(subject, product, plain, batch_size=1), store).tasks
     assert task.params.style_lora_weight is None and task.params.subject_lora_weight == 0.8
     assert "Natural light style" in task.params.prompt
+
+
+def test_the_tasks_name_the_catalog_loras_and_retries_keep_them():
+    store, subject, product, style = stocked()
+    refs = {"subject": "hf:studio/anna-lora", "product": "/loras/red-linen-dress.safetensors",
+            "style": "hf:studio/minimal-style"}
+    plan = plan_generation(generate(subject, product, style, generation_type="AGENTIC"), store)
+    assert [t.params.provider_config for t in plan.tasks] == [{"loras": refs}] * 3
+    assert {k: e.lora_ref for k, e in plan.loras.items()} == refs
+    # Only entries with a LoRA are named; with none, the task has no provider_config at all.
+    plain = store.add_style("Natural light", None, None)
+    [task] = plan_generation(generate(subject, product, plain, batch_size=1), store).tasks
+    assert task.params.provider_config == {"loras": {k: refs[k] for k in ("subject", "product")}}
+    bare = store.add_subject("Mara", None, None)
+    [task] = plan_generation({"strategy": "GENERATE", "subject_id": bare.id, "shot_type_string": "portrait"},
+                             store).tasks
+    assert task.params.provider_config is None and task.params.subject_lora_weight is None
+    # A prompt step's waiting tasks and every AGENTIC retry keep the references.
+    waiting = plan_generation(generate(subject, product, style, auto_generate_prompt=True), store)
+    assert {t.params.provider_config["loras"]["subject"] for t in continue_after_prompt(waiting, "x")} == {refs["subject"]}
+    params = plan.tasks[0].params
+    for attempt in (2, 3, 4):
+        params = adjust(params, attempt, ["blurry (sharpness 0.1)"], 7)
+        assert params.provider_config["loras"] == refs
+    assert params.provider_config["num_inference_steps"] == 45  # the ladder's own keys are added
+    assert params.subject_lora_weight == 0.8
 
 
 def test_agentic_predictions_are_shots_and_a_custom_prompt_is_kept():

@@ -112,3 +112,51 @@ def test_low_memory_retry_tiles_the_vae_for_that_task_only(model_cache):
     assert model_cache.text_to_image().vae.use_tiling
     assert np.array_equal(decode(generate(model_cache, seed=4)), baseline)
     assert not model_cache.text_to_image().vae.use_tiling  # the next task switched it off
+
+
+def test_lora_references_pick_the_adapter_of_a_slot(model_cache):
+    registry = model_cache.registry
+    anna, bea = registry.build_offline_lora("gen/anna"), registry.build_offline_lora("gen/bea")
+    configured = decode(generate(model_cache, seed=2, subject_lora_weight=1.0))
+
+    def subject(ref):
+        return generate(model_cache, seed=2, subject_lora_weight=1.0, provider_config={"loras": {"subject": ref}})
+
+    with_anna = subject("gen/anna")
+    assert with_anna.extra["lora_refs"] == {"subject": "gen/anna"}
+    assert with_anna.extra["lora_weights"] == {"subject": 1.0}
+    assert model_cache.last_lora_switch.names == (anna.adapter_name,)
+    with_bea = subject("gen/bea")
+    assert model_cache.last_lora_switch.names == (bea.adapter_name,)
+    # Two LoRAs in one slot: two adapters, two images at the same seed (and neither is the
+    # deployment's adapter for the slot).
+    assert differs(decode(with_anna), decode(with_bea), 10)
+    assert differs(decode(with_anna), configured, 10) and differs(decode(with_bea), configured, 10)
+    # The same reference again: loaded once, the same image.
+    again = subject("gen/anna")
+    assert model_cache.last_lora_switch.loaded == ()
+    assert np.array_equal(decode(again), decode(with_anna))
+    assert model_cache.loaded_loras(model_cache.text_to_image()).count(anna.adapter_name) == 1
+    # A slot without a reference keeps the configured adapter; the task without any is as before.
+    mixed = generate(model_cache, seed=2, subject_lora_weight=1.0, style_lora_weight=0.5,
+                     provider_config={"loras": {"subject": "gen/anna"}})
+    assert set(model_cache.last_lora_switch.names) == {anna.adapter_name, "style"}
+    assert mixed.extra["lora_refs"] == {"subject": "gen/anna"}
+    plain = generate(model_cache, seed=2, subject_lora_weight=1.0)
+    assert "lora_refs" not in plain.extra and np.array_equal(decode(plain), configured)
+
+
+@pytest.mark.parametrize("loras, message", [
+    ({"subject": "../gen/anna"}, "subject: LoRA reference '../gen/anna' is malformed"),
+    ({"subject": "/etc/passwd"}, "subject: LoRA reference '/etc/passwd' is malformed"),
+    ({"product": "gen/nobody"}, "product: unknown LoRA reference 'gen/nobody'"),
+    ({"style": "hf:studio/minimal"}, "unknown LoRA reference 'hf:studio/minimal'.*production profile"),
+    ({"face": "gen/anna"}, "unknown LoRA slot.*face"),
+    ({"subject": ""}, "reference of subject must be a non-empty string"),
+    (["gen/anna"], "loras must be an object"),
+])
+def test_bad_lora_references_are_invalid_input(model_cache, loras, message):
+    model_cache.registry.build_offline_lora("gen/anna")
+    with pytest.raises(InvalidInput, match=message):
+        generate(model_cache, seed=1, subject_lora_weight=1.0, product_lora_weight=0.5,
+                 provider_config={"loras": loras})
