@@ -41,17 +41,20 @@ class ReadModelCollector(Collector):
         hist = HistogramMetricFamily("compute_task_processing_seconds",
                                      "PROCESSING to COMPLETED time of completed tasks.",
                                      labels=["task_type"])
+        generations = GaugeMetricFamily("compute_generations", "Generations in the read model by status.",
+                                        labels=["strategy", "generation_type", "status"])
         up = GaugeMetricFamily("compute_read_model_up", "1 when the read model answered this scrape.")
         try:
-            self._fill(completed, failed, by_status, hist)
+            self._fill(completed, failed, by_status, hist, generations)
             up.add_metric([], 1)
         except psycopg.Error as exc:
             log.warning("metrics: read model unavailable: %s", exc)
             up.add_metric([], 0)
-        yield from (completed, failed, by_status, hist, up)
+        yield from (completed, failed, by_status, hist, generations, up)
 
     def _fill(self, completed: CounterMetricFamily, failed: CounterMetricFamily,
-              by_status: GaugeMetricFamily, hist: HistogramMetricFamily) -> None:
+              by_status: GaugeMetricFamily, hist: HistogramMetricFamily,
+              generations: GaugeMetricFamily) -> None:
         bucket_sql = ", ".join(f"count(*) FILTER (WHERE duration_ms <= {b * 1000:g})" for b in BUCKETS_S)
         with psycopg.connect(self._url, connect_timeout=_SCRAPE_TIMEOUT_S) as conn:
             for task_type, status, code, n in conn.execute(
@@ -71,6 +74,11 @@ class ReadModelCollector(Collector):
                 task_type, counts, total, sum_ms = row[0], row[1:-2], row[-2], row[-1]
                 buckets = [(f"{b:g}", c) for b, c in zip(BUCKETS_S, counts)] + [("+Inf", total)]
                 hist.add_metric([task_type], buckets, float(sum_ms) / 1000.0)
+            for strategy, generation_type, status, n in conn.execute(
+                "SELECT strategy, generation_type, status, count(*) FROM generations"
+                " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+            ):
+                generations.add_metric([strategy, generation_type, status], n)
 
 
 class ApiMetrics:
@@ -80,6 +88,9 @@ class ApiMetrics:
         self.registry = CollectorRegistry()
         self.submits = Counter("compute_api_submits", "Tasks accepted by POST /tasks.",
                                ["task_type"], registry=self.registry)
+        self.generation_submits = Counter(
+            "compute_api_generation_submits", "Generations accepted by the POST /generations routes.",
+            ["strategy", "generation_type"], registry=self.registry)
         self.cancels = Counter("compute_api_cancels", "Cancels accepted by the API.",
                                registry=self.registry)
         self.registry.register(ReadModelCollector(database_url))

@@ -26,7 +26,7 @@ from producers.catalog import CatalogError, PostgresCatalog, UnknownCatalogEntry
 from producers.errors import DeliveryError
 from producers.generations import GenerationPlan, GenerationRequested, parse_request, plan_generation
 from schemas.enums import GenerationStrategy
-from state.api.deps import CallerDep, DbDep, ProducerDep, SettingsDep
+from state.api.deps import CallerDep, DbDep, MetricsDep, ProducerDep, SettingsDep
 from state.api.models.generations import (
     STRATEGY_ROUTES,
     SUBMIT_MODELS,
@@ -120,7 +120,7 @@ def _answer(response: Response, accepted: dict[str, Any], *, replay: bool) -> Ge
 
 
 async def _submit(strategy: GenerationStrategy, body: BaseModel, caller: Any, db: Any,
-                  producer: Any, settings: Any, response: Response,
+                  producer: Any, settings: Any, metrics: Any, response: Response,
                   idempotency_key: str | None) -> GenerationAccepted:
     webhook_url = getattr(body, "webhook_url", None)
 
@@ -137,6 +137,7 @@ async def _submit(strategy: GenerationStrategy, body: BaseModel, caller: Any, db
                              "the broker did not acknowledge the generation, so it was not started;"
                              " retry (with the same Idempotency-Key)",
                              headers={"Retry-After": "1"}) from None
+        metrics.generation_submits.labels(strategy.value, plan.request.generation_type.value).inc()
         return _accepted_of(plan)
 
     if idempotency_key is None:
@@ -167,9 +168,10 @@ def _route(strategy: GenerationStrategy, suffix: str, request_model: type[BaseMo
     model = SUBMIT_MODELS[strategy]
 
     async def submit(body: BaseModel, caller: CallerDep, db: DbDep,
-                     producer: ProducerDep, settings: SettingsDep, response: Response,
+                     producer: ProducerDep, settings: SettingsDep, metrics: MetricsDep, response: Response,
                      idempotency_key: IdempotencyKey = None) -> GenerationAccepted:
-        return await _submit(strategy, body, caller, db, producer, settings, response, idempotency_key)
+        return await _submit(strategy, body, caller, db, producer, settings, metrics, response,
+                             idempotency_key)
 
     # The body's model is this closure's: give FastAPI the object, not the postponed name.
     submit.__annotations__["body"] = Annotated[model, Body()]  # type: ignore[valid-type]

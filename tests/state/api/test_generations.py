@@ -4,6 +4,7 @@ this test produces to the generations-state topic (as the processors would)."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -106,6 +107,9 @@ def test_each_strategy_route_produces_its_plan(api: ApiStack, client: httpx.Clie
     [task] = face.tasks
     assert task.orchestration.generation_type.value == "AGENTIC" and task.orchestration.max_attempts == 2
     assert task.task_id == attempt_task_id(task.orchestration.shot_id, 1)
+    metrics = client.get("/metrics").text
+    assert re.search(r'^compute_api_generation_submits_total\{generation_type="AGENTIC",'
+                     r'strategy="FACE_FIXING"\} [1-9]', metrics, re.M), metrics
 
 
 def test_a_prompt_step_answers_with_the_prompt_task(api: ApiStack, client: httpx.Client,
@@ -214,6 +218,8 @@ def test_an_agentic_generation_shows_every_attempt(api: ApiStack, client: httpx.
     assert prediction["result"]["result_image_url"].endswith(f"{attempts[1]['task_id']}.png")
     assert prediction["task_ids"] == [a["task_id"] for a in attempts]
     assert gen["links"]["tasks"] == [f"/api/v1/tasks/{a['task_id']}" for a in attempts]
+    assert re.search(r'^compute_generations\{generation_type="AGENTIC",status="COMPLETED",'
+                     r'strategy="GENERATE"\} [1-9]', client.get("/metrics").text, re.M)
 
     # Another tenant's generation does not exist for the caller; neither does a non-UUID.
     assert_problem(_get(client, other_tenant, record.generation_id), 404)
