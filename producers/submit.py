@@ -8,6 +8,13 @@ A caller-supplied idempotency key always maps to the same task id (UUIDv5 of ten
 repeated submit can never become a second task: this producer drops a repeat it has already
 sent, and any other producer's repeat carries the same id, which workers and the lifecycle fold
 treat as the same task.
+
+The records are written without building their pydantic events: the params are the validated
+model, everything else is an id, a time or a value checked here, and the bytes come from
+templates made by the codec's own writer (``producers/submit_records.py``; tests check them
+byte-for-byte against the codec's encoding of the validated events). That, with one clock reading
+per batch of statuses, is what lets one process submit tens of thousands of tasks a second
+(docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -17,29 +24,29 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 from pydantic import TypeAdapter, ValidationError
 
 from producers.errors import DeliveryError
+from producers.submit_records import SubmitRecords
+from schemas.avro_writer import micros_varint
 from schemas.codec import EventCodec
-from schemas.enums import TaskStatus, TaskType
+from schemas.enums import TaskType
 from schemas.errors import TaskValidationError
-from schemas.events import (
-    TASK_SUBMITTED_MODELS,
-    Envelope,
-    Orchestration,
-    PositiveInt,
-    StatusChanged,
-    TaskSubmitted,
-    all_event_models,
-)
+from schemas.events import Orchestration, PositiveInt, StatusChanged, all_event_models
 from schemas.emit import produce_record
-from schemas.headers import header_builder, new_trace_id, new_traceparent, new_uuid4
+from schemas.headers import (
+    ce_time_micros,
+    new_trace_id,
+    new_traceparent_bytes,
+    new_uuid4,
+    raw_header_builder,
+    trace_prefix,
+)
 from schemas.kafka_settings import KafkaSettings
-from schemas.records import AVRO_INT_MAX, AvroRecord, UuidStr, WebhookUrl
+from schemas.records import AVRO_INT_MAX, UuidStr, WebhookUrl
 from schemas.schema_store import publish_schemas
 from schemas.task_params import PARAMS_MODELS
 
@@ -63,10 +70,12 @@ _PRODUCER_DEFAULTS: dict[str, Any] = {
 _POLL_EVERY = 32
 _POLL_INTERVAL_S = 0.002
 
-_UTC = timezone.utc
-_now = datetime.now
+# Record templates kept per producer beyond the ten of plain submits (attempt 1, the producer's
+# origin, no generation): one per params model, attempt, origin and with/without a generation id.
+_RECORDS_CAPACITY = 1024
+
 _monotonic = time.monotonic
-_PENDING_QUEUED = (TaskStatus.PENDING, TaskStatus.QUEUED)
+_time_ns = time.time_ns
 
 
 def task_id_for(idempotency_key: str, tenant_id: str | None = None) -> str:
@@ -167,38 +176,6 @@ def _check_arguments(
     return idempotency_key, orchestration, webhook_url, task_id, attempt
 
 
-# --------------------------------------------------------------------------- trusted construction
-
-_new_object = object.__new__
-_set_slot = object.__setattr__
-_TRUSTED_MODELS = (Envelope, StatusChanged, *TASK_SUBMITTED_MODELS.values())
-for _model in _TRUSTED_MODELS:
-    # What _trusted() leaves out of model_construct() must not matter for these models.
-    if (_model.__pydantic_post_init__ or _model.__private_attributes__ or _model.__pydantic_root_model__
-            or _model.model_config.get("extra") == "allow"):
-        raise TypeError(f"{_model.__name__}: _trusted() in producers/submit.py no longer fits it")
-
-
-def _trusted(model: type[AvroRecord], fields: dict[str, Any]) -> Any:
-    """``model.model_construct(**fields)`` for a ``fields`` that names every field of ``model``
-    in declaration order, without model_construct's per-field alias and default handling (5x
-    faster; it ran for every field of the four models built per submit).
-
-    Why skipping validation here is safe: the producer builds only three kinds of objects this
-    way - the envelope, the task event and its two status events - and every value in them is
-    either validated input (the params by validate_params(); task id, attempt, webhook URL,
-    orchestration, origin and idempotency key by _check_arguments() / Origin) or made here (ids,
-    times, the source checked in TaskProducer.__init__, statuses, None). tests/producers/
-    test_trusted_construction.py checks the result equals the validated model, field set included.
-    """
-    instance = _new_object(model)
-    _set_slot(instance, "__dict__", fields)
-    _set_slot(instance, "__pydantic_fields_set__", set(fields))
-    _set_slot(instance, "__pydantic_extra__", None)
-    _set_slot(instance, "__pydantic_private__", None)
-    return instance
-
-
 class TaskProducer:
     """One per process; not thread-safe (confluent-kafka's producer is, this bookkeeping isn't)."""
 
@@ -225,22 +202,23 @@ class TaskProducer:
         self._origin = origin
         self._dedupe_capacity = dedupe_capacity
         self._sent: OrderedDict[str, None] = OrderedDict()
-        # Tasks the broker acknowledged whose PENDING/QUEUED are not produced yet, with their
-        # trace id. Delivery reports only collect them: librdkafka aborts on a produce from inside
-        # a delivery report served by flush(), so the statuses are produced right after each poll.
-        self._acknowledged: list[tuple[TaskSubmitted, str]] = []
+        # Tasks the broker acknowledged whose PENDING/QUEUED are not produced yet: (task id as
+        # text and bytes, trace prefix, the status templates, generation id bytes or b""). Delivery
+        # reports only collect them: librdkafka aborts on a produce from inside a delivery report
+        # served by flush(), so the statuses are produced right after each poll.
+        self._acknowledged: list[tuple[str, bytes, bytes, tuple[tuple[bytes, ...], ...], bytes]] = []
         self._since_poll = 0
         self._polled_at = _monotonic()
         self.stats = ProducerStats()
-        framing = self._codec.framing.value
-        self._task_headers = {
-            t: header_builder(m.avro_name, source, framing) for t, m in TASK_SUBMITTED_MODELS.items()
-        }
-        self._status_headers = header_builder(StatusChanged.avro_name, source, framing)
+        # Record templates (producers/submit_records.py): those of plain submits by params model,
+        # the others by (params model, attempt, origin, with a generation id).
+        self._plain_records: dict[type, SubmitRecords] = {}
+        self._records: dict[tuple[type, int, Origin, bool], SubmitRecords] = {}
+        self._status_headers = raw_header_builder(StatusChanged.avro_name, source, self._codec.framing.value)
         self._producer = Producer(
             {**settings.client_config(), **_PRODUCER_DEFAULTS, **(producer_config or {})}
         )
-        if framing == "single-object":
+        if self._codec.framing.value == "single-object":
             publish_schemas(self._producer, settings, [m.avro_name for m in all_event_models()])
 
     # -- public API ------------------------------------------------------------------------
@@ -276,13 +254,19 @@ class TaskProducer:
             sent.move_to_end(dedupe_key)
             self.stats.deduplicated += 1
             return task_id
-        event = self._build_task(valid, task_id, attempt, origin, idempotency_key, orchestration,
-                                 webhook_url)
-        trace = new_trace_id()
-        env = event.envelope
-        headers = self._task_headers[task_type](
-            env.event_id, task_id, env.occurred_at, new_traceparent(trace)
-        )
+        if attempt == 1 and origin is self._origin and orchestration is None:
+            records = self._plain_records.get(type(valid)) or self._records_for(valid, 1, origin, False)
+        else:
+            records = self._records_for(valid, attempt, origin, orchestration is not None)
+
+        # Every value below was validated (params, arguments) or is made here (ids, time).
+        now = _time_ns() // 1000  # occurred_at, in microseconds since the epoch
+        event_id, tid, trace = new_uuid4().encode(), task_id.encode(), trace_prefix(new_trace_id())
+        value = records.task(event_id, tid, micros_varint(now), valid, idempotency_key, orchestration,
+                             webhook_url)
+        headers = records.task_headers(event_id, tid, ce_time_micros(now), new_traceparent_bytes(trace))
+        gid = orchestration.generation_id.encode() if orchestration is not None else b""
+        acknowledged = (task_id, tid, trace, records.status_pieces, gid)
         stats = self.stats
 
         def delivered(err: KafkaError | None, msg: Message) -> None:
@@ -292,9 +276,9 @@ class TaskProducer:
                 self._sent.pop(dedupe_key, None)
                 return
             stats.acknowledged += 1
-            self._acknowledged.append((event, trace))
+            self._acknowledged.append(acknowledged)
 
-        topic, value = self._task_topics[task_type], self._codec.encode(event)
+        topic = self._task_topics[task_type]
         try:
             self._producer.produce(topic, value, task_id, headers=headers, on_delivery=delivered)
         except BufferError:  # librdkafka's queue is full: serve reports until there is room
@@ -342,66 +326,36 @@ class TaskProducer:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _build_task(
-        self,
-        params: Any,
-        task_id: str,
-        attempt: int,
-        origin: Origin,
-        idempotency_key: str | None = None,
-        orchestration: Orchestration | None = None,
-        webhook_url: str | None = None,
-    ) -> TaskSubmitted:
-        """The task event with a new envelope, from values submit() has validated."""
-        task_type = params.task_type
-        envelope = _trusted(Envelope, {
-            "event_id": new_uuid4(),
-            "task_id": task_id,
-            "task_type": task_type,
-            "attempt": attempt,
-            "occurred_at": _now(_UTC),
-            "source": self._source,
-            "origin_instance": origin.instance,
-            "origin_zone": origin.zone,
-            "origin_tenant_id": origin.tenant_id,
-        })
-        return _trusted(TASK_SUBMITTED_MODELS[task_type], {
-            "envelope": envelope,
-            "params": params,
-            "idempotency_key": idempotency_key,
-            "orchestration": orchestration,
-            "webhook_url": webhook_url,
-        })
-
-    @staticmethod
-    def _build_status(task: TaskSubmitted, status: TaskStatus) -> StatusChanged:
-        """``status`` of an acknowledged task: its envelope with a new event id and time."""
-        orchestration = task.orchestration
-        return _trusted(StatusChanged, {
-            "envelope": _trusted(Envelope, {
-                **task.envelope.__dict__, "event_id": new_uuid4(), "occurred_at": _now(_UTC),
-            }),
-            "status": status,
-            "progress": None,
-            "message": None,
-            "result": None,
-            "error": None,
-            "worker_id": None,
-            "generation_id": orchestration.generation_id if orchestration is not None else None,
-        })
+    def _records_for(self, params: Any, attempt: int, origin: Origin, with_generation_id: bool) -> SubmitRecords:
+        """The record templates of a submit (made on first use, then cached)."""
+        key = (type(params), attempt, origin, with_generation_id)
+        records = self._records.get(key)
+        if records is None:
+            if len(self._records) >= _RECORDS_CAPACITY:
+                self._records.clear()
+            records = self._records[key] = SubmitRecords(
+                self._codec, params, attempt=attempt, source=self._source,
+                origin_instance=origin.instance, origin_zone=origin.zone,
+                origin_tenant_id=origin.tenant_id, with_generation_id=with_generation_id,
+            )
+            if attempt == 1 and origin is self._origin and not with_generation_id:
+                self._plain_records[type(params)] = records
+        return records
 
     def _produce_statuses(self) -> None:
-        """PENDING then QUEUED of each acknowledged task, in the task's trace."""
+        """PENDING then QUEUED of each acknowledged task, in the task's trace. They occur now, at
+        the acks this poll served: one clock reading (and its encodings) for the whole batch."""
         acknowledged, self._acknowledged = self._acknowledged, []
-        producer, topic, encode = self._producer, self._status_topic, self._codec.encode
-        headers_of, build = self._status_headers, self._build_status
-        for task, trace in acknowledged:
-            task_id = task.envelope.task_id
-            for status in _PENDING_QUEUED:
-                event = build(task, status)
-                env = event.envelope
-                headers = headers_of(env.event_id, task_id, env.occurred_at, new_traceparent(trace))
+        now = _time_ns() // 1000
+        micros, ce_time = micros_varint(now), ce_time_micros(now)
+        producer, topic, headers_of = self._producer, self._status_topic, self._status_headers
+        for task_id, tid, trace, statuses, gid in acknowledged:
+            for p0, p1, p2, p3, p4 in statuses:  # submit_records.STATUSES: PENDING, QUEUED
+                event_id = new_uuid4().encode()
+                # The status record from its template: the pieces' layout is SubmitRecords's.
+                value = b"".join((p0, event_id, p1, tid, p2, micros, p3, gid, p4))
+                headers = headers_of(event_id, tid, ce_time, new_traceparent_bytes(trace))
                 try:
-                    producer.produce(topic, encode(event), task_id, headers=headers)
+                    producer.produce(topic, value, task_id, headers=headers)
                 except BufferError:
-                    produce_record(producer, topic, encode(event), task_id, headers)
+                    produce_record(producer, topic, value, task_id, headers)

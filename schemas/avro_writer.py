@@ -20,7 +20,7 @@ import keyword
 import linecache
 import struct
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,7 +28,7 @@ from typing import Any
 # text is identical; _strip: an annotation without Annotated[...] and Optional.
 from schemas.records import AvroRecord, _dumps, _strip
 
-__all__ = ["UnsupportedSchemaError", "compile_writer"]
+__all__ = ["UnsupportedSchemaError", "compile_writer", "micros_varint", "split_template"]
 
 Writer = Callable[..., bytes]
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
@@ -73,8 +73,14 @@ _TAILS: dict[int, bytes] = {}
 def _micros(value: datetime) -> bytes:
     """fastavro's timestamp-micros: integer microseconds of (aware datetime - epoch); no float."""
     d = value - _EPOCH
-    n = (d.days * 86400 + d.seconds) * 1000000 + d.microseconds
-    z = (n << 1) ^ (n >> 63)  # any datetime (years 1..9999) fits in 64 bits
+    return micros_varint((d.days * 86400 + d.seconds) * 1000000 + d.microseconds)
+
+
+def micros_varint(n: int) -> bytes:
+    """The Avro encoding of a timestamp-micros of ``n`` microseconds since the epoch (any
+    datetime, years 1..9999, fits in 64 bits): what :func:`_micros` writes for that time, for a
+    caller that reads its clock as an integer (``time.time_ns() // 1000``)."""
+    z = (n << 1) ^ (n >> 63)
     if z < 0x4000:
         return _RAW14[z]
     tail = _TAILS.get(z >> 14)
@@ -83,6 +89,31 @@ def _micros(value: datetime) -> bytes:
             _TAILS.clear()
         tail = _TAILS[z >> 14] = _uvarint(z >> 14)
     return _CONT14[z & 0x3FFF] + tail
+
+
+def split_template(encoded: bytes, holes: Sequence[bytes]) -> tuple[bytes, ...]:
+    """The constant pieces of ``encoded`` around ``holes``: ``encoded == pieces[0] + holes[0] +
+    pieces[1] + ... + holes[-1] + pieces[-1]``. Each hole must occur in ``encoded`` exactly once
+    (else ValueError), in the order given.
+
+    For records whose values mostly repeat: write one with sentinel values, cut it at the
+    sentinels' encodings, then join the pieces with the real values' encodings. That is the same
+    bytes as writing the record with those values when each hole is either the whole encoding of
+    a field (a varint: its length may change) or the content of a string whose length cannot
+    change (a canonical UUID: its length prefix stays in the piece before). Whoever uses a
+    template checks that byte-for-byte against the writer (tests/producers/test_submit_records.py).
+    """
+    pieces, start = [], 0
+    for hole in holes:
+        if not hole or encoded.count(hole) != 1:
+            raise ValueError(f"template hole {hole!r} occurs {encoded.count(hole)} times, not once")
+        at = encoded.index(hole)
+        if at < start:
+            raise ValueError(f"template hole {hole!r} comes before the previous one")
+        pieces.append(encoded[start:at])
+        start = at + len(hole)
+    pieces.append(encoded[start:])
+    return tuple(pieces)
 
 
 class _Gen:
@@ -212,7 +243,14 @@ class _Gen:
         self.emit(depth + 1, f"a({_ZZ[other]!r})")
         self.write(branches[other], value, ann, depth + 1, ns, where)
 
-    def write_record(self, schema: dict[str, Any], expr: str, ann: Any, depth: int, ns: str | None, where: str) -> None:
+    def write_record(
+        self, schema: dict[str, Any], expr: str, ann: Any, depth: int, ns: str | None, where: str,
+        only: tuple[str, ...] | None = None,
+    ) -> None:
+        """The record's fields in schema order, read as attributes of ``expr``; with ``only`` (the
+        top level of a fields writer, see :func:`compile_writer`) just those fields, read from the
+        arguments ``f_<name>``: the others are still walked, for the named types they define, but
+        their code is dropped."""
         full = self.define(schema, ns, where)
         model = _strip(ann)[0] if ann is not None else None
         if not (isinstance(model, type) and issubclass(model, AvroRecord)):
@@ -222,6 +260,7 @@ class _Gen:
         self.in_progress.add(full)
         self.emit(depth, f"# {where or 'record'}: {full}")
         rec = self.bind(depth, expr)
+        kept = self.lines
         for field in schema["fields"]:  # the schema's order is the wire order
             name = field["name"]
             info = model.model_fields.get(name)
@@ -229,8 +268,11 @@ class _Gen:
                 raise UnsupportedSchemaError(f"{where}: model {model.__name__} has no field {name!r} of {full}")
             plain = name.isidentifier() and not keyword.iskeyword(name)
             attr = f"{rec}.{name}" if plain else f"getattr({rec}, {name!r})"
+            if only is not None:
+                self.lines, attr = (kept, f"f_{name}") if name in only else ([], attr)
             inner_ns = full.rpartition(".")[0] or None
             self.write(field["type"], attr, info.annotation, depth, inner_ns, f"{where}.{name}" if where else name)
+        self.lines = kept
         self.in_progress.discard(full)
 
     def write_enum(self, schema: dict[str, Any], expr: str, ann: Any, depth: int, ns: str | None, where: str) -> None:
@@ -246,19 +288,30 @@ class _Gen:
         self.emit(depth, f"# {where}: enum {full}")
         self.emit(depth, f"a({name}[{expr}])")
 
-    def source(self, fname: str) -> str:
+    def source(self, fname: str, fields: tuple[str, ...] | None = None) -> str:
         if not isinstance(self.schema, dict) or self.schema.get("type") != "record":
             raise UnsupportedSchemaError(f"{self.model.__name__}: the top-level schema must be a record")
-        self.write_record(self.schema, "rec", self.model, 2, None, "")
         avro_name = self.model.avro_name
+        if fields is None:
+            args, what, value = "rec", avro_name, "rec"
+        else:
+            names = [f["name"] for f in self.schema["fields"]]
+            start = names.index(fields[0]) if fields and fields[0] in names else -1
+            if start < 0 or names[start : start + len(fields)] != list(fields):
+                raise UnsupportedSchemaError(f"{avro_name}: {fields!r} are not consecutive fields of it")
+            if not all(n.isidentifier() and not keyword.iskeyword(n) for n in fields):
+                raise UnsupportedSchemaError(f"{avro_name}: {fields!r} are not all identifiers")
+            args = ", ".join(f"f_{n}" for n in fields)
+            what, value = f"the fields {', '.join(fields)} of {avro_name}", f"({args},)"
+        self.write_record(self.schema, "rec", self.model, 2, None, "", only=fields)
         head = [  # the try costs nothing in CPython 3.11+ unless something raises
-            f"def {fname}(rec, prefix=b''):",
-            f'    """Avro binary of a {avro_name} after ``prefix`` (generated by schemas/avro_writer.py)."""',
+            f"def {fname}({args}, prefix=b''):",
+            f'    """Avro binary of {"a " if fields is None else ""}{what} after ``prefix`` (generated by schemas/avro_writer.py)."""',
             "    parts = [prefix]", "    a = parts.append", "    try:",
         ]
         tail = [
             '        return b"".join(parts)', "    except (KeyError, AttributeError, TypeError, _StructError) as exc:",
-            f"        raise ValueError(f'cannot write {avro_name} from {{rec!r:.300}}: {{exc!r}}') from exc",
+            f"        raise ValueError(f'cannot write {what} from {{{value}!r:.300}}: {{exc!r}}') from exc",
         ]
         return "\n".join(head + self.lines + tail) + "\n"
 
@@ -273,21 +326,27 @@ def _type_arg(ann: Any, origin: type, index: int) -> Any:
     return typing.get_args(base)[index] if typing.get_origin(base) is origin else None
 
 
-_CACHE: dict[tuple[type, str], Writer] = {}
+_CACHE: dict[tuple[type, str, tuple[str, ...] | None], Writer] = {}
 
 
-def compile_writer(model: type[AvroRecord], schema: dict[str, Any]) -> Writer:
+def compile_writer(
+    model: type[AvroRecord], schema: dict[str, Any], fields: tuple[str, ...] | None = None
+) -> Writer:
     """The writer of ``model`` instances for ``schema`` (the self-contained form,
     ``avro_files.schema_json``): ``writer(instance, prefix=b"") -> prefix + Avro binary body``.
+
+    With ``fields``, consecutive top-level fields of the record, a writer of just those fields
+    from their values: ``writer(value_1, ..., value_n, prefix=b"") -> prefix + their Avro binary``
+    (for a caller that makes the rest of the record from a template; same generated code).
 
     Generated on the first call for a model and schema, then cached. Raises
     UnsupportedSchemaError for a schema it cannot write; the writer raises ValueError for a value
     that does not fit the schema (an instance made without validation)."""
-    key = (model, json.dumps(schema, sort_keys=True))
+    key = (model, json.dumps(schema, sort_keys=True), fields)
     writer = _CACHE.get(key)
     if writer is None:
-        fname = f"write_{model.__name__}"
-        src = (gen := _Gen(model, schema)).source(fname)
+        fname = f"write_{model.__name__}" + (f"_{fields[0]}_to_{fields[-1]}" if fields else "")
+        src = (gen := _Gen(model, schema)).source(fname, fields)
         filename = f"<avro_writer {model.__module__}.{model.__qualname__} #{len(_CACHE)}>"
         linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
         namespace = dict(gen.globals)

@@ -1,9 +1,9 @@
 """TaskProducer's fast path without a broker: librdkafka is replaced by a recording stand-in.
 
-Checks that the events built without validation (``_trusted``) are exactly the validated models,
-that every argument besides the params is still checked, how delivery reports release
+Checks that the records written from templates are exactly the codec's encoding of the validated
+events, that every argument besides the params is still checked, how delivery reports release
 PENDING/QUEUED, and what a failed produce leaves behind. tests/producers/test_submit.py covers
-the same producer against a real broker.
+the same producer against a real broker; tests/producers/test_submit_records.py the templates.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from confluent_kafka import KafkaError, KafkaException
 import producers.submit as submit_module
 from producers.examples import SEED_EXAMPLES
 from producers.errors import DeliveryError
-from producers.submit import _POLL_EVERY, Origin, TaskProducer, _trusted, task_id_for, validate_params
+from producers.submit import _POLL_EVERY, Origin, TaskProducer, task_id_for, validate_params
 from schemas.codec import EventCodec
 from schemas.enums import GenerationStrategy, GenerationType, TaskStatus, TaskType
 from schemas.errors import TaskValidationError
 from schemas.events import TASK_SUBMITTED_MODELS, Envelope, Orchestration, StatusChanged
+from tests.schemas.test_registry_framing import InMemoryRegistry
 from schemas.headers import header_dict, new_uuid4, trace_id_of
 from schemas.kafka_settings import KafkaSettings
 
@@ -87,54 +88,70 @@ def _orchestration() -> Orchestration:
                          generation_type=list(GenerationType)[0], strategy=list(GenerationStrategy)[0])
 
 
-# --------------------------------------------------------------------------- trusted construction
-
-
-def test_trusted_is_model_construct_with_every_field():
-    fields = dict(event_id=new_uuid4(), task_id=new_uuid4(), task_type=TaskType.REFINE, attempt=3,
-                  occurred_at=submit_module._now(submit_module._UTC), source="producer",
-                  origin_instance="i-1", origin_zone=None, origin_tenant_id="acme")
-    trusted = _trusted(Envelope, dict(fields))
-    constructed = Envelope.model_construct(**fields)
-    validated = Envelope(**fields)
-    for other in (constructed, validated):
-        assert trusted == other and repr(trusted) == repr(other) and hash(trusted) == hash(other)
-        assert trusted.model_dump() == other.model_dump()
-    assert trusted.model_fields_set == constructed.model_fields_set == set(Envelope.model_fields)
-    assert trusted.__pydantic_extra__ is None and trusted.__pydantic_private__ is None
-    # a copy with changes works as on any model (its field set is a set of its own)
-    copy = trusted.model_copy(update={"attempt": 4})
-    assert copy.attempt == 4 and trusted.attempt == 3
-    with pytest.raises(Exception):
-        trusted.attempt = 5  # still frozen
+# --------------------------------------------------------------------------- records from templates
 
 
 @pytest.mark.parametrize("task_type", list(TaskType))
 @pytest.mark.parametrize("extras", [False, True])
-def test_built_events_equal_the_validated_models(producer, task_type, extras):
-    params = validate_params(task_type, SEED_EXAMPLES[task_type])
-    kwargs = dict(idempotency_key="key-1", orchestration=_orchestration(),
-                  webhook_url="https://hooks.example.com/x") if extras else {}
-    origin = Origin("i-1", "eu-1", "acme") if extras else Origin()
-    task = producer._build_task(params, new_uuid4(), 2 if extras else 1, origin, **kwargs)
+@pytest.mark.parametrize("registry", [False, True], ids=["single-object", "confluent"])
+def test_records_are_the_codecs_encoding_of_the_validated_events(monkeypatch, task_type, extras, registry):
+    monkeypatch.setattr(submit_module, "Producer", FakeProducer)
+    monkeypatch.setattr(submit_module, "publish_schemas", lambda *args, **kwargs: None)
+    codec = EventCodec(registry=InMemoryRegistry()) if registry else EventCodec()
+    producer = TaskProducer(KafkaSettings(bootstrap_servers="127.0.0.1:1", topic_prefix="fake"), codec=codec)
+    orchestration = _orchestration()
+    kwargs = dict(idempotency_key="key-1", orchestration=orchestration, attempt=2,
+                  webhook_url="https://hooks.example.com/x", origin=Origin("i-1", "eu-1", "acme")) if extras else {}
+    for _ in range(2):  # the second submit of a kind reuses its templates
+        task_id = producer.submit(task_type, SEED_EXAMPLES[task_type], **kwargs)
+        kwargs.pop("idempotency_key", None)
+    producer.flush()
+    records = producer._producer.records
+    assert len(records) == 6
     model = TASK_SUBMITTED_MODELS[task_type]
-    assert type(task) is model
-    assert task == model.model_validate(task.model_dump())  # every value passes validation
-    assert task.model_fields_set == set(model.model_fields)
-    assert task.envelope.model_fields_set == set(Envelope.model_fields)
+    tasks = [codec.decode(value, expect=model) for topic, value, _, _ in records if topic != "fake.tasks.status"]
+    statuses = [codec.decode(value, expect=StatusChanged) for topic, value, _, _ in records if topic == "fake.tasks.status"]
+    assert tasks[0].envelope.task_id == task_id_for("key-1", "acme") if extras else task_id
+    for topic, value, key, headers in records:
+        event = codec.decode(value)
+        assert codec.encode(event) == value  # byte for byte the encoder of record (= fastavro)
+        assert header_dict(headers)["ce_time"] == event.envelope.occurred_at.isoformat()
+    params = validate_params(task_type, SEED_EXAMPLES[task_type])
+    for task in tasks:  # every value equals what the validated model holds
+        expected = model(
+            envelope=Envelope(
+                event_id=task.envelope.event_id, task_id=task.envelope.task_id, task_type=task_type,
+                attempt=2 if extras else 1, occurred_at=task.envelope.occurred_at, source="producer",
+                origin_instance="i-1" if extras else None, origin_zone="eu-1" if extras else None,
+                origin_tenant_id="acme" if extras else None),
+            params=params, idempotency_key=None, orchestration=orchestration if extras else None,
+            webhook_url="https://hooks.example.com/x" if extras else None)
+        if extras and task is tasks[0]:
+            expected = expected.model_copy(update={"idempotency_key": "key-1"})
+        assert task == expected and codec.encode(task) == codec.encode(expected)
+    assert [s.status for s in statuses] == [TaskStatus.PENDING, TaskStatus.QUEUED] * 2
+    for task, status in zip([t for t in tasks for _ in range(2)], statuses):
+        expected = StatusChanged(
+            envelope=task.envelope.model_copy(update={"event_id": status.envelope.event_id,
+                                                      "occurred_at": status.envelope.occurred_at}),
+            status=status.status, generation_id=orchestration.generation_id if extras else None)
+        assert status == expected and codec.encode(status) == codec.encode(expected)
+        assert status.envelope.occurred_at >= task.envelope.occurred_at
+        assert status.envelope.event_id != task.envelope.event_id
+    assert len({e.envelope.event_id for e in tasks + statuses}) == 6
+
+
+def test_records_of_ids_equal_to_the_templates_sentinels(producer):
+    from producers import submit_records
+
+    task_id = submit_records._TASK_ID
+    producer.submit(TaskType.REFINE, SEED_EXAMPLES[TaskType.REFINE], task_id=task_id,
+                    orchestration=_orchestration().model_copy(update={"generation_id": submit_records._GENERATION_ID}))
+    producer.flush()
     codec = EventCodec()
-    assert codec.decode(codec.encode(task), expect=model) == task
-    for status in (TaskStatus.PENDING, TaskStatus.QUEUED):
-        event = producer._build_status(task, status)
-        assert event == StatusChanged.model_validate(event.model_dump())
-        assert event.model_fields_set == set(StatusChanged.model_fields)
-        assert event.status is status
-        assert event.generation_id == (task.orchestration.generation_id if extras else None)
-        same = {k: v for k, v in task.envelope.model_dump().items() if k not in ("event_id", "occurred_at")}
-        assert {k: v for k, v in event.envelope.model_dump().items() if k in same} == same
-        assert event.envelope.event_id != task.envelope.event_id
-        assert event.envelope.occurred_at >= task.envelope.occurred_at
-        assert codec.decode(codec.encode(event), expect=StatusChanged) == event
+    for _, value, key, _ in producer._producer.records:
+        event = codec.decode(value)
+        assert key == event.envelope.task_id == task_id and codec.encode(event) == value
 
 
 # --------------------------------------------------------------------------- arguments

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import io
+import struct
 import types
 import typing
 import uuid
@@ -27,7 +28,7 @@ from pydantic import Field
 from pydantic.fields import FieldInfo
 
 from schemas import avro_files
-from schemas.avro_writer import UnsupportedSchemaError, _long, _micros, compile_writer
+from schemas.avro_writer import UnsupportedSchemaError, _long, _micros, compile_writer, micros_varint, split_template
 from schemas.codec import EventCodec
 from schemas.enums import TaskStatus, TaskType
 from schemas.events import (
@@ -313,6 +314,16 @@ def test_micros_matches_fastavro(when: datetime) -> None:
     assert _micros(when) == buf.getvalue()
 
 
+@given(st.integers(-(2**63) // 2, 2**63 // 2 - 1) | st.sampled_from([0, -1, 8191, 8192, 1_800_000_000_000_000]))
+def test_micros_varint_is_the_encoding_of_that_time(n: int) -> None:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    try:
+        when = epoch + timedelta(microseconds=n)
+    except OverflowError:  # outside years 1..9999: nothing to compare with
+        return
+    assert micros_varint(n) == _micros(when)
+
+
 def test_long_out_of_range() -> None:
     for n in (2**63, -(2**63) - 1):
         with pytest.raises(OverflowError):
@@ -428,3 +439,43 @@ def test_codec_encodes_with_the_compiled_writer(model: type[AvroRecord]) -> None
     prefix = single_object_prefix(avro_files.fingerprint(avro_files.parsed_schema(model.avro_name)))
     assert data == prefix + fastavro_bytes(event)
     assert codec.decode(data, expect=model) == event
+
+
+# --------------------------------------------------------------------------- fields writers and templates
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("full", [True, False], ids=["full", "minimal"])
+def test_fields_writers_write_their_part_of_the_record(model: type[AvroRecord], full: bool) -> None:
+    schema = avro_files.schema_json(model.avro_name)
+    names = tuple(f["name"] for f in schema["fields"])
+    event = build(model, full)
+    whole = compile_writer(model, schema)(event, b"P")
+    for cut in range(1, len(names)):  # any split into a head and a tail run of fields
+        head = compile_writer(model, schema, names[:cut])(*(getattr(event, n) for n in names[:cut]), prefix=b"P")
+        tail = compile_writer(model, schema, names[cut:])
+        assert tail(*(getattr(event, n) for n in names[cut:]), prefix=head) == whole
+    everything = compile_writer(model, schema, names)
+    assert everything(*(getattr(event, n) for n in names), prefix=b"P") == whole
+    assert compile_writer(model, schema, names) is everything
+
+
+def test_fields_writers_take_consecutive_fields_only() -> None:
+    schema = avro_files.schema_json(StatusChanged.avro_name)
+    for fields in [("envelope", "progress"), ("status", "nope"), (), ("nope",)]:
+        with pytest.raises(UnsupportedSchemaError, match="not consecutive fields"):
+            compile_writer(StatusChanged, schema, fields)
+    writer = compile_writer(StatusChanged, schema, ("status", "progress"))
+    assert "def write_StatusChanged_status_to_progress(f_status, f_progress, prefix=b''):" in writer.__avro_source__
+    assert writer(TaskStatus.QUEUED, 0.5) == _long(1) + b"\x02" + struct.pack("<d", 0.5)
+    with pytest.raises(ValueError, match="cannot write the fields status, progress of compute.events.StatusChanged"):
+        writer("NOT_A_STATUS", None)
+
+
+def test_split_template_cuts_at_each_hole_once_and_in_order() -> None:
+    assert split_template(b"aXbYc", [b"X", b"Y"]) == (b"a", b"b", b"c")
+    assert split_template(b"XY", [b"X", b"Y"]) == (b"", b"", b"")
+    assert split_template(b"abc", []) == (b"abc",)
+    for holes in ([b"Z"], [b"X", b"X"], [b"Y", b"X"], [b""]):
+        with pytest.raises(ValueError):
+            split_template(b"aXbYcX" if holes == [b"X", b"X"] else b"aXbYc", holes)

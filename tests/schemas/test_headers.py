@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -15,13 +15,17 @@ from schemas.enums import TaskStatus, TaskType
 from schemas.events import Envelope, StatusChanged
 from schemas.headers import (
     _TRACEPARENT,
+    ce_time_micros,
     cloudevent_headers,
     header_builder,
     header_dict,
     new_trace_id,
     new_traceparent,
+    new_traceparent_bytes,
     new_uuid4,
+    raw_header_builder,
     trace_id_of,
+    trace_prefix,
 )
 
 
@@ -75,6 +79,9 @@ def test_traceparent_is_w3c_and_continues_a_trace():
     span = child.split("-")[2]
     assert len(span) == 16 and int(span, 16) != 0
     assert len(new_trace_id()) == 32
+    prefix = trace_prefix(trace)
+    spans = {new_traceparent_bytes(prefix).decode() for _ in range(100)}
+    assert len(spans) == 100 and all(_TRACEPARENT.match(t) and trace_id_of(t) == trace for t in spans)
 
 
 def _reference_headers(event_id, source, avro_name, subject, occurred_at, framing, traceparent):
@@ -100,6 +107,35 @@ def test_cloudevent_headers_match_the_reference(microsecond):
     assert cloudevent_headers(**args) == _reference_headers(**args)
     other = {**args, "event_id": new_uuid4(), "source": "worker", "framing": "confluent"}
     assert cloudevent_headers(**other) == _reference_headers(**other)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("micros", [
+    0, 7, 999_999, 1_000_000, 1_000_000_000_000_000, 1_795_446_321_000_000, 1_795_446_321_000_001,
+    -1, -1_000_000, -62_135_596_800_000_000, 253_402_300_799_999_998,
+])
+def test_ce_time_micros_is_isoformat_of_that_time(micros):
+    when = _EPOCH + timedelta(microseconds=micros)
+    assert ce_time_micros(micros) == when.isoformat().encode()
+    assert ce_time_micros(micros + 1) == (when + timedelta(microseconds=1)).isoformat().encode()
+
+
+def test_ce_time_micros_over_many_seconds():
+    rng = random.Random(5)
+    start = 1_795_446_321_000_000
+    for micros in sorted(start + rng.randrange(0, 5_000_000) for _ in range(2000)):
+        assert ce_time_micros(micros) == (_EPOCH + timedelta(microseconds=micros)).isoformat().encode()
+
+
+def test_raw_header_builder_is_the_layout_of_header_builder():
+    raw = raw_header_builder("compute.events.StatusChanged", "producer", "single-object")
+    assert raw is raw_header_builder("compute.events.StatusChanged", "producer", "single-object")
+    when = datetime(2024, 5, 17, 12, 30, 1, 5, tzinfo=timezone.utc)
+    ids, traceparent = (new_uuid4(), new_uuid4()), new_traceparent()
+    built = header_builder("compute.events.StatusChanged", "producer", "single-object")(*ids, when, traceparent)
+    assert raw(ids[0].encode(), ids[1].encode(), when.isoformat().encode(), traceparent.encode()) == built
 
 
 def test_header_builder_is_cached_per_type_source_and_framing():
