@@ -1,7 +1,7 @@
 """A generation's progress, as pure functions: no I/O, no clock (``now`` is passed in).
 
-The processors' orchestrator (``processors/orchestrator.py``) keeps one :class:`GenerationRecord`
-per generation id in a Faust table and calls these functions with what arrives on the
+The processors' orchestrator (``processors/orchestrator.py``) keeps one
+:class:`~processors.generation_record.GenerationRecord` per generation id in a Faust table and calls these functions with what arrives on the
 generations topic; it carries out the :data:`Effect` list each returns, in order:
 
 * :func:`start` — a :class:`producers.generations.GenerationRequested` arrived: the record is
@@ -40,23 +40,20 @@ import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import BaseModel
 
 from processors.agentic import (_KNOBS, Action, ActionKind, Completed, Failed, OrchestratedShot, ShotAttempt,
                                 ShotSettings, on_attempt_finished)
 from processors.evaluators.base import Evaluation, EvaluationContext
+from processors.generation_record import GenerationRecord, GenerationStatus, PredictionRecord
 from producers.generations import (GenerationPlan, GenerationRequested, PendingTask, PlannedTask, continue_after_edit,
                                    continue_after_prompt)
 from schemas.enums import ErrorCode, GenerationType, TaskStatus, TaskType
 from schemas.events import Envelope, EvaluationRecorded, Orchestration
 from schemas.task_params import LlmInteractionParams, TaskParams
 from state.lifecycle import TaskState
-
-GENERATION_RECORD_FORMAT = 1
-GENERATION_RECORD_CONTENT_TYPE = b"application/json; format=compute.GenerationRecord/1"
 
 # Fixed namespace of the ids derived here (judge tasks, evaluation events); changing it would make
 # a replay submit a second judge and write a second evaluation event.
@@ -68,62 +65,6 @@ NO_IMAGE_REASON, NO_IMAGE_EVALUATOR = "the result has no image", "orchestrator"
 JUDGE_EVALUATOR = "vlm"
 
 _S = TaskStatus
-
-
-class GenerationStatus(StrEnum):
-    RUNNING = "RUNNING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PredictionRecord(_Frozen):
-    """One prediction of a generation."""
-
-    index: int
-    # PENDING until its first task is submitted (a prompt step), PROCESSING while any of its
-    # tasks runs or is evaluated, then COMPLETED / FAILED / CANCELLED.
-    status: TaskStatus = TaskStatus.PENDING
-    # The task whose result is (or will be) the prediction's: the latest attempt while the shot
-    # runs, the accepted attempt once decided (also while its follow-up runs), the follow-up once
-    # that COMPLETED.
-    task_id: str | None = None
-    task_ids: tuple[str, ...] = ()  # every task run for it, in order: attempts, then follow-up
-    shot: dict[str, JsonValue] | None = None  # AGENTIC: OrchestratedShot.to_dict()
-    follow_up_task_id: str | None = None
-    # The TaskResult JSON of ``task_id`` (COMPLETED; while a follow-up runs, the result it works on).
-    result: dict[str, JsonValue] | None = None
-    # task id -> TaskResult JSON of every COMPLETED task of the prediction: the accepted attempt
-    # is named only after later attempts ran, so each attempt's result is kept until then.
-    results: dict[str, dict[str, JsonValue]] = {}
-    error_code: str | None = None
-    error_message: str | None = None
-
-
-class GenerationRecord(_Frozen):
-    """The orchestrator table's value and the ``generations.state`` document (JSON)."""
-
-    format: int = GENERATION_RECORD_FORMAT
-    generation_id: str
-    plan: GenerationPlan
-    status: GenerationStatus = GenerationStatus.RUNNING
-    predictions: tuple[PredictionRecord, ...]
-    prompt_task_id: str | None = None
-    prompt: str | None = None  # the prompt the GENERATION tasks got (after a prompt step)
-    message: str | None = None  # a note for the user, e.g. that the template prompt was used
-    judges: dict[str, str] = {}  # judge task id -> the attempt task id it judges
-    origin_instance: str | None = None
-    origin_zone: str | None = None
-    origin_tenant_id: str | None = None
-    webhook_url: str | None = None
-    version: int = 1
-    created_at: datetime
-    updated_at: datetime
-    completed_at: datetime | None = None
 
 
 # --------------------------------------------------------------------------- effects
@@ -227,14 +168,6 @@ def start_judging(record: GenerationRecord, task_id: str, params: LlmInteraction
     judge = PlannedTask(task_id=judge_id, task_type=TaskType.LLM_INTERACTION, params=params,
                         orchestration=orchestration)
     return _commit(record, now, judges={**record.judges, judge_id: task_id}), [SubmitTask(judge)]
-
-
-def encode_record(record: GenerationRecord) -> bytes:
-    return record.model_dump_json().encode()
-
-
-def decode_record(document: bytes) -> GenerationRecord:
-    return GenerationRecord.model_validate_json(document)
 
 
 # --------------------------------------------------------------------------- by task role

@@ -49,8 +49,9 @@ from processors import generation_flow as flow
 from processors.evaluators.base import (Evaluation, EvaluationContext, Evaluator,
                                         EvaluatorRegistry, EvaluatorSettings, TaskEvaluator)
 from processors.folding import STATE_CONTENT_TYPE, decode_state
-from processors.generation_flow import (GENERATION_RECORD_CONTENT_TYPE, EmitEvaluation, Evaluate,
-                                        GenerationRecord, ParseJudgement, SubmitTask)
+from processors.generation_flow import EmitEvaluation, Evaluate, ParseJudgement, SubmitTask
+from processors.generation_record import (GENERATION_RECORD_CONTENT_TYPE, GenerationRecord, decode_record,
+                                          encode_record)
 from producers.errors import DeliveryError
 from producers.generations import GENERATION_REQUEST_CONTENT_TYPE, GenerationRequested
 from schemas.codec import EventCodec
@@ -363,7 +364,7 @@ def install(app: Any, kafka: KafkaSettings, orchestrator: Orchestrator, *,
                              else incoming.generation_id)
             try:
                 document = table.data.get(generation_id)
-                current = None if document is None else flow.decode_record(document)
+                current = None if document is None else decode_record(document)
                 if isinstance(incoming, GenerationRequested):
                     record = await orchestrator.on_request(current, incoming)
                 else:
@@ -380,7 +381,7 @@ def install(app: Any, kafka: KafkaSettings, orchestrator: Orchestrator, *,
                 continue
             if record is None or (current is not None and record.version == current.version):
                 continue
-            document = flow.encode_record(record)
+            document = encode_record(record)
             table.data[generation_id] = document  # the table: local store...
             delivery = await app.producer.send(  # ...and its changelog, the records topic
                 topics.generations_state, generation_id.encode(), document, message.partition,

@@ -1,6 +1,6 @@
 """The generation read model: GenerationRecord documents folded into PostgreSQL, and read back.
 
-The processors publish each generation's latest :class:`~processors.generation_flow.GenerationRecord`
+The processors publish each generation's latest :class:`~processors.generation_record.GenerationRecord`
 (JSON, ``encode_record``) to the compacted ``<prefix>.generations.state`` topic, keyed by
 generation id, with a ``version`` that grows by one per change. Every record is the *whole*
 document, so projecting one is a replace, guarded by the version:
@@ -41,7 +41,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from processors.generation_flow import (
+from processors.generation_record import (
     GENERATION_RECORD_CONTENT_TYPE,
     GenerationRecord,
     PredictionRecord,

@@ -14,9 +14,11 @@ from hypothesis import given, settings, strategies as st
 from processors.agentic import OrchestratedShot, attempt_task_id
 from processors.evaluators.base import Evaluation
 from processors.generation_flow import (
-    GENERATION_RECORD_CONTENT_TYPE, NO_IMAGE_REASON, EmitEvaluation, Evaluate, GenerationRecord, GenerationStatus,
-    ParseJudgement, SubmitTask, decode_record, encode_record, judge_task_id, on_evaluation, on_task_final, start,
-    start_judging,
+    NO_IMAGE_REASON, EmitEvaluation, Evaluate, ParseJudgement, SubmitTask, judge_task_id, on_evaluation,
+    on_task_final, start, start_judging,
+)
+from processors.generation_record import (
+    GENERATION_RECORD_CONTENT_TYPE, GenerationRecord, GenerationStatus, decode_record, encode_record,
 )
 from producers.catalog import InMemoryCatalog
 from producers.generations import GenerationRequested, plan_generation

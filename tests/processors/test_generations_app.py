@@ -26,7 +26,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from PIL import Image, ImageFilter
 
-from processors import generation_flow as flow
+from processors.generation_record import GenerationRecord, GenerationStatus, decode_record
 from processors.agentic import attempt_task_id
 from processors.app import evaluator_registry, librdkafka_partition
 from processors.evaluators.base import EvaluationContext, EvaluatorSettings, default_registry
@@ -221,7 +221,7 @@ def test_the_vlm_judge_runs_as_a_task_and_an_unparseable_answer_scores_zero() ->
         record = asyncio.run(scenario())
     finally:
         orch.close()
-    assert record.status is flow.GenerationStatus.COMPLETED
+    assert record.status is GenerationStatus.COMPLETED
     assert [(e.evaluated_attempt, e.score, e.decision) for e in outbox.emitted] == [
         (1, 0.0, EvaluationDecision.RETRY), (2, 0.8, EvaluationDecision.ACCEPT)]
     assert "UnparseableJudgement" in outbox.emitted[0].reasons[0]
@@ -311,16 +311,16 @@ class FakeWorker:
                                     height=256, content_type="image/png")))
 
 
-def latest_records(kafka: KafkaSettings) -> dict[str, flow.GenerationRecord]:
-    return {m.key().decode(): flow.decode_record(m.value())
+def latest_records(kafka: KafkaSettings) -> dict[str, GenerationRecord]:
+    return {m.key().decode(): decode_record(m.value())
             for m in read_all(kafka, kafka.topics.generations_state)}
 
 def finished(worker: FakeWorker, kafka: KafkaSettings, gids: dict[str, str]
-             ) -> dict[str, flow.GenerationRecord] | None:
+             ) -> dict[str, GenerationRecord] | None:
     """Every generation's latest record once none is RUNNING (the fake worker runs meanwhile)."""
     worker.pump()
     records = latest_records(kafka)
-    done = all(gid in records and records[gid].status is not flow.GenerationStatus.RUNNING
+    done = all(gid in records and records[gid].status is not GenerationStatus.RUNNING
                for gid in gids.values())
     return records if done else None
 
@@ -334,7 +334,7 @@ def evaluations(kafka: KafkaSettings) -> dict[str, list[EvaluationRecorded]]:
     return by_generation
 
 
-def attempts(record: flow.GenerationRecord) -> list[dict[str, Any]]:
+def attempts(record: GenerationRecord) -> list[dict[str, Any]]:
     return record.predictions[0].shot["attempts"]
 
 
@@ -382,7 +382,7 @@ def test_generations_run_the_agentic_loop_on_the_broker(kafka_settings: KafkaSet
 
         wait_for("the BASE generation's first task completed", base_half_done, app, timeout_s=120)
         base = latest_records(kafka)[gids["base"]]
-        assert base.status is flow.GenerationStatus.RUNNING  # its second task is still held
+        assert base.status is GenerationStatus.RUNNING  # its second task is still held
         assert base.predictions[1].status is TaskStatus.PROCESSING
         worker.release()
 
@@ -397,7 +397,7 @@ def test_generations_run_the_agentic_loop_on_the_broker(kafka_settings: KafkaSet
 
     by_gid = {name: records[gid] for name, gid in gids.items()}
     evals = evaluations(kafka)
-    assert all(r.status is flow.GenerationStatus.COMPLETED for r in by_gid.values()), by_gid
+    assert all(r.status is GenerationStatus.COMPLETED for r in by_gid.values()), by_gid
 
     def decisions(name: str) -> list[tuple[int, float, str | None]]:
         return [(e.evaluated_attempt, e.score, e.decision and e.decision.value)
@@ -488,7 +488,7 @@ def test_generations_finish_the_same_after_a_kill(kafka_settings: KafkaSettings,
     evals = evaluations(kafka)
     assert _decisions(evals[gids["best"]]) == [(1, 0.3, "RETRY"), (2, 0.6, "RETRY"), (3, 0.5, "ACCEPT_BEST")]
     assert _decisions(evals[gids["retry"]]) == [(1, 0.4, "RETRY"), (2, 0.9, "ACCEPT")]
-    assert all(records[gid].status is flow.GenerationStatus.COMPLETED for gid in gids.values())
+    assert all(records[gid].status is GenerationStatus.COMPLETED for gid in gids.values())
     per_generation = defaultdict(int)
     for task in worker.tasks.values():
         per_generation[task.orchestration.generation_id] += 1

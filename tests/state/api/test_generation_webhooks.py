@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from processors.generation_flow import GenerationRecord, GenerationStatus
+from processors.generation_record import GenerationRecord, GenerationStatus
 from schemas.enums import TaskStatus
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics

@@ -11,7 +11,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from processors.agentic import Completed, OrchestratedShot, ShotSettings, on_attempt_finished
-from processors.generation_flow import (
+from processors.generation_record import (
     GENERATION_RECORD_CONTENT_TYPE,
     GenerationRecord,
     GenerationStatus,

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from processors.generation_flow import encode_record
+from processors.generation_record import encode_record
 from schemas.errors import DecodeError
 from schemas.kafka_settings import KafkaSettings
 from state.db.errors import NotEmptyError
@@ -180,6 +180,7 @@ def test_the_orchestrators_first_records_project(db_url: str) -> None:
     from datetime import datetime, timezone
 
     from processors import generation_flow
+    from processors.generation_record import decode_record
     from producers.generations import GenerationRequested
 
     migrate(db_url)
@@ -191,7 +192,7 @@ def test_the_orchestrators_first_records_project(db_url: str) -> None:
         requested = GenerationRequested(plan=gh.plan(request), requested_at=now.isoformat(),
                                         origin_tenant_id="acme")
         record, _ = generation_flow.start(requested, now=now)
-        records.append(generation_flow.decode_record(generation_flow.encode_record(record)))
+        records.append(decode_record(encode_record(record)))
     assert _apply(db_url, *records) == 3
     agentic = records[0]
     shots = _rows(db_url, "SELECT * FROM orchestrated_shots WHERE generation_id = %s", agentic.generation_id)
