@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import os
 import signal
+import subprocess
+import sys
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -34,7 +37,7 @@ from processors.evaluators.scripted import NoScript, PromptScriptedEvaluator, Sc
 from processors.folding import STATE_CONTENT_TYPE, decode_state, encode_state, state_from_json, state_to_json
 from processors.orchestrator import BadGenerationRecord, Orchestrator, read_generation_message
 from processors.settings import ProcessorSettings
-from producers.catalog import InMemoryCatalog
+from producers.catalog import InMemoryCatalog, PostgresCatalog
 from producers.generations import GENERATION_REQUEST_CONTENT_TYPE, GenerationRequested, plan_generation
 from schemas.emit import produce_event
 from schemas.enums import ErrorCode, EvaluationDecision, TaskStatus, TaskType
@@ -43,6 +46,7 @@ from schemas.events import (EvaluationRecorded, ResultMetadata, StatusChanged, T
 from schemas.headers import header_dict
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
+from state.db.migrate import migrate
 from state.lifecycle import fold_all
 from tests.processors.scripted import T0, status
 from tests.processors.test_lifecycle_app import CODEC, App, read_all, wait_for
@@ -338,17 +342,34 @@ def attempts(record: GenerationRecord) -> list[dict[str, Any]]:
     return record.predictions[0].shot["attempts"]
 
 
-SCRIPTS = {"accept:": [0.9], "retry:": [0.4, 0.9], "best:": [0.3, 0.6, 0.5], "failed:": [0.0, 0.5]}
+SCRIPTS = {"accept:": [0.9], "retry:": [0.4, 0.9], "best:": [0.3, 0.6, 0.5], "failed:": [0.0, 0.5],
+           "cli:": [0.2, 0.8]}
 BEHAVIOURS = {"accept:": ["sharp"], "retry:": ["sharp"] * 2, "best:": ["sharp"] * 3,
               "failed:": ["fail", "sharp"], "base:": ["sharp", "hold"],
-              "quality:": ["blurred", "sharp"]}
+              "quality:": ["blurred", "sharp"], "cli:": ["sharp"] * 2}
+
+
+def computectl_generate(kafka: KafkaSettings, database_url: str, subject_id: str,
+                        out: Path) -> subprocess.Popen:
+    """``computectl generate ... --agentic --wait`` as a user runs it, its JSON into ``out``."""
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+           "KAFKA_TOPIC_PREFIX": kafka.topic_prefix, "KAFKA_PARTITIONS": str(kafka.partitions),
+           "DATABASE_URL": database_url}
+    args = ["generate", "generate", "-p", "shot_type_string=full-body shot", "-p",
+            "generated_prompt=cli: a shot", "-p", f"subject_id={subject_id}", "-p",
+            "evaluation_provider=scripted", "--agentic", "--wait", "120", "--output", "json"]
+    with open(out, "wb") as stdout, open(out.with_suffix(".err"), "wb") as stderr:
+        return subprocess.Popen([sys.executable, "-c", "from producers.cli import main; main()", *args],
+                                env=env, stdout=stdout, stderr=stderr)
 
 
 @pytest.mark.integration
-def test_generations_run_the_agentic_loop_on_the_broker(kafka_settings: KafkaSettings,
+def test_generations_run_the_agentic_loop_on_the_broker(kafka_settings: KafkaSettings, database_url: str,
                                                         results_dir: Path, tmp_path: Path) -> None:
     kafka = kafka_settings
     ensure_topics(kafka)
+    migrate(database_url)
+    subject = PostgresCatalog(database_url).add_subject("Cleo", "loras/cleo", 0.7)
     requests = {
         "accept": request("accept: a shot"),
         "retry": request("retry: a shot"),
@@ -373,6 +394,7 @@ def test_generations_run_the_agentic_loop_on_the_broker(kafka_settings: KafkaSet
     app.env["RESULTS_URL"] = results_dir.resolve().as_uri()
     worker = FakeWorker(kafka, results_dir, BEHAVIOURS)
     app.start()
+    cli = computectl_generate(kafka, database_url, subject.id, tmp_path / "generate.json")
     try:
         def base_half_done() -> bool:
             worker.pump()
@@ -389,10 +411,22 @@ def test_generations_run_the_agentic_loop_on_the_broker(kafka_settings: KafkaSet
         records = wait_for("every generation finished", lambda: finished(worker, kafka, gids), app,
                            timeout_s=120)
         wait_for("the dead letter", lambda: read_all(kafka, kafka.topics.dlq(kafka.topics.generations)), app)
+        wait_for("computectl generate --wait to return", lambda: (worker.pump(), cli.poll())[1] is not None,
+                 app, timeout_s=120)
     finally:
         code = app.stop()
         worker.close()
+        if cli.poll() is None:
+            cli.kill()
     assert code == 0, app.tail()
+    # The user's view: computectl generate planned it, waited, and shows the loop's outcome.
+    assert cli.wait() == 0, (tmp_path / "generate.err").read_text()
+    shown = json.loads((tmp_path / "generate.json").read_text())
+    assert shown["status"] == "COMPLETED"
+    [prediction] = shown["predictions"]
+    assert prediction["status"] == "COMPLETED"
+    assert [a["score"] for a in prediction["shot"]["attempts"]] == [0.2, 0.8]
+    assert prediction["task_id"] == prediction["shot"]["attempts"][1]["task_id"]
     assert "Traceback" not in app.tail(), app.tail()
 
     by_gid = {name: records[gid] for name, gid in gids.items()}
