@@ -63,7 +63,9 @@ log = logging.getLogger("gpu_consumers.worker")
 _POLL_S = 0.1  # one loop turn; also how fast a stop request or a finished task is noticed
 _JOIN_ALLOWANCE_S = 60.0  # burst idle clock starts anyway if a group never assigns within this
 # Idempotent producer: a status or DLQ record is written once even when librdkafka retries it.
-_PRODUCER_CONFIG = {"enable.idempotence": True, "acks": "all", "linger.ms": 2}
+# No linger: a worker writes a few records per task and each one is on a user-visible path
+# (PROCESSING, progress, the terminal status); there is nothing to batch.
+_PRODUCER_CONFIG = {"enable.idempotence": True, "acks": "all", "linger.ms": 0}
 
 
 @dataclass
