@@ -18,7 +18,11 @@ generations topic; it carries out the :data:`Effect` list each returns, in order
   evaluation stream, ``<prefix>.evaluations``) and a :class:`SubmitTask` (RETRY), or the
   prediction's outcome (ACCEPT / ACCEPT_BEST / GIVE_UP);
 * :func:`start_judging` — the evaluator is a task evaluator (``vlm``): its judge task is
-  submitted and the attempt waits for it.
+  submitted and the attempt waits for it;
+* :func:`cancel` — a :class:`producers.generations.GenerationCancelRequested` arrived: every
+  prediction not yet ended is CANCELLED at once (an AGENTIC shot is done), and each task still in
+  flight gets a :class:`CancelTask` (the workers stop it cooperatively). Final states arriving
+  for those tasks later change nothing: the record no longer changes once it is not RUNNING.
 
 Every function is idempotent: an input already applied (at-least-once delivery replays them)
 returns the record unchanged (the same object) and no effects. A record that changed has
@@ -31,7 +35,8 @@ has a record is the caller's check.
 
 Generation status (:class:`GenerationStatus`): RUNNING from the start; when every prediction is
 terminal: COMPLETED if at least one prediction COMPLETED, CANCELLED if every prediction was
-cancelled, else FAILED. ``completed_at`` is set then, and the record no longer changes.
+cancelled (or the generation was, and none COMPLETED: see :func:`cancel`), else FAILED.
+``completed_at`` is set then, and the record no longer changes.
 """
 
 from __future__ import annotations
@@ -48,8 +53,8 @@ from processors.agentic import (_KNOBS, Action, ActionKind, Completed, Failed, O
                                 ShotSettings, on_attempt_finished)
 from processors.evaluators.base import Evaluation, EvaluationContext
 from processors.generation_record import GenerationRecord, GenerationStatus, PredictionRecord
-from producers.generations import (GenerationPlan, GenerationRequested, PendingTask, PlannedTask, continue_after_edit,
-                                   continue_after_prompt)
+from producers.generations import (GenerationCancelRequested, GenerationPlan, GenerationRequested, PendingTask,
+                                   PlannedTask, continue_after_edit, continue_after_prompt)
 from schemas.enums import ErrorCode, GenerationType, TaskStatus, TaskType
 from schemas.events import Envelope, EvaluationRecorded, Orchestration
 from schemas.task_params import LlmInteractionParams, TaskParams
@@ -106,7 +111,18 @@ class EmitEvaluation:
     event: EvaluationRecorded
 
 
-Effect = SubmitTask | Evaluate | ParseJudgement | EmitEvaluation
+@dataclass(frozen=True)
+class CancelTask:
+    """Ask the workers to stop task ``task_id`` (a CancelRequested on the control topic, event id
+    :func:`cancel_event_id`)."""
+
+    task_id: str
+    task_type: TaskType
+    reason: str | None = None
+    requested_by: str | None = None
+
+
+Effect = SubmitTask | Evaluate | ParseJudgement | EmitEvaluation | CancelTask
 Step = tuple[GenerationRecord, list[Effect]]
 
 
@@ -168,6 +184,67 @@ def start_judging(record: GenerationRecord, task_id: str, params: LlmInteraction
     judge = PlannedTask(task_id=judge_id, task_type=TaskType.LLM_INTERACTION, params=params,
                         orchestration=orchestration)
     return _commit(record, now, judges={**record.judges, judge_id: task_id}), [SubmitTask(judge)]
+
+
+def cancel_event_id(task_id: str) -> str:
+    """The CancelRequested event id of a task the orchestrator cancels (deterministic: a replayed
+    cancel writes the same event)."""
+    return str(uuid.uuid5(_NS, f"{task_id}/cancel"))
+
+
+def cancel(record: GenerationRecord, request: GenerationCancelRequested, *, now: datetime) -> Step:
+    """Cancel the generation: every prediction not yet terminal becomes CANCELLED (its shot done,
+    its open attempts CANCELLED); the generation ends COMPLETED if a prediction had completed, else
+    CANCELLED. Effects: a :class:`CancelTask` per task still in flight (a prediction's running
+    attempt or task, its follow-up, an attempt's judge, the prompt task). A finished generation
+    (or a second cancel) is unchanged, with no effects."""
+    if record.status is not GenerationStatus.RUNNING:
+        return record, []
+    who = f" by {request.requested_by}" if request.requested_by else ""
+    why = f": {request.reason}" if request.reason else ""
+    note = f"the generation was cancelled{who}{why}"
+    in_flight: list[tuple[str, TaskType]] = []
+    predictions = []
+    for p in record.predictions:
+        if p.status.is_terminal:
+            predictions.append(p)
+            continue
+        in_flight += _in_flight(record, p)
+        changes: dict[str, Any] = dict(status=_S.CANCELLED, error_code=None, error_message=note)
+        if p.shot is not None:
+            shot = OrchestratedShot.from_dict(p.shot)
+            attempts = tuple(dataclasses.replace(a, status=_S.CANCELLED) if a.status is _S.PENDING else a
+                             for a in shot.attempts)
+            changes["shot"] = dataclasses.replace(shot, attempts=attempts, done=True).to_dict()
+        predictions.append(_with(p, **changes))
+    if any(p.status is _S.PENDING for p in record.predictions) and record.prompt_task_id is not None:
+        in_flight.insert(0, (record.prompt_task_id, TaskType.LLM_INTERACTION))
+    message = f"{record.message}; {note}" if record.message else note
+    new = _commit(record, now, predictions=tuple(predictions), cancel_requested_at=now, message=message)
+    effects: list[Effect] = [CancelTask(task_id, task_type, request.reason, request.requested_by)
+                             for task_id, task_type in dict.fromkeys(in_flight)]
+    return new, effects
+
+
+def _in_flight(record: GenerationRecord, p: PredictionRecord) -> list[tuple[str, TaskType]]:
+    """The tasks of a prediction that is not terminal which may still be running."""
+    if p.status is _S.PENDING:  # waits for the prompt task (the caller cancels that one)
+        return []
+    if p.follow_up_task_id is not None:  # the accepted result's follow-up runs
+        follow_up = next((f for f in record.plan.follow_ups if f.task_id == p.follow_up_task_id), None)
+        return [(p.follow_up_task_id, follow_up.task_type if follow_up else TaskType.DETAIL_ENHANCER)]
+    if p.shot is None:  # BASE: its one task
+        return [(p.task_id, _planned(record.plan, p.index).task_type)] if p.task_id else []
+    shot = OrchestratedShot.from_dict(p.shot)
+    found: list[tuple[str, TaskType]] = []
+    for a in shot.attempts:
+        if a.status is not _S.PENDING:
+            continue
+        if a.task_id not in p.results:  # not yet COMPLETED: the attempt itself runs
+            found.append((a.task_id, a.params.task_type))
+        found += [(judge, TaskType.LLM_INTERACTION) for judge, judged in record.judges.items()
+                  if judged == a.task_id]
+    return found
 
 
 # --------------------------------------------------------------------------- by task role
@@ -339,10 +416,15 @@ def _open_attempt(record: GenerationRecord, task_id: str
     return None
 
 
-def _orchestration(plan: GenerationPlan, index: int) -> Orchestration:
-    """Prediction ``index``'s orchestration (the plan's task, or its task waiting for a prompt)."""
+def _planned(plan: GenerationPlan, index: int) -> PlannedTask | PendingTask:
+    """Prediction ``index``'s first task (the plan's task, or its task waiting for a prompt)."""
     tasks: tuple[PlannedTask | PendingTask, ...] = plan.tasks or (plan.prompt_step.waiting if plan.prompt_step else ())
-    return tasks[index].orchestration
+    return tasks[index]
+
+
+def _orchestration(plan: GenerationPlan, index: int) -> Orchestration:
+    """Prediction ``index``'s orchestration."""
+    return _planned(plan, index).orchestration
 
 
 def _context(record: GenerationRecord, shot: OrchestratedShot, attempt: ShotAttempt) -> EvaluationContext:
@@ -397,6 +479,8 @@ def _commit(record: GenerationRecord, now: datetime, prediction: PredictionRecor
     if new == record:
         return record
     status = _status(new.predictions)
+    if status is GenerationStatus.FAILED and new.cancel_requested_at is not None:
+        status = GenerationStatus.CANCELLED  # cancelled with nothing completed
     return new.model_copy(update=dict(status=status, version=record.version + 1, updated_at=now,
                                       completed_at=None if status is GenerationStatus.RUNNING else now))
 

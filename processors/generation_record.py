@@ -66,6 +66,8 @@ class GenerationRecord(_Frozen):
     prompt: str | None = None  # the prompt the GENERATION tasks got (after a prompt step)
     message: str | None = None  # a note for the user, e.g. that the template prompt was used
     judges: dict[str, str] = {}  # judge task id -> the attempt task id it judges
+    # When a GenerationCancelRequested was applied (the record ended with it; see generation_flow.cancel).
+    cancel_requested_at: datetime | None = None
     origin_instance: str | None = None
     origin_zone: str | None = None
     origin_tenant_id: str | None = None

@@ -17,7 +17,11 @@ effects)``); this module only decodes what arrives, calls them, and carries out 
   → ``start_judging`` (its judge task is one more SubmitTask);
 * :class:`~processors.generation_flow.ParseJudgement` → ``evaluator.parse`` → ``on_evaluation``;
 * :class:`~processors.generation_flow.EmitEvaluation` → ``schemas.emit.produce_event`` to the
-  evaluations topic (Avro, CloudEvents headers), keyed by the attempt's task id.
+  evaluations topic (Avro, CloudEvents headers), keyed by the attempt's task id;
+* :class:`~processors.generation_flow.CancelTask` → a ``CancelRequested`` (event id
+  ``cancel_event_id(task id)``, the request's reason and requested_by) to the control topic,
+  which the workers act on. A :class:`~producers.generations.GenerationCancelRequested` on the
+  generations topic leads to these (``flow.cancel``); one for an unknown generation is ignored.
 
 The effects of ``on_evaluation`` / ``start_judging`` are carried out right after the effect that
 caused them (depth first) until none is left. An evaluator that fails (unknown provider, image
@@ -49,15 +53,16 @@ from processors import generation_flow as flow
 from processors.evaluators.base import (Evaluation, EvaluationContext, Evaluator,
                                         EvaluatorRegistry, EvaluatorSettings, TaskEvaluator)
 from processors.folding import STATE_CONTENT_TYPE, decode_state
-from processors.generation_flow import EmitEvaluation, Evaluate, ParseJudgement, SubmitTask
+from processors.generation_flow import CancelTask, EmitEvaluation, Evaluate, ParseJudgement, SubmitTask
 from processors.generation_record import (GENERATION_RECORD_CONTENT_TYPE, GenerationRecord, decode_record,
                                           encode_record)
 from producers.errors import DeliveryError
-from producers.generations import GENERATION_REQUEST_CONTENT_TYPE, GenerationRequested
+from producers.generations import (GENERATION_CANCEL_CONTENT_TYPE, GENERATION_REQUEST_CONTENT_TYPE,
+                                   GenerationCancelRequested, GenerationRequested)
 from schemas.codec import EventCodec
 from schemas.emit import produce_event
 from schemas.errors import ComputeError
-from schemas.events import EvaluationRecorded
+from schemas.events import CancelRequested, Envelope, EvaluationRecorded
 from schemas.kafka_settings import KafkaSettings
 from state.lifecycle import TaskState
 
@@ -89,7 +94,7 @@ def _header(headers: Any, name: str) -> bytes | None:
 
 def _sniff(value: bytes) -> bytes:
     """The content type of a record that has no header: a request has a ``plan``, a task state a
-    ``task_id`` and a ``status``."""
+    ``task_id`` and a ``status``, a cancel a ``generation_id`` and ``requested_at`` (no task)."""
     try:
         doc = json.loads(value)
     except ValueError as exc:
@@ -98,23 +103,31 @@ def _sniff(value: bytes) -> bytes:
         return GENERATION_REQUEST_CONTENT_TYPE
     if isinstance(doc, dict) and "task_id" in doc and "status" in doc:
         return STATE_CONTENT_TYPE
+    if isinstance(doc, dict) and "generation_id" in doc and "requested_at" in doc and "task_id" not in doc:
+        return GENERATION_CANCEL_CONTENT_TYPE
     raise BadGenerationRecord("no content-type header, and the JSON is neither a generation "
-                              "request nor a task state")
+                              "request, a cancel nor a task state")
 
 
-def read_generation_message(key: bytes | str | None, value: bytes | None,
-                            headers: Any) -> GenerationRequested | TaskState:
-    """Decode one record of the generations topic: a :class:`GenerationRequested` or a final
-    :class:`TaskState`, dispatched on its ``content-type`` header (sniffed when absent). Raise
-    :class:`BadGenerationRecord` when it must be dead-lettered (unreadable, unknown type, no
-    generation id, or keyed by something other than its generation id)."""
+Incoming = GenerationRequested | GenerationCancelRequested | TaskState
+
+
+def read_generation_message(key: bytes | str | None, value: bytes | None, headers: Any) -> Incoming:
+    """Decode one record of the generations topic: a :class:`GenerationRequested`, a
+    :class:`GenerationCancelRequested` or a final :class:`TaskState`, dispatched on its
+    ``content-type`` header (sniffed when absent). Raise :class:`BadGenerationRecord` when it
+    must be dead-lettered (unreadable, unknown type, no generation id, or keyed by something
+    other than its generation id)."""
     if value is None:
         raise BadGenerationRecord("record has no value (a tombstone on the generations topic)")
     content_type = _header(headers, "content-type") or _sniff(value)
     try:
         if content_type == GENERATION_REQUEST_CONTENT_TYPE:
-            decoded: GenerationRequested | TaskState = GenerationRequested.model_validate_json(value)
+            decoded: Incoming = GenerationRequested.model_validate_json(value)
             generation_id = decoded.plan.generation_id
+        elif content_type == GENERATION_CANCEL_CONTENT_TYPE:
+            decoded = GenerationCancelRequested.model_validate_json(value)
+            generation_id = decoded.generation_id
         elif content_type == STATE_CONTENT_TYPE:
             decoded = decode_state(value)  # type: ignore[assignment]
             generation_id = decoded.generation_id  # type: ignore[union-attr]
@@ -122,7 +135,8 @@ def read_generation_message(key: bytes | str | None, value: bytes | None,
                 raise BadGenerationRecord(f"task state {decoded.task_id} has no generation_id")
         else:
             raise BadGenerationRecord(f"unknown content-type {content_type!r} (expected "
-                                      f"{GENERATION_REQUEST_CONTENT_TYPE!r} or {STATE_CONTENT_TYPE!r})")
+                                      f"{GENERATION_REQUEST_CONTENT_TYPE!r}, {GENERATION_CANCEL_CONTENT_TYPE!r}"
+                                      f" or {STATE_CONTENT_TYPE!r})")
     except ComputeError:
         raise
     except (ValidationError, ValueError, KeyError, TypeError) as exc:
@@ -151,8 +165,8 @@ def record_headers(record: GenerationRecord) -> list[tuple[str, bytes]]:
 
 
 class Outbox:
-    """The confluent-kafka side: task records (``TaskProducer``) and evaluation events. Not
-    thread-safe: the orchestrator calls it from one thread only."""
+    """The confluent-kafka side: task records (``TaskProducer``), evaluation events and cancels.
+    Not thread-safe: the orchestrator calls it from one thread only."""
 
     def __init__(self, kafka: KafkaSettings, codec: EventCodec, source: str = "processors") -> None:
         self._kafka, self._codec, self._source = kafka, codec, source
@@ -174,6 +188,13 @@ class Outbox:
                                      orchestration=task.orchestration, origin=Origin(*origin))
 
     def emit(self, event: EvaluationRecorded) -> None:
+        self._produce(self._kafka.topics.evaluations, event)
+
+    def cancel(self, event: CancelRequested) -> None:
+        """Ask the workers to stop ``event.envelope.task_id`` (the control topic)."""
+        self._produce(self._kafka.topics.control, event)
+
+    def _produce(self, topic: str, event: EvaluationRecorded | CancelRequested) -> None:
         if self._events is None:
             self._events = Producer({**self._kafka.client_config(), **_PRODUCER})
         task_id = event.envelope.task_id
@@ -182,8 +203,7 @@ class Outbox:
             if err is not None:
                 self._failures.append((task_id, err.str()))
 
-        produce_event(self._events, self._kafka.topics.evaluations, event, codec=self._codec,
-                      on_delivery=delivered)
+        produce_event(self._events, topic, event, codec=self._codec, on_delivery=delivered)
 
     def flush(self, timeout_s: float = _ACK_TIMEOUT_S) -> None:
         """Wait for every record; raise :class:`DeliveryError` if the broker refused any."""
@@ -193,7 +213,8 @@ class Outbox:
             left = self._events.flush(timeout_s)
             failures, self._failures = self._failures, []
             if left:
-                failures.append(("(queue)", f"{left} evaluation record(s) undelivered after {timeout_s}s"))
+                failures.append(("(queue)", f"{left} evaluation or cancel record(s) undelivered "
+                                            f"after {timeout_s}s"))
             if failures:
                 raise DeliveryError(failures)
 
@@ -261,6 +282,15 @@ class Orchestrator:
         record, effects = flow.on_task_final(current, state, now=self._clock())
         return await self.carry_out(record, effects)
 
+    async def on_cancel(self, current: GenerationRecord | None,
+                        request: GenerationCancelRequested) -> GenerationRecord | None:
+        """The record after a cancel; None for an unknown generation (nothing to cancel)."""
+        if current is None:
+            log.warning("cancel of unknown generation %s ignored", request.generation_id)
+            return None
+        record, effects = flow.cancel(current, request, now=self._clock())
+        return await self.carry_out(record, effects)
+
     # ---- the effects
 
     async def carry_out(self, record: GenerationRecord, effects: Iterable[flow.Effect]
@@ -279,6 +309,9 @@ class Orchestrator:
             elif isinstance(effect, EmitEvaluation):
                 await self._in_io(self._outbox.emit, effect.event)
                 wrote = True
+            elif isinstance(effect, CancelTask):
+                await self._in_io(self._outbox.cancel, self._cancel_event(record, effect))
+                wrote = True
             elif isinstance(effect, Evaluate):
                 record, more = await self._evaluate(record, effect)
             elif isinstance(effect, ParseJudgement):
@@ -289,6 +322,13 @@ class Orchestrator:
         if wrote:
             await self._in_io(self._outbox.flush)
         return record
+
+    def _cancel_event(self, record: GenerationRecord, effect: CancelTask) -> CancelRequested:
+        envelope = Envelope(event_id=flow.cancel_event_id(effect.task_id), task_id=effect.task_id,
+                            task_type=effect.task_type, attempt=1, occurred_at=self._clock(),
+                            source=flow.EVALUATION_SOURCE, origin_instance=record.origin_instance,
+                            origin_zone=record.origin_zone, origin_tenant_id=record.origin_tenant_id)
+        return CancelRequested(envelope=envelope, reason=effect.reason, requested_by=effect.requested_by)
 
     async def _evaluate(self, record: GenerationRecord, effect: Evaluate
                         ) -> tuple[GenerationRecord, list[flow.Effect]]:
@@ -367,6 +407,8 @@ def install(app: Any, kafka: KafkaSettings, orchestrator: Orchestrator, *,
                 current = None if document is None else decode_record(document)
                 if isinstance(incoming, GenerationRequested):
                     record = await orchestrator.on_request(current, incoming)
+                elif isinstance(incoming, GenerationCancelRequested):
+                    record = await orchestrator.on_cancel(current, incoming)
                 else:
                     record = await orchestrator.on_task_final(current, incoming)
             except DeliveryError as exc:

@@ -425,8 +425,34 @@ class GenerationRequested(_Frozen):
 
     def to_record(self) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
         """``(key, value, headers)`` for the generations topic."""
-        gid = self.plan.generation_id
-        headers = [("ce_specversion", b"1.0"), ("ce_id", f"{gid}/requested".encode()),
-                   ("ce_source", b"/compute/producers"), ("ce_type", b"compute.generations.GenerationRequested"),
-                   ("ce_subject", gid.encode()), ("content-type", GENERATION_REQUEST_CONTENT_TYPE)]
-        return gid.encode(), self.model_dump_json().encode(), headers
+        return _generations_record(self, self.plan.generation_id, "requested", GENERATION_REQUEST_CONTENT_TYPE)
+
+
+# The record asking for a generation to be cancelled (same topic, same key). The orchestrator
+# cancels every prediction not yet ended and asks the workers to stop the tasks still running.
+GENERATION_CANCEL_FORMAT = 1
+GENERATION_CANCEL_CONTENT_TYPE = b"application/json; format=compute.GenerationCancelRequested/1"
+
+
+class GenerationCancelRequested(_Frozen):
+    """A generation to cancel: which one, why and who asked."""
+
+    format: int = GENERATION_CANCEL_FORMAT
+    generation_id: str
+    requested_at: str  # ISO 8601, UTC
+    reason: str | None = None
+    requested_by: str | None = None
+
+    def to_record(self) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+        """``(key, value, headers)`` for the generations topic."""
+        return _generations_record(self, self.generation_id, "cancel-requested", GENERATION_CANCEL_CONTENT_TYPE)
+
+
+def _generations_record(record: _Frozen, gid: str, what: str, content_type: bytes
+                        ) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """A JSON record of the generations topic: keyed by generation id, CloudEvents headers."""
+    headers = [("ce_specversion", b"1.0"), ("ce_id", f"{gid}/{what}".encode()),
+               ("ce_source", b"/compute/producers"),
+               ("ce_type", f"compute.generations.{type(record).__name__}".encode()),
+               ("ce_subject", gid.encode()), ("content-type", content_type)]
+    return gid.encode(), record.model_dump_json().encode(), headers

@@ -1,5 +1,6 @@
 """What the API writes to Kafka: task submissions (through the TaskProducer), cancels, and
-generation requests (the GenerationRequested record on the generations topic).
+generation requests and cancels (GenerationRequested / GenerationCancelRequested records on the
+generations topic).
 
 Blocking calls: the routes run them in a worker thread. Submissions are serialised by a lock
 (``TaskProducer`` is not thread-safe) and acknowledged by the broker before the API answers 202.
@@ -16,7 +17,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from producers.errors import DeliveryError
-from producers.generations import GenerationRequested
+from producers.generations import GenerationCancelRequested, GenerationRequested
 from producers.submit import Origin, TaskProducer
 from schemas.codec import EventCodec
 from schemas.emit import produce_event
@@ -79,7 +80,16 @@ class TaskGateway:
     def submit_generation(self, requested: GenerationRequested) -> None:
         """Produce the GenerationRequested record to the generations topic (keyed by generation
         id) and return once the broker has it; DeliveryError when it did not acknowledge in time."""
-        key, value, headers = requested.to_record()
+        self._produce_generation_record(requested)
+
+    def cancel_generation(self, requested: GenerationCancelRequested) -> None:
+        """Produce the GenerationCancelRequested record to the generations topic (keyed by
+        generation id; the processors cancel it) and return once the broker has it; DeliveryError
+        when it did not acknowledge in time."""
+        self._produce_generation_record(requested)
+
+    def _produce_generation_record(self, record: GenerationRequested | GenerationCancelRequested) -> None:
+        key, value, headers = record.to_record()
         failures: list[tuple[str, str]] = []
 
         def delivered(err: KafkaError | None, msg: Message) -> None:

@@ -14,14 +14,14 @@ from hypothesis import given, settings, strategies as st
 from processors.agentic import OrchestratedShot, attempt_task_id
 from processors.evaluators.base import Evaluation
 from processors.generation_flow import (
-    NO_IMAGE_REASON, EmitEvaluation, Evaluate, ParseJudgement, SubmitTask, judge_task_id, on_evaluation,
-    on_task_final, start, start_judging,
+    NO_IMAGE_REASON, CancelTask, EmitEvaluation, Evaluate, ParseJudgement, SubmitTask, cancel, judge_task_id,
+    on_evaluation, on_task_final, start, start_judging,
 )
 from processors.generation_record import (
     GENERATION_RECORD_CONTENT_TYPE, GenerationRecord, GenerationStatus, decode_record, encode_record,
 )
 from producers.catalog import InMemoryCatalog
-from producers.generations import GenerationRequested, plan_generation
+from producers.generations import GenerationCancelRequested, GenerationRequested, plan_generation
 from schemas.enums import ErrorCode, EvaluationDecision, TaskStatus, TaskType
 from schemas.events import ResultMetadata, TaskResult
 from schemas.task_params import DetailEnhancerParams, LlmInteractionParams
@@ -421,6 +421,125 @@ def test_an_agentic_edit_runs_its_follow_up_on_the_accepted_attempt():
     assert p.status is S.PROCESSING and p.task_id == first and p.follow_up_task_id == plan.follow_ups[0].task_id
     record, _ = on_task_final(record, final(p.follow_up_task_id, S.COMPLETED), now=T2)
     assert record.predictions[0].result == image(p.follow_up_task_id) and record.status is GenerationStatus.COMPLETED
+
+
+# --------------------------------------------------------------------------- cancelling
+
+
+def cancel_request(record, reason="not needed any more"):
+    return GenerationCancelRequested(generation_id=record.generation_id, requested_at=T2.isoformat(),
+                                     reason=reason, requested_by="api-key:k1")
+
+
+def cancelled_tasks(effects) -> list[tuple[str, TaskType]]:
+    assert all(isinstance(e, CancelTask) for e in effects), effects
+    return [(e.task_id, e.task_type) for e in effects]
+
+
+def test_cancel_stops_a_running_agentic_shot_and_nothing_is_retried_after():
+    plan, record, _ = agentic(batch_size=2)
+    first, second = (t.task_id for t in plan.tasks)
+    record, effects = cancel(record, cancel_request(record), now=T2)
+    assert cancelled_tasks(effects) == [(first, TaskType.GENERATION), (second, TaskType.GENERATION)]
+    assert effects[0] == CancelTask(first, TaskType.GENERATION, "not needed any more", "api-key:k1")
+    assert record.status is GenerationStatus.CANCELLED and record.completed_at == T2
+    assert record.cancel_requested_at == T2 and record.version == 2
+    assert record.message == "the generation was cancelled by api-key:k1: not needed any more"
+    for i in (0, 1):
+        p, shot = record.predictions[i], shot_of(record, i)
+        assert p.status is S.CANCELLED and p.error_message == record.message and p.error_code is None
+        assert shot.done and [a.status for a in shot.attempts] == [S.CANCELLED]
+    # What the tasks report later changes nothing: no evaluation, no RETRY, no effects.
+    for state in (final(first, S.COMPLETED), final(first, S.FAILED), final(second, S.CANCELLED)):
+        assert on_task_final(record, state, now=T3) == (record, [])
+    assert on_evaluation(record, first, Evaluation(0.1), now=T3) == (record, [])
+    params = LlmInteractionParams(prompt="score")
+    assert start_judging(record, first, params, now=T3) == (record, [])
+    # Idempotent: a second cancel is the same record, and asks for nothing.
+    assert cancel(record, cancel_request(record, "again"), now=T3) == (record, [])
+
+
+def test_cancel_keeps_completed_predictions_and_the_generation_completes():
+    plan, record, _ = begin(batch_size=2)
+    first, second = (t.task_id for t in plan.tasks)
+    record, _ = on_task_final(record, final(first, S.COMPLETED), now=T1)
+    record, effects = cancel(record, cancel_request(record, None), now=T2)
+    assert cancelled_tasks(effects) == [(second, TaskType.GENERATION)] and effects[0].reason is None
+    assert [p.status for p in record.predictions] == [S.COMPLETED, S.CANCELLED]
+    assert record.predictions[0].result == image(first)
+    assert record.status is GenerationStatus.COMPLETED and record.message.endswith("cancelled by api-key:k1")
+    assert on_task_final(record, final(second, S.COMPLETED), now=T3) == (record, [])
+
+
+def test_cancel_with_a_failed_prediction_and_none_completed_is_cancelled():
+    plan, record, _ = begin(batch_size=2)
+    record, _ = on_task_final(record, final(plan.tasks[0].task_id, S.FAILED), now=T1)
+    record, effects = cancel(record, cancel_request(record), now=T2)
+    assert cancelled_tasks(effects) == [(plan.tasks[1].task_id, TaskType.GENERATION)]
+    assert [p.status for p in record.predictions] == [S.FAILED, S.CANCELLED]
+    assert record.status is GenerationStatus.CANCELLED
+
+
+def test_cancel_of_a_finished_generation_changes_nothing():
+    plan, record, _ = begin()
+    done, _ = on_task_final(record, final(plan.tasks[0].task_id, S.COMPLETED), now=T1)
+    assert cancel(done, cancel_request(done), now=T2) == (done, [])
+    failed, _ = on_task_final(record, final(plan.tasks[0].task_id, S.FAILED), now=T1)
+    assert cancel(failed, cancel_request(failed), now=T2) == (failed, [])
+
+
+def test_cancel_while_waiting_for_the_prompt_cancels_the_prompt_task():
+    plan, record, _ = agentic(batch_size=2, auto_generate_prompt=True)
+    record, effects = cancel(record, cancel_request(record), now=T2)
+    assert cancelled_tasks(effects) == [(plan.prompt_step.task.task_id, TaskType.LLM_INTERACTION)]
+    assert record.status is GenerationStatus.CANCELLED and {p.shot for p in record.predictions} == {None}
+    assert {p.status for p in record.predictions} == {S.CANCELLED}
+    answer = {"result_text": "a prompt", "metadata": {"model": "m", "provider": "p", "timing_ms": 1}}
+    done = final(record.prompt_task_id, S.COMPLETED, result=answer, task_type=TaskType.LLM_INTERACTION)
+    assert on_task_final(record, done, now=T3) == (record, [])  # no GENERATION task submitted
+
+
+def test_cancel_while_judging_cancels_the_judge_not_the_completed_attempt():
+    plan, record, _ = agentic(evaluation_provider="vlm")
+    task_id = plan.tasks[0].task_id
+    record, _ = on_task_final(record, final(task_id, S.COMPLETED), now=T1)
+    record, [judge] = start_judging(record, task_id, LlmInteractionParams(prompt="score"), now=T1)
+    record, effects = cancel(record, cancel_request(record), now=T2)
+    assert cancelled_tasks(effects) == [(judge.task.task_id, TaskType.LLM_INTERACTION)]
+    assert [a.status for a in shot_of(record).attempts] == [S.CANCELLED]
+    assert record.predictions[0].results == {task_id: image(task_id)}  # kept
+    answer = {"result_text": '{"score": 0.9, "reasons": []}',
+              "metadata": {"model": "m", "provider": "p", "timing_ms": 1}}
+    done = final(judge.task.task_id, S.COMPLETED, result=answer, task_type=TaskType.LLM_INTERACTION)
+    assert on_task_final(record, done, now=T3) == (record, [])  # no ParseJudgement any more
+
+
+def test_cancel_while_a_retry_runs_cancels_only_the_running_attempt():
+    plan, record, _ = agentic(max_attempts=3)
+    first = plan.tasks[0].task_id
+    record, effects = score_attempt(record, first, 0.2)
+    [retry] = submitted(effects)
+    record, effects = cancel(record, cancel_request(record), now=T2)
+    assert cancelled_tasks(effects) == [(retry.task_id, TaskType.GENERATION)]
+    assert [a.status for a in shot_of(record).attempts] == [S.COMPLETED, S.CANCELLED]
+    assert on_task_final(record, final(retry.task_id, S.FAILED), now=T3) == (record, [])
+
+
+def test_cancel_while_the_follow_up_runs_cancels_the_follow_up():
+    plan, record, _ = begin("EDITING")
+    edit = plan.tasks[0].task_id
+    record, [follow] = on_task_final(record, final(edit, S.COMPLETED, task_type=TaskType.EDITING), now=T1)
+    record, effects = cancel(record, cancel_request(record), now=T2)
+    assert cancelled_tasks(effects) == [(follow.task.task_id, TaskType.DETAIL_ENHANCER)]
+    p = record.predictions[0]
+    assert p.status is S.CANCELLED and p.result == image(edit) and record.status is GenerationStatus.CANCELLED
+    assert on_task_final(record, final(follow.task.task_id, S.COMPLETED), now=T3) == (record, [])
+
+
+def test_a_cancelled_record_round_trips_through_json():
+    _, record, _ = agentic()
+    record, _ = cancel(record, cancel_request(record), now=T2)
+    assert decode_record(encode_record(record)) == record
 
 
 # --------------------------------------------------------------------------- idempotency

@@ -29,6 +29,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from PIL import Image, ImageFilter
 
+from processors.generation_flow import cancel_event_id
 from processors.generation_record import GenerationRecord, GenerationStatus, decode_record
 from processors.agentic import attempt_task_id
 from processors.app import evaluator_registry, librdkafka_partition
@@ -38,11 +39,12 @@ from processors.folding import STATE_CONTENT_TYPE, decode_state, encode_state, s
 from processors.orchestrator import BadGenerationRecord, Orchestrator, read_generation_message
 from processors.settings import ProcessorSettings
 from producers.catalog import InMemoryCatalog, PostgresCatalog
-from producers.generations import GENERATION_REQUEST_CONTENT_TYPE, GenerationRequested, plan_generation
+from producers.generations import (GENERATION_CANCEL_CONTENT_TYPE, GENERATION_REQUEST_CONTENT_TYPE,
+                                   GenerationCancelRequested, GenerationRequested, plan_generation)
 from schemas.emit import produce_event
 from schemas.enums import ErrorCode, EvaluationDecision, TaskStatus, TaskType
-from schemas.events import (EvaluationRecorded, ResultMetadata, StatusChanged, TaskError, TaskResult,
-                            TaskSubmitted)
+from schemas.events import (CancelRequested, EvaluationRecorded, ResultMetadata, StatusChanged, TaskError,
+                            TaskResult, TaskSubmitted)
 from schemas.headers import header_dict
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
@@ -53,6 +55,11 @@ from tests.processors.test_lifecycle_app import CODEC, App, read_all, wait_for
 
 CATALOG = InMemoryCatalog()
 SUBJECT = CATALOG.add_subject("Anna", "lora/anna", 0.8)
+
+
+def cancel_request(gid: str, reason: str | None = "changed my mind") -> GenerationCancelRequested:
+    return GenerationCancelRequested(generation_id=gid, requested_at=datetime.now(timezone.utc).isoformat(),
+                                     reason=reason, requested_by="api-key:test")
 
 
 def request(prompt: str, **fields: Any) -> GenerationRequested:
@@ -98,7 +105,14 @@ def test_generation_records_are_read_by_content_type_and_checked() -> None:
     state = fold_all([task.model_copy(update={"generation_id": gid})])
     decoded = read_generation_message(key, encode_state(state), [("content-type", STATE_CONTENT_TYPE)])
     assert decoded == decode_state(encode_state(state))
+    cancel = cancel_request(gid)
+    ckey, cvalue, cheaders = cancel.to_record()
+    assert ckey == key and dict(cheaders)["content-type"] == GENERATION_CANCEL_CONTENT_TYPE
+    assert read_generation_message(ckey, cvalue, cheaders) == cancel
+    assert read_generation_message(ckey, cvalue, []) == cancel  # sniffed
     bad = [
+        (b"other", cvalue, cheaders),  # a cancel keyed by another generation
+        (key, b'{"generation_id": 1}', [("content-type", GENERATION_CANCEL_CONTENT_TYPE)]),
         (key, None, headers),  # tombstone
         (b"other", value, headers),  # not keyed by its generation
         (key, b"{}", [("content-type", GENERATION_REQUEST_CONTENT_TYPE)]),  # not a request
@@ -130,6 +144,7 @@ def test_the_prompt_scripted_evaluator_scores_by_prefix_and_attempt() -> None:
 class FakeOutbox:
     submitted: list[Any] = field(default_factory=list)
     emitted: list[EvaluationRecorded] = field(default_factory=list)
+    cancels: list[CancelRequested] = field(default_factory=list)
     flushes: int = 0
 
     def submit(self, task: Any, origin: Any) -> None:
@@ -137,6 +152,9 @@ class FakeOutbox:
 
     def emit(self, event: EvaluationRecorded) -> None:
         self.emitted.append(event)
+
+    def cancel(self, event: CancelRequested) -> None:
+        self.cancels.append(event)
 
     def flush(self) -> None:
         self.flushes += 1
@@ -189,6 +207,39 @@ def test_the_orchestrator_carries_out_effects_and_scores_a_bad_image_zero(tmp_pa
     assert scores == [(1, 0.4, EvaluationDecision.RETRY), (2, 0.0, EvaluationDecision.RETRY)]
     assert "OSError: no such file" in outbox.emitted[1].reasons[0]
     assert outbox.flushes == 3
+
+
+def test_the_orchestrator_cancels_a_generation_through_the_control_topic(tmp_path: Path) -> None:
+    """A cancel asks the workers to stop the running attempt (a deterministic CancelRequested),
+    ends the record CANCELLED; what the attempt reports later submits nothing."""
+    outbox = FakeOutbox()
+    orch = Orchestrator(outbox, evaluator_registry(ProcessorSettings(evaluator_script={"cancel": [0.1]}),
+                                                   default_registry()),
+                        EvaluatorSettings(), lambda url: Image.new("RGB", (8, 8)))
+
+    async def scenario() -> Any:
+        req = request("cancel: a shot", max_attempts=3)
+        gid = req.plan.generation_id
+        assert await orch.on_cancel(None, cancel_request(gid)) is None  # unknown: ignored
+        record = await orch.on_request(None, req)
+        task_id = record.predictions[0].task_id
+        cancelled = await orch.on_cancel(record, cancel_request(gid))
+        assert await orch.on_cancel(cancelled, cancel_request(gid)) is cancelled  # nothing more
+        after = await orch.on_task_final(cancelled, _completed(task_id, gid, "file:///r/1.png"))
+        return task_id, req, cancelled, after
+
+    try:
+        task_id, req, record, after = asyncio.run(scenario())
+    finally:
+        orch.close()
+    assert after is record and record.status is GenerationStatus.CANCELLED
+    assert record.predictions[0].status is TaskStatus.CANCELLED
+    [event] = outbox.cancels
+    assert event.envelope.task_id == task_id and event.envelope.event_id == cancel_event_id(task_id)
+    assert event.envelope.task_type is TaskType.GENERATION
+    assert (event.reason, event.requested_by) == ("changed my mind", "api-key:test")
+    assert [t.task_id for t in outbox.submitted] == [task_id] and outbox.emitted == []
+    assert outbox.flushes == 2  # the start, the cancel
 
 
 def _judged(task_id: str, gid: str, text: str) -> Any:
@@ -343,10 +394,32 @@ def attempts(record: GenerationRecord) -> list[dict[str, Any]]:
 
 
 SCRIPTS = {"accept:": [0.9], "retry:": [0.4, 0.9], "best:": [0.3, 0.6, 0.5], "failed:": [0.0, 0.5],
-           "cli:": [0.2, 0.8]}
+           "cli:": [0.2, 0.8], "cancel:": [0.4, 0.9]}
 BEHAVIOURS = {"accept:": ["sharp"], "retry:": ["sharp"] * 2, "best:": ["sharp"] * 3,
               "failed:": ["fail", "sharp"], "base:": ["sharp", "hold"],
-              "quality:": ["blurred", "sharp"], "cli:": ["sharp"] * 2}
+              "quality:": ["blurred", "sharp"], "cli:": ["sharp"] * 2, "cancel:": ["hold", "sharp"]}
+
+
+def cancels(kafka: KafkaSettings) -> list[CancelRequested]:
+    return [CODEC.decode(m.value(), expect=CancelRequested) for m in read_all(kafka, kafka.topics.control)]
+
+
+def forwarded(kafka: KafkaSettings, task_id: str, st: TaskStatus) -> bool:
+    """Whether the fold has forwarded ``task_id``'s final state ``st`` to the generations topic."""
+    for m in read_all(kafka, kafka.topics.generations):
+        if header_dict(m.headers() or []).get("content-type") == STATE_CONTENT_TYPE.decode():
+            state = decode_state(m.value())
+            if state.task_id == task_id and state.status is st:
+                return True
+    return False
+
+
+def sentinel(kafka: KafkaSettings, gid: str) -> GenerationRequested:
+    """A request in ``gid``'s partition: once its record exists, the orchestrator has applied
+    everything that partition held before it."""
+    want = librdkafka_partition(gid.encode(), kafka.partitions)
+    return next(r for n in range(100) if librdkafka_partition(
+        (r := request(f"accept: sentinel {n}")).plan.generation_id.encode(), kafka.partitions) == want)
 
 
 def computectl_generate(kafka: KafkaSettings, database_url: str, subject_id: str,
@@ -379,9 +452,11 @@ def test_generations_run_the_agentic_loop_on_the_broker(kafka_settings: KafkaSet
         "quality": request("quality: a shot", evaluation_provider="quality", max_attempts=2),
     }
     gids = {name: r.plan.generation_id for name, r in requests.items()}
+    cancelled = request("cancel: a shot")  # its attempt is held, then the generation cancelled
+    cancel_gid = cancelled.plan.generation_id
     producer = Producer({**kafka.client_config(), "enable.idempotence": True})
     partitions: dict[bytes, int] = {}
-    for r in [*requests.values(), requests["accept"]]:  # the first one twice: no second start
+    for r in [*requests.values(), requests["accept"], cancelled]:  # the first one twice: no second start
         key, value, headers = r.to_record()
         producer.produce(kafka.topics.generations, value, key, headers=headers,
                          on_delivery=lambda err, msg: partitions.update({msg.key(): msg.partition()}))
@@ -399,14 +474,34 @@ def test_generations_run_the_agentic_loop_on_the_broker(kafka_settings: KafkaSet
         def base_half_done() -> bool:
             worker.pump()
             record = latest_records(kafka).get(gids["base"])
+            held = {t.orchestration.generation_id for t in worker.held}
             return bool(record and record.predictions[0].status is TaskStatus.COMPLETED
-                        and len(worker.held) == 1)
+                        and held == {gids["base"], cancel_gid} and len(worker.held) == 2)
 
         wait_for("the BASE generation's first task completed", base_half_done, app, timeout_s=120)
         base = latest_records(kafka)[gids["base"]]
         assert base.status is GenerationStatus.RUNNING  # its second task is still held
         assert base.predictions[1].status is TaskStatus.PROCESSING
+
+        # Cancel the AGENTIC generation whose first attempt is held (running).
+        [held] = [t.envelope.task_id for t in worker.held if t.orchestration.generation_id == cancel_gid]
+        key, value, headers = cancel_request(cancel_gid).to_record()
+        producer.produce(kafka.topics.generations, value, key, headers=headers)
+        assert producer.flush(30) == 0
+        [stop] = wait_for("the CancelRequested of the held attempt", lambda: [
+            c for c in cancels(kafka) if c.envelope.task_id == held], app)
+        at_cancel = wait_for("the cancelled generation's record", lambda: (
+            lambda r: r if r and r.status is GenerationStatus.CANCELLED else None)(
+            latest_records(kafka).get(cancel_gid)), app)
+        # The held attempt now ends COMPLETED anyway (the fake worker ignores the control topic):
+        # the generation stays as it is, and no evaluation or retry follows.
         worker.release()
+        wait_for("the held attempt's final state forwarded", lambda: forwarded(kafka, held, TaskStatus.COMPLETED), app)
+        late = sentinel(kafka, cancel_gid)
+        key, value, headers = late.to_record()
+        producer.produce(kafka.topics.generations, value, key, headers=headers)
+        assert producer.flush(30) == 0
+        wait_for("the sentinel generation started", lambda: late.plan.generation_id in latest_records(kafka), app)
 
         records = wait_for("every generation finished", lambda: finished(worker, kafka, gids), app,
                            timeout_s=120)
@@ -479,6 +574,19 @@ def test_generations_run_the_agentic_loop_on_the_broker(kafka_settings: KafkaSet
     [dead] = read_all(kafka, kafka.topics.dlq(kafka.topics.generations))
     assert dead.key() == b"junk"
     assert header_dict(dead.headers())["original.topic"] == kafka.topics.generations
+
+    # Cancelled: the held attempt was asked to stop (a deterministic event id), the record ended
+    # CANCELLED with its prediction CANCELLED, and nothing changed after the attempt completed.
+    assert stop.envelope.event_id == cancel_event_id(held) and stop.reason == "changed my mind"
+    assert stop.requested_by == "api-key:test" and stop.envelope.task_type is TaskType.GENERATION
+    assert [c.envelope.task_id for c in cancels(kafka)] == [held]
+    final_record = latest_records(kafka)[cancel_gid]
+    assert final_record == at_cancel and final_record.cancel_requested_at is not None
+    assert [p.status for p in final_record.predictions] == [TaskStatus.CANCELLED]
+    assert [a["status"] for a in attempts(final_record)] == ["CANCELLED"]
+    assert [t.envelope.task_id for t in worker.tasks.values()
+            if t.orchestration.generation_id == cancel_gid] == [held]
+    assert cancel_gid not in evals
 
 
 def _decisions(events: list[EvaluationRecorded]) -> list[tuple[int, float, str | None]]:

@@ -97,6 +97,22 @@ class GenerationAccepted(BaseModel):
     links: GenerationLinks
 
 
+class GenerationCancel(BaseModel):
+    """The optional body of POST /generations/{id}/cancel."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=500, description="why; kept in the record's message")
+
+
+class GenerationCancelAccepted(BaseModel):
+    generation_id: str
+    status: Literal["CANCEL_REQUESTED"] = Field(default="CANCEL_REQUESTED", description=(
+        "the cancel is on the broker; the generation ends CANCELLED (or COMPLETED, when a "
+        "prediction had completed) once the processors applied it"))
+    links: GenerationLinks
+
+
 class AttemptPublic(BaseModel):
     attempt: int
     task_id: str

@@ -1,10 +1,12 @@
-"""/generations: start a generation of any strategy, read one, list them.
+"""/generations: start a generation of any strategy, read one, list them, cancel one.
 
 POST resolves the catalog ids (``PostgresCatalog`` on the API's database), plans the generation
 (``plan_generation``: pure, so a bad request or an unknown id is refused before anything is
 sent), produces the ``GenerationRequested`` record to the generations topic and answers 202 once
 the broker has it. The processors' orchestrator starts the generation from that record; its
-progress comes back through the projected generations-state topic (GET).
+progress comes back through the projected generations-state topic (GET). POST .../cancel
+produces a ``GenerationCancelRequested`` record the same way; the orchestrator cancels the
+predictions not yet ended and asks the workers to stop their tasks.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ from starlette.concurrency import run_in_threadpool
 
 from producers.catalog import CatalogError, PostgresCatalog, UnknownCatalogEntry
 from producers.errors import DeliveryError
-from producers.generations import GenerationPlan, GenerationRequested, parse_request, plan_generation
+from producers.generations import (GenerationCancelRequested, GenerationPlan, GenerationRequested, parse_request,
+                                   plan_generation)
 from schemas.enums import GenerationStrategy
 from state.api.deps import CallerDep, DbDep, MetricsDep, ProducerDep, SettingsDep
 from state.api.models.generations import (
     STRATEGY_ROUTES,
     SUBMIT_MODELS,
     GenerationAccepted,
+    GenerationCancel,
+    GenerationCancelAccepted,
     GenerationLinks,
     GenerationListQuery,
     GenerationPublic,
@@ -211,3 +216,30 @@ async def read_generation(generation_id: str, caller: CallerDep, db: DbDep) -> G
     if row is None:
         raise ApiProblem(404, "generation-not-found", f"no generation {gid}")
     return GenerationPublic.from_row(row)
+
+
+@router.post("/{generation_id}/cancel", status_code=202, response_model=GenerationCancelAccepted,
+             responses=problem_responses(400, 401, 404, 409, 422, 503))
+async def cancel_generation(generation_id: str, caller: CallerDep, db: DbDep, producer: ProducerDep,
+                            metrics: MetricsDep,
+                            body: Annotated[GenerationCancel | None, Body()] = None) -> GenerationCancelAccepted:
+    """Cancel a running generation: its predictions not yet ended are CANCELLED and their running
+    tasks asked to stop (a prediction that completed keeps its result). 202 once the broker has
+    the GenerationCancelRequested record; 409 for a generation that already ended."""
+    gid = generation_uuid(generation_id)
+    row = await get_generation(db, gid, caller.tenant_id)
+    if row is None:
+        raise ApiProblem(404, "generation-not-found", f"no generation {gid}")
+    if row["status"] != "RUNNING":
+        raise ApiProblem(409, "generation-finished",
+                         f"generation {gid} already ended {row['status']}; there is nothing to cancel")
+    requested = GenerationCancelRequested(
+        generation_id=gid, requested_at=datetime.now(timezone.utc).isoformat(),
+        reason=body.reason if body is not None else None, requested_by=f"api-key:{caller.key_id}")
+    try:
+        await run_in_threadpool(producer.cancel_generation, requested)
+    except DeliveryError:
+        raise ApiProblem(503, "broker-unavailable", "the cancel could not be delivered; retry",
+                         headers={"Retry-After": "1"}) from None
+    metrics.cancels.inc()
+    return GenerationCancelAccepted(generation_id=gid, links=GenerationPublic.from_row(row).links)

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from producers.catalog import PostgresCatalog
-from producers.generations import GENERATION_REQUEST_CONTENT_TYPE, GenerationRequested
+from producers.generations import (GENERATION_CANCEL_CONTENT_TYPE, GENERATION_REQUEST_CONTENT_TYPE,
+                                   GenerationCancelRequested, GenerationRequested)
 from processors.agentic import attempt_task_id
 from tests.kafka_helpers import read_topic, record_count
 from tests.state.api.conftest import ApiStack, Tenant
@@ -50,6 +51,8 @@ def _requests(api: ApiStack, expect: int) -> dict[str, tuple[GenerationRequested
     records = read_topic(api.kafka, topic, expect=expect)
     out = {}
     for msg in records:
+        if dict(msg.headers())["content-type"] == GENERATION_CANCEL_CONTENT_TYPE:
+            continue  # a cancel (below)
         requested = GenerationRequested.model_validate_json(msg.value())
         assert msg.key().decode() == requested.plan.generation_id
         assert dict(msg.headers())["content-type"] == GENERATION_REQUEST_CONTENT_TYPE
@@ -268,3 +271,61 @@ def test_a_base_generation_lists_and_pages(api: ApiStack, client: httpx.Client,
     assert [g["generation_id"] for g in only["items"]] == [done.generation_id]
     assert_problem(client.get("/api/v1/generations", headers=tenant.headers,
                               params={"colour": "red"}), 422)
+
+
+# --------------------------------------------------------------------------- cancel
+
+
+def _cancels(api: ApiStack, expect: int) -> list[GenerationCancelRequested]:
+    out = []
+    for msg in read_topic(api.kafka, api.kafka.topics.generations, expect=expect):
+        if dict(msg.headers())["content-type"] == GENERATION_CANCEL_CONTENT_TYPE:
+            cancel = GenerationCancelRequested.model_validate_json(msg.value())
+            assert msg.key().decode() == cancel.generation_id
+            out.append(cancel)
+    return out
+
+
+def test_cancel_produces_the_cancel_record(api: ApiStack, client: httpx.Client, tenant: Tenant,
+                                          other_tenant: Tenant) -> None:
+    running = gh.base_record(gh.plan(), tenant=tenant.name)
+    gh.produce_records(api.kafka, [running])
+    gid = running.generation_id
+    _wait_version(client, tenant, gid, running.version)
+    path = f"/api/v1/generations/{gid}/cancel"
+    before = record_count(api.kafka, api.kafka.topics.generations)
+
+    # Another tenant's generation, an unknown one and no key: nothing is sent.
+    assert_problem(client.post(path, headers=other_tenant.headers), 404)
+    assert_problem(client.post(f"/api/v1/generations/{uuid.uuid4()}/cancel", headers=tenant.headers), 404)
+    assert_problem(client.post("/api/v1/generations/not-a-uuid/cancel", headers=tenant.headers), 404)
+    assert_problem(client.post(path), 401)
+    assert_problem(client.post(path, json={"reason": "x", "colour": "red"}, headers=tenant.headers), 422)
+    assert record_count(api.kafka, api.kafka.topics.generations) == before
+
+    resp = client.post(path, json={"reason": "wrong product"}, headers=tenant.headers)
+    assert resp.status_code == 202, resp.text
+    answer = resp.json()
+    assert answer["generation_id"] == gid and answer["status"] == "CANCEL_REQUESTED"
+    assert answer["links"]["self"] == f"/api/v1/generations/{gid}"
+    assert answer["links"]["tasks"] == [f"/api/v1/tasks/{t.task_id}" for t in running.plan.tasks]
+    resp = client.post(path, headers=tenant.headers)  # no body: no reason
+    assert resp.status_code == 202, resp.text
+    assert record_count(api.kafka, api.kafka.topics.generations) == before + 2
+    first, second = [c for c in _cancels(api, before + 2) if c.generation_id == gid]
+    assert (first.reason, first.requested_by) == ("wrong product", f"api-key:{tenant.key_id}")
+    assert second.reason is None and first.requested_at <= second.requested_at
+    # Still RUNNING in the read model (no processors here): a generation is only read, not changed.
+    assert _get(client, tenant, gid).json()["status"] == "RUNNING"
+
+
+def test_cancel_of_a_finished_generation_is_a_conflict(api: ApiStack, client: httpx.Client,
+                                                      tenant: Tenant) -> None:
+    done = gh.base_record(gh.plan(), tenant=tenant.name, done=True, version=2)
+    gh.produce_records(api.kafka, [done])
+    _wait_version(client, tenant, done.generation_id, 2)
+    before = record_count(api.kafka, api.kafka.topics.generations)
+    problem = assert_problem(client.post(f"/api/v1/generations/{done.generation_id}/cancel",
+                                         json={"reason": "too late"}, headers=tenant.headers), 409)
+    assert problem["type"].endswith(":generation-finished") and "COMPLETED" in problem["detail"]
+    assert record_count(api.kafka, api.kafka.topics.generations) == before

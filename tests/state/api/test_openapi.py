@@ -48,7 +48,8 @@ def test_every_operation_answers_as_documented(api: ApiStack, client: httpx.Clie
     wait_for(lambda: client.get(f"/api/v1/generations/{generation.generation_id}",
                                 headers=tenant.headers).status_code == 200, what="the generation")
     bodies = {**gh.route_bodies(subject["id"]),
-              "/api/v1/catalog/{kind}": {"name": "Studio", "lora_ref": "loras/s", "default_weight": 0.5}}
+              "/api/v1/catalog/{kind}": {"name": "Studio", "lora_ref": "loras/s", "default_weight": 0.5},
+              "/api/v1/generations/{generation_id}/cancel": {"reason": "not needed"}}
     path_values = {"generation_id": generation.generation_id, "kind": "subjects",
                    "entry_id": subject["id"]}
 
@@ -79,6 +80,7 @@ def test_every_operation_answers_as_documented(api: ApiStack, client: httpx.Clie
                                        "/api/v1/tasks/{task_id}/events", "/healthz", "/readyz",
                                        "/metrics", "/api/v1/generations",
                                        "/api/v1/generations/{generation_id}",
+                                       "/api/v1/generations/{generation_id}/cancel",
                                        "/api/v1/catalog/{kind}", "/api/v1/catalog/{kind}/{entry_id}",
                                        *gh.route_bodies("-")}
 
