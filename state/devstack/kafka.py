@@ -22,7 +22,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -223,23 +222,11 @@ class KafkaBroker(ServerProcess):
         self.port = port
         self.controller_port = controller_port
         self.extra_props = dict(extra_props or {})
-        self.detached = detached
-        self.base_dir = Path(base_dir) if base_dir is not None else None
-        self.workdir: Path | None = None
-        self.pid: int | None = None
-        self.start_ticks: int | None = None
-        self.start_seconds: float | None = None
+        super().__init__(detached=detached, base_dir=base_dir)
         self.format_seconds: float | None = None
-        self._proc: Any = None
-        self._t0 = 0.0
-        self._cancelled = threading.Event()
         self._java = ""
 
     # ------------------------------------------------------------------ endpoints
-    @property
-    def host(self) -> str:
-        return "127.0.0.1"
-
     @property
     def bootstrap_servers(self) -> str:
         if self.port is None:

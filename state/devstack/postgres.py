@@ -18,7 +18,6 @@ import shutil
 import signal
 import stat
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -94,22 +93,10 @@ class PostgresCluster(ServerProcess):
     ) -> None:
         self.port = port
         self.database = database
-        self.detached = detached
-        self.base_dir = Path(base_dir) if base_dir is not None else None
+        super().__init__(detached=detached, base_dir=base_dir)
         self.run_as: pwd.struct_passwd | None = unprivileged_user() if running_as_root() else None
         self.superuser = self.run_as.pw_name if self.run_as else pwd.getpwuid(os.geteuid()).pw_name
-        self.workdir: Path | None = None
-        self.pid: int | None = None
-        self.start_ticks: int | None = None
-        self.start_seconds: float | None = None
-        self._proc: Any = None
-        self._t0 = 0.0
-        self._cancelled = threading.Event()
         self._postgres = ""
-
-    @property
-    def host(self) -> str:
-        return "127.0.0.1"
 
     @property
     def datadir(self) -> Path:

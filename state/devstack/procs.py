@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -413,6 +414,21 @@ class ServerProcess:
     _proc: subprocess.Popen | None
 
     START_TIMEOUT_S = 60.0  # a subclass may need longer (the JVM broker)
+
+    def __init__(self, *, detached: bool = False, base_dir: Path | str | None = None) -> None:
+        self.detached = detached  # started by `dev up`: outlives this process
+        self.base_dir = Path(base_dir) if base_dir is not None else None
+        self.workdir = None
+        self.pid = None
+        self.start_ticks = None
+        self.start_seconds: float | None = None
+        self._proc = None
+        self._t0 = 0.0
+        self._cancelled = threading.Event()
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"  # every local server listens on loopback only
 
     def prepare(self, timeout: float) -> None:
         raise NotImplementedError

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -89,19 +88,7 @@ class S3Endpoint(ServerProcess):
 
     def __init__(self, *, port: int | None = None, detached: bool = False, base_dir: Path | str | None = None):
         self.port = port
-        self.detached = detached
-        self.base_dir = Path(base_dir) if base_dir is not None else None
-        self.workdir: Path | None = None
-        self.pid: int | None = None
-        self.start_ticks: int | None = None
-        self.start_seconds: float | None = None
-        self._proc: Any = None
-        self._t0 = 0.0
-        self._cancelled = threading.Event()
-
-    @property
-    def host(self) -> str:
-        return "127.0.0.1"
+        super().__init__(detached=detached, base_dir=base_dir)
 
     @property
     def endpoint_url(self) -> str:
