@@ -67,6 +67,17 @@ def record_count(settings: KafkaSettings, topic: str) -> int:
         consumer.close()
 
 
+def committed_total(settings: KafkaSettings, topic: str, group: str) -> int:
+    """Sum of ``group``'s committed offsets on ``topic`` (0 for partitions it never committed)."""
+    consumer = Consumer({**settings.client_config(), "group.id": group})
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        offsets = consumer.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+        return sum(tp.offset for tp in offsets if tp.offset >= 0)
+    finally:
+        consumer.close()
+
+
 class StatusLog:
     """The status topic from its beginning, decoded and grouped by task id. Waits default to
     ``deadline_s``."""

@@ -9,7 +9,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from PIL import Image
 
 from gpu_consumers.errors import InvalidInput, ProviderError, StorageFailure
@@ -23,6 +23,7 @@ from schemas.emit import produce_event
 from schemas.enums import TaskType
 from schemas.events import CancelRequested, Envelope
 from schemas.kafka_settings import KafkaSettings
+from tests.kafka_helpers import committed_total
 
 TYPE = TaskType.IMAGE_ADJUSTER
 DEADLINE_S = 30.0
@@ -138,14 +139,7 @@ def request_cancel(kafka: KafkaSettings, task_id: str) -> None:
 
 def committed(kafka: KafkaSettings) -> int:
     """Sum of the committed offsets of the worker group on the task topic."""
-    topic = kafka.topics.task(TYPE)
-    consumer = Consumer({**kafka.client_config(), "group.id": f"{kafka.topic_prefix}-workers.{TYPE.slug}"})
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        offsets = consumer.committed([TopicPartition(topic, p) for p in parts], timeout=10)
-        return sum(tp.offset for tp in offsets if tp.offset >= 0)
-    finally:
-        consumer.close()
+    return committed_total(kafka, kafka.topics.task(TYPE), f"{kafka.topic_prefix}-workers.{TYPE.slug}")
 
 
 def files_of(results_dir: Any, task_id: str) -> list[str]:

@@ -40,7 +40,7 @@ from schemas.events import CancelRequested, Envelope
 from schemas.headers import header_dict
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics, watermarks
-from tests.kafka_helpers import StatusLog, read_topic, wait_for
+from tests.kafka_helpers import StatusLog, committed_total, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -228,15 +228,7 @@ def request_cancel(kafka: KafkaSettings, task_id: str, task_type: TaskType) -> N
 
 def committed(kafka: KafkaSettings, task_type: TaskType) -> int:
     """Sum of the committed offsets of the worker group of ``task_type``."""
-    topic = kafka.topics.task(task_type)
-    group = f"{kafka.topic_prefix}-workers.{task_type.slug}"
-    consumer = Consumer({**kafka.client_config(), "group.id": group})
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        offsets = consumer.committed([TopicPartition(topic, p) for p in parts], timeout=10)
-        return sum(tp.offset for tp in offsets if tp.offset >= 0)
-    finally:
-        consumer.close()
+    return committed_total(kafka, kafka.topics.task(task_type), f"{kafka.topic_prefix}-workers.{task_type.slug}")
 
 
 def records_per_partition(kafka: KafkaSettings, task_type: TaskType) -> list[int]:
