@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gpu_consumers.storage import default_results_url
 from schemas.enums import TaskType
-from state.retry import RetryPolicy
+from state.retry import RetrySettings
 
 ContentPolicy = Callable[[Any], "str | None"]  # params -> reason for refusing, or None
 
@@ -25,7 +25,7 @@ def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "compute-server" / "models"
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(RetrySettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WORKER_", frozen=True, extra="ignore")
 
     # Task types this process serves, as slugs: WORKER_TYPES=generation,editing. Default: all.
@@ -47,12 +47,6 @@ class WorkerSettings(BaseSettings):
     # After its deadline a handler gets this long to notice its cancel token (at its next
     # step); one that does not stop is abandoned and the worker exits after reporting the task.
     timeout_grace_s: float = Field(default=30.0, ge=0)
-
-    # The retry policy (state/retry.py) for retryable failures inside this worker.
-    retry_max_attempts: int = Field(default=3, ge=1)
-    retry_backoff_base_s: float = Field(default=1.0, ge=0)
-    retry_backoff_max_s: float = Field(default=60.0, ge=0)
-    retry_jitter: float = Field(default=0.1, ge=0, lt=1)
 
     # At most one PROCESSING progress event per this many seconds per task (≤ 2 events/s).
     progress_interval_s: float = Field(default=0.5, ge=0)
@@ -114,15 +108,6 @@ class WorkerSettings(BaseSettings):
 
     def timeout_for(self, task_type: TaskType) -> float:
         return self.task_timeouts_s.get(task_type, self.task_timeout_s)
-
-    @property
-    def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(
-            max_attempts=self.retry_max_attempts,
-            backoff_base_s=self.retry_backoff_base_s,
-            backoff_max_s=self.retry_backoff_max_s,
-            jitter=self.retry_jitter,
-        )
 
     def group_id(self, task_type: TaskType) -> str:
         return f"{self.group_prefix}.{task_type.slug}"

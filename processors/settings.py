@@ -15,14 +15,14 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.enums import TaskType
-from state.retry import RetryPolicy
+from state.retry import RetrySettings
 
 
 def _default_datadir() -> Path:
     return Path.home() / ".cache" / "compute-server" / "processors"
 
 
-class ProcessorSettings(BaseSettings):
+class ProcessorSettings(RetrySettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PROCESSORS_", frozen=True, extra="ignore")
 
     # The Faust app id: the consumer group and the changelog topics' prefix. Empty: derived from
@@ -54,12 +54,6 @@ class ProcessorSettings(BaseSettings):
     # How often the lease timer looks. A lease is resolved at most this much (plus the commit
     # interval, see docs/PROCESSORS.md) after it ran out: 10 s against leases of minutes.
     lease_check_interval_s: float = Field(default=10.0, gt=0)
-
-    # ---- the retry policy of lease time-outs (state/retry.py; same defaults as the workers')
-    retry_max_attempts: int = Field(default=3, ge=1)
-    retry_backoff_base_s: float = Field(default=1.0, ge=0)
-    retry_backoff_max_s: float = Field(default=60.0, ge=0)
-    retry_jitter: float = Field(default=0.1, ge=0, lt=1)
 
     # ---- throughput (measured with bench/bench_fold.py; docs/PROCESSORS.md)
     # Records folded per batch: each task's state is written to the table and the state topic
@@ -112,11 +106,3 @@ class ProcessorSettings(BaseSettings):
             return self.lease_s
         return self.leases_s.get(task_type, self.lease_s)
 
-    @property
-    def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(
-            max_attempts=self.retry_max_attempts,
-            backoff_base_s=self.retry_backoff_base_s,
-            backoff_max_s=max(self.retry_backoff_max_s, self.retry_backoff_base_s),
-            jitter=self.retry_jitter,
-        )

@@ -21,9 +21,11 @@ import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pydantic import BaseModel, Field
+
 from schemas.enums import ErrorCode
 
-__all__ = ["Action", "RetryDecision", "RetryPolicy", "backoff_s", "decide"]
+__all__ = ["Action", "RetryDecision", "RetryPolicy", "RetrySettings", "backoff_s", "decide"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,25 @@ class RetryPolicy:
             problems.append(f"jitter must lie in [0, 1), got {self.jitter}")
         if problems:
             raise ValueError("invalid retry policy: " + "; ".join(problems))
+
+
+class RetrySettings(BaseModel):
+    """The policy as settings, for a process's settings class to inherit (``WORKER_RETRY_*``,
+    ``PROCESSORS_RETRY_*``): every process that decides retries reads the same four values."""
+
+    retry_max_attempts: int = Field(default=RetryPolicy.max_attempts, ge=1)
+    retry_backoff_base_s: float = Field(default=RetryPolicy.backoff_base_s, ge=0)
+    retry_backoff_max_s: float = Field(default=RetryPolicy.backoff_max_s, ge=0)
+    retry_jitter: float = Field(default=RetryPolicy.jitter, ge=0, lt=1)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.retry_max_attempts,
+            backoff_base_s=self.retry_backoff_base_s,
+            backoff_max_s=max(self.retry_backoff_max_s, self.retry_backoff_base_s),
+            jitter=self.retry_jitter,
+        )
 
 
 class Action(StrEnum):
