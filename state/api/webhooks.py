@@ -89,6 +89,10 @@ class WebhookSettings:
     # How often idle delivery threads look for due rows queued by other processes (a batch of
     # this process wakes them at once).
     poll_s: float = 1.0
+    # Delivered and given-up outbox rows (they hold the bodies) are deleted this long after their
+    # last attempt; webhook_deliveries keeps every attempt. A week covers any replay of the
+    # projection (a replayed old event makes no new transition anyway: the version guard).
+    retention_s: float = 7 * 24 * 3600.0
 
     def __post_init__(self) -> None:
         for instance, url in self.origin_urls.items():
@@ -96,8 +100,8 @@ class WebhookSettings:
             if not isinstance(instance, str) or not instance or problem:
                 raise ValueError(f"origin webhook URL for {instance!r}: {problem or 'empty origin'}")
         object.__setattr__(self, "origin_urls", MappingProxyType(dict(self.origin_urls)))
-        if self.max_attempts < 1 or self.threads < 1 or self.poll_s <= 0:
-            raise ValueError("max_attempts and threads must be >= 1, poll_s > 0")
+        if self.max_attempts < 1 or self.threads < 1 or self.poll_s <= 0 or self.retention_s < 0:
+            raise ValueError("max_attempts and threads must be >= 1, poll_s > 0, retention_s >= 0")
 
 
 def webhook_settings_from_env(env: Mapping[str, str] | None = None) -> WebhookSettings | None:
@@ -285,6 +289,10 @@ _RECORD = (
     "INSERT INTO webhook_deliveries (subject_kind, subject_id, event_id, url, attempt,"
     " status_code, error) VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
+_PRUNE = ("DELETE FROM webhook_outbox WHERE state <> 'pending'"
+          " AND updated_at < clock_timestamp() - make_interval(secs => %s)")
+# How often one dispatcher deletes expired outbox rows (when a delivery thread is idle).
+_PRUNE_EVERY_S = 600.0
 _RESCHEDULE = (
     "UPDATE webhook_outbox SET state = %s, attempts = %s, last_status_code = %s, last_error = %s,"
     " next_attempt_at = clock_timestamp() + make_interval(secs => %s),"
@@ -303,6 +311,7 @@ class WebhookDispatcher:
         self._cond = threading.Condition()
         self._kicks = 0
         self._stopping = False
+        self._pruned_at = -_PRUNE_EVERY_S  # the first idle thread prunes at once
         self._threads = [threading.Thread(target=self._work, name=f"webhooks-{i}", daemon=True)
                          for i in range(settings.threads)]
         for thread in self._threads:
@@ -333,6 +342,10 @@ class WebhookDispatcher:
                     self._cond.wait(0.05)
         return True
 
+    def prune(self, conn: psycopg.Connection) -> int:
+        """Delete the final outbox rows older than ``retention_s``; how many went."""
+        return conn.execute(_PRUNE, (self.settings.retention_s,)).rowcount
+
     def stop(self, timeout_s: float = 10.0) -> None:
         with self._cond:
             self._stopping = True
@@ -356,6 +369,8 @@ class WebhookDispatcher:
                         if conn is None or conn.closed:
                             conn = psycopg.connect(self._url, autocommit=True)
                         wait_s = self._deliver_one(conn, client)
+                        if wait_s > 0 and self._prune_due():
+                            self.prune(conn)
                     except psycopg.Error as exc:  # the database is away: try again later
                         log.warning("webhook outbox unavailable: %s", exc)
                         if conn is not None:
@@ -372,6 +387,14 @@ class WebhookDispatcher:
             finally:
                 if conn is not None:
                     conn.close()
+
+    def _prune_due(self) -> bool:
+        """True for one idle thread every _PRUNE_EVERY_S."""
+        with self._cond:
+            if time.monotonic() - self._pruned_at < _PRUNE_EVERY_S:
+                return False
+            self._pruned_at = time.monotonic()
+            return True
 
     def _deliver_one(self, conn: psycopg.Connection, client: httpx.Client) -> float:
         """Claim, send, record and reschedule one due delivery; 0 when one was made, else how

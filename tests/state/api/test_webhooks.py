@@ -128,14 +128,16 @@ def test_a_pending_retry_survives_a_projector_restart(db_url: str,
     receiver = Receiver([503])
     tid = str(uuid.uuid4())
     events = lifecycle(tid, final=TaskStatus.PENDING)
-    # The retry is due 4 s after the refusal: the first projector is stopped well before.
-    settings = WebhookSettings(secret=SECRET, allow_private_networks=True, backoff_base_s=4.0)
+    # The retry is due an hour after the refusal: the first projector stops long before.
+    settings = WebhookSettings(secret=SECRET, allow_private_networks=True, backoff_base_s=3600.0)
     with projecting(db_url, kafka_settings, settings):
         produce(kafka_settings, [submitted(tid, at=events[0].envelope.occurred_at,
                                            webhook_url=receiver.url), *events])
         wait_for(lambda: _deliveries(db_url, tid), what="the refused first attempt recorded")
     assert len(receiver.requests) == 1
     assert _outbox(db_url, tid) == [("pending", 1)]  # stopped between the attempt and the retry
+    with psycopg.connect(db_url) as conn:  # the hour passes while no projector runs
+        conn.execute("UPDATE webhook_outbox SET next_attempt_at = now() WHERE subject_id = %s", (tid,))
 
     with projecting(db_url, kafka_settings, settings):  # a new projector, nothing new to read
         wait_for(lambda: _outbox(db_url, tid) == [("delivered", 2)], what="the retry delivered")
@@ -260,6 +262,24 @@ def test_dispatchers_share_the_outbox_in_task_order(db_url: str) -> None:
         assert conn.execute("SELECT count(*) FROM webhook_deliveries").fetchone()[0] == 10
         assert conn.execute("SELECT count(*) FROM webhook_outbox WHERE state = 'delivered'"
                             ).fetchone()[0] == 8
+
+
+def test_final_outbox_rows_expire_pending_ones_never(db_url: str) -> None:
+    migrate(db_url)
+    tid = str(uuid.uuid4())
+    with psycopg.connect(db_url) as conn:
+        for state, age_days in (("delivered", 8), ("failed", 8), ("delivered", 1), ("pending", 30)):
+            conn.execute("INSERT INTO webhook_outbox (subject_kind, subject_id, event_id, url, body,"
+                         " state, updated_at, next_attempt_at) VALUES ('task', %s, %s,"
+                         " 'https://hooks.example/x', '{}', %s, now() - make_interval(days => %s),"
+                         " now() + interval '1 day')", (tid, str(uuid.uuid4()), state, age_days))
+    dispatcher = WebhookDispatcher(db_url, WebhookSettings(secret=SECRET, threads=1))
+    try:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            assert dispatcher.prune(conn) == 2
+    finally:
+        dispatcher.stop()
+    assert sorted(_outbox(db_url, tid)) == [("delivered", 0), ("pending", 0)]
 
 
 def test_settings_from_env() -> None:
