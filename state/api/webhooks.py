@@ -58,8 +58,10 @@ import httpx
 import psycopg
 
 from schemas.address_policy import forbidden_reason
+from schemas.events import StatusChanged
 from state.db.generation_projection import GenerationChange
-from state.db.projection import BatchResult, Transition
+from state.db.projection import BatchResult, Transition, flatten
+from state.lifecycle import fold
 
 log = logging.getLogger("state.webhooks")
 
@@ -245,8 +247,9 @@ def _json(doc: dict[str, Any]) -> bytes:
 
 def enqueue(conn: psycopg.Connection, result: BatchResult, settings: WebhookSettings) -> int:
     """Queue one outbox row per status change in ``result`` that has a target URL: its task
-    ``transitions`` and, for a :class:`~state.db.generation_projection.ProjectedBatch`, its
-    ``generation_changes``. Call it inside the batch's transaction (the projector's
+    ``transitions`` (and, for a task whose submitted event came after some of its statuses, those
+    earlier changes first) and, for a :class:`~state.db.generation_projection.ProjectedBatch`,
+    its ``generation_changes``. Call it inside the batch's transaction (the projector's
     ``in_transaction`` hook). Returns the rows given."""
     rows = []
     for c in getattr(result, "generation_changes", ()):
@@ -254,7 +257,9 @@ def enqueue(conn: psycopg.Connection, result: BatchResult, settings: WebhookSett
         if url is not None:
             rows.append((GENERATION, c.generation_id, generation_event_id(c.generation_id, c.after),
                          url, _json(generation_payload(c))))
-    for t in result.transitions:
+    missed = [t for tid, row in result.late_submissions if target_url(row, settings)
+              for t in _transitions_so_far(conn, tid, row)]
+    for t in [*missed, *result.transitions]:  # a transition in both is queued once, in order
         before = t.before
         if before is not None and (before.status, before.attempt) == (t.after.status,
                                                                        t.after.attempt):
@@ -267,6 +272,19 @@ def enqueue(conn: psycopg.Connection, result: BatchResult, settings: WebhookSett
         with conn.cursor() as cur:
             cur.executemany(_ENQUEUE, rows)
     return len(rows)
+
+
+def _transitions_so_far(conn: psycopg.Connection, task_id: str, row: dict[str, Any]) -> list[Transition]:
+    """The task's status changes from its event history (in the order the projector first saw
+    them, as the live projection folded them): for a submission that came after them."""
+    transitions, state = [], None
+    for (doc,) in conn.execute("SELECT payload FROM task_events WHERE task_id = %s ORDER BY seq",
+                               (task_id,)):
+        after = fold(state, flatten(StatusChanged.model_validate(doc)))
+        if after is not state:
+            transitions.append(Transition(task_id, state, after, row))
+        state = after
+    return transitions
 
 
 # The due head of some subject's queue that no other thread holds: a row is a head while no

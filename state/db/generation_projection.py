@@ -232,8 +232,7 @@ class ProjectedBatch(BatchResult):
     def of(cls, tasks: BatchResult, generations: GenerationBatchResult | None = None
            ) -> ProjectedBatch:
         generations = generations or GenerationBatchResult()
-        return cls(tasks_written=tasks.tasks_written, events_inserted=tasks.events_inserted,
-                   transitions=tasks.transitions, generations_written=generations.written,
+        return cls(**vars(tasks), generations_written=generations.written,
                    generation_changes=generations.changes)
 
 

@@ -178,6 +178,10 @@ class BatchResult:
     tasks_written: int = 0
     events_inserted: int = 0
     transitions: list[Transition] = field(default_factory=list)
+    # (task id, row) of tasks whose submitted event arrived after status events already
+    # projected in an earlier batch (statuses and tasks travel on different topics): their
+    # earlier status changes had no webhook URL to go to yet.
+    late_submissions: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 def _lock_tasks(conn: psycopg.Connection, task_ids: Sequence[str]) -> None:
@@ -218,6 +222,10 @@ def apply_batch(conn: psycopg.Connection, events: Iterable[StatusChanged | TaskS
             tid = event.envelope.task_id
             row = rows[tid]
             if isinstance(event, TaskSubmitted):
+                old = before.get(tid)
+                if (old is not None and old["version"] > 0 and old["submitted_event_id"] is None
+                        and all(t != tid for t, _ in result.late_submissions)):
+                    result.late_submissions.append((tid, row))
                 _apply_submitted(row, event)
                 continue
             env = event.envelope

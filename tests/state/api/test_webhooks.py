@@ -218,6 +218,31 @@ def test_origin_url_serves_tasks_without_their_own(db_url: str,
 
 
 @pytest.mark.integration
+def test_statuses_projected_before_the_submission_are_delivered(db_url: str,
+                                                                  kafka_settings: KafkaSettings) -> None:
+    """Statuses and tasks travel on different topics: a task's PENDING and QUEUED may be
+    projected before its submitted event says where its webhooks go. They are delivered then,
+    in order, once."""
+    receiver = Receiver([])
+    tid = str(uuid.uuid4())
+    events = lifecycle(tid, final=TaskStatus.PROCESSING)
+    settings = WebhookSettings(secret=SECRET, allow_private_networks=True)
+    with projecting(db_url, kafka_settings, settings):
+        produce(kafka_settings, events[:2])  # PENDING, QUEUED: no URL known yet
+        wait_for(lambda: (task_row(db_url, tid) or {}).get("status") == "QUEUED", what="the statuses")
+        assert _outbox(db_url, tid) == []
+        produce(kafka_settings, [submitted(tid, at=events[0].envelope.occurred_at,
+                                           webhook_url=receiver.url)])
+        wait_for(lambda: len(receiver.delivered()) == 2, what="the two earlier changes delivered")
+        produce(kafka_settings, events[2:])  # PROCESSING (with progress): one more change
+        wait_for(lambda: len(receiver.delivered()) == 3, what="the next change delivered")
+    assert [(d["task_id"], d["status"]) for d in receiver.delivered()] == [
+        (tid, "PENDING"), (tid, "QUEUED"), (tid, "PROCESSING")]
+    assert [d["event_id"] for d in receiver.delivered()] == [e.envelope.event_id for e in events[:3]]
+    _check_signed(receiver)
+
+
+@pytest.mark.integration
 def test_private_addresses_are_refused_unless_allowed(db_url: str,
                                                       kafka_settings: KafkaSettings) -> None:
     receiver = Receiver([])
