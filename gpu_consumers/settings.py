@@ -7,7 +7,7 @@ these are what a worker process does with them.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,7 +15,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gpu_consumers.storage import default_results_url
-from schemas.enums import TaskType
+from schemas.enums import PerTaskType, TaskType
 from state.retry import RetrySettings
 
 ContentPolicy = Callable[[Any], "str | None"]  # params -> reason for refusing, or None
@@ -40,7 +40,7 @@ class WorkerSettings(RetrySettings, BaseSettings):
     # Time limit of one attempt, per type (WORKER_TASK_TIMEOUTS_S='{"video_generation": 1800}');
     # types not listed get task_timeout_s. Ten minutes: a large image job on a busy GPU.
     task_timeout_s: float = Field(default=600.0, gt=0)
-    task_timeouts_s: dict[TaskType, float] = Field(
+    task_timeouts_s: PerTaskType = Field(
         # Image-to-video runs many frames through a UNet: three times the image budget.
         default_factory=lambda: {TaskType.VIDEO_GENERATION: 1800.0}
     )
@@ -95,14 +95,6 @@ class WorkerSettings(RetrySettings, BaseSettings):
         if not value:
             raise ValueError("at least one task type is needed")
         return list(dict.fromkeys(value))  # drop repeats, keep order
-
-    @field_validator("task_timeouts_s", mode="before")
-    @classmethod
-    def _parse_timeout_keys(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {k if isinstance(k, TaskType) else TaskType.parse(str(k)): v
-                    for k, v in value.items()}
-        return value
 
     # ---- derived ------------------------------------------------------------------------------
 

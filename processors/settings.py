@@ -7,14 +7,12 @@ these say what the Faust app does with them. The tuning values were chosen with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.enums import TaskType
+from schemas.enums import PerTaskType, TaskType
 from state.retry import RetrySettings
 
 
@@ -48,7 +46,7 @@ class ProcessorSettings(RetrySettings, BaseSettings):
     lease_s: float = Field(default=900.0, gt=0)
     # Per-type leases (PROCESSORS_LEASES_S='{"video_generation": 2100}'); video's worker limit is
     # 1800 s.
-    leases_s: dict[TaskType, float] = Field(
+    leases_s: PerTaskType = Field(
         default_factory=lambda: {TaskType.VIDEO_GENERATION: 2100.0}
     )
     # How often the lease timer looks. A lease is resolved at most this much (plus the commit
@@ -89,14 +87,6 @@ class ProcessorSettings(RetrySettings, BaseSettings):
     # this is set. JSON: {"<prompt prefix>": [score or [score, [reasons]], ...]}: attempt n of a
     # shot whose prompt starts with the prefix gets the n-th entry (the longest prefix wins).
     evaluator_script: dict[str, list[float | tuple[float, list[str]]]] | None = None
-
-    @field_validator("leases_s", mode="before")
-    @classmethod
-    def _parse_lease_keys(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):  # accept slugs: {"video_generation": 2100}
-            return {k if isinstance(k, TaskType) else TaskType.parse(str(k)): v
-                    for k, v in value.items()}
-        return value
 
     def app_id_for(self, topic_prefix: str) -> str:
         return self.app_id or f"{topic_prefix}.processors"

@@ -6,7 +6,11 @@ symbols (a test checks it).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
 
 
 class TaskType(str, Enum):
@@ -90,3 +94,14 @@ class EvaluationDecision(str, Enum):
     ACCEPT = "ACCEPT"
     RETRY = "RETRY"
     ACCEPT_BEST = "ACCEPT_BEST"
+
+
+def _task_type_keys(value: Any) -> Any:
+    """A mapping's keys as task types; slugs accepted (``{"video_generation": 2100}``)."""
+    if isinstance(value, Mapping):
+        return {k if isinstance(k, TaskType) else TaskType.parse(str(k)): v for k, v in value.items()}
+    return value
+
+
+PerTaskType = Annotated[dict[TaskType, float], BeforeValidator(_task_type_keys)]
+"""A setting per task type (from the environment as JSON with slug keys)."""
