@@ -229,12 +229,14 @@ def run_task(client: httpx.Client, body: dict, mode: str, poll_s: float) -> dict
     url = f"/api/v1/tasks/{task_id}"
     gets, get_s = 0, 0.0
 
+    params = {"wait": TASK_DEADLINE_S} if mode == "wait" else None
+
     def get() -> dict | None:
         nonlocal gets, get_s
         if time.perf_counter() - t0 > TASK_DEADLINE_S:
             raise RuntimeError(f"{url} not COMPLETED in {TASK_DEADLINE_S} s")
         g0 = time.perf_counter()
-        r = client.get(url)
+        r = client.get(url, params=params)
         gets, get_s = gets + 1, get_s + time.perf_counter() - g0
         if r.status_code == 404:  # not projected yet
             return None
@@ -327,7 +329,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000, help="measured tasks")
     parser.add_argument("--warmup", type=int, default=50, help="tasks run first, not measured")
     parser.add_argument("--concurrency", type=int, default=1, help="clients submitting at once")
-    parser.add_argument("--mode", choices=["poll", "sse"], default="poll")
+    parser.add_argument("--mode", choices=["poll", "wait", "sse"], default="poll",
+                        help="poll: GET every --poll-ms; wait: GET ?wait= (a long poll that "
+                             "answers when the task ends); sse: follow /events")
     parser.add_argument("--poll-ms", type=float, default=2.0,
                         help="sleep between two GETs (0: back to back)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],

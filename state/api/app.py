@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from schemas.topic_admin import ensure_topics
+from state.api.deps import KeyCache
 from state.api.gateway import TaskGateway
 from state.api.metrics import ApiMetrics
 from state.api.monitoring import KafkaMonitor
@@ -42,7 +43,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             origin_zone=settings.origin_zone, ack_timeout_s=settings.submit_timeout_s)
         app.state.monitor = await run_in_threadpool(KafkaMonitor, settings.kafka,
                                                     settings.worker_group_prefix)
-        app.state.notifier = EventNotifier(settings.database_url)
+        app.state.notifier = EventNotifier(settings.database_url,
+                                           on_key_revoked=app.state.key_cache.forget)
         app.state.notifier.start()
         stop, thread = threading.Event(), None
         if settings.embedded_projector:
@@ -77,6 +79,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = ApiMetrics(settings.database_url)
+    app.state.key_cache = KeyCache(settings.api_key_cache_s)
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(api_router, prefix=API_PREFIX)

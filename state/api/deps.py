@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -57,6 +59,47 @@ MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 NotifierDep = Annotated[EventNotifier, Depends(get_notifier)]
 MonitorDep = Annotated[KafkaMonitor, Depends(get_monitor)]
 
+class KeyCache:
+    """Keys verified in the last ``ttl_s`` seconds, so a client's requests do not each pay a
+    database round trip for the same key. Revoking a key notifies every API process, which
+    forgets it at once (:meth:`forget`, called by the notifier); the TTL bounds how long a key
+    could outlive its revocation were that notification lost. ``ttl_s`` 0 checks every request.
+    Only accepted keys are kept, by their SHA-256 (never the secret), at most ``max_entries``."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._entries: dict[bytes, tuple[Caller, float]] = {}
+
+    @staticmethod
+    def fingerprint(key: str) -> bytes:
+        return hashlib.sha256(key.encode()).digest()
+
+    def get(self, fingerprint: bytes) -> Caller | None:
+        entry = self._entries.get(fingerprint)
+        if entry is None:
+            return None
+        if time.monotonic() >= entry[1]:
+            del self._entries[fingerprint]
+            return None
+        return entry[0]
+
+    def forget(self, key_id: str | None) -> None:
+        """Drop the key ``key_id`` (None: every key), e.g. because it was revoked."""
+        if key_id is None:
+            self._entries.clear()
+            return
+        for fingerprint in [f for f, (c, _) in self._entries.items() if c.key_id == key_id]:
+            del self._entries[fingerprint]
+
+    def put(self, fingerprint: bytes, caller: Caller) -> None:
+        if self._ttl_s <= 0:
+            return
+        if len(self._entries) >= self._max_entries:
+            self._entries.clear()  # simple and bounded: the next requests re-verify
+        self._entries[fingerprint] = (caller, time.monotonic() + self._ttl_s)
+
+
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer csk_...`")
 
 
@@ -69,8 +112,15 @@ async def get_caller(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise ApiProblem(401, "unauthorized", "an API key is required: Authorization: Bearer <key>",
                          headers=challenge)
+    cache: KeyCache = request.app.state.key_cache
+    fingerprint = cache.fingerprint(credentials.credentials)
+    caller = cache.get(fingerprint)
+    if caller is not None:
+        return caller
     async with request.app.state.pool.connection() as conn:
         caller = await verify_key(conn, credentials.credentials)
+    if caller is not None:
+        cache.put(fingerprint, caller)
     if caller is None:
         raise ApiProblem(401, "unauthorized", "the API key is unknown or revoked",
                          headers={**challenge, "WWW-Authenticate": 'Bearer error="invalid_token"'})

@@ -1,4 +1,5 @@
-"""Wakes SSE streams when the projector writes events for their task (PostgreSQL NOTIFY).
+"""Wakes SSE streams and waiting reads when the projector writes events for their task, and
+forgets cached API keys when one is revoked (PostgreSQL NOTIFY).
 
 One LISTEN connection per API process; each stream waits on an asyncio.Event for its task id.
 Streams also re-read on a timer (``sse_poll_s``), so a lost notification or a listener that is
@@ -12,10 +13,11 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 
+from state.db.apikeys import REVOKED_CHANNEL
 from state.db.projection import NOTIFY_CHANNEL
 
 log = logging.getLogger("state.api.notifier")
@@ -23,8 +25,11 @@ _RECONNECT_S = 1.0  # wait before re-opening a lost LISTEN connection
 
 
 class EventNotifier:
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, on_key_revoked: Callable[[str | None], None] = lambda _: None) -> None:
+        """``on_key_revoked(key_id)``: a key was revoked (None: any may have been, while the
+        listener was not listening)."""
         self._url = database_url
+        self._on_key_revoked = on_key_revoked
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task | None = None
 
@@ -54,9 +59,14 @@ class EventNotifier:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    self._wake_all()  # anything written while we were not listening
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}; LISTEN {REVOKED_CHANNEL}")
+                    # Anything written or revoked while we were not listening:
+                    self._wake_all()
+                    self._on_key_revoked(None)
                     async for note in conn.notifies():
+                        if note.channel == REVOKED_CHANNEL:
+                            self._on_key_revoked(note.payload)
+                            continue
                         for event in self._waiters.get(note.payload, ()):
                             event.set()
             except asyncio.CancelledError:

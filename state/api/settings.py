@@ -31,6 +31,11 @@ class ApiSettings(BaseSettings):
     # SSE streams re-read the events this often even without a notification (a lost NOTIFY or
     # a listener reconnecting costs at most this much delay).
     sse_poll_s: float = Field(default=1.0, gt=0)
+    # An accepted API key is trusted this long without asking the database again: a revoked key
+    # stops working at most this much later. 0 checks the database on every request.
+    api_key_cache_s: float = Field(default=10.0, ge=0, le=300)
+    # The longest a GET /tasks/{id}?wait=... may hold a request open.
+    max_wait_s: float = Field(default=60.0, gt=0, le=300)
     # Timeout of the Kafka and PostgreSQL checks of /readyz.
     ready_timeout_s: float = Field(default=2.0, gt=0)
     # The worker groups are "<prefix>.<type slug>" (gpu_consumers' group_prefix).

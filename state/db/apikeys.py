@@ -15,6 +15,9 @@ from datetime import datetime
 import psycopg
 
 PREFIX = "csk"
+# Revoking a key notifies this channel (payload: the key id) in the same transaction: API
+# processes that cache accepted keys drop it there and then (state/api/deps.py KeyCache).
+REVOKED_CHANNEL = "api_key_revoked"
 _KEY_ID_BYTES = 6  # 12 hex characters: ids never collide in practice and stay readable
 _SECRET_BYTES = 32  # 256 bits of secret
 
@@ -82,7 +85,10 @@ def revoke_key(database_url: str, key_id: str) -> bool:
             "UPDATE api_keys SET revoked = true, revoked_at = now() WHERE key_id = %s AND NOT revoked",
             (key_id,),
         )
-        return cur.rowcount == 1
+        if cur.rowcount != 1:
+            return False
+        conn.execute("SELECT pg_notify(%s, %s)", (REVOKED_CHANNEL, key_id))
+        return True
 
 
 async def verify_key(conn: psycopg.AsyncConnection, key: str) -> Caller | None:

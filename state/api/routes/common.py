@@ -5,7 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from schemas.enums import ErrorCode, TaskStatus
 from state.api.problems import PROBLEM_MEDIA_TYPE, ApiProblem, Problem
+from state.retry import decide
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -23,3 +25,14 @@ def task_uuid(task_id: str) -> str:
 
 def not_found(task_id: str) -> ApiProblem:
     return ApiProblem(404, "task-not-found", f"no task {task_id}")
+
+
+def finished(row: dict) -> bool:
+    """True once no further status event is expected for the task."""
+    status = TaskStatus(row["status"])
+    if status is not TaskStatus.FAILED:
+        return status in (TaskStatus.COMPLETED, TaskStatus.CANCELLED)
+    try:
+        return not decide(ErrorCode(row["error_code"]), row["attempt"]).retry
+    except (ValueError, TypeError):
+        return True

@@ -17,33 +17,20 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
-from schemas.enums import ErrorCode, TaskStatus
 from state.api.deps import CallerDep, NotifierDep, PoolDep, SettingsDep
 from state.api.models.tasks import TaskEventPublic
 from state.api.notifier import EventNotifier
 from state.api.problems import ApiProblem
-from state.api.routes.common import not_found, problem_responses, task_uuid
+from state.api.routes.common import finished, not_found, problem_responses, task_uuid
 from state.api.settings import ApiSettings
 from state.db.pool import AsyncPool
 from state.db.queries import events_after, get_task
-from state.retry import decide
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
 SSE_MEDIA_TYPE = "text/event-stream"
 # Client reconnection delay suggested to EventSource (milliseconds).
 _RETRY_MS = 2000
-
-
-def finished(row: dict) -> bool:
-    """True once no further status event is expected for the task."""
-    status = TaskStatus(row["status"])
-    if status is not TaskStatus.FAILED:
-        return status in (TaskStatus.COMPLETED, TaskStatus.CANCELLED)
-    try:
-        return not decide(ErrorCode(row["error_code"]), row["attempt"]).retry
-    except (ValueError, TypeError):
-        return True
 
 
 def _frame(task_id: str, row: dict) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Response
@@ -11,7 +13,7 @@ from producers.errors import DeliveryError
 from producers.submit import task_id_for, validate_params
 from schemas.enums import TERMINAL_STATUSES, TaskStatus, TaskType
 from schemas.errors import TaskValidationError
-from state.api.deps import CallerDep, DbDep, MetricsDep, ProducerDep
+from state.api.deps import CallerDep, DbDep, MetricsDep, NotifierDep, PoolDep, ProducerDep, SettingsDep
 from state.api.models.tasks import (
     CancelAccepted,
     TaskAccepted,
@@ -23,7 +25,7 @@ from state.api.models.tasks import (
     TaskSubmit,
 )
 from state.api.problems import ApiProblem
-from state.api.routes.common import not_found, problem_responses, task_uuid
+from state.api.routes.common import finished, not_found, problem_responses, task_uuid
 from state.db.queries import TaskFilter, get_task, list_tasks
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
@@ -96,14 +98,41 @@ async def list_tasks_route(query: Annotated[TaskListQuery, Query()], caller: Cal
                        page=query.page, page_size=query.page_size)
 
 
-@router.get("/{task_id}", response_model=TaskPublic, responses=problem_responses(401, 404))
-async def read_task(task_id: str, caller: CallerDep, db: DbDep) -> TaskPublic:
-    """Status, progress, attempt, result, error and timestamps of one task."""
+@router.get("/{task_id}", response_model=TaskPublic, responses=problem_responses(401, 404, 422))
+async def read_task(
+    task_id: str, caller: CallerDep, pool: PoolDep, notifier: NotifierDep, settings: SettingsDep,
+    wait: Annotated[float, Query(ge=0, description=(
+        "Seconds to wait for the task to end (COMPLETED, CANCELLED, or FAILED with no retry to "
+        "come) before answering: the answer comes as soon as it has ended, else with its state "
+        "at the deadline. At most the server's COMPUTE_API_MAX_WAIT_S (60 by default)."))] = 0.0,
+) -> TaskPublic:
+    """Status, progress, attempt, result, error and timestamps of one task; with ``wait``, a
+    long poll that answers when the task has ended."""
     tid = task_uuid(task_id)
-    row = await get_task(db, tid, caller.tenant_id)
-    if row is None:
-        raise not_found(tid)
-    return TaskPublic.from_row(row)
+    if wait > settings.max_wait_s:
+        raise ApiProblem(422, "validation-error", f"wait: at most {settings.max_wait_s:g} seconds")
+    if not wait:
+        async with pool.connection() as conn:
+            row = await get_task(conn, tid, caller.tenant_id)
+        if row is None:
+            raise not_found(tid)
+        return TaskPublic.from_row(row)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    # Subscribed before the first read: a change committed in between still wakes us.
+    with notifier.subscribe(tid) as changed:
+        while True:
+            changed.clear()
+            async with pool.connection() as conn:  # not held while waiting
+                row = await get_task(conn, tid, caller.tenant_id)
+            if row is None:
+                raise not_found(tid)
+            remaining = deadline - loop.time()
+            if finished(row) or remaining <= 0:
+                return TaskPublic.from_row(row)
+            # Re-read at least every sse_poll_s: a lost notification only delays the answer.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(remaining, settings.sse_poll_s))
 
 
 @router.get("/{task_id}/result", response_model=TaskResultPublic,

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from schemas.enums import TaskStatus, TaskType
 from state.cli import add_state_commands
+from tests.kafka_helpers import wait_for
 from tests.state.api.conftest import ApiStack, Tenant
 from tests.state.api.helpers import run_task, submit, wait_status
 from tests.state.db.helpers import fresh_database, table
@@ -38,7 +39,9 @@ def test_apikey_create_list_revoke(api: ApiStack, cli: click.Group, client: http
     assert [k["key_id"] for k in json.loads(listed.stdout)] == [key["key_id"]]
     assert key["key"] not in listed.stdout  # secrets are never listed
     revoked = runner.invoke(cli, ["apikey", "revoke", key["key_id"], *db])
-    assert revoked.exit_code == 0 and client.get("/api/v1/tasks", headers=auth).status_code == 401
+    assert revoked.exit_code == 0
+    wait_for(lambda: client.get("/api/v1/tasks", headers=auth).status_code == 401,
+             "the revoked key to be refused (its NOTIFY drops it from the API's cache)", timeout_s=5)
     again = runner.invoke(cli, ["apikey", "revoke", key["key_id"], *db])
     assert again.exit_code != 0 and "no active key" in again.output
 

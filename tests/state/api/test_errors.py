@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from state.db.apikeys import revoke_key
+from tests.kafka_helpers import wait_for
 from tests.state.api.conftest import ApiStack, Tenant, new_tenant
 from tests.state.api.helpers import assert_problem, record_counts
 
@@ -102,10 +103,26 @@ def test_missing_or_wrong_key_gets_401(client: httpx.Client, auth: str | None,
 
 def test_a_revoked_key_gets_401(api: ApiStack, client: httpx.Client, unchanged: None) -> None:
     tenant = new_tenant(api)
-    assert client.get(URL, headers=tenant.headers).status_code == 200
+    assert client.get(URL, headers=tenant.headers).status_code == 200  # accepted, so cached
     assert revoke_key(api.db_url, tenant.key_id)
+    # The cached key is dropped when the revocation's NOTIFY arrives (milliseconds), long before
+    # the cache's TTL (10 s by default) would have let it go.
+    wait_for(lambda: client.get(URL, headers=tenant.headers).status_code == 401,
+             "the revoked key to be refused", timeout_s=5)
     assert_problem(client.get(URL, headers=tenant.headers), 401)
     assert_problem(client.post(URL, json=GOOD, headers=tenant.headers), 401)
+
+
+def test_an_accepted_key_is_not_checked_against_the_database_again(
+        api: ApiStack, client: httpx.Client) -> None:
+    tenant = new_tenant(api)
+    assert client.get(URL, headers=tenant.headers).status_code == 200
+    # Revoked behind the API's back (no NOTIFY): the cache answers until its TTL.
+    with psycopg.connect(api.db_url, autocommit=True) as conn:
+        conn.execute("UPDATE api_keys SET revoked = true WHERE key_id = %s", (tenant.key_id,))
+    assert client.get(URL, headers=tenant.headers).status_code == 200
+    api.app.state.key_cache.forget(tenant.key_id)
+    assert_problem(client.get(URL, headers=tenant.headers), 401)
 
 
 def test_a_wrong_secret_for_a_real_key_id_gets_401(client: httpx.Client, tenant: Tenant,

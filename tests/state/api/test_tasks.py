@@ -53,6 +53,32 @@ def test_submit_then_completed_with_result(api: ApiStack, client: httpx.Client,
     assert result.json()["result"] == done["result"]
 
 
+def test_get_with_wait_answers_when_the_task_ends(api: ApiStack, client: httpx.Client,
+                                                  tenant: Tenant) -> None:
+    tid = submit(client, tenant, BG_REMOVE).json()["task_id"]
+    wait_status(client, tenant, tid, "QUEUED")
+    url = f"/api/v1/tasks/{tid}"
+    # Not ended: the long poll answers the current state at its deadline.
+    early = client.get(url, headers=tenant.headers, params={"wait": 0.3})
+    assert early.status_code == 200 and early.json()["status"] == "QUEUED"
+    answered: list[httpx.Response] = []
+    waiting = threading.Thread(target=lambda: answered.append(
+        client.get(url, headers=tenant.headers, params={"wait": 30}, timeout=60)))
+    waiting.start()
+    run_task(api, tenant, tid, TaskType.BACKGROUND_REMOVE, (TaskStatus.PROCESSING, 0.5),
+             (TaskStatus.COMPLETED, None))
+    waiting.join(30)
+    assert not waiting.is_alive(), "the long poll did not answer when the task completed"
+    done = answered[0].json()
+    assert done["status"] == "COMPLETED" and done["result"]["result_image_url"].endswith(f"{tid}.png")
+    # Ended already: answered at once; bad or too long waits are a 422; unknown tasks a 404.
+    assert client.get(url, headers=tenant.headers, params={"wait": 30}).json()["status"] == "COMPLETED"
+    assert_problem(client.get(url, headers=tenant.headers, params={"wait": -1}), 422)
+    assert_problem(client.get(url, headers=tenant.headers, params={"wait": 3600}), 422)
+    assert_problem(client.get(f"/api/v1/tasks/{uuid.uuid4()}", headers=tenant.headers,
+                              params={"wait": 1}), 404)
+
+
 def test_events_stream_follows_and_resumes(api: ApiStack, client: httpx.Client,
                                            tenant: Tenant) -> None:
     tid = submit(client, tenant, BG_REMOVE).json()["task_id"]
