@@ -4,7 +4,11 @@ A consumer group of its own (``<prefix>-projector``) reads the status topic and 
 topics, decodes each record with :class:`~schemas.codec.EventCodec`, and hands each batch to
 :func:`state.db.projection.apply_batch` (the fold of ``state/lifecycle.py`` against the stored
 row, guarded upserts, idempotent history). Offsets are committed only after the database
-transaction committed: at-least-once, and replays are harmless because the fold is.
+transaction committed: at-least-once, and replays are harmless because the fold is. They are
+*stored* after each batch and committed by librdkafka once a second (and on a rebalance and at
+close), not per batch: a commit per batch was three broker writes per task (the most frequent
+request the broker served in bench/bench_api_latency.py); after a crash, at most that second of
+records is read again and absorbed by the version guards.
 
 A status record that cannot be decoded (or that the fold rejects) is copied to
 ``<status topic>.dlq`` with error headers and skipped; an undecodable task record is skipped and
@@ -36,7 +40,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition,
+)
 
 from schemas.codec import EventCodec
 from schemas.errors import DecodeError
@@ -61,6 +67,8 @@ log = logging.getLogger("state.projector")
 # Up to 500 records per transaction: large enough to amortise the commit, small enough that a
 # batch is written in a few milliseconds and offsets move often.
 BATCH_SIZE = 500
+# How often the stored offsets are committed (librdkafka's auto-commit of stored offsets).
+COMMIT_INTERVAL_MS = 1000
 # How long one poll waits for the first record of a batch; also how late a stop is noticed.
 POLL_TIMEOUT_S = 0.05
 # Back-off while PostgreSQL is unreachable, doubling up to the cap.
@@ -165,7 +173,11 @@ class Projector:
         self._consumer = Consumer({
             **kafka.client_config(),
             "group.id": self.group_id,
-            "enable.auto.commit": False,
+            # Offsets are stored by poll_once once their batch is in the database; librdkafka
+            # commits what is stored every COMMIT_INTERVAL_MS, on a rebalance and at close.
+            "enable.auto.commit": True,
+            "enable.auto.offset.store": False,
+            "auto.commit.interval.ms": COMMIT_INTERVAL_MS,
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
         })
@@ -203,12 +215,11 @@ class Projector:
         if result is None:  # stopped while the database was down: offsets stay uncommitted
             return len(messages)
         if batch.offsets:
-            # Asynchronous: the rows are committed already, so a lost commit only replays the
-            # batch, which the version guard absorbs (saves a broker round trip per batch).
-            self._consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()],
-                asynchronous=True,
-            )
+            try:
+                self._consumer.store_offsets(
+                    offsets=[TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()])
+            except KafkaException as exc:  # revoked meanwhile: its new owner replays the batch
+                log.warning("could not store the batch's offsets: %s", exc)
         self.stats.batches += 1
         self.stats.tasks_written += result.tasks_written
         self.stats.events_inserted += result.events_inserted
