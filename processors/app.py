@@ -30,6 +30,7 @@ from processors.evaluators.base import EvaluatorRegistry, EvaluatorSettings, def
 from processors.leases import LeaseBook
 from processors.orchestrator import FetchImage, Orchestrator, Outbox, install
 from processors.settings import ProcessorSettings
+from processors.transport import ProcessorsApp
 from schemas.codec import EventCodec
 from schemas.enums import TaskStatus
 from schemas.kafka_settings import KafkaSettings
@@ -156,7 +157,7 @@ def create_app(
     evaluators: EvaluatorRegistry | None = None,
     evaluator_settings: EvaluatorSettings | None = None,
     fetch_image: FetchImage | None = None,
-) -> faust.App:
+) -> ProcessorsApp:
     """The processors' Faust app for these settings; run it with a ``faust.Worker``.
 
     ``evaluators``: the AGENTIC loop's evaluator plugins (default: :func:`default_registry`,
@@ -167,7 +168,9 @@ def create_app(
     topics = kafka.topics
     app_id = settings.app_id_for(kafka.topic_prefix)
     settings.datadir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
-    app = faust.App(app_id, **_faust_settings(kafka, settings, app_id))
+    app = ProcessorsApp(app_id, fetch_min_bytes=settings.fetch_min_bytes,
+                        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+                        **_faust_settings(kafka, settings, app_id))
     policy = settings.retry_policy
 
     status_topic = app.topic(topics.status, partitions=kafka.partitions)

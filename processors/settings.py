@@ -62,6 +62,11 @@ class ProcessorSettings(RetrySettings, BaseSettings):
     # Records Faust buffers per partition ahead of the agent: room for several batches (Faust's
     # 4096 measured the same, within noise).
     stream_buffer_maxsize: int = Field(default=16_384, ge=1)
+    # The broker answers a fetch when it has this many bytes or after this long, whichever
+    # comes first (faust's aiokafka consumer would ask for 1 byte: a fetch and a trip through
+    # the app per record at a trickle; processors/transport.py). 50 ms, like batch_within_s.
+    fetch_min_bytes: int = Field(default=64 * 1024, ge=1)
+    fetch_max_wait_ms: int = Field(default=50, ge=0, le=1500)
     # Records aiokafka returns per poll (None: everything fetched).
     max_poll_records: int | None = Field(default=None, ge=1)
     # Bytes fetched per partition per request: 4 MiB is ~10k status records (1 MiB measured the
