@@ -253,7 +253,9 @@ class Projector:
                     self._conn = psycopg.connect(self.database_url, autocommit=True)
                 # One transaction (the projections' own become savepoints). Generation locks
                 # are taken before task locks in every batch of every projector: no deadlock.
-                with self._conn.transaction():
+                # Pipeline mode: statements whose results are not read yet travel together, so
+                # a batch is three round trips to PostgreSQL instead of ten.
+                with self._conn.pipeline(), self._conn.transaction():
                     generation_result = project_generation_records(self._conn, generations)
                     result = ProjectedBatch.of(apply_batch(self._conn, events), generation_result)
                     if self._in_transaction is not None:

@@ -203,18 +203,17 @@ def apply_batch(conn: psycopg.Connection, events: Iterable[StatusChanged | TaskS
     status_ids = [e.envelope.event_id for e in events if isinstance(e, StatusChanged)]
     with conn.transaction():
         _lock_tasks(conn, task_ids)
-        with conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(
+        # Both reads are sent before either is read: one round trip in pipeline mode.
+        with conn.cursor(row_factory=dict_row) as rows_cur, conn.cursor() as known_cur:
+            rows_cur.execute(
                 f"SELECT {', '.join(WRITE_COLUMNS)} FROM tasks WHERE task_id = ANY(%s::uuid[])",
                 (task_ids,),
             )
-            before = {str(r["task_id"]): _normalised(r) for r in cur.fetchall()}
-        known = {
-            str(r[0])
-            for r in conn.execute(
+            known_cur.execute(
                 "SELECT event_id FROM task_events WHERE event_id = ANY(%s::uuid[])", (status_ids,)
             )
-        }
+            before = {str(r["task_id"]): _normalised(r) for r in rows_cur.fetchall()}
+            known = {str(r[0]) for r in known_cur.fetchall()}
         rows = {tid: dict(before.get(tid) or _empty_row(tid)) for tid in task_ids}
         states = {tid: state_from_row(before.get(tid)) for tid in task_ids}
         new_events: list[tuple[Any, ...]] = []
