@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from gpu_consumers.control import CancelledIds, CancelReason, ControlListener
 from gpu_consumers.emitter import Emitter
@@ -103,6 +103,16 @@ class _InFlight:
     report: RunReport | None = None
     lost: bool = False  # its partition was revoked before it finished: never commit it
     committed: bool = False
+
+
+def _log_commit(err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+    """The result of an asynchronous commit (served by the consumer's poll and close)."""
+    if err is not None:
+        log.warning("offset commit failed: %s", err)
+        return
+    for tp in partitions:
+        if tp.error is not None:
+            log.warning("commit of %s[%d]@%d failed: %s", tp.topic, tp.partition, tp.offset, tp.error)
 
 
 class Worker:
@@ -332,6 +342,7 @@ class Worker:
             # others' running tasks.
             "partition.assignment.strategy": "cooperative-sticky",
             "enable.partition.eof": False,
+            "on_commit": _log_commit,
         })
         lane = _Lane(task_type, self.kafka.topics.task(task_type), consumer)
 
@@ -379,9 +390,14 @@ class Worker:
                 log.warning("pause/resume on %s failed: %s", lane.topic, exc)
 
     def _commit(self, lane: _Lane, msg: Message) -> None:
+        """Commit past ``msg`` (its terminal status is acknowledged already). Asynchronous: the
+        next task need not wait for the broker's answer (~10 ms on a loaded broker); a failure
+        is logged by :func:`_log_commit` and, like a crash before the commit, means the record
+        is run again by whoever owns its partition. Closing the consumer waits for the commits
+        still in flight."""
         offset = TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)
         try:
-            lane.consumer.commit(offsets=[offset], asynchronous=False)
+            lane.consumer.commit(offsets=[offset], asynchronous=True)
         except KafkaException as exc:  # e.g. rebalanced away: the new owner redoes the record
             log.warning("commit of %s[%d]@%d failed: %s", msg.topic(), msg.partition(),
                         msg.offset(), exc)
