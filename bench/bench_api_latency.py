@@ -5,8 +5,9 @@ started here unless ``KAFKA_BOOTSTRAP_SERVERS`` and ``DATABASE_URL`` are set): `
 ``processors`` (Faust; not on the measured path), ``projector``, ``api`` and ``worker --types
 image_adjuster`` (classical provider: a 32x32 ``file://`` PNG takes ~1 ms, so what is measured is
 the plumbing). Each client sends one task at a time: ``POST /api/v1/tasks``, then
-``GET /api/v1/tasks/{id}`` every ``--poll-ms`` until it answers COMPLETED (``--mode poll``), or the
-task's SSE stream to COMPLETED and one confirming GET (``--mode sse``). Latency: from just before
+``GET /api/v1/tasks/{id}`` every ``--poll-ms`` until it answers COMPLETED (``--mode poll``), one
+``GET /api/v1/tasks/{id}?wait=30`` that answers when the task has ended (``--mode wait``, the long
+poll), or the task's SSE stream to COMPLETED and one confirming GET (``--mode sse``). Latency: from just before
 the POST to the end of the GET that shows COMPLETED.
 
 Breakdown, from the row's ``occurred_at`` stamps (API and worker, this machine's clock) against the
@@ -20,8 +21,8 @@ The floor, same run and broker, one sample before each task so that both see the
 confluent-kafka produce (``linger.ms`` 0, ``acks=all``) to a 1-partition topic and an assigned
 consumer polled until that record arrives. Target (the issue): p99 <= 25 ms and <= 5x floor p99.
 
-    .venv/bin/python bench/bench_api_latency.py [--count 1000] [--warmup 50] [--concurrency 1]
-        [--mode poll|sse] [--poll-ms 2] [--set NAME=VALUE ...] [--tap] [--no-processors]
+    .venv/bin/python bench/bench_api_latency.py [--count 1000] [--warmup 1000] [--concurrency 1]
+        [--mode poll|wait|sse] [--poll-ms 2] [--set NAME=VALUE ...] [--tap] [--no-processors]
 
 ``--set`` adds an environment variable for every service (``KAFKA_CLIENT_EXTRA=...``). Progress
 and the table go to stderr, one JSON line with every figure to stdout.
@@ -33,6 +34,7 @@ import functools
 import json
 import os
 import platform
+import http.client
 import shutil
 import statistics
 import subprocess
@@ -46,6 +48,7 @@ from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -67,6 +70,7 @@ TARGET_P99_MS, TARGET_FLOOR_RATIO = 25.0, 5.0
 COMPUTECTL = str(Path(sys.executable).with_name("computectl"))
 TASK_DEADLINE_S = 30.0
 say = functools.partial(print, file=sys.stderr, flush=True)  # stdout holds only the JSON line
+_json_dumps = json.dumps
 
 
 class Services:
@@ -219,7 +223,46 @@ class Tap:
         self.consumer.close()
 
 
-def run_task(client: httpx.Client, body: dict, mode: str, poll_s: float) -> dict[str, Any]:
+class _Response:
+    def __init__(self, status_code: int, body: bytes) -> None:
+        self.status_code, self.text = status_code, body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+class LeanClient:
+    """The two calls a task needs (POST and GET with JSON) on one kept-alive ``http.client``
+    connection: the client shares the two cores with what it measures, and httpx spent about
+    1.5 ms of CPU per task more. ``--mode sse`` streams, so it keeps httpx."""
+
+    def __init__(self, base_url: str, api_key: str) -> None:
+        url = urlsplit(base_url)
+        self._conn = http.client.HTTPConnection(url.hostname, url.port, timeout=TASK_DEADLINE_S + 10)
+        self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+
+    def _request(self, method: str, path: str, body: bytes | None = None) -> _Response:
+        self._conn.request(method, path, body=body, headers=self._headers)
+        resp = self._conn.getresponse()
+        return _Response(resp.status, resp.read())
+
+    def post(self, path: str, json: Any) -> _Response:  # noqa: A002 (httpx's name)
+        return self._request("POST", path, _json_dumps(json).encode())
+
+    def get(self, path: str, params: dict[str, Any] | None = None) -> _Response:
+        return self._request("GET", f"{path}?{urlencode(params)}" if params else path)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "LeanClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_task(client: Any, body: dict, mode: str, poll_s: float) -> dict[str, Any]:
     sent_wall, t0 = time.time(), time.perf_counter()
     resp = client.post("/api/v1/tasks", json=body)
     t_post = time.perf_counter()
@@ -273,13 +316,13 @@ def run_task(client: httpx.Client, body: dict, mode: str, poll_s: float) -> dict
             "gets": gets, "get": get_s / gets * 1e3}
 
 
-def measure(clients: list[httpx.Client], body: dict, count: int, mode: str, poll_s: float,
+def measure(clients: list[Any], body: dict, count: int, mode: str, poll_s: float,
             floor: Floor | None) -> tuple[list[dict], list[float]]:
     """``count`` tasks shared by one thread per client. The first client takes a floor sample
     before each of its tasks, so the floor sees the same load as the tasks around it."""
     floor_ms: list[float] = []
 
-    def client_loop(index: int, client: httpx.Client) -> list[dict]:
+    def client_loop(index: int, client: Any) -> list[dict]:
         results = []
         for _ in range(count // len(clients) + (index < count % len(clients))):
             if floor is not None and index == 0:
@@ -327,7 +370,9 @@ def table(report: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=1000, help="measured tasks")
-    parser.add_argument("--warmup", type=int, default=50, help="tasks run first, not measured")
+    parser.add_argument("--warmup", type=int, default=1000,
+                        help="tasks run first, not measured: the broker is a JVM that spends its "
+                             "first thousand or so tasks compiling (its CPU per task halves)")
     parser.add_argument("--concurrency", type=int, default=1, help="clients submitting at once")
     parser.add_argument("--mode", choices=["poll", "wait", "sse"], default="poll",
                         help="poll: GET every --poll-ms; wait: GET ?wait= (a long poll that "
@@ -354,7 +399,8 @@ def main() -> None:
                 "brightness": 0.1, "contrast": 0.2, "warmth": 0.3}
         clients = [stack.enter_context(httpx.Client(
             base_url=base_url, timeout=httpx.Timeout(10.0, read=30.0),
-            headers={"Authorization": f"Bearer {key}"})) for _ in range(args.concurrency)]
+            headers={"Authorization": f"Bearer {key}"}) if args.mode == "sse"
+            else LeanClient(base_url, key)) for _ in range(args.concurrency)]
         say(f"warm-up: {args.warmup} tasks...")  # assignments, connections, caches
         measure(clients[:1], body, max(1, args.warmup), args.mode, poll_s, None)
         services.check()
