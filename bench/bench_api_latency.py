@@ -383,11 +383,13 @@ def main() -> None:
                         metavar="NAME=VALUE", help="an environment variable for every service")
     parser.add_argument("--tap", action="store_true",
                         help="also read the status topic here, to split COMPLETED -> visible")
+    parser.add_argument("--per-task", type=Path, metavar="FILE",
+                        help="also write every task's segments (ms) to FILE as JSON")
     parser.add_argument("--no-processors", action="store_true",
                         help="do not run the Faust processors (not on the measured path)")
     args = parser.parse_args()
     report: dict[str, Any] = {
-        "bench": "api_latency", **vars(args),
+        "bench": "api_latency", **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "before": machine_state()}
     poll_s = args.poll_ms / 1e3
@@ -434,6 +436,8 @@ def main() -> None:
         "ratio_p99": round(p99 / floor_p99, 2),
         "ratio_p50": round(report["latency_ms"]["p50"] / report["floor_ms"]["p50"], 2),
         "met": p99 <= TARGET_P99_MS and p99 <= TARGET_FLOOR_RATIO * floor_p99}
+    if args.per_task is not None:
+        args.per_task.write_text(json.dumps(results))
     print(json.dumps(report), flush=True)
     say(table(report))
 

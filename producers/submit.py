@@ -293,10 +293,16 @@ class TaskProducer:
             self.poll(0)
         return task_id
 
-    def flush(self, timeout_s: float = 30.0) -> None:
-        """Wait for every outstanding record; raise DeliveryError if any task was not delivered."""
+    def flush(self, timeout_s: float = 30.0, *, statuses: bool = True) -> None:
+        """Wait for every outstanding record; raise DeliveryError if any task was not delivered.
+
+        ``statuses=False`` returns once the tasks are acknowledged and their PENDING/QUEUED are
+        produced, without waiting for the broker to acknowledge those too (a later flush or poll
+        serves them): for a caller that answers once the task itself is safe, like the API."""
         deadline = time.monotonic() + timeout_s
         remaining = self._producer.flush(timeout_s)
+        if not statuses and self._acknowledged:
+            self._produce_statuses()
         while self._acknowledged and time.monotonic() < deadline:
             self._produce_statuses()
             remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))

@@ -47,7 +47,7 @@ class TaskGateway:
 
     def submit(self, task_type: TaskType, params: Any, *, tenant_id: str,
                idempotency_key: str | None, webhook_url: str | None) -> tuple[str, bool]:
-        """Produce the task and its PENDING/QUEUED; return its id once the broker has them, and
+        """Produce the task and its PENDING/QUEUED; return its id once the broker has the task, and
         whether it was a repeat this process had already sent (nothing produced then).
         Raises DeliveryError when the broker did not acknowledge in time."""
         origin = Origin(self._origin.instance, self._origin.zone, tenant_id)
@@ -55,7 +55,9 @@ class TaskGateway:
             repeats = self._tasks.stats.deduplicated
             task_id = self._tasks.submit(task_type, params, idempotency_key=idempotency_key,
                                          webhook_url=webhook_url, origin=origin)
-            self._tasks.flush(self._ack_timeout_s)
+            # Answered once the task record is acknowledged: its PENDING/QUEUED are produced
+            # then but not waited for (the task is safe; they follow it within milliseconds).
+            self._tasks.flush(self._ack_timeout_s, statuses=False)
             return task_id, self._tasks.stats.deduplicated > repeats
 
     def cancel(self, row: dict[str, Any], *, requested_by: str, reason: str | None) -> None:

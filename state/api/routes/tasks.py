@@ -104,7 +104,9 @@ async def read_task(
     wait: Annotated[float, Query(ge=0, description=(
         "Seconds to wait for the task to end (COMPLETED, CANCELLED, or FAILED with no retry to "
         "come) before answering: the answer comes as soon as it has ended, else with its state "
-        "at the deadline. At most the server's COMPUTE_API_MAX_WAIT_S (60 by default)."))] = 0.0,
+        "at the deadline. A task accepted a moment ago but not yet readable is waited for too "
+        "(404 only if it is still unknown at the deadline). At most the server's "
+        "COMPUTE_API_MAX_WAIT_S (60 by default)."))] = 0.0,
 ) -> TaskPublic:
     """Status, progress, attempt, result, error and timestamps of one task; with ``wait``, a
     long poll that answers when the task has ended."""
@@ -125,10 +127,11 @@ async def read_task(
             changed.clear()
             async with pool.connection() as conn:  # not held while waiting
                 row = await get_task(conn, tid, caller.tenant_id)
-            if row is None:
-                raise not_found(tid)
             remaining = deadline - loop.time()
-            if finished(row) or remaining <= 0:
+            # A task accepted a moment ago may not be in the read model yet: waited for too.
+            if row is None and remaining <= 0:
+                raise not_found(tid)
+            if row is not None and (finished(row) or remaining <= 0):
                 return TaskPublic.from_row(row)
             # Re-read at least every sse_poll_s: a lost notification only delays the answer.
             with contextlib.suppress(TimeoutError):
