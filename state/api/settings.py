@@ -31,8 +31,9 @@ class ApiSettings(BaseSettings):
     # SSE streams re-read the events this often even without a notification (a lost NOTIFY or
     # a listener reconnecting costs at most this much delay).
     sse_poll_s: float = Field(default=1.0, gt=0)
-    # An accepted API key is trusted this long without asking the database again: a revoked key
-    # stops working at most this much later. 0 checks the database on every request.
+    # An accepted API key is trusted this long without asking the database again. Revoking a
+    # key is notified to every API process, which drops it at once; this bounds how long a key
+    # could outlive a revocation whose notification was lost. 0: the database on every request.
     api_key_cache_s: float = Field(default=10.0, ge=0, le=300)
     # The longest a GET /tasks/{id}?wait=... may hold a request open.
     max_wait_s: float = Field(default=60.0, gt=0, le=300)
