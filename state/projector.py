@@ -94,10 +94,21 @@ class ProjectorStats:
 @dataclass
 class _Batch:
     events: list[Event] = field(default_factory=list)
+    event_messages: list[Message] = field(default_factory=list)  # each event's record
     bad: list[tuple[Message, Exception]] = field(default_factory=list)
     # GenerationRecord documents of the compacted generations-state topic, in topic order.
     generations: list[Any] = field(default_factory=list)
+    generation_messages: list[Message] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def drop(self, messages: list[Message]) -> None:
+        """Leave out the events and generation records of ``messages``."""
+        gone = {id(m) for m in messages}
+        kept = [(m, e) for m, e in zip(self.event_messages, self.events) if id(m) not in gone]
+        self.event_messages, self.events = [m for m, _ in kept], [e for _, e in kept]
+        kept = [(m, g) for m, g in zip(self.generation_messages, self.generations)
+                if id(m) not in gone]
+        self.generation_messages, self.generations = [m for m, _ in kept], [g for _, g in kept]
 
 
 def projector_topics(kafka: KafkaSettings) -> list[str]:
@@ -131,8 +142,10 @@ def _collect(codec: EventCodec, messages: Iterable[Message], status_topic: str,
         try:
             if msg.topic() == generations_topic:
                 batch.generations.append(decode_generation_record(msg.value(), msg.headers()))
+                batch.generation_messages.append(msg)
             else:
                 batch.events.append(_decode(codec, msg, status_topic))
+                batch.event_messages.append(msg)
         except (DecodeError, LifecycleError) as exc:
             batch.bad.append((msg, exc))
     return batch
@@ -210,8 +223,8 @@ class Projector:
             messages += self._consumer.consume(self._batch_size - 1, 0)
         batch = _collect(self._codec, messages, self._status_topic, self.stats,
                          self.kafka.topics.generations_state)
+        result = self._write_batch(batch, stop)
         self._dead_letter(batch.bad)
-        result = self._write(batch.events, stop, batch.generations)
         if result is None:  # stopped while the database was down: offsets stay uncommitted
             return len(messages)
         if batch.offsets:
@@ -242,6 +255,44 @@ class Projector:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _write_batch(self, batch: _Batch, stop: threading.Event | None) -> ProjectedBatch | None:
+        """:meth:`_write` of the batch. A record PostgreSQL refuses to store (SQLSTATE class 22,
+        e.g. text it cannot represent) must not stop the projection: each record is then tried
+        alone in a transaction that is rolled back, the refused ones are moved to ``batch.bad``
+        (dead-lettered like undecodable ones) and the rest is written."""
+        try:
+            return self._write(batch.events, stop, batch.generations)
+        except psycopg.DataError as exc:
+            log.warning("PostgreSQL refused a batch of %d records (%s); finding the refused ones",
+                        len(batch.events) + len(batch.generations), exc)
+        refused = [(m, err) for m, e in zip(batch.event_messages, batch.events)
+                   if (err := self._refusal([e], [])) is not None]
+        refused += [(m, err) for m, g in zip(batch.generation_messages, batch.generations)
+                    if (err := self._refusal([], [g])) is not None]
+        batch.drop([m for m, _ in refused])
+        batch.bad.extend(refused)
+        return self._write(batch.events, stop, batch.generations)
+
+    def _refusal(self, events: list[Event], generations: list[Any]) -> psycopg.DataError | None:
+        """The DataError projecting these alone raises, if any (nothing is kept either way)."""
+        assert self._conn is not None
+        try:
+            with self._conn.transaction(force_rollback=True):
+                self._project(events, generations)
+        except psycopg.DataError as exc:
+            return exc
+        return None
+
+    def _project(self, events: list[Event], generations: list[Any]) -> ProjectedBatch:
+        """Everything a batch writes, in the caller's transaction. Generation locks are taken
+        before task locks in every batch of every projector: no deadlock."""
+        assert self._conn is not None
+        generation_result = project_generation_records(self._conn, generations)
+        result = ProjectedBatch.of(apply_batch(self._conn, events), generation_result)
+        if self._in_transaction is not None:
+            self._in_transaction(self._conn, result)
+        return result
+
     def _write(self, events: list[Event], stop: threading.Event | None,
                generations: list[Any] = ()) -> ProjectedBatch | None:
         if not events and not generations:
@@ -251,16 +302,11 @@ class Projector:
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = psycopg.connect(self.database_url, autocommit=True)
-                # One transaction (the projections' own become savepoints). Generation locks
-                # are taken before task locks in every batch of every projector: no deadlock.
-                # Pipeline mode: statements whose results are not read yet travel together, so
-                # a batch is three round trips to PostgreSQL instead of ten.
+                # One transaction (the projections' own become savepoints). Pipeline mode:
+                # statements whose results are not read yet travel together, so a batch is
+                # three round trips to PostgreSQL instead of ten.
                 with self._conn.pipeline(), self._conn.transaction():
-                    generation_result = project_generation_records(self._conn, generations)
-                    result = ProjectedBatch.of(apply_batch(self._conn, events), generation_result)
-                    if self._in_transaction is not None:
-                        self._in_transaction(self._conn, result)
-                return result
+                    return self._project(events, generations)
             except psycopg.OperationalError as exc:
                 self.stats.db_retries += 1
                 log.warning("PostgreSQL unavailable (%s); retrying the batch in %.1fs", exc, delay)

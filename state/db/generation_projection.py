@@ -39,7 +39,6 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from processors.generation_record import (
     GENERATION_RECORD_CONTENT_TYPE,
@@ -48,6 +47,7 @@ from processors.generation_record import (
     decode_record,
 )
 from schemas.errors import DecodeError
+from state.db.pg_values import jsonb, without_nul
 from state.db.projection import BatchResult
 from state.db.queries import tenant_where
 
@@ -300,7 +300,8 @@ def project_generation_records(conn: psycopg.Connection, records: Iterable[Gener
 
 
 def _params(row: dict[str, Any], columns: Sequence[str]) -> tuple[Any, ...]:
-    return tuple(Jsonb(row[c]) if c in _JSON and row[c] is not None else row[c] for c in columns)
+    return tuple(jsonb(row[c]) if c in _JSON and row[c] is not None else without_nul(row[c])
+                 for c in columns)
 
 
 # --------------------------------------------------------------------------- reading (API)

@@ -28,10 +28,10 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from schemas.enums import ErrorCode, TaskStatus, TaskType
 from schemas.events import StatusChanged, TaskError, TaskSubmitted
+from state.db.pg_values import jsonb, without_nul
 from state.lifecycle import TaskState, fold
 
 NOTIFY_CHANNEL = "task_events"
@@ -238,7 +238,7 @@ def apply_batch(conn: psycopg.Connection, events: Iterable[StatusChanged | TaskS
             row["event_seq"] += 1
             new_events.append((env.event_id, tid, row["event_seq"], env.attempt,
                                event.status.value, event.progress, env.occurred_at,
-                               Jsonb(_event_payload(event))))
+                               jsonb(_event_payload(event))))
             for column in ORIGIN_COLUMNS:
                 row[column] = row[column] or getattr(env, column)
         changed: list[dict[str, Any]] = []
@@ -274,5 +274,6 @@ def _normalised(row: dict[str, Any]) -> dict[str, Any]:
 
 def _params(row: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(
-        Jsonb(row[c]) if c in _JSON_COLUMNS and row[c] is not None else row[c] for c in WRITE_COLUMNS
+        jsonb(row[c]) if c in _JSON_COLUMNS and row[c] is not None else without_nul(row[c])
+        for c in WRITE_COLUMNS
     )

@@ -277,6 +277,10 @@ class CatalogKindPath(StrEnum):
         return CatalogKind(self.value.removesuffix("s"))
 
 
+# Some visible character, and no control characters (PostgreSQL text cannot even hold U+0000).
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+
+
 class CatalogEntryCreate(BaseModel):
     """A new subject, product or style. Entries are global (shared by every tenant) and
     immutable through the API."""
@@ -284,9 +288,9 @@ class CatalogEntryCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: UuidStr | None = Field(default=None, description="a UUID of your choosing; default: a new one")
-    name: str = Field(min_length=1, max_length=200, pattern=r"\S",
+    name: str = Field(min_length=1, max_length=200, pattern=_PRINTABLE,
                       description="used in prompts, e.g. 'Anna' or 'Red Linen Dress'")
-    lora_ref: str | None = Field(default=None, min_length=1, max_length=500, pattern=r"\S",
+    lora_ref: str | None = Field(default=None, min_length=1, max_length=500, pattern=_PRINTABLE,
                                  description="the LoRA: a model id or a path the workers' registry knows; "
                                              "null: an entry without a LoRA")
     default_weight: float | None = Field(default=None, ge=0.0, le=1.0,

@@ -140,6 +140,11 @@ class CancelAccepted(BaseModel):
     cancel_requested: bool = True
 
 
+# Filter values are compared with stored text, which never holds control characters (and
+# PostgreSQL text cannot hold U+0000 at all: a 500 otherwise).
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+
+
 class TaskListQuery(BaseModel):
     """Filters, paging and sorting of GET /tasks; unknown parameters are refused."""
 
@@ -147,10 +152,10 @@ class TaskListQuery(BaseModel):
 
     status: TaskStatus | None = None
     task_type: TaskType | None = None
-    provider_type: str | None = Field(default=None, max_length=200)
-    origin_instance: str | None = Field(default=None, max_length=200)
-    origin_zone: str | None = Field(default=None, max_length=200)
-    origin_tenant_id: str | None = Field(default=None, max_length=200)
+    provider_type: str | None = Field(default=None, max_length=200, pattern=_NO_CONTROL)
+    origin_instance: str | None = Field(default=None, max_length=200, pattern=_NO_CONTROL)
+    origin_zone: str | None = Field(default=None, max_length=200, pattern=_NO_CONTROL)
+    origin_tenant_id: str | None = Field(default=None, max_length=200, pattern=_NO_CONTROL)
     created_after: AwareDatetime | None = Field(default=None, description="inclusive")
     created_before: AwareDatetime | None = Field(default=None, description="exclusive")
     search: str | None = Field(default=None, min_length=1, max_length=36,

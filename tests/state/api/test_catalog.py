@@ -66,6 +66,8 @@ def test_missing_entries_are_404(client: httpx.Client, tenant: Tenant) -> None:
     ({"name": "   ", "lora_ref": "l"}, ["body", "name"]),
     ({"lora_ref": "l"}, ["body", "name"]),
     ({"name": "x", "lora_ref": ""}, ["body", "lora_ref"]),
+    ({"name": "x\u0000y", "lora_ref": "l"}, ["body", "name"]),
+    ({"name": "x", "lora_ref": "a\nb"}, ["body", "lora_ref"]),
     ({"name": "x", "weight": 0.5}, ["body", "weight"]),
     ({"name": "x", "id": "not-a-uuid"}, ["body", "id"]),
 ])

@@ -135,7 +135,7 @@ def test_a_wrong_secret_for_a_real_key_id_gets_401(client: httpx.Client, tenant:
     {"page_size": 201}, {"page_size": 0}, {"page": 0}, {"page": "two"}, {"sort_by": "params"},
     {"sort_order": "sideways"}, {"status": "DONE"}, {"task_type": "teleport"},
     {"created_after": "yesterday"}, {"created_after": "2025-01-01T00:00:00"},  # naive
-    {"search": "zz%"}, {"colour": "red"},
+    {"search": "zz%"}, {"colour": "red"}, {"origin_zone": "eu\u0000"}, {"provider_type": "a\tb"},
 ])
 def test_bad_list_queries_get_422(client: httpx.Client, tenant: Tenant, params: dict) -> None:
     assert_problem(client.get(URL, params=params, headers=tenant.headers), 422)

@@ -95,3 +95,59 @@ def test_projector_resumes_from_committed_offsets(db_url: str, kafka_settings: K
                  what="COMPLETED")
     assert second.stats.records == len(events) - 2  # nothing read twice after a clean stop
     assert task_row(db_url, tid)["event_seq"] == len(events)
+
+
+def test_text_postgresql_cannot_store_is_kept_with_a_replacement_character(
+        db_url: str, kafka_settings: KafkaSettings) -> None:
+    """A model may write U+0000, which jsonb and text refuse: it is stored as U+FFFD (the topic
+    keeps the exact text) instead of stopping the projection (seen in the demo, a tiny LLM)."""
+    tid, after = str(uuid.uuid4()), str(uuid.uuid4())
+    events = lifecycle(tid)
+    done = events[-1]
+    events[-1] = done.model_copy(update={"result": done.result.model_copy(
+        update={"result_text": "ze\x00table\x00"})})
+    failed = status(after, TaskStatus.FAILED, at=T0, code=ErrorCode.PROVIDER_ERROR)
+    failed = failed.model_copy(update={"error": failed.error.model_copy(
+        update={"message": "the model said \x00"})})
+    with running_projector(db_url, kafka_settings) as projector:
+        produce(kafka_settings, [*events, failed])
+        wait_for(lambda: (task_row(db_url, after) or {}).get("status") == "FAILED",
+                 what="the task after it projected")
+    assert projector.stats.dead_lettered == 0
+    row = task_row(db_url, tid)
+    assert row["status"] == "COMPLETED" and row["result"]["result_text"] == "ze\ufffdtable\ufffd"
+    history = table(db_url, "task_events", "seq")
+    assert any(r[-1].get("result") and r[-1]["result"]["result_text"] == "ze\ufffdtable\ufffd"
+               for r in history if isinstance(r[-1], dict))
+    assert task_row(db_url, after)["error_message"] == "the model said \ufffd"
+
+
+def test_a_record_postgresql_refuses_is_dead_lettered_and_the_rest_projected(
+        db_url: str, kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever PostgreSQL refuses to store (SQLSTATE class 22) must not stop the projector: the
+    batch is split, the refused record dead-lettered, the others written. PostgreSQL's refusal is
+    stood in for by the fold's collaborator (no valid event makes the real one refuse any more)."""
+    import psycopg
+
+    import state.projector as projector_module
+
+    refused_tid, good = str(uuid.uuid4()), [str(uuid.uuid4()) for _ in range(3)]
+    real_apply = projector_module.apply_batch
+
+    def apply_batch(conn, events):
+        if any(e.envelope.task_id == refused_tid for e in events):
+            raise psycopg.DataError("value out of range (standing in for PostgreSQL)")
+        return real_apply(conn, events)
+
+    monkeypatch.setattr(projector_module, "apply_batch", apply_batch)
+    events = [e for tid in (good[0], refused_tid, *good[1:]) for e in lifecycle(tid)]
+    with running_projector(db_url, kafka_settings, batch_size=50) as projector:
+        produce(kafka_settings, events)
+        wait_for(lambda: all((task_row(db_url, t) or {}).get("status") == "COMPLETED" for t in good),
+                 what="the other tasks projected")
+        wait_for(lambda: projector.stats.dead_lettered == len(lifecycle(refused_tid)),
+                 what="the refused task's records dead-lettered")
+    assert task_row(db_url, refused_tid) is None
+    dlq = read_topic(kafka_settings, kafka_settings.topics.dlq(kafka_settings.topics.status),
+                     expect=len(lifecycle(refused_tid)))
+    assert {dict(m.headers())["error.class"] for m in dlq} == {b"DataError"}
