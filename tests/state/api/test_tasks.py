@@ -12,7 +12,7 @@ import pytest
 from schemas.codec import EventCodec
 from schemas.enums import TaskStatus, TaskType
 from schemas.events import CancelRequested
-from tests.kafka_helpers import read_topic, record_count
+from tests.kafka_helpers import read_topic, record_count, wait_for
 from tests.state.api.conftest import ApiStack, Tenant
 from tests.state.api.helpers import (
     assert_problem,
@@ -87,6 +87,9 @@ def test_get_with_wait_waits_for_a_task_not_yet_readable(api: ApiStack, client: 
     waiting = threading.Thread(target=lambda: answered.append(client.get(
         f"/api/v1/tasks/{tid}", headers=tenant.headers, params={"wait": 30}, timeout=60)))
     waiting.start()
+    # Waiting (subscribed to the task's notifications) before the task exists anywhere.
+    wait_for(lambda: tid in api.app.state.notifier._waiters, "the long poll to wait", timeout_s=10)
+    assert not answered
     # The statuses of a task the read model has never seen, up to COMPLETED (the projector
     # makes its row from them, as when they overtake the task record).
     run_task(api, tenant, tid, TaskType.BACKGROUND_REMOVE, (TaskStatus.PROCESSING, 0.5),
