@@ -7,8 +7,8 @@ image_adjuster`` (classical provider: a 32x32 ``file://`` PNG takes ~1 ms, so wh
 the plumbing). Each client sends one task at a time: ``POST /api/v1/tasks``, then
 ``GET /api/v1/tasks/{id}`` every ``--poll-ms`` until it answers COMPLETED (``--mode poll``), one
 ``GET /api/v1/tasks/{id}?wait=30`` that answers when the task has ended (``--mode wait``, the long
-poll), or the task's SSE stream to COMPLETED and one confirming GET (``--mode sse``). Latency: from just before
-the POST to the end of the GET that shows COMPLETED.
+poll), or the task's SSE stream to COMPLETED and one confirming GET (``--mode sse``).
+Latency: from just before the POST to the end of the GET that shows COMPLETED.
 
 Breakdown, from the row's ``occurred_at`` stamps (API and worker, this machine's clock) against the
 client's clock: ``post`` (POST round trip), ``to_processing`` (POST sent -> PROCESSING: API,
@@ -70,7 +70,7 @@ TARGET_P99_MS, TARGET_FLOOR_RATIO = 25.0, 5.0
 COMPUTECTL = str(Path(sys.executable).with_name("computectl"))
 TASK_DEADLINE_S = 30.0
 say = functools.partial(print, file=sys.stderr, flush=True)  # stdout holds only the JSON line
-_json_dumps = json.dumps
+_json_dumps = json.dumps  # LeanClient.post's parameter is called json, as httpx's is
 
 
 class Services:

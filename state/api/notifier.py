@@ -25,7 +25,8 @@ _RECONNECT_S = 1.0  # wait before re-opening a lost LISTEN connection
 
 
 class EventNotifier:
-    def __init__(self, database_url: str, on_key_revoked: Callable[[str | None], None] = lambda _: None) -> None:
+    def __init__(self, database_url: str,
+                 on_key_revoked: Callable[[str | None], None] = lambda _: None) -> None:
         """``on_key_revoked(key_id)``: a key was revoked (None: any may have been, while the
         listener was not listening)."""
         self._url = database_url
