@@ -17,7 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 _DEADLINE_S = 180.0
-_POLL_S = 0.2
+# Each GET is a long poll (?wait=): it answers when the generation ends, or after this long so
+# that a child process that died is noticed.
+_WAIT_S = 2.0
 REQUEST = {
     "shot_type_string": "full-body shot", "batch_size": 2, "width": 64, "height": 96, "seed": 7,
     "generation_type": "AGENTIC", "max_attempts": 2, "min_confidence_score": 0.6,
@@ -46,9 +48,8 @@ def run_generation(api: httpx.Client, console: Console, died: Callable[[], str |
                 raise click.ClickException(why)
             if time.monotonic() > deadline:
                 raise click.ClickException(f"generation {generation_id} not done within {_DEADLINE_S:.0f}s")
-            answer = api.get(f"/api/v1/generations/{generation_id}")
-            generation = answer.json() if answer.status_code == 200 else None  # 404 until projected
-            time.sleep(_POLL_S)
+            answer = api.get(f"/api/v1/generations/{generation_id}", params={"wait": _WAIT_S})
+            generation = answer.json() if answer.status_code == 200 else None  # 404: not yet seen
     _show(generation, console)
     return generation
 

@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
 
 import psycopg
 
@@ -21,6 +22,7 @@ from state.db.apikeys import REVOKED_CHANNEL
 from state.db.projection import NOTIFY_CHANNEL
 
 log = logging.getLogger("state.api.notifier")
+T = TypeVar("T")
 _RECONNECT_S = 1.0  # wait before re-opening a lost LISTEN connection
 
 
@@ -55,6 +57,25 @@ class EventNotifier:
                 waiters.discard(event)
                 if not waiters:
                     del self._waiters[task_id]
+
+    async def long_poll(self, subject_id: str, read: Callable[[], Awaitable[T | None]],
+                        ended: Callable[[T], bool], wait_s: float, recheck_s: float) -> T | None:
+        """``read()`` until ``ended`` holds for what it returns or ``wait_s`` has passed; the
+        last read either way (None: still unknown). Woken by the projector's NOTIFY of
+        ``subject_id`` (a task or generation id), and re-reading every ``recheck_s`` in case a
+        notification was lost. ``read`` should not hold a database connection between calls."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        # Subscribed before the first read: a change committed in between still wakes us.
+        with self.subscribe(subject_id) as changed:
+            while True:
+                changed.clear()
+                row = await read()
+                remaining = deadline - loop.time()
+                if remaining <= 0 or (row is not None and ended(row)):
+                    return row
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), min(remaining, recheck_s))
 
     async def _listen(self) -> None:
         while True:

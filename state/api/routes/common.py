@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
+
+from fastapi import Query
 
 from schemas.enums import ErrorCode, TaskStatus
 from state.api.problems import PROBLEM_MEDIA_TYPE, ApiProblem, Problem
+from state.api.settings import ApiSettings
 from state.retry import decide
 
 
@@ -36,3 +39,16 @@ def finished(row: dict) -> bool:
         return not decide(ErrorCode(row["error_code"]), row["attempt"]).retry
     except (ValueError, TypeError):
         return True
+
+
+WaitQuery = Annotated[float, Query(ge=0, description=(
+    "Seconds to wait for it to end before answering (a long poll): the answer comes as soon as "
+    "it has ended, else with its state at the deadline. One accepted a moment ago but not yet "
+    "readable is waited for too (404 only if it is still unknown at the deadline). At most the "
+    "server's COMPUTE_API_MAX_WAIT_S (60 by default)."))]
+
+
+def check_wait(wait: float, settings: ApiSettings) -> None:
+    """422 for a ``wait`` longer than the server allows."""
+    if wait > settings.max_wait_s:
+        raise ApiProblem(422, "validation-error", f"wait: at most {settings.max_wait_s:g} seconds")

@@ -28,8 +28,9 @@ from producers.catalog import CatalogError, PostgresCatalog, UnknownCatalogEntry
 from producers.errors import DeliveryError
 from producers.generations import (GenerationCancelRequested, GenerationPlan, GenerationRequested, parse_request,
                                    plan_generation)
+from processors.generation_record import GenerationStatus
 from schemas.enums import GenerationStrategy
-from state.api.deps import CallerDep, DbDep, MetricsDep, ProducerDep, SettingsDep
+from state.api.deps import CallerDep, DbDep, MetricsDep, NotifierDep, PoolDep, ProducerDep, SettingsDep
 from state.api.models.generations import (
     STRATEGY_ROUTES,
     SUBMIT_MODELS,
@@ -45,7 +46,7 @@ from state.api.models.generations import (
 )
 from state.api.models.tasks import API_PREFIX
 from state.api.problems import ApiProblem
-from state.api.routes.common import problem_responses
+from state.api.routes.common import WaitQuery, check_wait, problem_responses
 from state.db.generation_projection import GenerationFilter, get_generation, list_generations
 
 log = logging.getLogger("state.api.generations")
@@ -207,15 +208,30 @@ async def list_generations_route(query: Annotated[GenerationListQuery, Query()],
                              page=query.page, page_size=query.page_size)
 
 
-@router.get("/{generation_id}", response_model=GenerationPublic, responses=problem_responses(401, 404))
-async def read_generation(generation_id: str, caller: CallerDep, db: DbDep) -> GenerationPublic:
+@router.get("/{generation_id}", response_model=GenerationPublic,
+            responses=problem_responses(401, 404, 422))
+async def read_generation(generation_id: str, caller: CallerDep, pool: PoolDep,
+                          notifier: NotifierDep, settings: SettingsDep,
+                          wait: WaitQuery = 0.0) -> GenerationPublic:
     """Status, predictions (task ids, status, results) and, for AGENTIC, every attempt with its
-    score, reasons and decision, and the accepted one."""
+    score, reasons and decision, and the accepted one; with ``wait``, a long poll that answers
+    when the generation has ended (COMPLETED, FAILED or CANCELLED)."""
     gid = generation_uuid(generation_id)
-    row = await get_generation(db, gid, caller.tenant_id)
+    check_wait(wait, settings)
+
+    async def read() -> dict | None:
+        async with pool.connection() as conn:  # not held while waiting
+            return await get_generation(conn, gid, caller.tenant_id)
+
+    row = await (notifier.long_poll(gid, read, _generation_ended, wait, settings.sse_poll_s)
+                 if wait else read())
     if row is None:
         raise ApiProblem(404, "generation-not-found", f"no generation {gid}")
     return GenerationPublic.from_row(row)
+
+
+def _generation_ended(row: dict) -> bool:
+    return row["status"] != GenerationStatus.RUNNING.value
 
 
 @router.post("/{generation_id}/cancel", status_code=202, response_model=GenerationCancelAccepted,

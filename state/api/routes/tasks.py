@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Response
@@ -25,7 +23,14 @@ from state.api.models.tasks import (
     TaskSubmit,
 )
 from state.api.problems import ApiProblem
-from state.api.routes.common import finished, not_found, problem_responses, task_uuid
+from state.api.routes.common import (
+    WaitQuery,
+    check_wait,
+    finished,
+    not_found,
+    problem_responses,
+    task_uuid,
+)
 from state.db.queries import TaskFilter, get_task, list_tasks
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
@@ -99,43 +104,23 @@ async def list_tasks_route(query: Annotated[TaskListQuery, Query()], caller: Cal
 
 
 @router.get("/{task_id}", response_model=TaskPublic, responses=problem_responses(401, 404, 422))
-async def read_task(
-    task_id: str, caller: CallerDep, pool: PoolDep, notifier: NotifierDep, settings: SettingsDep,
-    wait: Annotated[float, Query(ge=0, description=(
-        "Seconds to wait for the task to end (COMPLETED, CANCELLED, or FAILED with no retry to "
-        "come) before answering: the answer comes as soon as it has ended, else with its state "
-        "at the deadline. A task accepted a moment ago but not yet readable is waited for too "
-        "(404 only if it is still unknown at the deadline). At most the server's "
-        "COMPUTE_API_MAX_WAIT_S (60 by default)."))] = 0.0,
-) -> TaskPublic:
+async def read_task(task_id: str, caller: CallerDep, pool: PoolDep, notifier: NotifierDep,
+                    settings: SettingsDep, wait: WaitQuery = 0.0) -> TaskPublic:
     """Status, progress, attempt, result, error and timestamps of one task; with ``wait``, a
-    long poll that answers when the task has ended."""
+    long poll that answers when the task has ended (COMPLETED, CANCELLED, or FAILED with no
+    retry to come)."""
     tid = task_uuid(task_id)
-    if wait > settings.max_wait_s:
-        raise ApiProblem(422, "validation-error", f"wait: at most {settings.max_wait_s:g} seconds")
-    if not wait:
-        async with pool.connection() as conn:
-            row = await get_task(conn, tid, caller.tenant_id)
-        if row is None:
-            raise not_found(tid)
-        return TaskPublic.from_row(row)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    # Subscribed before the first read: a change committed in between still wakes us.
-    with notifier.subscribe(tid) as changed:
-        while True:
-            changed.clear()
-            async with pool.connection() as conn:  # not held while waiting
-                row = await get_task(conn, tid, caller.tenant_id)
-            remaining = deadline - loop.time()
-            # A task accepted a moment ago may not be in the read model yet: waited for too.
-            if row is None and remaining <= 0:
-                raise not_found(tid)
-            if row is not None and (finished(row) or remaining <= 0):
-                return TaskPublic.from_row(row)
-            # Re-read at least every sse_poll_s: a lost notification only delays the answer.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), min(remaining, settings.sse_poll_s))
+    check_wait(wait, settings)
+
+    async def read() -> dict | None:
+        async with pool.connection() as conn:  # not held while waiting
+            return await get_task(conn, tid, caller.tenant_id)
+
+    row = await (notifier.long_poll(tid, read, finished, wait, settings.sse_poll_s) if wait
+                 else read())
+    if row is None:
+        raise not_found(tid)
+    return TaskPublic.from_row(row)
 
 
 @router.get("/{task_id}/result", response_model=TaskResultPublic,

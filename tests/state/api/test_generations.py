@@ -5,6 +5,7 @@ this test produces to the generations-state topic (as the processors would)."""
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 from typing import Any
 
@@ -329,3 +330,31 @@ def test_cancel_of_a_finished_generation_is_a_conflict(api: ApiStack, client: ht
                                          json={"reason": "too late"}, headers=tenant.headers), 409)
     assert problem["type"].endswith(":generation-finished") and "COMPLETED" in problem["detail"]
     assert record_count(api.kafka, api.kafka.topics.generations) == before
+
+
+def test_get_with_wait_answers_when_the_generation_ends(api: ApiStack, client: httpx.Client,
+                                                        tenant: Tenant) -> None:
+    p = gh.plan()
+    url = f"/api/v1/generations/{p.generation_id}"
+    answered: list[httpx.Response] = []
+    waiting = threading.Thread(target=lambda: answered.append(
+        client.get(url, headers=tenant.headers, params={"wait": 30}, timeout=60)))
+    waiting.start()  # before the generation exists anywhere: waited for, not a 404
+    wait_for(lambda: p.generation_id in api.app.state.notifier._waiters, what="the long poll to wait")
+    gh.produce_records(api.kafka, [gh.base_record(p, tenant=tenant.name)])  # RUNNING: keeps waiting
+    _wait_version(client, tenant, p.generation_id, 1)
+    assert not answered
+    gh.produce_records(api.kafka, [gh.base_record(p, tenant=tenant.name, done=True, version=2)])
+    waiting.join(30)
+    assert not waiting.is_alive() and answered[0].status_code == 200, answered
+    assert answered[0].json()["status"] == "COMPLETED" and answered[0].json()["version"] == 2
+    # Running: answered at the deadline with its state; unknown: 404 then; too long: 422.
+    running = gh.plan()
+    gh.produce_records(api.kafka, [gh.base_record(running, tenant=tenant.name)])
+    _wait_version(client, tenant, running.generation_id, 1)
+    early = client.get(f"/api/v1/generations/{running.generation_id}", headers=tenant.headers,
+                       params={"wait": 0.3})
+    assert early.status_code == 200 and early.json()["status"] == "RUNNING"
+    assert_problem(client.get(f"/api/v1/generations/{uuid.uuid4()}", headers=tenant.headers,
+                              params={"wait": 0.2}), 404)
+    assert_problem(client.get(url, headers=tenant.headers, params={"wait": 3600}), 422)
