@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from psycopg.rows import dict_row
 import uuid
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -123,3 +124,34 @@ def webhook_deliveries(db_url: str, kind: str, subject_id: str) -> list[tuple]:
         return conn.execute(
             "SELECT attempt, status_code, error, event_id::text, url FROM webhook_deliveries"
             " WHERE subject_kind = %s AND subject_id = %s ORDER BY delivery_id", (kind, subject_id)).fetchall()
+
+
+def crash_before_commit(db_url: str, kafka: KafkaSettings, settings: Any, what: str) -> None:
+    """A projector whose first batch that queues webhook deliveries dies right after queueing
+    them, before its transaction commits (a batch that queues nothing commits)."""
+    from state.api.webhooks import enqueue
+    from state.projector import Projector
+
+    def crash_after_enqueue(conn: psycopg.Connection, result: Any) -> None:
+        if enqueue(conn, result, settings):
+            raise RuntimeError("the process dies before the batch commits")
+
+    crashing = Projector(db_url, kafka, in_transaction=crash_after_enqueue, create_topics=False)
+    try:
+        with pytest.raises(RuntimeError, match="dies"):
+            wait_for(lambda: crashing.poll_once() and False, what=what)
+    finally:
+        crashing.close()
+
+
+def project_until(db_url: str, kafka: KafkaSettings, settings: Any, done: Any, what: str) -> None:
+    """A projector queueing webhook deliveries in its batches, polled until ``done()``."""
+    from state.api.webhooks import enqueue
+    from state.projector import Projector
+
+    projector = Projector(db_url, kafka, create_topics=False,
+                          in_transaction=lambda conn, result: enqueue(conn, result, settings))
+    try:
+        wait_for(lambda: projector.poll_once() is not None and done(), what=what)
+    finally:
+        projector.close()

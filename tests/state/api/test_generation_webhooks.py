@@ -27,10 +27,14 @@ from state.api.webhooks import (
     generation_event_id,
     verify,
 )
-from state.db.generation_projection import ProjectedBatch
 from state.db.migrate import migrate
 from state.projector import Projector, rebuild
-from tests.state.api.helpers import webhook_deliveries, webhook_outbox
+from tests.state.api.helpers import (
+    crash_before_commit,
+    project_until,
+    webhook_deliveries,
+    webhook_outbox,
+)
 from tests.state.api.test_webhooks import SECRET, Receiver, projecting
 from tests.state.db import generation_helpers as gh
 from tests.state.db.helpers import fresh_database, wait_for
@@ -197,25 +201,9 @@ def test_generation_rows_and_outbox_commit_together(db_url: str,
     gh.produce_records(kafka_settings, [_record(version=1, plan=p)])
     settings = WebhookSettings(secret=SECRET)
 
-    def crash_after_enqueue(conn: psycopg.Connection, result: ProjectedBatch) -> None:
-        if enqueue(conn, result, settings):
-            raise RuntimeError("the process dies before the batch commits")
-
-    crashing = Projector(db_url, kafka_settings, in_transaction=crash_after_enqueue,
-                         create_topics=False)
-    try:
-        with pytest.raises(RuntimeError, match="dies"):
-            wait_for(lambda: crashing.poll_once() and False, what="the generation's batch")
-    finally:
-        crashing.close()
+    crash_before_commit(db_url, kafka_settings, settings, what="the generation's batch")
     assert _generation(db_url, gid) is None and _outbox(db_url, gid) == []
-
-    replaying = Projector(db_url, kafka_settings, create_topics=False,
-                          in_transaction=lambda conn, result: enqueue(conn, result, settings))
-    try:
-        wait_for(lambda: replaying.poll_once() is not None and _generation(db_url, gid),
-                 what="the batch replayed")
-    finally:
-        replaying.close()
+    project_until(db_url, kafka_settings, settings, lambda: _generation(db_url, gid),
+                  what="the batch replayed")
     assert _generation(db_url, gid) == {"status": "RUNNING", "version": 1}
     assert [(o["state"], o["attempts"]) for o in _outbox(db_url, gid)] == [("pending", 0)]

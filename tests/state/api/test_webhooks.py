@@ -22,14 +22,17 @@ from state.api.webhooks import (
     SIGNATURE_HEADER,
     WebhookDispatcher,
     WebhookSettings,
-    enqueue,
     verify,
     webhook_settings_from_env,
 )
 from state.db.migrate import migrate
-from state.db.projection import BatchResult
-from state.projector import Projector, run_projector
-from tests.state.api.helpers import webhook_deliveries, webhook_outbox
+from state.projector import run_projector
+from tests.state.api.helpers import (
+    crash_before_commit,
+    project_until,
+    webhook_deliveries,
+    webhook_outbox,
+)
 from tests.state.db.helpers import lifecycle, produce, submitted, task_row, wait_for
 
 SECRET = "s3cr3t-for-tests"
@@ -160,40 +163,15 @@ def test_the_outbox_commits_with_its_batch(db_url: str, kafka_settings: KafkaSet
     # this fixes which batch the status changes are in).
     produce(kafka_settings, [submitted(tid, at=events[0].envelope.occurred_at,
                                        webhook_url="http://hooks.example/x")])
-    first = Projector(db_url, kafka_settings, create_topics=False,
-                      in_transaction=lambda conn, result: enqueue(conn, result, settings))
-    try:
-        wait_for(lambda: first.poll_once() is not None and task_row(db_url, tid), what="the submission")
-    finally:
-        first.close()
+    project_until(db_url, kafka_settings, settings, lambda: task_row(db_url, tid),
+                  what="the submission")
     produce(kafka_settings, events)
-    queued: list[int] = []
-
-    def crash_after_enqueue(conn: psycopg.Connection, result: BatchResult) -> None:
-        queued.append(enqueue(conn, result, settings))
-        if queued[-1]:  # (a batch that queues nothing, e.g. the submission replayed, commits)
-            raise RuntimeError("the process dies before the batch commits")
-
-    crashing = Projector(db_url, kafka_settings, in_transaction=crash_after_enqueue,
-                         create_topics=False)
-    try:
-        with pytest.raises(RuntimeError, match="dies"):
-            wait_for(lambda: crashing.poll_once() and False, what="a batch with status changes")
-    finally:
-        crashing.close()
+    crash_before_commit(db_url, kafka_settings, settings, what="a batch with status changes")
     assert task_row(db_url, tid)["version"] == 0  # no status change committed...
     assert _outbox(db_url, tid) == []  # ...and no delivery queued
-
-    def replayed() -> bool:
-        projector.poll_once()
-        return (task_row(db_url, tid) or {}).get("status") == "QUEUED"
-
-    projector = Projector(db_url, kafka_settings, create_topics=False,
-                          in_transaction=lambda conn, result: enqueue(conn, result, settings))
-    try:
-        wait_for(replayed, what="the batch replayed")
-    finally:
-        projector.close()
+    project_until(db_url, kafka_settings, settings,
+                  lambda: (task_row(db_url, tid) or {}).get("status") == "QUEUED",
+                  what="the batch replayed")
     assert _outbox(db_url, tid) == [("pending", 0), ("pending", 0)]  # PENDING, QUEUED; once
 
 
