@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
@@ -45,6 +45,7 @@ from gpu_consumers.errors import (
 from gpu_consumers.handler import Handler, HandlerResult, TaskContext
 from gpu_consumers.settings import ContentPolicy, WorkerSettings
 from gpu_consumers.storage import OutputStore
+from gpu_consumers.threads import Call, ReusableThread
 from schemas.enums import TaskStatus
 from schemas.events import ResultMetadata, TaskError, TaskResult, TaskSubmitted
 from schemas.headers import trace_id_of
@@ -81,6 +82,8 @@ class Services:
     device: str
     handler_for: Callable[[TaskSubmitted], Handler]
     content_policy: ContentPolicy | None = None
+    # Handler calls run here, one at a time, so that a run can give up on one that hangs.
+    handler_thread: ReusableThread = field(default_factory=lambda: ReusableThread("handler"))
 
 
 class _Stop(Exception):
@@ -114,31 +117,6 @@ class _Progress:
             self._emit(value)
         except Exception:  # progress is best effort; never fail the task over it
             log.exception("progress event not produced")
-
-
-class _Call:
-    """One handler run in its own daemon thread, so that a handler that hangs can be left."""
-
-    def __init__(self, fn: Callable[[], HandlerResult]) -> None:
-        self.result: HandlerResult | None = None
-        self.error: BaseException | None = None
-        self.elapsed_s = 0.0
-        self._fn = fn
-        self._done = threading.Event()
-        threading.Thread(target=self._run, name="handler", daemon=True).start()
-
-    def _run(self) -> None:
-        start = time.perf_counter()
-        try:
-            self.result = self._fn()
-        except BaseException as exc:  # reported by the run, never lost
-            self.error = exc
-        finally:
-            self.elapsed_s = time.perf_counter() - start
-            self._done.set()
-
-    def wait(self, timeout_s: float) -> bool:
-        return self._done.wait(max(timeout_s, 0.0))
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -286,7 +264,7 @@ class TaskRun:
         limit = self._settings.timeout_for(task_type)
         return ProviderTimeout(f"{task_type.value} task ran past its {limit:g}s time limit{suffix}")
 
-    def _run_handler(self, low_memory: bool) -> tuple[_Call, ReasonToken]:
+    def _run_handler(self, low_memory: bool) -> tuple[Call, ReasonToken]:
         services, attempt = self._services, self.attempt
         token = ReasonToken()
         with self._lock:
@@ -298,7 +276,8 @@ class TaskRun:
         ctx = TaskContext(task_id=self.task_id, attempt=attempt, progress=progress, cancel=token,
                           fetch=services.fetcher, models=services.models, device=services.device,
                           low_memory=low_memory)
-        call = _Call(lambda: services.handler_for(self.task).run(self.task.params, ctx))
+        call = services.handler_thread.submit(
+            lambda: services.handler_for(self.task).run(self.task.params, ctx))
         try:
             if not call.wait(self._settings.timeout_for(self.task.envelope.task_type)):
                 token.cancel(CancelReason.TIMEOUT)  # the handler stops at its next step

@@ -50,6 +50,7 @@ from gpu_consumers.execution import Outcome, RunReport, Services, TaskRun
 from gpu_consumers.handlers.registry import HandlerFactory, HandlerSet, Providers
 from gpu_consumers.settings import ContentPolicy, WorkerSettings
 from gpu_consumers.storage import OutputStore
+from gpu_consumers.threads import Call, ReusableThread
 from schemas.codec import EventCodec
 from schemas.enums import TaskType
 from schemas.errors import DecodeError
@@ -99,7 +100,7 @@ class _InFlight:
     lane: _Lane
     msg: Message
     run: TaskRun
-    thread: threading.Thread = field(init=False)
+    call: Call = field(init=False)  # the run, in the worker's task thread
     report: RunReport | None = None
     lost: bool = False  # its partition was revoked before it finished: never commit it
     committed: bool = False
@@ -145,6 +146,7 @@ class Worker:
         self._force = threading.Event()
         self._healthy = True
         self._inflight: _InFlight | None = None
+        self._task_thread = ReusableThread("task")  # runs each task, so _wait can give up on one
         self._buffer: deque[tuple[_Lane, Message]] = deque()
         self._paused = False
         self._lanes: list[_Lane] = []
@@ -205,6 +207,8 @@ class Worker:
             for lane in self._lanes:
                 self._close_lane(lane)
             control.stop()
+            self._task_thread.close()
+            self._services.handler_thread.close()
             producer.flush(10.0)
             log.info("worker %s stopped: %s", self.worker_id, self.stats)
         return self.stats
@@ -255,9 +259,7 @@ class Worker:
         if self._inflight is not inflight:  # cancelled while queued: CANCELLED, never runs
             self._finish(lane, msg, run.execute())
             return
-        inflight.thread = threading.Thread(target=self._execute, args=(inflight,), name="task",
-                                           daemon=True)
-        inflight.thread.start()
+        inflight.call = self._task_thread.submit(lambda: self._execute(inflight))
         self._wait(inflight)
         self._inflight = None
         self._finish(lane, msg, inflight.report, inflight)
@@ -276,8 +278,7 @@ class Worker:
         """Poll until the task thread ends; on shutdown, cancel it after the grace period."""
         shutdown_at = abandon_at = None
         while True:
-            inflight.thread.join(_POLL_S)  # returns as soon as the task ends
-            if not inflight.thread.is_alive():
+            if inflight.call.wait(_POLL_S):  # returns as soon as the task ends
                 return
             self._poll_while_busy()
             if not self._stop.is_set():
@@ -370,7 +371,7 @@ class Worker:
                 (inflight.msg.topic(), inflight.msg.partition()) not in gone):
             return
         # Give the running task a moment to finish so its offset is committed by its owner.
-        inflight.thread.join(self.settings.rebalance_wait_s)
+        inflight.call.wait(self.settings.rebalance_wait_s)
         if inflight.report is not None and inflight.report.commit:
             self._commit(lane, inflight.msg)
             inflight.committed = True
