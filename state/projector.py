@@ -57,7 +57,8 @@ from state.db.generation_projection import (
     project_generation_records,
 )
 from state.db.migrate import migrate
-from state.db.projection import apply_batch, flatten
+from state.db.pipelined import pipelined_transaction
+from state.db.projection import apply_batch, apply_events, flatten
 from state.api.webhooks import WebhookDispatcher, WebhookSettings
 from state.errors import LifecycleError
 from state.lifecycle import view_event
@@ -288,7 +289,7 @@ class Projector:
         before task locks in every batch of every projector: no deadlock."""
         assert self._conn is not None
         generation_result = project_generation_records(self._conn, generations)
-        result = ProjectedBatch.of(apply_batch(self._conn, events), generation_result)
+        result = ProjectedBatch.of(apply_events(self._conn, events), generation_result)
         if self._in_transaction is not None:
             self._in_transaction(self._conn, result)
         return result
@@ -302,10 +303,9 @@ class Projector:
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = psycopg.connect(self.database_url, autocommit=True)
-                # One transaction (the projections' own become savepoints). Pipeline mode:
-                # statements whose results are not read yet travel together, so a batch is
-                # three round trips to PostgreSQL instead of ten.
-                with self._conn.pipeline(), self._conn.transaction():
+                # One transaction, its statements pipelined: two round trips to PostgreSQL
+                # (the projection's read, then the rest with the commit).
+                with pipelined_transaction(self._conn):
                     return self._project(events, generations)
             except psycopg.OperationalError as exc:
                 self.stats.db_retries += 1

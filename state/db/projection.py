@@ -193,75 +193,81 @@ def _lock_tasks(conn: psycopg.Connection, task_ids: Sequence[str]) -> None:
 
 
 def apply_batch(conn: psycopg.Connection, events: Iterable[StatusChanged | TaskSubmitted]) -> BatchResult:
-    """Fold ``events`` (in topic order) into the database inside one transaction; the caller
-    commits its offsets only after this returns."""
+    """Fold ``events`` (in topic order) into the database inside one transaction (a savepoint of
+    the caller's, if one is open); the caller commits its offsets only after this returns."""
+    with conn.transaction():
+        return apply_events(conn, events)
+
+
+def apply_events(conn: psycopg.Connection, events: Iterable[StatusChanged | TaskSubmitted]) -> BatchResult:
+    """:func:`apply_batch` inside the caller's transaction. In pipeline mode its statements
+    travel together: one round trip (its reads), the rest goes with the caller's commit."""
     events = list(events)
     result = BatchResult()
     if not events:
         return result
     task_ids = sorted({e.envelope.task_id for e in events})
     status_ids = [e.envelope.event_id for e in events if isinstance(e, StatusChanged)]
-    with conn.transaction():
-        _lock_tasks(conn, task_ids)
-        # Both reads are sent before either is read: one round trip in pipeline mode.
-        with conn.cursor(row_factory=dict_row) as rows_cur, conn.cursor() as known_cur:
-            rows_cur.execute(
-                f"SELECT {', '.join(WRITE_COLUMNS)} FROM tasks WHERE task_id = ANY(%s::uuid[])",
-                (task_ids,),
-            )
-            known_cur.execute(
-                "SELECT event_id FROM task_events WHERE event_id = ANY(%s::uuid[])", (status_ids,)
-            )
-            before = {str(r["task_id"]): _normalised(r) for r in rows_cur.fetchall()}
-            known = {str(r[0]) for r in known_cur.fetchall()}
-        rows = {tid: dict(before.get(tid) or _empty_row(tid)) for tid in task_ids}
-        states = {tid: state_from_row(before.get(tid)) for tid in task_ids}
-        new_events: list[tuple[Any, ...]] = []
-        for event in events:
-            tid = event.envelope.task_id
-            row = rows[tid]
-            if isinstance(event, TaskSubmitted):
-                old = before.get(tid)
-                if (old is not None and old["version"] > 0 and old["submitted_event_id"] is None
-                        and all(t != tid for t, _ in result.late_submissions)):
-                    result.late_submissions.append((tid, row))
-                _apply_submitted(row, event)
-                continue
-            env = event.envelope
-            if env.event_id in known:
-                continue
-            known.add(env.event_id)
-            previous = states[tid]
-            states[tid] = fold(previous, flatten(event))
-            if states[tid] is not previous:
-                result.transitions.append(Transition(tid, previous, states[tid], row))
-            row["event_seq"] += 1
-            new_events.append((env.event_id, tid, row["event_seq"], env.attempt,
-                               event.status.value, event.progress, env.occurred_at,
-                               jsonb(_event_payload(event))))
-            for column in ORIGIN_COLUMNS:
-                row[column] = row[column] or getattr(env, column)
-        changed: list[dict[str, Any]] = []
-        for tid in task_ids:
-            row, state = rows[tid], states[tid]
-            if state is not None:
-                row.update(_status_columns(state))
+    _lock_tasks(conn, task_ids)
+    # Both reads are sent before either is read: one round trip in pipeline mode.
+    with conn.cursor(row_factory=dict_row) as rows_cur, conn.cursor() as known_cur:
+        rows_cur.execute(
+            f"SELECT {', '.join(WRITE_COLUMNS)} FROM tasks WHERE task_id = ANY(%s::uuid[])",
+            (task_ids,),
+        )
+        known_cur.execute(
+            "SELECT event_id FROM task_events WHERE event_id = ANY(%s::uuid[])", (status_ids,)
+        )
+        before = {str(r["task_id"]): _normalised(r) for r in rows_cur.fetchall()}
+        known = {str(r[0]) for r in known_cur.fetchall()}
+    rows = {tid: dict(before.get(tid) or _empty_row(tid)) for tid in task_ids}
+    states = {tid: state_from_row(before.get(tid)) for tid in task_ids}
+    new_events: list[tuple[Any, ...]] = []
+    for event in events:
+        tid = event.envelope.task_id
+        row = rows[tid]
+        if isinstance(event, TaskSubmitted):
             old = before.get(tid)
-            if old is not None and all(row[c] == old[c] for c in WRITE_COLUMNS[1:]):
-                continue
-            changed.append(row)
-        if changed:
-            with conn.cursor() as cur:
-                cur.executemany(_UPSERT, [_params(row) for row in changed])
-        if new_events:
-            with conn.cursor() as cur:
-                cur.executemany(_INSERT_EVENT, new_events)
-        notify = sorted({e[1] for e in new_events} | {r["task_id"] for r in changed})
-        if notify:
-            conn.execute(
-                "SELECT count(pg_notify(%s, x)) FROM unnest(%s::text[]) AS x",
-                (NOTIFY_CHANNEL, notify),
-            )
+            if (old is not None and old["version"] > 0 and old["submitted_event_id"] is None
+                    and all(t != tid for t, _ in result.late_submissions)):
+                result.late_submissions.append((tid, row))
+            _apply_submitted(row, event)
+            continue
+        env = event.envelope
+        if env.event_id in known:
+            continue
+        known.add(env.event_id)
+        previous = states[tid]
+        states[tid] = fold(previous, flatten(event))
+        if states[tid] is not previous:
+            result.transitions.append(Transition(tid, previous, states[tid], row))
+        row["event_seq"] += 1
+        new_events.append((env.event_id, tid, row["event_seq"], env.attempt,
+                           event.status.value, event.progress, env.occurred_at,
+                           jsonb(_event_payload(event))))
+        for column in ORIGIN_COLUMNS:
+            row[column] = row[column] or getattr(env, column)
+    changed: list[dict[str, Any]] = []
+    for tid in task_ids:
+        row, state = rows[tid], states[tid]
+        if state is not None:
+            row.update(_status_columns(state))
+        old = before.get(tid)
+        if old is not None and all(row[c] == old[c] for c in WRITE_COLUMNS[1:]):
+            continue
+        changed.append(row)
+    if changed:
+        with conn.cursor() as cur:
+            cur.executemany(_UPSERT, [_params(row) for row in changed])
+    if new_events:
+        with conn.cursor() as cur:
+            cur.executemany(_INSERT_EVENT, new_events)
+    notify = sorted({e[1] for e in new_events} | {r["task_id"] for r in changed})
+    if notify:
+        conn.execute(
+            "SELECT count(pg_notify(%s, x)) FROM unnest(%s::text[]) AS x",
+            (NOTIFY_CHANNEL, notify),
+        )
     result.tasks_written = len(changed)
     result.events_inserted = len(new_events)
     return result

@@ -132,14 +132,14 @@ def test_a_record_postgresql_refuses_is_dead_lettered_and_the_rest_projected(
     import state.projector as projector_module
 
     refused_tid, good = str(uuid.uuid4()), [str(uuid.uuid4()) for _ in range(3)]
-    real_apply = projector_module.apply_batch
+    real_apply = projector_module.apply_events
 
-    def apply_batch(conn, events):
+    def apply_events(conn, events):
         if any(e.envelope.task_id == refused_tid for e in events):
             raise psycopg.DataError("value out of range (standing in for PostgreSQL)")
         return real_apply(conn, events)
 
-    monkeypatch.setattr(projector_module, "apply_batch", apply_batch)
+    monkeypatch.setattr(projector_module, "apply_events", apply_events)
     events = [e for tid in (good[0], refused_tid, *good[1:]) for e in lifecycle(tid)]
     with running_projector(db_url, kafka_settings, batch_size=50) as projector:
         produce(kafka_settings, events)
