@@ -2,6 +2,8 @@
 forgets cached API keys when one is revoked (PostgreSQL NOTIFY).
 
 One LISTEN connection per API process; each stream waits on an asyncio.Event for its task id.
+A notification carries the status the row has now (``state.db.projection.notify_payload``): a
+long poll waiting for the end is woken only by a status that may be one, not by every change.
 Streams also re-read on a timer (``sse_poll_s``), so a lost notification or a listener that is
 reconnecting only delays an update, never loses it: the events themselves are read from the
 table by sequence number.
@@ -19,7 +21,7 @@ from typing import TypeVar
 import psycopg
 
 from state.db.apikeys import REVOKED_CHANNEL
-from state.db.projection import NOTIFY_CHANNEL
+from state.db.projection import NOTIFY_CHANNEL, parse_notify_payload
 
 log = logging.getLogger("state.api.notifier")
 T = TypeVar("T")
@@ -33,7 +35,9 @@ class EventNotifier:
         listener was not listening)."""
         self._url = database_url
         self._on_key_revoked = on_key_revoked
-        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        # subject id -> {event: which notified statuses set it (None: all)}
+        self._waiters: dict[str, dict[asyncio.Event, Callable[[str], bool] | None]] = \
+            defaultdict(dict)
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -46,28 +50,34 @@ class EventNotifier:
                 await self._task
 
     @contextlib.contextmanager
-    def subscribe(self, task_id: str) -> Iterator[asyncio.Event]:
+    def subscribe(self, subject_id: str,
+                  wake_on: Callable[[str], bool] | None = None) -> Iterator[asyncio.Event]:
+        """An event set when the projector notifies ``subject_id``: on every change, or with
+        ``wake_on`` only when the notified status satisfies it (a notification without a
+        status, or a reconnection, always sets it)."""
         event = asyncio.Event()
-        self._waiters[task_id].add(event)
+        self._waiters[subject_id][event] = wake_on
         try:
             yield event
         finally:
-            waiters = self._waiters.get(task_id)
+            waiters = self._waiters.get(subject_id)
             if waiters is not None:
-                waiters.discard(event)
+                waiters.pop(event, None)
                 if not waiters:
-                    del self._waiters[task_id]
+                    del self._waiters[subject_id]
 
     async def long_poll(self, subject_id: str, read: Callable[[], Awaitable[T | None]],
-                        ended: Callable[[T], bool], wait_s: float, recheck_s: float) -> T | None:
+                        ended: Callable[[T], bool], wait_s: float, recheck_s: float, *,
+                        may_end: Callable[[str], bool] | None = None) -> T | None:
         """``read()`` until ``ended`` holds for what it returns or ``wait_s`` has passed; the
         last read either way (None: still unknown). Woken by the projector's NOTIFY of
-        ``subject_id`` (a task or generation id), and re-reading every ``recheck_s`` in case a
-        notification was lost. ``read`` should not hold a database connection between calls."""
+        ``subject_id`` (a task or generation id) - only of a status for which ``may_end`` holds,
+        when given - and re-reading every ``recheck_s`` in case a notification was lost.
+        ``read`` should not hold a database connection between calls."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         # Subscribed before the first read: a change committed in between still wakes us.
-        with self.subscribe(subject_id) as changed:
+        with self.subscribe(subject_id, may_end) as changed:
             while True:
                 changed.clear()
                 row = await read()
@@ -89,8 +99,10 @@ class EventNotifier:
                         if note.channel == REVOKED_CHANNEL:
                             self._on_key_revoked(note.payload)
                             continue
-                        for event in self._waiters.get(note.payload, ()):
-                            event.set()
+                        subject_id, status = parse_notify_payload(note.payload)
+                        for event, wake_on in self._waiters.get(subject_id, {}).items():
+                            if wake_on is None or status is None or wake_on(status):
+                                event.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -48,7 +48,7 @@ from processors.generation_record import (
 )
 from schemas.errors import DecodeError
 from state.db.pg_values import jsonb, without_nul
-from state.db.projection import NOTIFY_CHANNEL, BatchResult
+from state.db.projection import NOTIFY_CHANNEL, BatchResult, notify_payload
 from state.db.queries import tenant_where
 
 # Advisory-lock hash seed of generation ids ("gens"), apart from the tasks' locks.
@@ -290,7 +290,7 @@ def project_generation_records(conn: psycopg.Connection, records: Iterable[Gener
         # Wakes the API's long polls of these generations (at commit; ids never collide with
         # task ids, so they share the tasks' channel).
         conn.execute("SELECT count(pg_notify(%s, x)) FROM unnest(%s::text[]) AS x",
-                     (NOTIFY_CHANNEL, written))
+                     (NOTIFY_CHANNEL, [notify_payload(g, latest[g].status.value) for g in written]))
     for gid in written:
         stored_version, status = stored.get(gid, (-1, None))
         for version in sorted(v for v in versions[gid] if v > stored_version):

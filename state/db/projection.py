@@ -35,6 +35,20 @@ from state.db.pg_values import jsonb, without_nul
 from state.lifecycle import TaskState, fold
 
 NOTIFY_CHANNEL = "task_events"
+
+
+def notify_payload(subject_id: str, status: str | None) -> str:
+    """What a NOTIFY on ``NOTIFY_CHANNEL`` carries: the task (or generation) id and the status
+    its row has now, so that a listener waiting for an end need not re-read on every change."""
+    return f"{subject_id} {status or ''}"
+
+
+def parse_notify_payload(payload: str) -> tuple[str, str | None]:
+    """(subject id, status) of a payload; status None when it has none (e.g. a bare id)."""
+    subject_id, sep, status = payload.partition(" ")
+    return subject_id, (status if sep else None)
+
+
 # Arbitrary seed of the advisory-lock hash, so these locks do not collide with other users'.
 _LOCK_SEED = 0x7461736B
 
@@ -266,7 +280,7 @@ def apply_events(conn: psycopg.Connection, events: Iterable[StatusChanged | Task
     if notify:
         conn.execute(
             "SELECT count(pg_notify(%s, x)) FROM unnest(%s::text[]) AS x",
-            (NOTIFY_CHANNEL, notify),
+            (NOTIFY_CHANNEL, [notify_payload(tid, rows[tid]["status"]) for tid in notify]),
         )
     result.tasks_written = len(changed)
     result.events_inserted = len(new_events)

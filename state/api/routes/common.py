@@ -41,6 +41,15 @@ def finished(row: dict) -> bool:
         return True
 
 
+_MAY_HAVE_FINISHED = frozenset(s.value for s in (TaskStatus.COMPLETED, TaskStatus.FAILED,
+                                                 TaskStatus.CANCELLED))
+
+
+def may_have_finished(status: str) -> bool:
+    """Whether a task with this status may have :func:`finished` (FAILED may still retry)."""
+    return status in _MAY_HAVE_FINISHED
+
+
 WaitQuery = Annotated[float, Query(ge=0, description=(
     "Seconds to wait for it to end before answering (a long poll): the answer comes as soon as "
     "it has ended, else with its state at the deadline. One accepted a moment ago but not yet "

@@ -223,15 +223,19 @@ async def read_generation(generation_id: str, caller: CallerDep, pool: PoolDep,
         async with pool.connection() as conn:  # not held while waiting
             return await get_generation(conn, gid, caller.tenant_id)
 
-    row = await (notifier.long_poll(gid, read, _generation_ended, wait, settings.sse_poll_s)
-                 if wait else read())
+    row = await (notifier.long_poll(gid, read, _generation_ended, wait, settings.sse_poll_s,
+                                    may_end=_generation_status_ended) if wait else read())
     if row is None:
         raise ApiProblem(404, "generation-not-found", f"no generation {gid}")
     return GenerationPublic.from_row(row)
 
 
 def _generation_ended(row: dict) -> bool:
-    return row["status"] != GenerationStatus.RUNNING.value
+    return _generation_status_ended(row["status"])
+
+
+def _generation_status_ended(status: str) -> bool:
+    return status != GenerationStatus.RUNNING.value
 
 
 @router.post("/{generation_id}/cancel", status_code=202, response_model=GenerationCancelAccepted,

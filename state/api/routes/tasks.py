@@ -27,6 +27,7 @@ from state.api.routes.common import (
     WaitQuery,
     check_wait,
     finished,
+    may_have_finished,
     not_found,
     problem_responses,
     task_uuid,
@@ -116,8 +117,8 @@ async def read_task(task_id: str, caller: CallerDep, pool: PoolDep, notifier: No
         async with pool.connection() as conn:  # not held while waiting
             return await get_task(conn, tid, caller.tenant_id)
 
-    row = await (notifier.long_poll(tid, read, finished, wait, settings.sse_poll_s) if wait
-                 else read())
+    row = await (notifier.long_poll(tid, read, finished, wait, settings.sse_poll_s,
+                                    may_end=may_have_finished) if wait else read())
     if row is None:
         raise not_found(tid)
     return TaskPublic.from_row(row)

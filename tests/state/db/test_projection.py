@@ -12,7 +12,9 @@ import pytest
 
 from schemas.enums import ErrorCode, TaskStatus, TaskType
 from state.db.migrate import migrate
-from state.db.projection import apply_batch, flatten, state_from_row
+from state.db.projection import (
+    NOTIFY_CHANNEL, apply_batch, flatten, parse_notify_payload, state_from_row,
+)
 from state.lifecycle import RANK, fold_all
 from tests.state.db.helpers import T0, lifecycle, status, submitted, task_row
 
@@ -134,3 +136,20 @@ def test_submissions_alone_converge_whatever_their_order(conn: psycopg.Connectio
     keys = ("status", "attempt", "created_at", "updated_at", "params", "version", "submitted_attempt")
     assert {k: one[k] for k in keys} == {k: two[k] for k in keys}
     assert one["attempt"] == 2 and one["params"]["prompt"] == "b" and one["version"] == 0
+
+
+def test_each_batch_notifies_every_task_it_wrote_with_its_status_now(conn: psycopg.Connection,
+                                                                      db_url: str) -> None:
+    """The API's long polls wake only on a status that may end the task: the NOTIFY says which."""
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        apply_batch(conn, [status(a, TaskStatus.PENDING, at=T0), status(a, TaskStatus.QUEUED, at=T0),
+                           status(b, TaskStatus.PENDING, at=T0)])
+        apply_batch(conn, [status(a, TaskStatus.PROCESSING, at=T0 + timedelta(seconds=1)),
+                           status(a, TaskStatus.COMPLETED, at=T0 + timedelta(seconds=2))])
+        payloads = [n.payload for n in listener.notifies(timeout=5, stop_after=3)]
+    assert sorted(payloads[:2]) == sorted([f"{a} QUEUED", f"{b} PENDING"])
+    assert payloads[2] == f"{a} COMPLETED"
+    assert [parse_notify_payload(p) for p in payloads[2:]] == [(a, "COMPLETED")]
+    assert parse_notify_payload(a) == (a, None)  # a bare id (an older projector): no status
