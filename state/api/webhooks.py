@@ -330,23 +330,31 @@ class WebhookDispatcher:
         self._kicks = 0
         self._stopping = False
         self._pruned_at = -_PRUNE_EVERY_S  # the first idle thread prunes at once
+        self._queued = 0  # rows the last enqueue() queued: on_batch wakes threads only for them
         self._threads = [threading.Thread(target=self._work, name=f"webhooks-{i}", daemon=True)
                          for i in range(settings.threads)]
         for thread in self._threads:
             thread.start()
 
     def enqueue(self, conn: psycopg.Connection, result: BatchResult) -> int:
-        return enqueue(conn, result, self.settings)
+        self._queued = enqueue(conn, result, self.settings)  # a retried batch calls it again
+        return self._queued
 
     def on_batch(self, result: BatchResult) -> None:
-        """A batch committed: wake the threads if it may have queued deliveries."""
-        if result.transitions or getattr(result, "generation_changes", None):
-            self.wake()
+        """A batch committed: wake as many threads as it queued deliveries (none for the usual
+        batch, whose tasks have no webhook: each woken thread queries the outbox)."""
+        queued, self._queued = self._queued, 0
+        if queued:
+            self.wake(queued)
 
-    def wake(self) -> None:
+    def wake(self, threads: int | None = None) -> None:
+        """Wake ``threads`` delivery threads (None: all)."""
         with self._cond:
             self._kicks += 1
-            self._cond.notify_all()
+            if threads is None:
+                self._cond.notify_all()
+            else:
+                self._cond.notify(threads)
 
     def wait_idle(self, timeout_s: float) -> bool:
         """True once no delivery is pending in the outbox (for tests and shutdown)."""

@@ -26,6 +26,7 @@ from state.api.webhooks import (
     webhook_settings_from_env,
 )
 from state.db.migrate import migrate
+from state.db.projection import apply_batch
 from state.projector import run_projector
 from tests.state.api.helpers import (
     crash_before_commit,
@@ -33,7 +34,7 @@ from tests.state.api.helpers import (
     webhook_deliveries,
     webhook_outbox,
 )
-from tests.state.db.helpers import lifecycle, produce, submitted, task_row, wait_for
+from tests.state.db.helpers import T0, lifecycle, produce, submitted, task_row, wait_for
 
 SECRET = "s3cr3t-for-tests"
 
@@ -304,3 +305,29 @@ def test_settings_from_env() -> None:
         with pytest.raises(ValueError):
             webhook_settings_from_env({"COMPUTE_WEBHOOK_SECRET": "x",
                                        "COMPUTE_WEBHOOK_ORIGIN_URLS": bad})
+
+
+def test_a_batch_wakes_delivery_threads_only_for_the_deliveries_it_queued(db_url: str) -> None:
+    """Each woken thread queries the outbox: a batch of tasks without a webhook wakes none."""
+    migrate(db_url)
+    dispatcher = WebhookDispatcher(db_url, WebhookSettings(secret=SECRET, threads=1))
+    woken: list[int | None] = []
+    dispatcher.wake = woken.append  # type: ignore[method-assign]  # what on_batch asks for
+    quiet, hooked = str(uuid.uuid4()), str(uuid.uuid4())
+    per_batch = []
+    try:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            for events in ([submitted(quiet, at=T0), *lifecycle(quiet)],
+                           [submitted(hooked, at=T0, webhook_url="https://hooks.example/x"),
+                            *lifecycle(hooked)]):
+                with conn.transaction():
+                    result = apply_batch(conn, events)
+                    queued = dispatcher.enqueue(conn, result)
+                assert result.transitions  # both batches changed statuses
+                woken.clear()
+                dispatcher.on_batch(result)
+                per_batch.append((queued, list(woken)))
+    finally:
+        dispatcher.stop()
+    # PENDING, QUEUED, PROCESSING and COMPLETED (progress alone is not delivered)
+    assert per_batch == [(0, []), (4, [4])]
