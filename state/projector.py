@@ -59,6 +59,7 @@ from state.db.generation_projection import (
 from state.db.migrate import migrate
 from state.db.pipelined import pipelined_transaction
 from state.db.projection import apply_batch, apply_events, flatten
+from state.db.task_row_cache import TaskRowCache
 from state.api.webhooks import WebhookDispatcher, WebhookSettings
 from state.errors import LifecycleError
 from state.lifecycle import view_event
@@ -90,6 +91,7 @@ class ProjectorStats:
     skipped: int = 0
     db_retries: int = 0
     generations_written: int = 0
+    stale_rows: int = 0  # batches written again because a remembered row had changed
 
 
 @dataclass
@@ -199,6 +201,9 @@ class Projector:
         self._producer: Producer | None = Producer(
             {**kafka.client_config(), "enable.idempotence": True, "linger.ms": 0})
         self._conn: psycopg.Connection | None = None
+        # The rows this projector wrote, so that a batch of their next events need not read
+        # them first (state/db/task_row_cache.py).
+        self._rows = TaskRowCache()
 
     # -- running -----------------------------------------------------------------------------
 
@@ -284,12 +289,13 @@ class Projector:
             return exc
         return None
 
-    def _project(self, events: list[Event], generations: list[Any]) -> ProjectedBatch:
+    def _project(self, events: list[Event], generations: list[Any],
+                 rows: TaskRowCache | None = None) -> ProjectedBatch:
         """Everything a batch writes, in the caller's transaction. Generation locks are taken
         before task locks in every batch of every projector: no deadlock."""
         assert self._conn is not None
         generation_result = project_generation_records(self._conn, generations)
-        result = ProjectedBatch.of(apply_events(self._conn, events), generation_result)
+        result = ProjectedBatch.of(apply_events(self._conn, events, rows), generation_result)
         if self._in_transaction is not None:
             self._in_transaction(self._conn, result)
         return result
@@ -304,9 +310,18 @@ class Projector:
                 if self._conn is None or self._conn.closed:
                     self._conn = psycopg.connect(self.database_url, autocommit=True)
                 # One transaction, its statements pipelined: two round trips to PostgreSQL
-                # (the projection's read, then the rest with the commit).
+                # (the projection's read, then the rest with the commit), one when every
+                # task's row is remembered.
                 with pipelined_transaction(self._conn):
-                    return self._project(events, generations)
+                    result = self._project(events, generations, self._rows)
+                if result.pending_rows is not None:
+                    self._rows.store(result.pending_rows.entries())
+                return result
+            except psycopg.errors.SerializationFailure as exc:
+                # A remembered row changed under us (projection_claim): nothing was written.
+                self.stats.stale_rows += 1
+                log.info("remembered task rows were stale (%s); writing the batch again", exc)
+                self._rows.clear()
             except psycopg.OperationalError as exc:
                 self.stats.db_retries += 1
                 log.warning("PostgreSQL unavailable (%s); retrying the batch in %.1fs", exc, delay)

@@ -14,8 +14,10 @@ Rules (ARCHITECTURE.md section 4):
 * ``task_events`` holds every distinct status event once, numbered 1, 2, 3... per task in the
   order first seen (the SSE ids).
 * Concurrency: each transaction takes a per-task advisory lock (in sorted order, so two
-  projectors never deadlock) before reading the rows it rewrites, and the upsert is guarded so a
-  row never moves to a lower ``version`` or ``event_seq`` even without the lock.
+  projectors never deadlock; ``projection_claim``, migration 0008) before reading the rows it
+  rewrites, and the upsert is guarded so a row never moves to a lower ``version`` or
+  ``event_seq`` even without the lock. The live projector may skip the read for rows it
+  remembers writing (state/db/task_row_cache.py); the claim then checks that they did not change.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from psycopg.rows import dict_row
 from schemas.enums import ErrorCode, TaskStatus, TaskType
 from schemas.events import StatusChanged, TaskError, TaskSubmitted
 from state.db.pg_values import jsonb, without_nul
+from state.db.task_row_cache import CachedTask, PendingRows, TaskRowCache
 from state.lifecycle import TaskState, fold
 
 NOTIFY_CHANNEL = "task_events"
@@ -196,14 +199,39 @@ class BatchResult:
     # projected in an earlier batch (statuses and tasks travel on different topics): their
     # earlier status changes had no webhook URL to go to yet.
     late_submissions: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # With a TaskRowCache: the rows to remember once the transaction committed.
+    pending_rows: PendingRows | None = None
 
 
-def _lock_tasks(conn: psycopg.Connection, task_ids: Sequence[str]) -> None:
-    conn.execute(
-        "SELECT count(pg_advisory_xact_lock(hashtextextended(x, %s)))"
-        " FROM (SELECT unnest(%s::text[]) AS x ORDER BY 1) AS ids",
-        (_LOCK_SEED, list(task_ids)),
-    )
+def _claim(conn: psycopg.Connection, task_ids: Sequence[str],
+           remembered: dict[str, CachedTask] | None) -> psycopg.Cursor:
+    """Send ``projection_claim`` (migration 0008): the tasks' advisory locks, and with
+    ``remembered`` the check that raises SerializationFailure if a row changed since. Not
+    awaited: its result (the transaction id) is read once the batch committed."""
+    xmins = None if remembered is None else [remembered[t].xmin for t in task_ids]
+    cur = conn.cursor()
+    cur.execute("SELECT projection_claim(%s::text[], %s, %s::text[])",
+                (list(task_ids), _LOCK_SEED, xmins))
+    return cur
+
+
+def _read_rows(conn: psycopg.Connection, task_ids: Sequence[str]) -> tuple[
+        dict[str, dict[str, Any]], dict[str, str], dict[str, set[str]]]:
+    """The stored rows of ``task_ids``, their xmins, and the ids of every event stored for
+    them. Both reads are sent before either is read: one round trip in pipeline mode."""
+    with conn.cursor(row_factory=dict_row) as rows_cur, conn.cursor() as events_cur:
+        rows_cur.execute(
+            f"SELECT xmin::text AS row_xmin, {', '.join(WRITE_COLUMNS)} FROM tasks"
+            " WHERE task_id = ANY(%s::uuid[])", (task_ids,))
+        events_cur.execute(
+            "SELECT task_id::text, event_id::text FROM task_events WHERE task_id = ANY(%s::uuid[])",
+            (task_ids,))
+        rows = {str(r["task_id"]): _normalised(r) for r in rows_cur.fetchall()}
+        event_ids: dict[str, set[str]] = {t: set() for t in task_ids}
+        for task_id, event_id in events_cur.fetchall():
+            event_ids[task_id].add(event_id)
+    xmins = {t: row.pop("row_xmin") for t, row in rows.items()}
+    return rows, xmins, event_ids
 
 
 def apply_batch(conn: psycopg.Connection, events: Iterable[StatusChanged | TaskSubmitted]) -> BatchResult:
@@ -213,27 +241,29 @@ def apply_batch(conn: psycopg.Connection, events: Iterable[StatusChanged | TaskS
         return apply_events(conn, events)
 
 
-def apply_events(conn: psycopg.Connection, events: Iterable[StatusChanged | TaskSubmitted]) -> BatchResult:
+def apply_events(conn: psycopg.Connection, events: Iterable[StatusChanged | TaskSubmitted],
+                 cache: TaskRowCache | None = None) -> BatchResult:
     """:func:`apply_batch` inside the caller's transaction. In pipeline mode its statements
-    travel together: one round trip (its reads), the rest goes with the caller's commit."""
+    travel together: one round trip for its reads, the rest goes with the caller's commit. With
+    a ``cache`` that remembers every task of the batch, there is no read: the whole batch is
+    one round trip (state/db/task_row_cache.py); a remembered row that changed since raises
+    psycopg.errors.SerializationFailure, and the caller writes the batch again after
+    ``cache.clear()``. ``result.pending_rows`` (with a cache) is what to remember once the
+    transaction committed."""
     events = list(events)
     result = BatchResult()
     if not events:
         return result
     task_ids = sorted({e.envelope.task_id for e in events})
-    status_ids = [e.envelope.event_id for e in events if isinstance(e, StatusChanged)]
-    _lock_tasks(conn, task_ids)
-    # Both reads are sent before either is read: one round trip in pipeline mode.
-    with conn.cursor(row_factory=dict_row) as rows_cur, conn.cursor() as known_cur:
-        rows_cur.execute(
-            f"SELECT {', '.join(WRITE_COLUMNS)} FROM tasks WHERE task_id = ANY(%s::uuid[])",
-            (task_ids,),
-        )
-        known_cur.execute(
-            "SELECT event_id FROM task_events WHERE event_id = ANY(%s::uuid[])", (status_ids,)
-        )
-        before = {str(r["task_id"]): _normalised(r) for r in rows_cur.fetchall()}
-        known = {str(r[0]) for r in known_cur.fetchall()}
+    remembered = None if cache is None else cache.lookup(task_ids)
+    claim = _claim(conn, task_ids, remembered)
+    if remembered is not None:
+        before = {t: entry.row for t, entry in remembered.items()}
+        xmins = {t: entry.xmin for t, entry in remembered.items()}
+        event_ids = {t: set(entry.event_ids) for t, entry in remembered.items()}
+    else:
+        before, xmins, event_ids = _read_rows(conn, task_ids)
+    known = set().union(*event_ids.values())
     rows = {tid: dict(before.get(tid) or _empty_row(tid)) for tid in task_ids}
     states = {tid: state_from_row(before.get(tid)) for tid in task_ids}
     new_events: list[tuple[Any, ...]] = []
@@ -251,6 +281,7 @@ def apply_events(conn: psycopg.Connection, events: Iterable[StatusChanged | Task
         if env.event_id in known:
             continue
         known.add(env.event_id)
+        event_ids[tid].add(env.event_id)
         previous = states[tid]
         states[tid] = fold(previous, flatten(event))
         if states[tid] is not previous:
@@ -284,6 +315,10 @@ def apply_events(conn: psycopg.Connection, events: Iterable[StatusChanged | Task
         )
     result.tasks_written = len(changed)
     result.events_inserted = len(new_events)
+    if cache is not None:
+        result.pending_rows = PendingRows(
+            claim, rows, {t: frozenset(ids) for t, ids in event_ids.items()}, xmins,
+            frozenset(r["task_id"] for r in changed))
     return result
 
 

@@ -134,10 +134,10 @@ def test_a_record_postgresql_refuses_is_dead_lettered_and_the_rest_projected(
     refused_tid, good = str(uuid.uuid4()), [str(uuid.uuid4()) for _ in range(3)]
     real_apply = projector_module.apply_events
 
-    def apply_events(conn, events):
+    def apply_events(conn, events, cache=None):
         if any(e.envelope.task_id == refused_tid for e in events):
             raise psycopg.DataError("value out of range (standing in for PostgreSQL)")
-        return real_apply(conn, events)
+        return real_apply(conn, events, cache)
 
     monkeypatch.setattr(projector_module, "apply_events", apply_events)
     events = [e for tid in (good[0], refused_tid, *good[1:]) for e in lifecycle(tid)]
