@@ -21,11 +21,16 @@ from state.db.apikeys import Caller, verify_key
 from state.db.pool import AsyncPool
 
 
-def get_settings(request: Request) -> ApiSettings:
+# The accessors below are ``async def`` although they never await: FastAPI runs a plain ``def``
+# dependency in its thread pool, and a hop to a worker thread and back for each of them cost
+# every request a thread wake-up or two (GET /tasks/{id} had three; docs/PERFORMANCE.md).
+
+
+async def get_settings(request: Request) -> ApiSettings:
     return request.app.state.settings
 
 
-def get_pool(request: Request) -> AsyncPool:
+async def get_pool(request: Request) -> AsyncPool:
     return request.app.state.pool
 
 
@@ -35,19 +40,19 @@ async def get_db(request: Request) -> AsyncIterator[psycopg.AsyncConnection]:
         yield conn
 
 
-def get_producer(request: Request) -> TaskGateway:
+async def get_producer(request: Request) -> TaskGateway:
     return request.app.state.gateway
 
 
-def get_metrics(request: Request) -> ApiMetrics:
+async def get_metrics(request: Request) -> ApiMetrics:
     return request.app.state.metrics
 
 
-def get_monitor(request: Request) -> KafkaMonitor:
+async def get_monitor(request: Request) -> KafkaMonitor:
     return request.app.state.monitor
 
 
-def get_notifier(request: Request) -> EventNotifier:
+async def get_notifier(request: Request) -> EventNotifier:
     return request.app.state.notifier
 
 

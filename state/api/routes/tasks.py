@@ -44,7 +44,7 @@ IdempotencyKey = Annotated[str | None, Header(
 @router.post("", status_code=202, response_model=TaskAccepted,
              responses=problem_responses(400, 401, 409, 413, 422, 503))
 async def submit_task(
-    body: Annotated[TaskSubmit, Body()], caller: CallerDep, db: DbDep, producer: ProducerDep,
+    body: Annotated[TaskSubmit, Body()], caller: CallerDep, pool: PoolDep, producer: ProducerDep,
     metrics: MetricsDep, response: Response, idempotency_key: IdempotencyKey = None,
 ) -> TaskAccepted:
     """Submit a task of any of the ten types; 202 once the broker has acknowledged it."""
@@ -53,8 +53,10 @@ async def submit_task(
         params = validate_params(task_type, body.model_dump(exclude={"task_type", "webhook_url"}))
     except TaskValidationError as exc:
         raise ApiProblem(422, "validation-error", str(exc)) from None
-    if idempotency_key is not None:
-        existing = await get_task(db, task_id_for(idempotency_key, caller.tenant_id), caller.tenant_id)
+    if idempotency_key is not None:  # only then a database connection: a repeat is answered from it
+        async with pool.connection() as db:
+            existing = await get_task(db, task_id_for(idempotency_key, caller.tenant_id),
+                                      caller.tenant_id)
         if existing is not None:
             same = (existing["task_type"] == task_type.value
                     and existing["webhook_url"] == body.webhook_url
