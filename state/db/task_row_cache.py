@@ -28,8 +28,9 @@ from typing import Any
 
 import psycopg
 
-# Rows of ~1-2 KB (parameters and result as JSON): some tens of MB at most.
-MAX_TASKS = 20_000
+# The tasks in flight are what needs remembering (a task's events come within its run). A row
+# with its parameters and result is a few KB of Python objects: 5,000 of them, some tens of MB.
+MAX_TASKS = 5_000
 
 
 @dataclass(frozen=True, slots=True)
