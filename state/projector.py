@@ -23,7 +23,9 @@ counted.
 
 One batch is one transaction: its generation rows, its task rows and what the ``in_transaction``
 hook writes (the webhook outbox rows of both kinds of status change) commit together, or none of
-them does and the batch is read again.
+them does and the batch is read again. The transaction's statements travel in one pipeline
+(state/db/pipelined.py), and for tasks whose rows the projector remembers writing there is no
+read before the writes (state/db/task_row_cache.py): one round trip to PostgreSQL per batch.
 
 :func:`rebuild` replays the same topics from the beginning into an empty database through the same
 code, which is why it writes the same rows as the live projection.
