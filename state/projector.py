@@ -292,12 +292,12 @@ class Projector:
         return None
 
     def _project(self, events: list[Event], generations: list[Any],
-                 rows: TaskRowCache | None = None) -> ProjectedBatch:
+                 cache: TaskRowCache | None = None) -> ProjectedBatch:
         """Everything a batch writes, in the caller's transaction. Generation locks are taken
         before task locks in every batch of every projector: no deadlock."""
         assert self._conn is not None
         generation_result = project_generation_records(self._conn, generations)
-        result = ProjectedBatch.of(apply_events(self._conn, events, rows), generation_result)
+        result = ProjectedBatch.of(apply_events(self._conn, events, cache), generation_result)
         if self._in_transaction is not None:
             self._in_transaction(self._conn, result)
         return result

@@ -263,7 +263,6 @@ def apply_events(conn: psycopg.Connection, events: Iterable[StatusChanged | Task
         event_ids = {t: set(entry.event_ids) for t, entry in remembered.items()}
     else:
         before, xmins, event_ids = _read_rows(conn, task_ids)
-    known = set().union(*event_ids.values())
     rows = {tid: dict(before.get(tid) or _empty_row(tid)) for tid in task_ids}
     states = {tid: state_from_row(before.get(tid)) for tid in task_ids}
     new_events: list[tuple[Any, ...]] = []
@@ -278,9 +277,8 @@ def apply_events(conn: psycopg.Connection, events: Iterable[StatusChanged | Task
             _apply_submitted(row, event)
             continue
         env = event.envelope
-        if env.event_id in known:
+        if env.event_id in event_ids[tid]:  # stored already, or earlier in this batch
             continue
-        known.add(env.event_id)
         event_ids[tid].add(env.event_id)
         previous = states[tid]
         states[tid] = fold(previous, flatten(event))

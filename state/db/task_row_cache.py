@@ -78,7 +78,8 @@ class PendingRows:
     """A batch's rows as its transaction leaves them, to remember once it committed."""
 
     claim: psycopg.Cursor  # projection_claim's result: this transaction's id
-    rows: dict[str, dict[str, Any]]  # by task id: the row as written or as it was
+    # By task id: the row as written or as it was; the batch's own copies, not changed after it.
+    rows: dict[str, dict[str, Any]]
     event_ids: dict[str, frozenset[str]]
     xmins: dict[str, str]  # of the rows the batch read or remembered
     written: frozenset[str]  # the tasks whose row the batch wrote
@@ -93,5 +94,5 @@ class PendingRows:
         for task_id, task_row in self.rows.items():
             xmin = xid if task_id in self.written else self.xmins.get(task_id)
             if xmin is not None:
-                entries[task_id] = CachedTask(dict(task_row), self.event_ids[task_id], xmin)
+                entries[task_id] = CachedTask(task_row, self.event_ids[task_id], xmin)
         return entries
