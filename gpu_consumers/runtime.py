@@ -64,9 +64,9 @@ log = logging.getLogger("gpu_consumers.worker")
 _POLL_S = 0.1  # one loop turn; also how fast a stop request or a finished task is noticed
 _JOIN_ALLOWANCE_S = 60.0  # burst idle clock starts anyway if a group never assigns within this
 # Idempotent producer: a status or DLQ record is written once even when librdkafka retries it.
-# No linger: a worker writes a few records per task and each one is on a user-visible path
-# (PROCESSING, progress, the terminal status); there is nothing to batch.
-_PRODUCER_CONFIG = {"enable.idempotence": True, "acks": "all", "linger.ms": 0}
+# Its linger.ms is WorkerSettings.status_linger_ms: PROCESSING waits for a quick task's terminal
+# status, whose flush sends both at once (flush ignores linger.ms).
+_PRODUCER_CONFIG = {"enable.idempotence": True, "acks": "all"}
 
 
 @dataclass
@@ -181,7 +181,7 @@ class Worker:
         """Serve until stopped (or, in burst mode, ``max_tasks`` records / ``idle_timeout_s``
         without one); return the counters."""
         producer = Producer({**self.kafka.client_config(), **_PRODUCER_CONFIG,
-                             "client.id": self.worker_id})
+                             "linger.ms": self.settings.status_linger_ms, "client.id": self.worker_id})
         self._emitter = Emitter(producer, self._codec, self.kafka.topics, self.worker_id)
         self._services = Services(
             settings=self.settings, emitter=self._emitter, store=self._store,

@@ -50,6 +50,12 @@ class WorkerSettings(RetrySettings, BaseSettings):
 
     # At most one PROCESSING progress event per this many seconds per task (≤ 2 events/s).
     progress_interval_s: float = Field(default=0.5, ge=0)
+    # How long a PROCESSING (start or progress) event may wait to travel with the next record.
+    # A terminal status is always sent at once (the worker flushes for its acknowledgement), so
+    # a task that ends within this goes out as one produce request carrying PROCESSING and
+    # COMPLETED: one fetch and one database transaction downstream instead of two. A longer
+    # task's PROCESSING shows this much later. 0 sends every event on its own.
+    status_linger_ms: float = Field(default=5.0, ge=0, le=1000)
     # On SIGTERM the running task may finish within this; after it, it is aborted (no terminal
     # status, offset not committed: another worker of the group runs it again).
     shutdown_grace_s: float = Field(default=30.0, ge=0)

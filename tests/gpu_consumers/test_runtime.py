@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import Producer
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, Producer
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 from PIL import Image
 
 from gpu_consumers.cli import worker as worker_command
@@ -23,7 +24,9 @@ from gpu_consumers.inputs import InputFetcher, InputSettings
 from gpu_consumers.runtime import Worker
 from gpu_consumers.storage import FileStore
 from producers.submit import TaskProducer
+from schemas.codec import EventCodec
 from schemas.enums import ErrorCode, TaskStatus
+from schemas.events import StatusChanged
 from schemas.headers import header_dict
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
@@ -113,6 +116,63 @@ def test_progress_is_throttled_to_two_events_a_second_and_only_grows(kafka, stat
     times = [e.envelope.occurred_at.timestamp() for e in processing]
     assert min(b - a for a, b in zip(times, times[1:])) >= 0.5 - 0.01  # at most 2 per second
     assert len(values) <= 1 + 1.25 / 0.5
+
+
+def _stamp_status_records_at_append(kafka: KafkaSettings) -> None:
+    """Switch this test's status topic to LogAppendTime and wait until the broker reports it."""
+    admin, topic = AdminClient(kafka.client_config()), kafka.topics.status
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+        ConfigEntry("message.timestamp.type", "LogAppendTime", incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([resource])[resource].result(timeout=10)
+
+    def applied() -> bool:
+        [future] = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)]).values()
+        return future.result(timeout=10)["message.timestamp.type"].value == "LogAppendTime"
+
+    wait_for(applied, "LogAppendTime on the status topic")
+
+
+def _appended_at(kafka: KafkaSettings, task_ids: list[str]) -> dict[str, list[tuple[TaskStatus, int]]]:
+    """(status, broker append time in ms) of every status record of ``task_ids``, in order, read
+    until each has its terminal status. The status topic must use LogAppendTime: records the
+    broker appended in one batch then carry the same time."""
+    codec, seen = EventCodec(), {t: [] for t in task_ids}
+    consumer = Consumer({**kafka.client_config(), "group.id": f"test-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([kafka.topics.status])
+
+    def ended() -> bool:
+        msg = consumer.poll(0.2)
+        if msg is not None and not msg.error():
+            kind, at = msg.timestamp()
+            assert kind == TIMESTAMP_LOG_APPEND_TIME
+            event = codec.decode(msg.value(), expect=StatusChanged)
+            if event.envelope.task_id in seen:
+                seen[event.envelope.task_id].append((event.status, at))
+        return all(s and s[-1][0] is TaskStatus.COMPLETED for s in seen.values())
+
+    try:
+        wait_for(ended, "both tasks' COMPLETED on the status topic")
+    finally:
+        consumer.close()
+    return seen
+
+
+def test_processing_lingers_to_travel_with_a_quick_tasks_terminal_status(kafka, results_dir):
+    _stamp_status_records_at_append(kafka)
+    worker = make_worker(kafka, Scripted(), FileStore(results_dir), status_linger_ms=300)
+    quick, slow = submit(kafka, "steps:1:0.05", "steps:6:0.25")  # 50 ms, then 1.5 s of steps
+
+    assert Running(worker, max_tasks=2).join().completed == 2
+
+    appended = _appended_at(kafka, [quick, slow])
+    [(_, processing)], [(_, completed)] = (
+        [(s, at) for s, at in appended[quick] if s is status][:1]
+        for status in (TaskStatus.PROCESSING, TaskStatus.COMPLETED))
+    assert processing == completed  # one produce request: the broker appended them together
+    slow_processing = next(at for s, at in appended[slow] if s is TaskStatus.PROCESSING)
+    slow_completed = appended[slow][-1][1]
+    assert slow_completed - slow_processing >= 1000  # a long task's start is not held to its end
 
 
 def test_retryable_failures_are_retried_as_new_attempts(kafka, status_log, results_dir):
