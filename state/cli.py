@@ -117,7 +117,7 @@ def db_rebuild(database_url: str | None) -> None:
     """Replay the status, task and generations-state topics from the beginning into an EMPTY
     database (tasks, task_events, generations and their predictions, shots, attempts, refines)."""
     from schemas.kafka_settings import KafkaSettings
-    from state.projector import rebuild
+    from state.rebuild import rebuild
 
     report = rebuild(_database_url(database_url), KafkaSettings())
     click.echo(f"replayed {report.records} records: {report.tasks} tasks, {report.events} events,"

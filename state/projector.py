@@ -27,8 +27,9 @@ them does and the batch is read again. The transaction's statements travel in on
 (state/db/pipelined.py), and for tasks whose rows the projector remembers writing there is no
 read before the writes (state/db/task_row_cache.py): one round trip to PostgreSQL per batch.
 
-:func:`rebuild` replays the same topics from the beginning into an empty database through the same
-code, which is why it writes the same rows as the live projection.
+:func:`state.rebuild.rebuild` replays the same topics from the beginning into an empty database
+through the same code (:func:`collect_batch`, then the same projection functions), which is why
+it writes the same rows as the live projection.
 """
 
 from __future__ import annotations
@@ -36,14 +37,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from confluent_kafka import (
-    OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition,
+    Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition,
 )
 
 from schemas.codec import EventCodec
@@ -51,16 +51,14 @@ from schemas.errors import DecodeError
 from schemas.events import StatusChanged, TaskSubmitted
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
-from state.db.errors import NotEmptyError
 from state.db.generation_projection import (
     ProjectedBatch,
-    apply_generation_records,
     decode_generation_record,
     project_generation_records,
 )
 from state.db.migrate import migrate
 from state.db.pipelined import pipelined_transaction
-from state.db.projection import apply_batch, apply_events, flatten
+from state.db.projection import apply_events, flatten
 from state.db.task_row_cache import TaskRowCache
 from state.api.webhooks import WebhookDispatcher, WebhookSettings
 from state.errors import LifecycleError
@@ -78,7 +76,7 @@ POLL_TIMEOUT_S = 0.05
 # Back-off while PostgreSQL is unreachable, doubling up to the cap.
 DB_RETRY_BASE_S, DB_RETRY_MAX_S = 0.2, 5.0
 _ERROR_MESSAGE_MAX = 2000
-_METADATA_TIMEOUT_S = 10.0
+METADATA_TIMEOUT_S = 10.0
 
 Event = StatusChanged | TaskSubmitted
 
@@ -97,7 +95,7 @@ class ProjectorStats:
 
 
 @dataclass
-class _Batch:
+class Batch:
     events: list[Event] = field(default_factory=list)
     event_messages: list[Message] = field(default_factory=list)  # each event's record
     bad: list[tuple[Message, Exception]] = field(default_factory=list)
@@ -132,9 +130,9 @@ def _decode(codec: EventCodec, msg: Message, status_topic: str) -> Event:
     return event
 
 
-def _collect(codec: EventCodec, messages: Iterable[Message], status_topic: str,
-             stats: ProjectorStats, generations_topic: str | None = None) -> _Batch:
-    batch = _Batch()
+def collect_batch(codec: EventCodec, messages: Iterable[Message], status_topic: str,
+             stats: ProjectorStats, generations_topic: str | None = None) -> Batch:
+    batch = Batch()
     for msg in messages:
         if msg.error() is not None:
             if msg.error().fatal():
@@ -229,7 +227,7 @@ class Projector:
         messages = [first]
         if self._batch_size > 1:
             messages += self._consumer.consume(self._batch_size - 1, 0)
-        batch = _collect(self._codec, messages, self._status_topic, self.stats,
+        batch = collect_batch(self._codec, messages, self._status_topic, self.stats,
                          self.kafka.topics.generations_state)
         result = self._write_batch(batch, stop)
         self._dead_letter(batch.bad)
@@ -255,7 +253,7 @@ class Projector:
         except RuntimeError:
             pass  # already closed
         if self._producer is not None:
-            self._producer.flush(_METADATA_TIMEOUT_S)
+            self._producer.flush(METADATA_TIMEOUT_S)
             self._producer = None  # destroyed now, not at garbage collection
         if self._conn is not None:
             self._conn.close()
@@ -263,7 +261,7 @@ class Projector:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _write_batch(self, batch: _Batch, stop: threading.Event | None) -> ProjectedBatch | None:
+    def _write_batch(self, batch: Batch, stop: threading.Event | None) -> ProjectedBatch | None:
         """:meth:`_write` of the batch. A record PostgreSQL refuses to store (SQLSTATE class 22,
         e.g. text it cannot represent) must not stop the projection: each record is then tried
         alone in a transaction that is rolled back, the refused ones are moved to ``batch.bad``
@@ -366,99 +364,9 @@ class Projector:
             log.warning("dead-lettered status record %s[%d]@%d: %s",
                         msg.topic(), msg.partition(), msg.offset(), error)
         if bad and self._producer is not None:
-            self._producer.flush(_METADATA_TIMEOUT_S)
+            self._producer.flush(METADATA_TIMEOUT_S)
             if failures:  # do not commit past a record that is neither projected nor kept
                 raise RuntimeError(f"dead-letter produce failed: {'; '.join(failures)}")
-
-
-# ------------------------------------------------------------------------------- rebuild
-
-
-@dataclass
-class RebuildReport:
-    records: int = 0
-    tasks: int = 0
-    events: int = 0
-    skipped: int = 0
-    generations: int = 0
-
-
-def rebuild(
-    database_url: str,
-    kafka: KafkaSettings,
-    *,
-    codec: EventCodec | None = None,
-    batch_size: int = BATCH_SIZE,
-    timeout_s: float = 600.0,
-) -> RebuildReport:
-    """Replay the status, task and generations-state topics from the beginning (up to their ends
-    when called) into the empty database at ``database_url`` (migrated first). Raises
-    NotEmptyError if its tasks or generations table holds rows. Joins no consumer group and
-    commits nothing."""
-    migrate(database_url)
-    codec = codec or EventCodec()
-    report = RebuildReport()
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        for table in ("tasks", "generations"):
-            if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0]:
-                raise NotEmptyError(f"the {table} table of {_redacted(database_url)} is not empty")
-        consumer = Consumer({**kafka.client_config(), "group.id": f"rebuild-{uuid.uuid4().hex}",
-                             "enable.auto.commit": False, "enable.partition.eof": False})
-        try:
-            ends = _assign_from_beginning(consumer, projector_topics(kafka))
-            stats = ProjectorStats()
-            deadline = time.monotonic() + timeout_s
-            while ends:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"rebuild did not reach the end of the topics in {timeout_s}s")
-                messages = consumer.consume(batch_size, POLL_TIMEOUT_S)
-                batch = _collect(codec, messages, kafka.topics.status, stats,
-                                 kafka.topics.generations_state)
-                apply_generation_records(conn, batch.generations)
-                result = apply_batch(conn, batch.events)
-                report.skipped += len(batch.bad)
-                report.tasks += result.tasks_written
-                report.events += result.events_inserted
-                for (topic, partition), offset in batch.offsets.items():
-                    if offset >= ends.get((topic, partition), 0):
-                        ends.pop((topic, partition), None)
-                if ends and not messages:  # a compacted topic may end in a gap of offsets
-                    for tp in consumer.position([TopicPartition(t, p) for t, p in ends]):
-                        if tp.offset >= ends[(tp.topic, tp.partition)]:
-                            ends.pop((tp.topic, tp.partition))
-            report.records = stats.records
-        finally:
-            consumer.close()
-        report.tasks = conn.execute("SELECT count(*) FROM tasks").fetchone()[0]
-        report.generations = conn.execute("SELECT count(*) FROM generations").fetchone()[0]
-    return report
-
-
-def _assign_from_beginning(consumer: Consumer, topics: list[str]) -> dict[tuple[str, int], int]:
-    """Assign every partition of ``topics`` from offset 0; return the non-empty ones' ends."""
-    meta = consumer.list_topics(timeout=_METADATA_TIMEOUT_S).topics
-    ends: dict[tuple[str, int], int] = {}
-    assignment = []
-    for topic in topics:
-        if topic not in meta or meta[topic].error is not None:
-            continue
-        for p in meta[topic].partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p),
-                                                       timeout=_METADATA_TIMEOUT_S)
-            if high > low:
-                ends[(topic, p)] = high
-                assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
-    consumer.assign(assignment)
-    return ends
-
-
-def _redacted(url: str) -> str:
-    """A database URL without its password, for messages."""
-    head, sep, tail = url.rpartition("@")
-    if not sep:
-        return url
-    scheme, _, creds = head.partition("://")
-    return f"{scheme}://{creds.split(':', 1)[0]}@{tail}"
 
 
 def run_projector(database_url: str, kafka: KafkaSettings, stop: threading.Event | None = None,

@@ -28,7 +28,8 @@ from state.api.webhooks import (
     verify,
 )
 from state.db.migrate import migrate
-from state.projector import Projector, rebuild
+from state.projector import Projector
+from state.rebuild import rebuild
 from tests.state.api.helpers import (
     crash_before_commit,
     project_until,

@@ -19,7 +19,7 @@ from state.db.generation_projection import (
     rows_of,
 )
 from state.db.migrate import migrate
-from state.projector import rebuild
+from state.rebuild import rebuild
 from tests.state.db import generation_helpers as gh
 from tests.state.db.helpers import fresh_database, lifecycle, produce, running_projector, table, wait_for
 

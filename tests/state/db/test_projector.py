@@ -12,7 +12,7 @@ from confluent_kafka import Producer
 from schemas.enums import ErrorCode, TaskStatus
 from schemas.kafka_settings import KafkaSettings
 from state.db.errors import NotEmptyError
-from state.projector import rebuild
+from state.rebuild import rebuild
 from tests.kafka_helpers import read_topic
 from tests.state.db.helpers import (
     running_projector,
