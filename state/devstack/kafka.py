@@ -73,8 +73,18 @@ TEST_BROKER_PROPS: dict[str, str] = {
 }
 
 JVM_OPTS = [
-    "-Xms128m",
-    "-Xmx512m",
+    # A fixed heap, as Kafka's operations guide asks (-Xms = -Xmx): a heap that starts small
+    # grows by full collections, and the first of them stopped the broker for ~120-150 ms about
+    # 20 s after it started, in the middle of whatever the tests or benchmarks were timing.
+    "-Xms1g",
+    "-Xmx1g",
+    # Half of it young: the broker makes ~70 MB of short-lived garbage a second under load
+    # (bench/bench_api_latency.py); with a 35 MB eden that was a 10-12 ms pause twice a second,
+    # with 512 MB one pause every ~6 s. The 128 MB log-cleaner buffer lives in the old half.
+    "-Xmn512m",
+    # Class metadata grows past the default 21 MB threshold at start: two full collections
+    # (~75 ms) before the broker answers. Start with room for it.
+    "-XX:MetaspaceSize=128m",
     # Two cores: a single-threaded collector leaves the CPU to the broker and the tests.
     "-XX:+UseSerialGC",
     "-Djava.awt.headless=true",
