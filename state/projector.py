@@ -60,7 +60,8 @@ from state.db.migrate import migrate
 from state.db.pipelined import pipelined_transaction
 from state.db.projection import apply_events, flatten
 from state.db.task_row_cache import TaskRowCache
-from state.api.webhooks import WebhookDispatcher, WebhookSettings
+from state.api.webhook_delivery import WebhookDispatcher
+from state.api.webhooks import WebhookSettings
 from state.errors import LifecycleError
 from state.lifecycle import view_event
 

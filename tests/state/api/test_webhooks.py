@@ -17,10 +17,10 @@ import pytest
 from schemas.enums import TaskStatus
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
+from state.api.webhook_delivery import WebhookDispatcher
 from state.api.webhooks import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
-    WebhookDispatcher,
     WebhookSettings,
     verify,
     webhook_settings_from_env,
