@@ -88,6 +88,14 @@ def _relative_key(task_id: str, attempt: int, name: str, suffix: str) -> str:
     return f"{task_id}/{attempt}/{name}{suffix}"
 
 
+def _sync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class FileStore:
     """Results in a local folder, one file per output, written atomically."""
 
@@ -98,6 +106,7 @@ class FileStore:
         target = self.root / _relative_key(task_id, attempt, name, output.suffix)
         temp: str | None = None
         try:
+            made = [d for d in (target.parent.parent, target.parent) if not d.is_dir()]
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
             with os.fdopen(fd, "wb") as handle:
@@ -107,6 +116,11 @@ class FileStore:
             os.chmod(temp, 0o644)
             os.replace(temp, target)
             temp = None
+            # The file's fsync does not keep its name: the rename, and the folders made for it,
+            # survive a crash once the directories holding them are synced too. COMPLETED names
+            # this file only after put() returns.
+            for folder in (target.parent, *(d.parent for d in reversed(made))):
+                _sync_directory(folder)
         except OSError as exc:
             raise StorageFailure(f"writing {target} failed: {exc.strerror or exc}") from exc
         finally:

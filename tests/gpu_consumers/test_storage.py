@@ -61,6 +61,27 @@ def test_file_store_write_is_atomic(results_dir: Path, monkeypatch: pytest.Monke
     assert path.read_bytes() == PNG_OUT.data and os.listdir(path.parent) == ["output_0.png"]
 
 
+def test_file_store_syncs_the_file_then_every_directory_entry_it_made(
+        results_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[tuple[str, bool]] = []  # (path, is a directory) of each fsync, in order
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), stat.S_ISDIR(os.fstat(fd).st_mode)))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store, root = FileStore(results_dir), results_dir.resolve()
+    store.put("task-9", 1, "output", PNG_OUT)  # makes task-9/ and task-9/1/
+    assert synced[0][0].startswith(str(root / "task-9" / "1" / ".output.png.")) and not synced[0][1]
+    assert synced[1:] == [(str(root / "task-9" / "1"), True), (str(root / "task-9"), True),
+                          (str(root), True)]
+
+    synced.clear()
+    store.put("task-9", 1, "output-1", PNG_OUT)  # the folders exist: only the rename to keep
+    assert [d for _, d in synced] == [False, True] and synced[1][0] == str(root / "task-9" / "1")
+
+
 def test_file_store_os_errors_are_storage_failures(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
