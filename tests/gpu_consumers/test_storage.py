@@ -61,7 +61,17 @@ def test_file_store_write_is_atomic(results_dir: Path, monkeypatch: pytest.Monke
     assert path.read_bytes() == PNG_OUT.data and os.listdir(path.parent) == ["output_0.png"]
 
 
-def test_file_store_syncs_the_file_then_every_directory_entry_it_made(
+def test_file_store_a_failed_sync_leaves_no_file_behind(results_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(StorageFailure, match=r"writing .*task-3/1/output.png failed: Input/output error"):
+        FileStore(results_dir).put("task-3", 1, "output", PNG_OUT)
+    assert os.listdir(results_dir / "task-3" / "1") == []  # neither the temp file nor a name
+
+
+def test_file_store_syncs_the_renamed_file_and_its_folder(
         results_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[tuple[str, bool]] = []  # (path, is a directory) of each fsync, in order
     real_fsync = os.fsync
@@ -72,14 +82,9 @@ def test_file_store_syncs_the_file_then_every_directory_entry_it_made(
 
     monkeypatch.setattr(os, "fsync", fsync)
     store, root = FileStore(results_dir), results_dir.resolve()
-    store.put("task-9", 1, "output", PNG_OUT)  # makes task-9/ and task-9/1/
-    assert synced[0][0].startswith(str(root / "task-9" / "1" / ".output.png.")) and not synced[0][1]
-    assert synced[1:] == [(str(root / "task-9" / "1"), True), (str(root / "task-9"), True),
-                          (str(root), True)]
-
-    synced.clear()
-    store.put("task-9", 1, "output-1", PNG_OUT)  # the folders exist: only the rename to keep
-    assert [d for _, d in synced] == [False, True] and synced[1][0] == str(root / "task-9" / "1")
+    store.put("task-9", 1, "output", PNG_OUT)
+    # The file under its final name (renamed, then synced), then the folder holding that name.
+    assert synced == [(str(root / "task-9" / "1" / "output.png"), False), (str(root / "task-9" / "1"), True)]
 
 
 def test_file_store_os_errors_are_storage_failures(tmp_path: Path) -> None:
@@ -128,7 +133,7 @@ def test_s3_store_put_get_delete(s3_config: Any, bucket: str) -> None:
     store.delete(url)
     assert client.list_objects_v2(Bucket=bucket, Prefix="runs/").get("KeyCount") == 0
     with pytest.raises(StorageFailure, match="not an object of"):
-        store.delete(f"s3://another-bucket/runs/2024/task-4/1/output_0.png")
+        store.delete("s3://another-bucket/runs/2024/task-4/1/output_0.png")
 
 
 def test_s3_store_missing_bucket_is_a_storage_failure(s3_config: Any) -> None:
