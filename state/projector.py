@@ -132,7 +132,7 @@ def _decode(codec: EventCodec, msg: Message, status_topic: str) -> Event:
 
 
 def collect_batch(codec: EventCodec, messages: Iterable[Message], status_topic: str,
-             stats: ProjectorStats, generations_topic: str | None = None) -> Batch:
+                  stats: ProjectorStats, generations_topic: str | None = None) -> Batch:
     batch = Batch()
     for msg in messages:
         if msg.error() is not None:
@@ -229,7 +229,7 @@ class Projector:
         if self._batch_size > 1:
             messages += self._consumer.consume(self._batch_size - 1, 0)
         batch = collect_batch(self._codec, messages, self._status_topic, self.stats,
-                         self.kafka.topics.generations_state)
+                              self.kafka.topics.generations_state)
         result = self._write_batch(batch, stop)
         self._dead_letter(batch.bad)
         if result is None:  # stopped while the database was down: offsets stay uncommitted

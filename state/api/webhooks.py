@@ -16,11 +16,9 @@ of the projection batch that produced the status changes (task and generation ro
 each (subject, status event) delivery is a ``webhook_outbox`` row that commits with the batch or
 not at all: a crash can neither lose a delivery nor invent one, and a replayed batch queues
 nothing twice (``UNIQUE (subject_kind, subject_id, event_id)``). The delivery threads
-(:class:`state.api.webhook_delivery.WebhookDispatcher`), in any number of projector processes, claim
-due rows with ``SELECT ... FOR UPDATE SKIP LOCKED`` (a row is held by one thread of one process
-while it is being POSTed), send, record the attempt as a row of ``webhook_deliveries``, and
-reschedule the row or mark it final, all in the claim's transaction. A process that dies mid-POST
-releases its lock; the row is sent again (at least once: receivers deduplicate on the event id).
+(state/api/webhook_delivery.py) claim each due row under a row lock, send it, and record the
+attempt in the claim's transaction. A process that dies mid-POST releases its lock; the row is
+sent again (at least once: receivers deduplicate on the event id).
 Pending retries survive restarts: their next attempt time is stored.
 
 A delivery is a JSON POST with

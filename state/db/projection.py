@@ -215,17 +215,21 @@ def _claim(conn: psycopg.Connection, task_ids: Sequence[str],
     return cur
 
 
-def _read_rows(conn: psycopg.Connection, task_ids: Sequence[str]) -> tuple[
+def _read_rows(conn: psycopg.Connection, task_ids: Sequence[str],
+               among: Sequence[str] | None = None) -> tuple[
         dict[str, dict[str, Any]], dict[str, str], dict[str, set[str]]]:
-    """The stored rows of ``task_ids``, their xmins, and the ids of every event stored for
-    them. Both reads are sent before either is read: one round trip in pipeline mode."""
+    """The stored rows of ``task_ids``, their xmins, and the ids of the events stored for them:
+    every one (what a cache remembers), or only those ``among`` the given ids (all the fold's
+    duplicate check needs: a long task has thousands of progress events). Both reads are sent
+    before either is read: one round trip in pipeline mode."""
     with conn.cursor(row_factory=dict_row) as rows_cur, conn.cursor() as events_cur:
         rows_cur.execute(
             f"SELECT xmin::text AS row_xmin, {', '.join(WRITE_COLUMNS)} FROM tasks"
             " WHERE task_id = ANY(%s::uuid[])", (task_ids,))
         events_cur.execute(
-            "SELECT task_id::text, event_id::text FROM task_events WHERE task_id = ANY(%s::uuid[])",
-            (task_ids,))
+            "SELECT task_id::text, event_id::text FROM task_events WHERE task_id = ANY(%s::uuid[])"
+            + ("" if among is None else " AND event_id = ANY(%s::uuid[])"),
+            (task_ids,) if among is None else (task_ids, among))
         rows = {str(r["task_id"]): _normalised(r) for r in rows_cur.fetchall()}
         event_ids: dict[str, set[str]] = {t: set() for t in task_ids}
         for task_id, event_id in events_cur.fetchall():
@@ -262,7 +266,9 @@ def apply_events(conn: psycopg.Connection, events: Iterable[StatusChanged | Task
         xmins = {t: entry.xmin for t, entry in remembered.items()}
         event_ids = {t: set(entry.event_ids) for t, entry in remembered.items()}
     else:
-        before, xmins, event_ids = _read_rows(conn, task_ids)
+        among = None if cache is not None else [
+            e.envelope.event_id for e in events if isinstance(e, StatusChanged)]
+        before, xmins, event_ids = _read_rows(conn, task_ids, among)
     rows = {tid: dict(before.get(tid) or _empty_row(tid)) for tid in task_ids}
     states = {tid: state_from_row(before.get(tid)) for tid in task_ids}
     new_events: list[tuple[Any, ...]] = []

@@ -33,9 +33,9 @@ def read_count(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls = [0]
     real = projection._read_rows
 
-    def counted(conn, task_ids):
+    def counted(*args):
         calls[0] += 1
-        return real(conn, task_ids)
+        return real(*args)
 
     monkeypatch.setattr(projection, "_read_rows", counted)
     return calls
