@@ -1,7 +1,7 @@
 """``computectl worker``: run a worker process for some task types until SIGTERM.
 
 Everything is read from the environment once (``KAFKA_*``, ``WORKER_*``, ``RESULTS_URL``,
-``S3_ENDPOINT_URL``, ``INPUT_*``, ``COMPUTE_MODEL_*``) and passed down. Exit status: 0 after a
+``RESULTS_FSYNC``, ``S3_ENDPOINT_URL``, ``INPUT_*``, ``COMPUTE_MODEL_*``) and passed down. Exit status: 0 after a
 clean stop, 1 when the worker stopped unhealthy (a handler ignored its cancel token, or the broker
 stopped acknowledging): let the process supervisor start a fresh one.
 """
@@ -66,7 +66,8 @@ def build_worker(types: list[TaskType] | None) -> Worker:
     missing = [t.slug for t in settings.types if t not in handlers]
     if missing or not settings.types:
         raise click.UsageError(f"no handler for task type(s): {', '.join(missing) or 'any'}")
-    store = open_store(settings.results_url, StorageSettings().s3_endpoint_url)
+    storage = StorageSettings()
+    store = open_store(settings.results_url, storage.s3_endpoint_url, fsync=storage.results_fsync)
     fetcher = InputFetcher(InputSettings())
     registry_env = {**os.environ, "COMPUTE_MODEL_PROFILE": settings.model_profile,
                     "COMPUTE_MODEL_CACHE_DIR": str(settings.model_cache_dir)}

@@ -139,6 +139,8 @@ class LocalStack:
         env.update(s3_credentials_env())
         if self.results_dir is not None:
             env["RESULTS_URL"] = self.results_dir.resolve().as_uri()
+            if self._own_results_dir:  # a temp folder that stop() deletes: nothing to keep
+                env["RESULTS_FSYNC"] = "false"
         return env
 
     def status(self) -> dict[str, dict[str, Any]]:

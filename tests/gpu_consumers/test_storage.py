@@ -87,6 +87,22 @@ def test_file_store_syncs_the_renamed_file_and_its_folder(
     assert synced == [(str(root / "task-9" / "1" / "output.png"), False), (str(root / "task-9" / "1"), True)]
 
 
+def test_file_store_without_fsync_writes_atomically_and_syncs_nothing(
+        results_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RESULTS_FSYNC=false (a throw-away folder): still a whole file under its name, no fsync."""
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    monkeypatch.setenv("RESULTS_URL", results_dir.as_uri())
+    monkeypatch.setenv("RESULTS_FSYNC", "false")
+    store = StorageSettings().open()
+    assert isinstance(store, FileStore) and store.fsync is False and "fsync=False" in repr(store)
+    url = store.put("task-10", 0, "output", PNG_OUT)
+    path = file_url_path(url)
+    assert path.read_bytes() == PNG_OUT.data and os.listdir(path.parent) == ["output.png"]
+    assert synced == []
+    assert FileStore(results_dir).fsync is True  # the default: durable
+
+
 def test_file_store_os_errors_are_storage_failures(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
@@ -183,7 +199,9 @@ def test_storage_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.delenv("RESULTS_URL", raising=False)
     monkeypatch.delenv("S3_ENDPOINT_URL", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("RESULTS_FSYNC", raising=False)
     settings = StorageSettings()
+    assert settings.results_fsync is True
     expected = (tmp_path / "cache" / "compute-server" / "results").as_uri()
     assert settings.results_url == default_results_url() == expected
     assert settings.s3_endpoint_url is None and isinstance(settings.open(), FileStore)

@@ -28,6 +28,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from state.devstack import kafka as devkafka
 from state.devstack.kafka import KafkaBroker
 from state.devstack.postgres import PostgresCluster
+from state.devstack.stack import LocalStack
 from state.devstack.procs import die_with_parent_fn as die_with_parent
 from state.devstack.procs import (
     DevStackError,
@@ -428,3 +429,19 @@ def test_faust_app_end_to_end(kafka_bootstrap: str, kafka_settings: Any, tmp_pat
                 worker.wait()
     assert worker.returncode == 0, log.read_text()[-4000:]
     assert "Traceback" not in log.read_text(), log.read_text()[-4000:]
+
+
+def test_the_stacks_own_results_folder_is_not_fsynced_a_given_one_is(tmp_path: Path) -> None:
+    """A folder `dev down` deletes needs no fsync (RESULTS_FSYNC=false); a kept one does."""
+    own = LocalStack(kafka=False, postgres=False, s3=False, base_dir=tmp_path).start()
+    try:
+        env = own.env()
+        assert env["RESULTS_FSYNC"] == "false" and env["RESULTS_URL"].startswith("file:///")
+    finally:
+        own.stop()
+    kept = LocalStack(kafka=False, postgres=False, s3=False, results_dir=tmp_path / "kept").start()
+    try:
+        assert "RESULTS_FSYNC" not in kept.env()
+    finally:
+        kept.stop()
+    assert (tmp_path / "kept").is_dir()
