@@ -221,11 +221,14 @@ def _read_rows(conn: psycopg.Connection, task_ids: Sequence[str],
     """The stored rows of ``task_ids``, their xmins, and the ids of the events stored for them:
     every one (what a cache remembers), or only those ``among`` the given ids (all the fold's
     duplicate check needs: a long task has thousands of progress events). Both reads are sent
-    before either is read: one round trip in pipeline mode."""
+    before either is read: one round trip in pipeline mode. The rows are looked up one id at a
+    time: with ``task_id = ANY(ids)``, the plan psycopg prepares while the table is small (a
+    fresh database) scans the whole table, and goes on doing so as it grows (migration 0009)."""
     with conn.cursor(row_factory=dict_row) as rows_cur, conn.cursor() as events_cur:
         rows_cur.execute(
-            f"SELECT xmin::text AS row_xmin, {', '.join(WRITE_COLUMNS)} FROM tasks"
-            " WHERE task_id = ANY(%s::uuid[])", (task_ids,))
+            f"SELECT t.* FROM unnest(%s::uuid[]) AS ids(id) CROSS JOIN LATERAL (SELECT xmin::text"
+            f" AS row_xmin, {', '.join(WRITE_COLUMNS)} FROM tasks WHERE task_id = ids.id"
+            " OFFSET 0) AS t", (task_ids,))  # OFFSET 0: not flattened into a join
         events_cur.execute(
             "SELECT task_id::text, event_id::text FROM task_events WHERE task_id = ANY(%s::uuid[])"
             + ("" if among is None else " AND event_id = ANY(%s::uuid[])"),

@@ -13,7 +13,7 @@ import pytest
 from schemas.enums import ErrorCode, TaskStatus, TaskType
 from state.db.migrate import migrate
 from state.db.projection import (
-    NOTIFY_CHANNEL, apply_batch, flatten, parse_notify_payload, state_from_row,
+    NOTIFY_CHANNEL, _read_rows, apply_batch, flatten, parse_notify_payload, state_from_row,
 )
 from state.lifecycle import RANK, fold_all
 from tests.state.db.helpers import T0, lifecycle, status, submitted, task_row
@@ -153,3 +153,22 @@ def test_each_batch_notifies_every_task_it_wrote_with_its_status_now(conn: psyco
     assert payloads[2] == f"{a} COMPLETED"
     assert [parse_notify_payload(p) for p in payloads[2:]] == [(a, "COMPLETED")]
     assert parse_notify_payload(a) == (a, None)  # a bare id (an older projector): no status
+
+
+def test_a_batch_finds_its_rows_by_primary_key_whatever_the_table_was_when_planned(
+        conn: psycopg.Connection, db_url: str) -> None:
+    """The plans psycopg and PL/pgSQL keep are generic ones, made once: a batch's reads must not
+    become scans of the whole table (one per batch, growing with it) when they were made while
+    the table was small, as in a fresh database (migration 0009)."""
+    tid = str(uuid.uuid4())
+    with psycopg.connect(db_url, autocommit=True) as c:
+        c.execute("SET plan_cache_mode = force_generic_plan")  # what a kept plan is
+        apply_batch(c, [submitted(tid, at=T0), *lifecycle(tid, final=TaskStatus.QUEUED)])
+        [xmin] = c.execute("SELECT xmin::text FROM tasks WHERE task_id = %s", (tid,)).fetchone()
+        with c.transaction():
+            for _ in range(3):
+                c.execute("SELECT projection_claim(%s::text[], 1, %s::text[])", ([tid], [xmin]))
+                rows, _, _ = _read_rows(c, [tid])
+                assert rows[tid]["status"] == "QUEUED"
+            [scans] = c.execute("SELECT pg_stat_get_xact_numscans('tasks'::regclass)").fetchone()
+    assert scans == 0
