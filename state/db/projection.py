@@ -26,30 +26,59 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from schemas.enums import ErrorCode, TaskStatus, TaskType
 from schemas.events import StatusChanged, TaskError, TaskSubmitted
 from state.db.pg_values import jsonb, without_nul
+from state.db.queries import TASK_COLUMNS
 from state.db.task_row_cache import CachedTask, PendingRows, TaskRowCache
 from state.lifecycle import TaskState, fold
 
 NOTIFY_CHANNEL = "task_events"
+# A task's notification of a status that may end it also carries its row, as the API reads it
+# (state.db.queries.TASK_COLUMNS, row_to_json): a long poll waiting for the end answers with it
+# instead of reading the row again (a PostgreSQL round trip on the path to every answer).
+ROW_NOTIFIED_STATUSES = frozenset(s.value for s in (TaskStatus.COMPLETED, TaskStatus.FAILED,
+                                                    TaskStatus.CANCELLED))
+# pg_notify refuses a payload of 8000 bytes or more: a larger row is left out (and read instead).
+_NOTIFY_ROW_MAX_BYTES = 7900
 
 
 def notify_payload(subject_id: str, status: str | None) -> str:
     """What a NOTIFY on ``NOTIFY_CHANNEL`` carries: the task (or generation) id and the status
-    its row has now, so that a listener waiting for an end need not re-read on every change."""
+    its row has now, so that a listener waiting for an end need not re-read on every change
+    (plus, for a task, the row itself after a space: see ``ROW_NOTIFIED_STATUSES``)."""
     return f"{subject_id} {status or ''}"
 
 
-def parse_notify_payload(payload: str) -> tuple[str, str | None]:
-    """(subject id, status) of a payload; status None when it has none (e.g. a bare id)."""
-    subject_id, sep, status = payload.partition(" ")
-    return subject_id, (status if sep else None)
+class Notice(NamedTuple):
+    subject_id: str
+    status: str | None  # None: the payload does not say (a bare id)
+    row: str | None  # the task's row as JSON (row_to_json of TASK_COLUMNS), when carried
+
+
+def parse_notify_payload(payload: str) -> Notice:
+    subject_id, sep, rest = payload.partition(" ")
+    status, _, row = rest.partition(" ")
+    return Notice(subject_id, status if sep else None, row or None)
+
+
+_NOTIFY = "SELECT count(pg_notify(%s, x)) FROM unnest(%s::text[]) AS x"
+# One task's notification with its row. One statement per task: joined to an array of ids, the
+# plan that psycopg prepares while the table is still small (a fresh database) scans the whole
+# table, and goes on doing so as it grows (13 ms per batch at 3,000 tasks).
+_NOTIFY_WITH_ROW = sql.SQL("""
+    SELECT pg_notify({channel}, %s || coalesce(' ' || (
+        SELECT doc FROM (SELECT row_to_json(r)::text AS doc
+                         FROM (SELECT {columns} FROM tasks WHERE task_id = %s) AS r) AS d
+        WHERE octet_length(doc) < {limit}), ''))
+""").format(channel=sql.Literal(NOTIFY_CHANNEL), limit=sql.Literal(_NOTIFY_ROW_MAX_BYTES),
+            columns=sql.SQL(", ").join(map(sql.Identifier, TASK_COLUMNS)))
 
 
 # Arbitrary seed of the advisory-lock hash, so these locks do not collide with other users'.
@@ -315,11 +344,12 @@ def apply_events(conn: psycopg.Connection, events: Iterable[StatusChanged | Task
         with conn.cursor() as cur:
             cur.executemany(_INSERT_EVENT, new_events)
     notify = sorted({e[1] for e in new_events} | {r["task_id"] for r in changed})
-    if notify:
-        conn.execute(
-            "SELECT count(pg_notify(%s, x)) FROM unnest(%s::text[]) AS x",
-            (NOTIFY_CHANNEL, [notify_payload(tid, rows[tid]["status"]) for tid in notify]),
-        )
+    payloads = [(notify_payload(tid, rows[tid]["status"]), tid) for tid in notify]
+    if plain := [p for p, tid in payloads if rows[tid]["status"] not in ROW_NOTIFIED_STATUSES]:
+        conn.execute(_NOTIFY, (NOTIFY_CHANNEL, plain))
+    if with_row := [(p, tid) for p, tid in payloads if rows[tid]["status"] in ROW_NOTIFIED_STATUSES]:
+        with conn.cursor() as cur:
+            cur.executemany(_NOTIFY_WITH_ROW, with_row)
     result.tasks_written = len(changed)
     result.events_inserted = len(new_events)
     if cache is not None:

@@ -5,8 +5,10 @@ Every query is scoped to a tenant: a task of another tenant does not exist for t
 
 from __future__ import annotations
 
+import json
+import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 import psycopg
@@ -22,6 +24,23 @@ TASK_COLUMNS = (
     "completed_at", "duration_ms", "updated_at", "version", "event_seq",
 )
 _SELECT = sql.SQL("SELECT {} FROM tasks").format(sql.SQL(", ").join(map(sql.Identifier, TASK_COLUMNS)))
+_TIMESTAMP_COLUMNS = ("created_at", "queued_at", "started_at", "completed_at", "updated_at")
+_UUID_COLUMNS = ("task_id", "generation_id")
+
+
+def task_row_from_json(doc: str, tz: tzinfo) -> dict[str, Any]:
+    """A row of TASK_COLUMNS as PostgreSQL's ``row_to_json`` wrote it (the projector's
+    notifications, state.db.projection), typed as :func:`get_task` returns it to a session whose
+    time zone is ``tz``: the same row gives the same answer either way."""
+    row = json.loads(doc)
+    for column in _TIMESTAMP_COLUMNS:
+        if row[column] is not None:
+            row[column] = datetime.fromisoformat(row[column]).astimezone(tz)
+    for column in _UUID_COLUMNS:
+        if row[column] is not None:
+            row[column] = uuid.UUID(row[column])
+    row["progress"] = float(row["progress"])  # JSON writes 1.0 as 1
+    return row
 
 
 @dataclass(frozen=True)

@@ -119,8 +119,11 @@ async def read_task(task_id: str, caller: CallerDep, pool: PoolDep, notifier: No
         async with pool.connection() as conn:  # not held while waiting
             return await get_task(conn, tid, caller.tenant_id)
 
+    def accept(row: dict) -> dict | None:  # a notified row: only the caller's own task
+        return row if row["origin_tenant_id"] == caller.tenant_id else None
+
     row = await (notifier.long_poll(tid, read, finished, wait, settings.sse_poll_s,
-                                    may_end=may_have_finished) if wait else read())
+                                    may_end=may_have_finished, accept=accept) if wait else read())
     if row is None:
         raise not_found(tid)
     return TaskPublic.from_row(row)

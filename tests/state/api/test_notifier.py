@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from datetime import datetime, timezone
 
 import psycopg
 import pytest
@@ -70,6 +72,46 @@ def test_a_filtered_subscription_wakes_only_on_the_statuses_it_asks_for(db_url: 
                 await _until(ending.is_set, "a bare id to wake the filtered subscription")
                 assert not unrelated.is_set()
             assert tid not in notifier._waiters and other not in notifier._waiters
+        finally:
+            await notifier.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_long_poll_answers_with_the_notified_row_without_reading_again(db_url: str) -> None:
+    """The row a notification carries answers the long poll when the caller accepts it (its
+    tenant's task); otherwise the poll reads the row as before."""
+    async def scenario() -> None:
+        notifier = EventNotifier(db_url)
+        notifier.start()
+        try:
+            await _listening(notifier, db_url)
+            for tenant, reads_expected in (("acme", 1), ("other", 2)):
+                tid = str(uuid.uuid4())
+                reads: list[str] = []
+
+                async def read() -> dict:
+                    reads.append("read")
+                    return {"status": "PROCESSING" if len(reads) == 1 else "COMPLETED"}
+
+                row = json.dumps({"task_id": tid, "status": "COMPLETED", "progress": 1,
+                                  "origin_tenant_id": tenant, "generation_id": None,
+                                  **{c: None for c in ("created_at", "queued_at", "started_at",
+                                                       "updated_at")},
+                                  "completed_at": "2026-12-06T05:00:00.5+00:00"})
+                polling = asyncio.create_task(notifier.long_poll(
+                    tid, read, lambda r: r["status"] == "COMPLETED", 30, 30,
+                    accept=lambda r: r if r["origin_tenant_id"] == "acme" else None))
+                await _until(lambda: reads, "the first read")
+                await _notify(db_url, f"{notify_payload(tid, 'COMPLETED')} {row}")
+                answer = await asyncio.wait_for(polling, _DEADLINE_S)
+                assert len(reads) == reads_expected
+                if tenant == "acme":  # typed as a read would give it
+                    assert answer["task_id"] == uuid.UUID(tid) and answer["progress"] == 1.0
+                    assert answer["completed_at"] == datetime(2026, 12, 6, 5, 0, 0, 500000,
+                                                              tzinfo=timezone.utc)
+                else:
+                    assert answer == {"status": "COMPLETED"}
         finally:
             await notifier.stop()
 

@@ -71,6 +71,8 @@ def test_get_with_wait_answers_when_the_task_ends(api: ApiStack, client: httpx.C
     assert not waiting.is_alive(), "the long poll did not answer when the task completed"
     done = answered[0].json()
     assert done["status"] == "COMPLETED" and done["result"]["result_image_url"].endswith(f"{tid}.png")
+    # Answered from the row the projector's notification carried: the same as a read of it.
+    assert done == client.get(url, headers=tenant.headers).json()
     # Ended already: answered at once; bad or too long waits are a 422; unknown tasks a 404.
     assert client.get(url, headers=tenant.headers, params={"wait": 30}).json()["status"] == "COMPLETED"
     assert_problem(client.get(url, headers=tenant.headers, params={"wait": -1}), 422)

@@ -9,12 +9,14 @@ from datetime import timedelta
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from schemas.enums import ErrorCode, TaskStatus, TaskType
 from state.db.migrate import migrate
 from state.db.projection import (
     NOTIFY_CHANNEL, _read_rows, apply_batch, flatten, parse_notify_payload, state_from_row,
 )
+from state.db.queries import TASK_COLUMNS, task_row_from_json
 from state.lifecycle import RANK, fold_all
 from tests.state.db.helpers import T0, lifecycle, status, submitted, task_row
 
@@ -150,9 +152,51 @@ def test_each_batch_notifies_every_task_it_wrote_with_its_status_now(conn: psyco
                            status(a, TaskStatus.COMPLETED, at=T0 + timedelta(seconds=2))])
         payloads = [n.payload for n in listener.notifies(timeout=5, stop_after=3)]
     assert sorted(payloads[:2]) == sorted([f"{a} QUEUED", f"{b} PENDING"])
-    assert payloads[2] == f"{a} COMPLETED"
-    assert [parse_notify_payload(p) for p in payloads[2:]] == [(a, "COMPLETED")]
-    assert parse_notify_payload(a) == (a, None)  # a bare id (an older projector): no status
+    assert payloads[2].startswith(f"{a} COMPLETED {{")
+    assert parse_notify_payload(f"{a} QUEUED") == (a, "QUEUED", None)
+    assert parse_notify_payload(a) == (a, None, None)  # a bare id (an older projector): no status
+
+
+def _read_row(conn: psycopg.Connection, task_id: str) -> dict:
+    """The row as the API's get_task reads it."""
+    columns = ", ".join(TASK_COLUMNS)
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(f"SELECT {columns} FROM tasks WHERE task_id = %s", (task_id,)).fetchone()
+
+
+@pytest.mark.parametrize("final", [TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED])
+def test_a_notification_that_may_end_a_task_carries_its_row_as_the_api_reads_it(
+        conn: psycopg.Connection, db_url: str, final: TaskStatus) -> None:
+    """The API's long poll answers with the notified row instead of reading it: it must be the
+    row get_task would read, value for value and type for type."""
+    tid = str(uuid.uuid4())
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("SET TIME ZONE 'Asia/Kolkata'")  # the row is typed in the reader's zone
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        apply_batch(conn, [submitted(tid, at=T0, tenant="acme", params={"image_url": "file:///in/é.png"})])
+        events = lifecycle(tid, final=final, tenant="acme")
+        apply_batch(conn, events[:-1])
+        apply_batch(conn, events[-1:])
+        notices = [parse_notify_payload(n.payload)
+                   for n in listener.notifies(timeout=5, stop_after=3)]
+        assert [(n.status, n.row is None) for n in notices] == \
+            [("PENDING", True), ("PROCESSING", True), (final.value, False)]
+        carried = task_row_from_json(notices[-1].row, listener.info.timezone)
+        read = _read_row(listener, tid)
+    assert carried == read and read["status"] == final.value and read["origin_tenant_id"] == "acme"
+    assert [type(carried[c]) for c in read] == [type(v) for v in read.values()]
+    assert carried["created_at"].utcoffset() == timedelta(hours=5, minutes=30)
+
+
+def test_a_row_too_large_for_a_notification_is_left_out(conn: psycopg.Connection, db_url: str) -> None:
+    tid = str(uuid.uuid4())
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        apply_batch(conn, [submitted(tid, at=T0, task_type=TaskType.LLM_INTERACTION,
+                                     params={"prompt": "x" * 8000}),
+                           *lifecycle(tid, final=TaskStatus.CANCELLED)])
+        [note] = listener.notifies(timeout=5, stop_after=1)
+    assert parse_notify_payload(note.payload) == (tid, "CANCELLED", None)  # read by the API instead
 
 
 def test_a_batch_finds_its_rows_by_primary_key_whatever_the_table_was_when_planned(
