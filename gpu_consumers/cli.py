@@ -1,9 +1,9 @@
 """``computectl worker``: run a worker process for some task types until SIGTERM.
 
 Everything is read from the environment once (``KAFKA_*``, ``WORKER_*``, ``RESULTS_URL``,
-``RESULTS_FSYNC``, ``S3_ENDPOINT_URL``, ``INPUT_*``, ``COMPUTE_MODEL_*``) and passed down. Exit status: 0 after a
-clean stop, 1 when the worker stopped unhealthy (a handler ignored its cancel token, or the broker
-stopped acknowledging): let the process supervisor start a fresh one.
+``RESULTS_FSYNC``, ``S3_ENDPOINT_URL``, ``INPUT_*``, ``COMPUTE_MODEL_*``) and passed down. Exit
+status: 0 after a clean stop, 1 when the worker stopped unhealthy (a handler ignored its cancel
+token, or the broker stopped acknowledging): let the process supervisor start a fresh one.
 """
 
 from __future__ import annotations

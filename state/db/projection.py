@@ -344,10 +344,17 @@ def apply_events(conn: psycopg.Connection, events: Iterable[StatusChanged | Task
         with conn.cursor() as cur:
             cur.executemany(_INSERT_EVENT, new_events)
     notify = sorted({e[1] for e in new_events} | {r["task_id"] for r in changed})
-    payloads = [(notify_payload(tid, rows[tid]["status"]), tid) for tid in notify]
-    if plain := [p for p, tid in payloads if rows[tid]["status"] not in ROW_NOTIFIED_STATUSES]:
+    plain: list[str] = []
+    with_row: list[tuple[str, str]] = []
+    for tid in notify:
+        status = rows[tid]["status"]
+        if status in ROW_NOTIFIED_STATUSES:
+            with_row.append((notify_payload(tid, status), tid))
+        else:
+            plain.append(notify_payload(tid, status))
+    if plain:
         conn.execute(_NOTIFY, (NOTIFY_CHANNEL, plain))
-    if with_row := [(p, tid) for p, tid in payloads if rows[tid]["status"] in ROW_NOTIFIED_STATUSES]:
+    if with_row:
         with conn.cursor() as cur:
             cur.executemany(_NOTIFY_WITH_ROW, with_row)
     result.tasks_written = len(changed)
