@@ -259,9 +259,12 @@ def project_generation_records(conn: psycopg.Connection, records: Iterable[Gener
         conn.execute(
             "SELECT count(pg_advisory_xact_lock(hashtextextended(x, %s)))"
             " FROM (SELECT unnest(%s::text[]) AS x ORDER BY 1) AS ids", (_LOCK_SEED, ids))
+        # By primary key one id at a time, as every read and delete below: with ``= ANY(ids)``
+        # the plan kept from a small table (a fresh database) scans it whole (migration 0009).
         stored = {str(gid): (version, status) for gid, version, status in conn.execute(
-            "SELECT generation_id, version, status FROM generations"
-            " WHERE generation_id = ANY(%s::uuid[])", (ids,))}
+            "SELECT g.* FROM unnest(%s::uuid[]) AS ids(id) CROSS JOIN LATERAL (SELECT"
+            " generation_id, version, status FROM generations WHERE generation_id = ids.id"
+            " OFFSET 0) AS g", (ids,))}
         winners = [rows_of(latest[g]) for g in ids
                    if latest[g].version > stored.get(g, (-1, None))[0]]
         if not winners:
@@ -275,9 +278,9 @@ def project_generation_records(conn: psycopg.Connection, records: Iterable[Gener
         if not written:
             return result
         chosen = [r for r in winners if r.generation["generation_id"] in set(written)]
-        for table in ("predictions", "orchestrated_shots", "refines"):  # shot_attempts cascade
-            conn.execute(f"DELETE FROM {table} WHERE generation_id = ANY(%s::uuid[])", (written,))
         with conn.cursor() as cur:
+            for table in ("predictions", "orchestrated_shots", "refines"):  # shot_attempts cascade
+                cur.executemany(f"DELETE FROM {table} WHERE generation_id = %s", [(g,) for g in written])
             for table, columns, attr in (
                 ("predictions", PREDICTION_COLUMNS, "predictions"),
                 ("orchestrated_shots", SHOT_COLUMNS, "shots"),

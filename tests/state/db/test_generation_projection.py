@@ -202,3 +202,23 @@ def test_the_orchestrators_first_records_project(db_url: str) -> None:
     assert {str(a["task_id"]) for a in attempts} == {t.task_id for t in agentic.plan.tasks}
     assert len(_rows(db_url, "SELECT * FROM refines")) == 1
     assert len(_rows(db_url, "SELECT * FROM predictions")) == 2 + 2 + 1  # REFINE: batch_size 2
+
+
+@pytest.mark.integration
+def test_a_batch_finds_its_generation_rows_by_primary_key_whatever_the_tables_were_when_planned(
+        db_url: str) -> None:
+    """Kept generic plans made while the tables were small (a fresh database) must not be scans
+    of whole tables, repeated for every batch as they grow (see migration 0009)."""
+    migrate(db_url)
+    tables = tuple(GENERATION_TABLES)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("SET plan_cache_mode = force_generic_plan")  # what a kept plan is
+        with conn.transaction():
+            for _ in range(3):  # a first version, then the newer one replaces its children
+                p = gh.plan(AGENTIC)
+                apply_generation_records(conn, [gh.agentic_record(p, tenant="acme", attempts=1)])
+                apply_generation_records(conn, [gh.agentic_record(p, tenant="acme")])
+            scans = dict(conn.execute(
+                "SELECT relname, pg_stat_get_xact_numscans(oid) FROM pg_class"
+                " WHERE relname = ANY(%s) AND relkind = 'r'", (list(tables),)).fetchall())
+    assert scans == dict.fromkeys(tables, 0)
