@@ -107,7 +107,7 @@ def test_a_long_poll_answers_with_the_notified_row_without_reading_again(db_url:
                 answer = await asyncio.wait_for(polling, _DEADLINE_S)
                 assert len(reads) == reads_expected
                 if tenant == "acme":  # typed as a read would give it
-                    assert answer["task_id"] == uuid.UUID(tid) and answer["progress"] == 1.0
+                    assert answer["task_id"] == uuid.UUID(tid) and type(answer["progress"]) is float
                     assert answer["completed_at"] == datetime(2026, 12, 6, 5, 0, 0, 500000,
                                                               tzinfo=timezone.utc)
                 else:
