@@ -29,17 +29,15 @@ from typing import Any
 
 from state.devstack.procs import (
     DevStackError,
-    ServerProcess,
     free_ports,
     port_open,
     proc_start_ticks,
-    record_owner,
     run_checked,
     spawn,
-    sweep_stale_workdirs,
     tail,
     wait_until,
 )
+from state.devstack.server import ServerProcess, record_owner, sweep_stale_workdirs
 
 HERE = Path(__file__).resolve().parent
 POM_PATH = HERE / "pom.xml"

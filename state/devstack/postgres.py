@@ -24,19 +24,17 @@ from typing import Any
 
 from state.devstack.procs import (
     DevStackError,
-    ServerProcess,
     chown_tree,
     free_port,
     proc_start_ticks,
-    record_owner,
     run_checked,
     running_as_root,
     spawn,
-    sweep_stale_workdirs,
     tail,
     unprivileged_user,
     wait_until,
 )
+from state.devstack.server import ServerProcess, record_owner, sweep_stale_workdirs
 
 DATABASE = "compute"
 

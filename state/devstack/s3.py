@@ -19,15 +19,13 @@ from typing import Any
 
 from state.devstack.procs import (
     DevStackError,
-    ServerProcess,
     free_port,
     proc_start_ticks,
-    record_owner,
     spawn,
-    sweep_stale_workdirs,
     tail,
     wait_until,
 )
+from state.devstack.server import ServerProcess, record_owner, sweep_stale_workdirs
 
 REGION = "us-east-1"
 ACCESS_KEY = "test"

@@ -34,9 +34,9 @@ from state.devstack.procs import (
     DevStackError,
     pid_alive,
     process_group_members,
-    sweep_stale_workdirs,
     wait_until,
 )
+from state.devstack.server import sweep_stale_workdirs
 from state.devstack.s3 import S3Endpoint, s3_client
 
 REPO_ROOT = Path(__file__).resolve().parents[3]

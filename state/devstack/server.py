@@ -1,0 +1,126 @@
+"""One local server process and its work folder (the base of the Kafka broker, PostgreSQL and
+the S3 endpoint of the local stack), and the sweep of work folders whose server is gone.
+
+The process helpers they use (spawning, stopping a tree, liveness by pid) are in procs.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from state.devstack.procs import pid_alive, stop_tree
+
+OWNER_FILE = "owner.json"
+
+
+def record_owner(workdir: Path, pid: int, start_ticks: int | None) -> None:
+    """Note in ``workdir`` which server process it belongs to (see sweep_stale_workdirs)."""
+    (workdir / OWNER_FILE).write_text(json.dumps({"pid": pid, "start_ticks": start_ticks}))
+
+
+def sweep_stale_workdirs(prefix: str, base_dir: Path | None = None) -> list[Path]:
+    """Remove ``<tmp>/<prefix>*`` folders whose server is gone.
+
+    Normally stop() removes its folder; this catches the ones left when the process that
+    started a server was SIGKILLed (the server itself died with it: parent-death signal).
+    Only folders with an owner record naming a dead process are touched.
+    """
+    base = base_dir if base_dir is not None else Path(tempfile.gettempdir())
+    removed = []
+    for folder in base.glob(f"{prefix}*"):
+        try:
+            owner = json.loads((folder / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if not pid_alive(int(owner["pid"]), owner.get("start_ticks")):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+class ServerProcess:
+    """What the local servers share: one server process (our child, or recorded by pid and
+    start time in ``dev up``'s state file) and a work folder removed when it stops."""
+
+    pid: int | None
+    start_ticks: int | None
+    workdir: Path | None
+    _proc: subprocess.Popen | None
+
+    START_TIMEOUT_S = 60.0  # a subclass may need longer (the JVM broker)
+
+    def __init__(self, *, detached: bool = False, base_dir: Path | str | None = None) -> None:
+        self.detached = detached  # started by `dev up`: outlives this process
+        self.base_dir = Path(base_dir) if base_dir is not None else None
+        self.workdir = None
+        self.pid = None
+        self.start_ticks = None
+        self.start_seconds: float | None = None
+        self._proc = None
+        self._t0 = 0.0
+        self._cancelled = threading.Event()
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"  # every local server listens on loopback only
+
+    def prepare(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    def launch(self) -> None:
+        raise NotImplementedError
+
+    def wait_ready(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    def start(self, timeout: float | None = None):
+        """prepare() + launch() + wait_ready(); on any failure the process and files go."""
+        timeout = self.START_TIMEOUT_S if timeout is None else timeout
+        try:
+            self.prepare(timeout)
+            self.launch()
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout: float = 30.0, *, keep_files: bool = False) -> None:
+        self._stop_process(timeout)
+        self._remove_workdir(keep_files)
+
+    def is_alive(self) -> bool:
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return self.pid is not None and pid_alive(self.pid, self.start_ticks)
+
+    def _stop_process(self, timeout: float, **stop_kwargs: Any) -> None:
+        if self.pid is not None:
+            stop_tree(self.pid, start_ticks=self.start_ticks, timeout=timeout, popen=self._proc,
+                      **stop_kwargs)
+            self.pid = None
+            self._proc = None
+
+    def _remove_workdir(self, keep_files: bool) -> None:
+        if self.workdir is not None and not keep_files:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def _process_state(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "start_ticks": self.start_ticks,
+            "workdir": str(self.workdir) if self.workdir else None,
+        }
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
