@@ -1,4 +1,5 @@
-"""Generations (seed "Generation Types"): a request per strategy, turned into a plan of tasks.
+"""Generations (seed "Generation Types"): a request per strategy (producers/generation_requests.py),
+turned into a plan of tasks.
 
 ``plan_generation(request, catalog, rng)`` is pure given the catalog. It returns a
 :class:`GenerationPlan`: a generation id; one task per prediction (``batch_size`` N → N tasks, each
@@ -18,26 +19,21 @@ from __future__ import annotations
 import random
 import re
 import uuid
-from enum import StrEnum
-from typing import Annotated, Any, Literal, Protocol
+from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, SerializeAsAny, TypeAdapter, field_validator, model_validator
+from pydantic import Field, JsonValue, SerializeAsAny, model_validator
 
 from processors.agentic import attempt_task_id, shot_id_for
 from producers.catalog import Catalog, CatalogEntry, CatalogKind, UnknownCatalogEntry
+from producers.generation_requests import (EditingRequest, EditingTool, FrozenModel, GenerateRequest,
+                                           GenerationRequest, GenerationRequestBase, RefineRequest,
+                                           RefineSettings, parse_request)
 from schemas.enums import GenerationStrategy as S, GenerationType, TaskType
 from schemas.events import Orchestration
-from schemas.records import Url, UuidStr
-from schemas.task_params import (PARAMS_MODELS, SEED_MAX, Adjust, Dim, LlmInteractionParams, Prompt,
-                                 ReferenceImage, RefineDim, Seed, Steps, TaskParams, Unit)
+from schemas.task_params import PARAMS_MODELS, SEED_MAX, LlmInteractionParams, TaskParams
 
 # Fixed namespace of generation-derived ids; changing it would break replayed continuations.
 _NS = uuid.UUID("9a3e55c1-0f7b-4c2e-b6d8-41f2a7c3e905")
-# A batch beyond 64 predictions is a bulk job: submit several generations.
-MAX_BATCH = 64
-# Beyond 10 attempts the evaluator or the request, not the seed, is the problem.
-MAX_ATTEMPTS = 10
-PositiveBatch = Annotated[int, Field(ge=1, le=MAX_BATCH)]
 
 TASK_TYPE = {S.GENERATE: TaskType.GENERATION, S.EDITING: TaskType.EDITING, S.REFINE: TaskType.REFINE,
              S.VIDEO: TaskType.VIDEO_GENERATION, S.BACKGROUND_FIXING: TaskType.BACKGROUND_FIX,
@@ -58,131 +54,7 @@ DETAIL_FOLLOW_UP = {"strength": 0.3, "prompt": "fine product detail, crisp textu
                     "preserve_original": True}
 
 
-class EditingTool(StrEnum):
-    EDIT = "EDIT"
-    SUBJECT_SWAP = "SUBJECT_SWAP"
-    PRODUCT_ENHANCEMENT = "PRODUCT_ENHANCEMENT"
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _Request(_Frozen):
-    generation_type: GenerationType = GenerationType.BASE
-    max_attempts: Annotated[int, Field(ge=1, le=MAX_ATTEMPTS)] = 3
-    min_confidence_score: Unit = 0.7
-    evaluation_provider: Annotated[str, Field(min_length=1)] = "auto"
-
-
-class GenerateRequest(_Request):
-    strategy: Literal[S.GENERATE] = S.GENERATE
-    batch_size: PositiveBatch = 1
-    subject_id: UuidStr | None = None
-    product_id: UuidStr | None = None
-    style_id: UuidStr | None = None
-    shot_type_string: Prompt
-    generated_prompt: str | None = None
-    auto_generate_prompt: bool = False
-    width: Dim | None = None
-    height: Dim | None = None
-    seed: Seed | None = None
-
-    @model_validator(mode="after")
-    def _inputs(self) -> GenerateRequest:
-        if self.subject_id is None and self.product_id is None:
-            raise ValueError("subject_id or product_id is required (seed: Yes*)")
-        if self.auto_generate_prompt and self.generated_prompt:
-            raise ValueError("give generated_prompt or auto_generate_prompt, not both")
-        return self
-
-
-class EditingRequest(_Request):
-    strategy: Literal[S.EDITING] = S.EDITING
-    base_img_path: Url
-    reference_images: list[ReferenceImage] = Field(default_factory=list)
-    subject_id: UuidStr | None = None
-    product_id: UuidStr | None = None
-    tool: EditingTool
-    width: Dim | None = None
-    height: Dim | None = None
-
-    @field_validator("reference_images", mode="before")
-    @classmethod
-    def _urls(cls, value: Any) -> Any:  # a bare URL is a reference of type "reference"
-        return [{"url": v, "type": "reference"} if isinstance(v, str) else v for v in value or []]
-
-
-class RefineSettings(_Frozen):
-    """REFINE's settings: the request's, and the Refine record's."""
-
-    base_image_url: Url
-    batch_size: PositiveBatch = 1
-    target_width: RefineDim | None = None
-    target_height: RefineDim | None = None
-    upscale_enabled: bool | None = None
-    upscale_factor: Annotated[float, Field(ge=1.0, le=4.0)] | None = None
-    upscale_steps: Steps | None = None
-    upscale_denoise: Unit | None = None
-    face_detail_enabled: bool | None = None
-    face_detail_steps: Steps | None = None
-
-
-class RefineRequest(_Request, RefineSettings):
-    strategy: Literal[S.REFINE] = S.REFINE
-
-
-class VideoRequest(_Request):
-    strategy: Literal[S.VIDEO] = S.VIDEO
-    base_image_url: Url
-    motion_bucket_id: int | None = None
-    fps: int | None = None
-    duration: float | None = None
-
-    @model_validator(mode="after")
-    def _base_only(self) -> VideoRequest:
-        if self.generation_type is GenerationType.AGENTIC:
-            raise ValueError("VIDEO generations are BASE only: the evaluators judge still images")
-        return self
-
-
-class BackgroundFixingRequest(_Request):
-    strategy: Literal[S.BACKGROUND_FIXING] = S.BACKGROUND_FIXING
-    base_image_url: Url
-    background_prompt: str | None = None
-    background_image_url: Url | None = None
-    mask_expansion: int | None = None
-
-
-class ImageAdjustingRequest(_Request):
-    strategy: Literal[S.IMAGE_ADJUSTING] = S.IMAGE_ADJUSTING
-    base_image_url: Url
-    brightness: Adjust | None = None
-    contrast: Adjust | None = None
-    saturation: Adjust | None = None
-    prompt: str | None = None
-
-
-class FaceFixingRequest(_Request):
-    strategy: Literal[S.FACE_FIXING] = S.FACE_FIXING
-    base_image_url: Url
-    strength: Unit | None = None
-    prompt: str | None = None
-
-
-GenerationRequest = Annotated[
-    GenerateRequest | EditingRequest | RefineRequest | VideoRequest | BackgroundFixingRequest
-    | ImageAdjustingRequest | FaceFixingRequest, Field(discriminator="strategy")]
-_REQUEST = TypeAdapter(GenerationRequest)
-
-
-def parse_request(data: Any) -> GenerationRequest:
-    """A request model from a dict (``strategy`` picks the model); raises ValidationError."""
-    return _REQUEST.validate_python(data)
-
-
-
-class PlannedTask(_Frozen):
+class PlannedTask(FrozenModel):
     """One task to submit: ``producer.submit(task_type, params, task_id=, orchestration=)``."""
 
     task_id: str
@@ -198,7 +70,7 @@ class PlannedTask(_Frozen):
         return data
 
 
-class PendingTask(_Frozen):
+class PendingTask(FrozenModel):
     """A task whose parameters wait for another task's output (``template`` lacks that field)."""
 
     task_id: str
@@ -212,7 +84,7 @@ class PendingTask(_Frozen):
                            orchestration=self.orchestration)
 
 
-class PromptStep(_Frozen):
+class PromptStep(FrozenModel):
     """GENERATE with ``auto_generate_prompt``: ``task`` (LLM_INTERACTION) writes the prompt of the
     ``waiting`` GENERATION tasks; an empty answer falls back to ``fallback_prompt``."""
 
@@ -229,7 +101,7 @@ class RefineRecord(RefineSettings):
     task_ids: tuple[str, ...] = ()
 
 
-class GenerationPlan(_Frozen):
+class GenerationPlan(FrozenModel):
     generation_id: str
     request: GenerationRequest
     tasks: tuple[PlannedTask, ...] = ()  # empty while a PromptStep is pending
@@ -341,9 +213,9 @@ def _template(request: Any, entries: dict[CatalogKind, CatalogEntry], i: int, rn
         return _some(base_image_url=request.base_img_path, prompt=prompt, width=request.width, height=request.height,
                      reference_images=[r.model_dump() for r in request.reference_images])
     if isinstance(request, RefineRequest):  # its own seed per variation (provider_config.seed)
-        fields = request.model_dump(exclude=set(_Request.model_fields) | {"strategy", "batch_size"})
+        fields = request.model_dump(exclude=set(GenerationRequestBase.model_fields) | {"strategy", "batch_size"})
         return _some(**fields, provider_config={"seed": rng.randint(0, SEED_MAX)})
-    return _some(**request.model_dump(exclude=set(_Request.model_fields) | {"strategy"}))
+    return _some(**request.model_dump(exclude=set(GenerationRequestBase.model_fields) | {"strategy"}))
 
 
 def _some(**values: Any) -> dict[str, Any]:
@@ -381,7 +253,7 @@ class TaskSubmitter(Protocol):
                task_id: str | None = ...) -> str: ...
 
 
-class SubmittedPlan(_Frozen):
+class SubmittedPlan(FrozenModel):
     """What :func:`submit_plan` produced; ``prompt_task_id`` set: the GENERATION tasks follow
     when the processors see that task COMPLETED."""
 
@@ -412,7 +284,7 @@ GENERATION_REQUEST_FORMAT = 1
 GENERATION_REQUEST_CONTENT_TYPE = b"application/json; format=compute.GenerationRequested/1"
 
 
-class GenerationRequested(_Frozen):
+class GenerationRequested(FrozenModel):
     """A generation to start: its plan and who asked for it."""
 
     format: int = GENERATION_REQUEST_FORMAT
@@ -434,7 +306,7 @@ GENERATION_CANCEL_FORMAT = 1
 GENERATION_CANCEL_CONTENT_TYPE = b"application/json; format=compute.GenerationCancelRequested/1"
 
 
-class GenerationCancelRequested(_Frozen):
+class GenerationCancelRequested(FrozenModel):
     """A generation to cancel: which one, why and who asked."""
 
     format: int = GENERATION_CANCEL_FORMAT
@@ -448,7 +320,7 @@ class GenerationCancelRequested(_Frozen):
         return _generations_record(self, self.generation_id, "cancel-requested", GENERATION_CANCEL_CONTENT_TYPE)
 
 
-def _generations_record(record: _Frozen, gid: str, what: str, content_type: bytes
+def _generations_record(record: FrozenModel, gid: str, what: str, content_type: bytes
                         ) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     """A JSON record of the generations topic: keyed by generation id, CloudEvents headers."""
     headers = [("ce_specversion", b"1.0"), ("ce_id", f"{gid}/{what}".encode()),

@@ -13,9 +13,10 @@ from pydantic import ValidationError
 
 from processors.agentic import adjust, attempt_task_id, shot_id_for
 from producers.catalog import CatalogError, CatalogKind, InMemoryCatalog, PostgresCatalog, UnknownCatalogEntry, catalog
+from producers.generation_requests import GenerateRequest, parse_request
 from producers.generations import (
-    DETAIL_FOLLOW_UP, GenerateRequest, GenerationPlan, clean_prompt, continue_after_edit, continue_after_prompt,
-    parse_request, plan_generation, submit_plan,
+    DETAIL_FOLLOW_UP, GenerationPlan, clean_prompt, continue_after_edit, continue_after_prompt, plan_generation,
+    submit_plan,
 )
 from producers.submit import TaskProducer
 from schemas.codec import EventCodec

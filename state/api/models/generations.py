@@ -19,7 +19,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from producers.catalog import CatalogEntry, CatalogKind
-from producers.generations import (
+from producers.generation_requests import (
     BackgroundFixingRequest,
     EditingRequest,
     FaceFixingRequest,

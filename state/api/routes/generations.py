@@ -26,7 +26,8 @@ from starlette.concurrency import run_in_threadpool
 
 from producers.catalog import CatalogError, PostgresCatalog, UnknownCatalogEntry
 from producers.errors import DeliveryError
-from producers.generations import (GenerationCancelRequested, GenerationPlan, GenerationRequested, parse_request,
+from producers.generation_requests import parse_request
+from producers.generations import (GenerationCancelRequested, GenerationPlan, GenerationRequested,
                                    plan_generation)
 from processors.generation_record import GenerationStatus
 from schemas.enums import GenerationStrategy

@@ -1,0 +1,148 @@
+"""Generation requests (seed "Generation Types"): one model per strategy, BASE or AGENTIC.
+
+``parse_request(data)`` picks the model by ``strategy``; the API's generation routes take the
+same models (without ``strategy``: the route names it). Turning a request into tasks is
+producers/generations.py.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+from schemas.enums import GenerationStrategy as S, GenerationType
+from schemas.records import Url, UuidStr
+from schemas.task_params import Adjust, Dim, Prompt, ReferenceImage, RefineDim, Seed, Steps, Unit
+
+# A batch beyond 64 predictions is a bulk job: submit several generations.
+MAX_BATCH = 64
+# Beyond 10 attempts the evaluator or the request, not the seed, is the problem.
+MAX_ATTEMPTS = 10
+PositiveBatch = Annotated[int, Field(ge=1, le=MAX_BATCH)]
+
+
+class EditingTool(StrEnum):
+    EDIT = "EDIT"
+    SUBJECT_SWAP = "SUBJECT_SWAP"
+    PRODUCT_ENHANCEMENT = "PRODUCT_ENHANCEMENT"
+
+
+class FrozenModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GenerationRequestBase(FrozenModel):
+    """What every strategy's request has: BASE or AGENTIC, and the AGENTIC settings."""
+
+    generation_type: GenerationType = GenerationType.BASE
+    max_attempts: Annotated[int, Field(ge=1, le=MAX_ATTEMPTS)] = 3
+    min_confidence_score: Unit = 0.7
+    evaluation_provider: Annotated[str, Field(min_length=1)] = "auto"
+
+
+class GenerateRequest(GenerationRequestBase):
+    strategy: Literal[S.GENERATE] = S.GENERATE
+    batch_size: PositiveBatch = 1
+    subject_id: UuidStr | None = None
+    product_id: UuidStr | None = None
+    style_id: UuidStr | None = None
+    shot_type_string: Prompt
+    generated_prompt: str | None = None
+    auto_generate_prompt: bool = False
+    width: Dim | None = None
+    height: Dim | None = None
+    seed: Seed | None = None
+
+    @model_validator(mode="after")
+    def _inputs(self) -> GenerateRequest:
+        if self.subject_id is None and self.product_id is None:
+            raise ValueError("subject_id or product_id is required (seed: Yes*)")
+        if self.auto_generate_prompt and self.generated_prompt:
+            raise ValueError("give generated_prompt or auto_generate_prompt, not both")
+        return self
+
+
+class EditingRequest(GenerationRequestBase):
+    strategy: Literal[S.EDITING] = S.EDITING
+    base_img_path: Url
+    reference_images: list[ReferenceImage] = Field(default_factory=list)
+    subject_id: UuidStr | None = None
+    product_id: UuidStr | None = None
+    tool: EditingTool
+    width: Dim | None = None
+    height: Dim | None = None
+
+    @field_validator("reference_images", mode="before")
+    @classmethod
+    def _urls(cls, value: Any) -> Any:  # a bare URL is a reference of type "reference"
+        return [{"url": v, "type": "reference"} if isinstance(v, str) else v for v in value or []]
+
+
+class RefineSettings(FrozenModel):
+    """REFINE's settings: the request's, and the Refine record's."""
+
+    base_image_url: Url
+    batch_size: PositiveBatch = 1
+    target_width: RefineDim | None = None
+    target_height: RefineDim | None = None
+    upscale_enabled: bool | None = None
+    upscale_factor: Annotated[float, Field(ge=1.0, le=4.0)] | None = None
+    upscale_steps: Steps | None = None
+    upscale_denoise: Unit | None = None
+    face_detail_enabled: bool | None = None
+    face_detail_steps: Steps | None = None
+
+
+class RefineRequest(GenerationRequestBase, RefineSettings):
+    strategy: Literal[S.REFINE] = S.REFINE
+
+
+class VideoRequest(GenerationRequestBase):
+    strategy: Literal[S.VIDEO] = S.VIDEO
+    base_image_url: Url
+    motion_bucket_id: int | None = None
+    fps: int | None = None
+    duration: float | None = None
+
+    @model_validator(mode="after")
+    def _base_only(self) -> VideoRequest:
+        if self.generation_type is GenerationType.AGENTIC:
+            raise ValueError("VIDEO generations are BASE only: the evaluators judge still images")
+        return self
+
+
+class BackgroundFixingRequest(GenerationRequestBase):
+    strategy: Literal[S.BACKGROUND_FIXING] = S.BACKGROUND_FIXING
+    base_image_url: Url
+    background_prompt: str | None = None
+    background_image_url: Url | None = None
+    mask_expansion: int | None = None
+
+
+class ImageAdjustingRequest(GenerationRequestBase):
+    strategy: Literal[S.IMAGE_ADJUSTING] = S.IMAGE_ADJUSTING
+    base_image_url: Url
+    brightness: Adjust | None = None
+    contrast: Adjust | None = None
+    saturation: Adjust | None = None
+    prompt: str | None = None
+
+
+class FaceFixingRequest(GenerationRequestBase):
+    strategy: Literal[S.FACE_FIXING] = S.FACE_FIXING
+    base_image_url: Url
+    strength: Unit | None = None
+    prompt: str | None = None
+
+
+GenerationRequest = Annotated[
+    GenerateRequest | EditingRequest | RefineRequest | VideoRequest | BackgroundFixingRequest
+    | ImageAdjustingRequest | FaceFixingRequest, Field(discriminator="strategy")]
+_REQUEST = TypeAdapter(GenerationRequest)
+
+
+def parse_request(data: Any) -> GenerationRequest:
+    """A request model from a dict (``strategy`` picks the model); raises ValidationError."""
+    return _REQUEST.validate_python(data)
