@@ -5,16 +5,18 @@
 a tiny model built on first use. Loading is left to the handlers.
 """
 
-from gpu_consumers.models.registry import (
+from gpu_consumers.models.loras import (
     LORA_ADAPTERS,
     LORA_WEIGHT_NAME,
-    IpAdapterSource,
     LoraRefError,
     LoraSource,
+    ResolvedLora,
+)
+from gpu_consumers.models.registry import (
+    IpAdapterSource,
     ModelProfile,
     ModelRegistry,
     ModelSpec,
-    ResolvedLora,
     Role,
     image_processor_class,
     production_specs,
