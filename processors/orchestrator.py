@@ -6,7 +6,8 @@
                                                     (<prefix>.evaluations), evaluators
 
 Every decision is :mod:`processors.generation_flow`'s (pure functions returning ``(record,
-effects)``); this module only decodes what arrives, calls them, and carries out the effects:
+effects)``); this module only decodes what arrives (:mod:`processors.generation_messages`),
+calls them, and carries out the effects:
 
 * :class:`~processors.generation_flow.SubmitTask` → ``producers.submit.TaskProducer.submit``
   (its id and orchestration; the generation's origin);
@@ -37,31 +38,26 @@ fold and the readers absorb. A record the broker refuses stops the app, so no co
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from confluent_kafka import Producer
 from PIL import Image
-from pydantic import ValidationError
 
 from processors import generation_flow as flow
 from processors.evaluators.base import (Evaluation, EvaluationContext, Evaluator,
                                         EvaluatorRegistry, EvaluatorSettings, TaskEvaluator)
-from processors.folding import STATE_CONTENT_TYPE, decode_state
 from processors.generation_flow import CancelTask, EmitEvaluation, Evaluate, ParseJudgement, SubmitTask
-from processors.generation_record import (GENERATION_RECORD_CONTENT_TYPE, GenerationRecord, decode_record,
-                                          encode_record)
+from processors.generation_messages import BadGenerationRecord, read_generation_message, record_headers
+from processors.generation_record import GenerationRecord, decode_record, encode_record
 from producers.errors import DeliveryError
-from producers.generations import (GENERATION_CANCEL_CONTENT_TYPE, GENERATION_REQUEST_CONTENT_TYPE,
-                                   GenerationCancelRequested, GenerationRequested)
+from producers.generations import GenerationCancelRequested, GenerationRequested
 from schemas.codec import EventCodec
 from schemas.emit import produce_event
-from schemas.errors import ComputeError
 from schemas.events import CancelRequested, Envelope, EvaluationRecorded
 from schemas.kafka_settings import KafkaSettings
 from state.lifecycle import TaskState
@@ -74,91 +70,6 @@ FetchImage = Callable[[str], Image.Image]
 _ACK_TIMEOUT_S = 30.0
 # Evaluations are few (one per AGENTIC attempt): an idempotent producer, batched a little.
 _PRODUCER = {"enable.idempotence": True, "acks": "all", "linger.ms": 5}
-
-
-class BadGenerationRecord(ComputeError):
-    """A record on the generations topic cannot be read (see the message). It is copied to
-    ``<prefix>.generations.dlq`` with error headers and skipped; fix the writer."""
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def _header(headers: Any, name: str) -> bytes | None:
-    items = headers.items() if isinstance(headers, Mapping) else (headers or ())
-    for key, value in items:
-        if key == name:
-            return value if isinstance(value, bytes) else str(value).encode()
-    return None
-
-
-def _sniff(value: bytes) -> bytes:
-    """The content type of a record that has no header: a request has a ``plan``, a task state a
-    ``task_id`` and a ``status``, a cancel a ``generation_id`` and ``requested_at`` (no task)."""
-    try:
-        doc = json.loads(value)
-    except ValueError as exc:
-        raise BadGenerationRecord(f"no content-type header and not JSON ({exc})") from None
-    if isinstance(doc, dict) and "plan" in doc:
-        return GENERATION_REQUEST_CONTENT_TYPE
-    if isinstance(doc, dict) and "task_id" in doc and "status" in doc:
-        return STATE_CONTENT_TYPE
-    if isinstance(doc, dict) and "generation_id" in doc and "requested_at" in doc and "task_id" not in doc:
-        return GENERATION_CANCEL_CONTENT_TYPE
-    raise BadGenerationRecord("no content-type header, and the JSON is neither a generation "
-                              "request, a cancel nor a task state")
-
-
-Incoming = GenerationRequested | GenerationCancelRequested | TaskState
-
-
-def read_generation_message(key: bytes | str | None, value: bytes | None, headers: Any) -> Incoming:
-    """Decode one record of the generations topic: a :class:`GenerationRequested`, a
-    :class:`GenerationCancelRequested` or a final :class:`TaskState`, dispatched on its
-    ``content-type`` header (sniffed when absent). Raise :class:`BadGenerationRecord` when it
-    must be dead-lettered (unreadable, unknown type, no generation id, or keyed by something
-    other than its generation id)."""
-    if value is None:
-        raise BadGenerationRecord("record has no value (a tombstone on the generations topic)")
-    content_type = _header(headers, "content-type") or _sniff(value)
-    try:
-        if content_type == GENERATION_REQUEST_CONTENT_TYPE:
-            decoded: Incoming = GenerationRequested.model_validate_json(value)
-            generation_id = decoded.plan.generation_id
-        elif content_type == GENERATION_CANCEL_CONTENT_TYPE:
-            decoded = GenerationCancelRequested.model_validate_json(value)
-            generation_id = decoded.generation_id
-        elif content_type == STATE_CONTENT_TYPE:
-            decoded = decode_state(value)  # type: ignore[assignment]
-            generation_id = decoded.generation_id  # type: ignore[union-attr]
-            if generation_id is None:
-                raise BadGenerationRecord(f"task state {decoded.task_id} has no generation_id")
-        else:
-            raise BadGenerationRecord(f"unknown content-type {content_type!r} (expected "
-                                      f"{GENERATION_REQUEST_CONTENT_TYPE!r}, {GENERATION_CANCEL_CONTENT_TYPE!r}"
-                                      f" or {STATE_CONTENT_TYPE!r})")
-    except ComputeError:
-        raise
-    except (ValidationError, ValueError, KeyError, TypeError) as exc:
-        raise BadGenerationRecord(f"cannot decode a {content_type.decode(errors='replace')} "
-                                  f"record: {type(exc).__name__}: {exc}") from None
-    if isinstance(key, bytes):
-        key = key.decode("utf-8", "replace")
-    if key != generation_id:
-        raise BadGenerationRecord(f"record keyed {key!r} belongs to generation {generation_id}: "
-                                  "the generations topic is keyed by generation id")
-    return decoded
-
-
-def record_headers(record: GenerationRecord) -> list[tuple[str, bytes]]:
-    """CloudEvents binary-mode headers of a generation record on the generations.state topic."""
-    gid = record.generation_id
-    return [("ce_specversion", b"1.0"),
-            ("ce_id", f"{gid}/{record.version}".encode()),
-            ("ce_source", b"/compute/processors"),
-            ("ce_type", b"compute.generations.GenerationRecord"),
-            ("ce_subject", gid.encode()),
-            ("content-type", GENERATION_RECORD_CONTENT_TYPE)]
 
 
 # --------------------------------------------------------------------------- the outbox

@@ -36,7 +36,8 @@ from processors.app import evaluator_registry, librdkafka_partition
 from processors.evaluators.base import EvaluationContext, EvaluatorSettings, default_registry
 from processors.evaluators.scripted import NoScript, PromptScriptedEvaluator, ScriptExhausted
 from processors.folding import STATE_CONTENT_TYPE, decode_state, encode_state, state_from_json, state_to_json
-from processors.orchestrator import BadGenerationRecord, Orchestrator, read_generation_message
+from processors.generation_messages import BadGenerationRecord, read_generation_message
+from processors.orchestrator import Orchestrator
 from processors.settings import ProcessorSettings
 from producers.catalog import InMemoryCatalog, PostgresCatalog
 from producers.generations import (GENERATION_CANCEL_CONTENT_TYPE, GENERATION_REQUEST_CONTENT_TYPE,
