@@ -130,8 +130,7 @@ class FileStore:
                 temp = str(target)
                 if self.fsync:
                     os.fsync(fd)
-            if self.fsync:
-                _sync_directory(target.parent)
+                    _sync_directory(target.parent)
             temp = None
         except OSError as exc:
             raise StorageFailure(f"writing {target} failed: {exc.strerror or exc}") from exc

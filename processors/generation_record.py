@@ -11,8 +11,9 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import JsonValue
 
+from producers.generation_requests import FrozenModel
 from producers.generations import GenerationPlan
 from schemas.enums import TaskStatus
 
@@ -27,11 +28,7 @@ class GenerationStatus(StrEnum):
     CANCELLED = "CANCELLED"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PredictionRecord(_Frozen):
+class PredictionRecord(FrozenModel):
     """One prediction of a generation."""
 
     index: int
@@ -54,7 +51,7 @@ class PredictionRecord(_Frozen):
     error_message: str | None = None
 
 
-class GenerationRecord(_Frozen):
+class GenerationRecord(FrozenModel):
     """The orchestrator table's value and the ``generations.state`` document (JSON)."""
 
     format: int = GENERATION_RECORD_FORMAT

@@ -30,6 +30,8 @@ class EditingTool(StrEnum):
 
 
 class FrozenModel(BaseModel):
+    """Immutable, unknown fields refused: the base of generation requests, plans and records."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
