@@ -72,11 +72,10 @@ def rebuild(
                     raise TimeoutError(f"rebuild did not reach the end of the topics in {timeout_s}s")
                 messages = consumer.consume(batch_size, POLL_TIMEOUT_S)
                 batch = collect_batch(codec, messages, kafka.topics.status, stats,
-                                 kafka.topics.generations_state)
+                                      kafka.topics.generations_state)
                 apply_generation_records(conn, batch.generations)
                 result = apply_batch(conn, batch.events)
                 report.skipped += len(batch.bad)
-                report.tasks += result.tasks_written
                 report.events += result.events_inserted
                 for (topic, partition), offset in batch.offsets.items():
                     if offset >= ends.get((topic, partition), 0):
