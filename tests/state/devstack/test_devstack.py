@@ -130,7 +130,7 @@ def test_kafka_produce_consume_round_trip(local_kafka: KafkaBroker) -> None:
 
 
 def test_kafka_broker_settings_and_start_time(local_kafka: KafkaBroker) -> None:
-    assert local_kafka.start_seconds is not None and 0 < local_kafka.start_seconds < 120
+    assert local_kafka.start_seconds is not None and local_kafka.start_seconds > 0
     assert local_kafka.ping()
     admin = AdminClient({"bootstrap.servers": local_kafka.bootstrap_servers})
     resource = ConfigResource(ConfigResource.Type.BROKER, "1")
