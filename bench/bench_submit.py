@@ -196,7 +196,7 @@ def sample_events() -> list[AvroRecord]:
 def floor_records(codec: EventCodec) -> list[tuple[bytes, Headers]]:
     """The three records of a submit, encoded, with their headers (as TaskProducer writes them)."""
     trace = new_trace_id()
-    return [(codec.encode(e), event_headers(e, codec, new_traceparent(trace))) for e in sample_events()]
+    return [(codec.encode(e), event_headers(e, new_traceparent(trace))) for e in sample_events()]
 
 
 def main() -> None:

@@ -38,7 +38,6 @@ from schemas.errors import TaskValidationError
 from schemas.events import Orchestration, PositiveInt, StatusChanged, all_event_models
 from schemas.emit import produce_record
 from schemas.headers import (
-    ce_time_micros,
     new_trace_id,
     new_traceparent_bytes,
     new_uuid4,
@@ -214,7 +213,7 @@ class TaskProducer:
         # the others by (params model, attempt, origin, with a generation id).
         self._plain_records: dict[type, SubmitRecords] = {}
         self._records: dict[tuple[type, int, Origin, bool], SubmitRecords] = {}
-        self._status_headers = raw_header_builder(StatusChanged.avro_name, source, self._codec.framing.value)
+        self._status_headers = raw_header_builder(StatusChanged.avro_name, source)
         self._producer = Producer(
             {**settings.client_config(), **_PRODUCER_DEFAULTS, **(producer_config or {})}
         )
@@ -264,7 +263,7 @@ class TaskProducer:
         event_id, tid, trace = new_uuid4().encode(), task_id.encode(), trace_prefix(new_trace_id())
         value = records.task(event_id, tid, micros_varint(now), valid, idempotency_key, orchestration,
                              webhook_url)
-        headers = records.task_headers(event_id, tid, ce_time_micros(now), new_traceparent_bytes(trace))
+        headers = records.task_headers(event_id, new_traceparent_bytes(trace))
         gid = orchestration.generation_id.encode() if orchestration is not None else b""
         acknowledged = (task_id, tid, trace, records.status_pieces, gid)
         stats = self.stats
@@ -350,17 +349,17 @@ class TaskProducer:
 
     def _produce_statuses(self) -> None:
         """PENDING then QUEUED of each acknowledged task, in the task's trace. They occur now, at
-        the acks this poll served: one clock reading (and its encodings) for the whole batch."""
+        the acks this poll served: one clock reading (and its encoding) for the whole batch."""
         acknowledged, self._acknowledged = self._acknowledged, []
         now = _time_ns() // 1000
-        micros, ce_time = micros_varint(now), ce_time_micros(now)
+        micros = micros_varint(now)
         producer, topic, headers_of = self._producer, self._status_topic, self._status_headers
         for task_id, tid, trace, statuses, gid in acknowledged:
             for p0, p1, p2, p3, p4 in statuses:  # submit_records.STATUSES: PENDING, QUEUED
                 event_id = new_uuid4().encode()
                 # The status record from its template: the pieces' layout is SubmitRecords's.
                 value = b"".join((p0, event_id, p1, tid, p2, micros, p3, gid, p4))
-                headers = headers_of(event_id, tid, ce_time, new_traceparent_bytes(trace))
+                headers = headers_of(event_id, new_traceparent_bytes(trace))
                 try:
                     producer.produce(topic, value, task_id, headers=headers)
                 except BufferError:

@@ -102,7 +102,7 @@ class SubmitRecords:
             ))
             for status in STATUSES
         )
-        self.task_headers = raw_header_builder(model.avro_name, source, codec.framing.value)
+        self.task_headers = raw_header_builder(model.avro_name, source)
 
     def task(
         self, event_id: bytes, task_id: bytes, micros: bytes, params: Any,

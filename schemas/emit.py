@@ -21,11 +21,10 @@ DeliveryCallback = Callable[[Any, Any], None]  # (KafkaError | None, Message)
 _QUEUE_FULL_WAIT_S = 0.05
 
 
-def event_headers(event: AvroRecord, codec: EventCodec, traceparent: str) -> Headers:
+def event_headers(event: AvroRecord, traceparent: str) -> Headers:
     """The CloudEvents binary-mode headers of an event that has an ``envelope``."""
     env = event.envelope  # type: ignore[attr-defined]
-    build = header_builder(event.avro_name, env.source, codec.framing.value)
-    return build(env.event_id, env.task_id, env.occurred_at, traceparent)
+    return header_builder(event.avro_name, env.source)(env.event_id, traceparent)
 
 
 def produce_event(
@@ -41,11 +40,9 @@ def produce_event(
     used (a new trace unless one is given). Delivery is asynchronous: flush or poll the producer.
     Blocks (serving delivery reports) while the local queue is full, instead of failing."""
     traceparent = traceparent or new_traceparent()
-    env = event.envelope  # type: ignore[attr-defined]
-    headers = header_builder(event.avro_name, env.source, codec.framing.value)(
-        env.event_id, env.task_id, env.occurred_at, traceparent
-    )
-    produce_record(producer, topic, codec.encode(event), env.task_id, headers, on_delivery)
+    task_id = event.envelope.task_id  # type: ignore[attr-defined]
+    produce_record(producer, topic, codec.encode(event), task_id, event_headers(event, traceparent),
+                   on_delivery)
     return traceparent
 
 

@@ -7,19 +7,22 @@ tool (kcat, Kafka UI) can tell what a record is without decoding it:
     ce_id           the event_id
     ce_source       "/compute/<source>" (who wrote it)
     ce_type         "compute.events.<RecordName>" (the Avro record name)
-    ce_subject      the task id
-    ce_time         RFC 3339 occurred_at
-    content-type    "application/avro" (+ framing)
     traceparent     W3C trace context, "00-<trace-id>-<span-id>-01"
-"""
 
+Exactly the required attributes and the trace, nothing the record already says: the optional
+``ce_subject`` would repeat the key (the task id), ``ce_time`` the record's timestamp (the
+producer's clock at produce time; ``occurred_at`` is in the body), and ``content-type`` what the
+body's first bytes say (the framing) and ``ce_type`` (the schema). Each header is bytes on the
+wire and work in librdkafka on both ends: those three were 142 of a status record's ~450 bytes
+(docs/DECISIONS.md). The JSON records of the state and generations topics do carry a
+``content-type``: there it tells their kinds apart.
+"""
 from __future__ import annotations
 
 import os
 import random
 import re
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta, timezone
 
 SPEC_VERSION = b"1.0"
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
@@ -77,87 +80,47 @@ def trace_id_of(traceparent: str | None) -> str | None:
     return match.group(1) if match else None
 
 
-def cloudevent_headers(
-    *,
-    event_id: str,
-    source: str,
-    avro_name: str,
-    subject: str,
-    occurred_at: datetime,
-    framing: str,
-    traceparent: str,
-) -> Headers:
-    return header_builder(avro_name, source, framing)(event_id, subject, occurred_at, traceparent)
+def cloudevent_headers(*, event_id: str, source: str, avro_name: str, traceparent: str) -> Headers:
+    return header_builder(avro_name, source)(event_id, traceparent)
 
 
-HeaderBuilder = Callable[[str, str, datetime, str], Headers]
-RawHeaderBuilder = Callable[[bytes, bytes, bytes, bytes], Headers]
-_BUILDERS: dict[tuple[str, str, str], HeaderBuilder] = {}
-_RAW_BUILDERS: dict[tuple[str, str, str], RawHeaderBuilder] = {}
+HeaderBuilder = Callable[[str, str], Headers]
+RawHeaderBuilder = Callable[[bytes, bytes], Headers]
+_BUILDERS: dict[tuple[str, str], HeaderBuilder] = {}
+_RAW_BUILDERS: dict[tuple[str, str], RawHeaderBuilder] = {}
 
 
-def raw_header_builder(avro_name: str, source: str, framing: str) -> RawHeaderBuilder:
-    """``build(event_id, subject, ce_time, traceparent)``, each value already encoded as the
-    header carries it: the headers of :func:`cloudevent_headers` for one record type, source and
-    framing. The constant half (spec version, source, type, content type) is encoded once here.
-    Cached: one builder per combination. The one place that lays the headers out."""
-    key = (avro_name, source, framing)
+def raw_header_builder(avro_name: str, source: str) -> RawHeaderBuilder:
+    """``build(event_id, traceparent)``, each value already encoded as the header carries it: the
+    headers of :func:`cloudevent_headers` for one record type and source. The constant ones (spec
+    version, source, type) are encoded once here. Cached: one builder per combination. The one
+    place that lays the headers out."""
+    key = (avro_name, source)
     build = _RAW_BUILDERS.get(key)
     if build is not None:
         return build
     spec = ("ce_specversion", SPEC_VERSION)
     ce_source = ("ce_source", f"/compute/{source}".encode())
     ce_type = ("ce_type", avro_name.encode())
-    content_type = ("content-type", f"application/avro; framing={framing}".encode())
 
-    def build(event_id: bytes, subject: bytes, ce_time: bytes, traceparent: bytes) -> Headers:
-        return [
-            spec,
-            ("ce_id", event_id),
-            ce_source,
-            ce_type,
-            ("ce_subject", subject),
-            ("ce_time", ce_time),
-            content_type,
-            ("traceparent", traceparent),
-        ]
+    def build(event_id: bytes, traceparent: bytes) -> Headers:
+        return [spec, ("ce_id", event_id), ce_source, ce_type, ("traceparent", traceparent)]
 
     return _RAW_BUILDERS.setdefault(key, build)
 
 
-def header_builder(avro_name: str, source: str, framing: str) -> HeaderBuilder:
-    """``build(event_id, subject, occurred_at, traceparent)``: :func:`raw_header_builder` taking
-    text and a datetime (``ce_time`` is ``occurred_at.isoformat()``). Cached like it."""
-    key = (avro_name, source, framing)
+def header_builder(avro_name: str, source: str) -> HeaderBuilder:
+    """``build(event_id, traceparent)``: :func:`raw_header_builder` taking text. Cached like it."""
+    key = (avro_name, source)
     build = _BUILDERS.get(key)
     if build is not None:
         return build
-    raw = raw_header_builder(avro_name, source, framing)
+    raw = raw_header_builder(avro_name, source)
 
-    def build(event_id: str, subject: str, occurred_at: datetime, traceparent: str) -> Headers:
-        return raw(event_id.encode(), subject.encode(), occurred_at.isoformat().encode(), traceparent.encode())
+    def build(event_id: str, traceparent: str) -> Headers:
+        return raw(event_id.encode(), traceparent.encode())
 
     return _BUILDERS.setdefault(key, build)
-
-
-# ce_time of a time read as integer microseconds: the text up to the second changes once a
-# second, so it is kept (second, text) for the latest second seen (one tuple: threads that race
-# on it each read a consistent pair).
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_last_second: tuple[int, bytes] = (0, _EPOCH.isoformat()[:-6].encode())
-
-
-def ce_time_micros(micros: int) -> bytes:
-    """``ce_time`` of the UTC time ``micros`` microseconds after the epoch: exactly
-    ``datetime.isoformat()`` of that time (``...T12:30:01.000007+00:00``, no fraction when it is
-    0), three times cheaper than making the datetime and formatting it."""
-    global _last_second
-    second, fraction = divmod(micros, 1_000_000)
-    cached, text = _last_second
-    if cached != second:
-        text = (_EPOCH + timedelta(seconds=second)).isoformat()[:-6].encode()
-        _last_second = (second, text)
-    return text + (b".%06d+00:00" % fraction if fraction else b"+00:00")
 
 
 def header_dict(headers: Iterable[tuple[str, bytes | None]] | None) -> dict[str, str]:

@@ -37,7 +37,8 @@ def test_a_burst_gets_pending_then_queued_for_every_task(topics_ready):
     statuses: dict[str, list[TaskStatus]] = {}
     for msg in read_topic(settings, settings.topics.status, expect=2 * count):
         event = codec.decode(msg.value(), expect=StatusChanged)
-        assert msg.key().decode() == event.envelope.task_id == header_dict(msg.headers())["ce_subject"]
+        assert msg.key().decode() == event.envelope.task_id
+        assert header_dict(msg.headers())["ce_type"] == StatusChanged.avro_name
         statuses.setdefault(event.envelope.task_id, []).append(event.status)
     assert statuses == {task_id: [TaskStatus.PENDING, TaskStatus.QUEUED] for task_id in ids}
 
