@@ -90,7 +90,7 @@ def bench_floor(settings: KafkaSettings, records: list[tuple[bytes, Headers]], c
     def produce(topic, value, key, headers, callback=None):
         while True:
             try:
-                producer.produce(topic, value, key, headers=headers, on_delivery=callback)
+                producer.produce(topic, value, key, -1, callback, None, 0, headers)  # as TaskProducer
                 return
             except BufferError:
                 producer.poll(0.05)
@@ -149,9 +149,10 @@ class _NoKafka:
     def __init__(self) -> None:
         self.callbacks: list = []
 
-    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None):
-        if on_delivery is not None:
-            self.callbacks.append(on_delivery)
+    def produce(self, topic, value=None, key=None, partition=-1, callback=None, on_delivery=None,
+                timestamp=0, headers=None):
+        if callback is not None or on_delivery is not None:
+            self.callbacks.append(callback or on_delivery)
 
     def poll(self, timeout: float = 0) -> int:
         callbacks, self.callbacks = self.callbacks, []

@@ -73,6 +73,12 @@ _POLL_INTERVAL_S = 0.002
 # origin, no generation): one per params model, attempt, origin and with/without a generation id.
 _RECORDS_CAPACITY = 1024
 
+# produce()'s arguments are passed by position, (topic, value, key, partition, callback,
+# on_delivery, timestamp, headers): parsing keywords cost ~0.3 µs of a ~1 µs call, three calls a
+# submit. -1 is "partition by key", 0 "timestamp now"; the delivery callback goes in ``callback``
+# (``on_delivery`` is its alias, used only when ``callback`` is not given at all).
+_BY_KEY, _NOW = -1, 0
+
 _monotonic = time.monotonic
 _time_ns = time.time_ns
 
@@ -279,7 +285,7 @@ class TaskProducer:
 
         topic = self._task_topics[task_type]
         try:
-            self._producer.produce(topic, value, task_id, headers=headers, on_delivery=delivered)
+            self._producer.produce(topic, value, task_id, _BY_KEY, delivered, None, _NOW, headers)
         except BufferError:  # librdkafka's queue is full: serve reports until there is room
             produce_record(self._producer, topic, value, task_id, headers, delivered)
         # Counted and remembered once produced: a submit that raised can be repeated.
@@ -361,6 +367,6 @@ class TaskProducer:
                 value = b"".join((p0, event_id, p1, tid, p2, micros, p3, gid, p4))
                 headers = headers_of(event_id, new_traceparent_bytes(trace))
                 try:
-                    producer.produce(topic, value, task_id, headers=headers)
+                    producer.produce(topic, value, task_id, _BY_KEY, None, None, _NOW, headers)
                 except BufferError:
                     produce_record(producer, topic, value, task_id, headers)

@@ -38,6 +38,9 @@ class FakeMessage:
         return self._key.encode()
 
 
+_ABSENT = object()
+
+
 class FakeProducer:
     """Records produce() calls; poll()/flush() serve a delivery report for each, in order."""
 
@@ -49,13 +52,18 @@ class FakeProducer:
         self.fail_next: KafkaError | None = None  # the next report carries this error
         self.raise_next: Exception | None = None  # the next produce() raises this
 
-    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None):
+    def produce(self, topic, value=None, key=None, partition=-1, callback=_ABSENT, on_delivery=None,
+                timestamp=0, headers=None):
+        """confluent-kafka's produce(), positions included; as in its C code, ``on_delivery``
+        (an alias) counts only when ``callback`` is not given at all, not even as None."""
         if self.raise_next is not None:
             exc, self.raise_next = self.raise_next, None
             raise exc
+        assert partition == -1 and timestamp == 0, (partition, timestamp)
         self.records.append((topic, value, key, headers))
-        if on_delivery is not None:
-            self.pending.append((on_delivery, FakeMessage(topic, key)))
+        report = on_delivery if callback is _ABSENT else callback
+        if report is not None:
+            self.pending.append((report, FakeMessage(topic, key)))
 
     def poll(self, timeout: float = -1) -> int:
         self.polls += 1
