@@ -18,8 +18,9 @@ broker's start time and the load average.
 
 Uses KAFKA_BOOTSTRAP_SERVERS when set, else starts a local broker (and times it). A broker just
 started is a cold JVM: its compiler works through the first few hundred thousand records, on the
-same two cores, and the first rounds ran 20-30 % slower than later ones (docs/PERFORMANCE.md). So
-``--warmup`` submits go through both paths, untimed, before the measured rounds (0: none).
+same two cores, and the first rounds ran up to a third slower than later ones
+(docs/PERFORMANCE.md). So ``--warmup`` submits go through both paths, untimed, before the
+measured rounds (0: none).
 """
 
 from __future__ import annotations

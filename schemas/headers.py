@@ -17,6 +17,7 @@ wire and work in librdkafka on both ends: those three were 142 of a status recor
 (docs/DECISIONS.md). The JSON records of the state and generations topics do carry a
 ``content-type``: there it tells their kinds apart.
 """
+
 from __future__ import annotations
 
 import os
