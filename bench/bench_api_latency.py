@@ -27,8 +27,8 @@ consumer polled until that record arrives. Target (the issue): p99 <= 25 ms and 
 The results folder is a temp folder deleted at the end, so it is not fsynced (``RESULTS_FSYNC``
 false, as ``computectl dev up`` sets it for its own folder); ``--set RESULTS_FSYNC=true`` measures
 the durable default. ``--set`` adds an environment variable for every service
-(``KAFKA_CLIENT_EXTRA=...``). Progress
-and the table go to stderr, one JSON line with every figure to stdout.
+(``KAFKA_CLIENT_EXTRA=...``). Progress and the table go to stderr, one JSON line with every
+figure to stdout.
 """
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ def build_worker(types: list[TaskType] | None) -> Worker:
     from gpu_consumers.models import ModelRegistry
     from gpu_consumers.runtime import Worker
     from gpu_consumers.settings import WorkerSettings
-    from gpu_consumers.storage import StorageSettings, open_store
+    from gpu_consumers.storage import StorageSettings
     from schemas.codec import EventCodec
     from schemas.kafka_settings import KafkaSettings
     from schemas.schema_store import SchemaStoreReader
@@ -66,8 +66,8 @@ def build_worker(types: list[TaskType] | None) -> Worker:
     missing = [t.slug for t in settings.types if t not in handlers]
     if missing or not settings.types:
         raise click.UsageError(f"no handler for task type(s): {', '.join(missing) or 'any'}")
-    storage = StorageSettings()
-    store = open_store(settings.results_url, storage.s3_endpoint_url, fsync=storage.results_fsync)
+    # The worker's results URL (RESULTS_URL or WORKER_RESULTS_URL), the other storage settings.
+    store = StorageSettings().model_copy(update={"results_url": settings.results_url}).open()
     fetcher = InputFetcher(InputSettings())
     registry_env = {**os.environ, "COMPUTE_MODEL_PROFILE": settings.model_profile,
                     "COMPUTE_MODEL_CACHE_DIR": str(settings.model_cache_dir)}
