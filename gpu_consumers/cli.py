@@ -2,8 +2,10 @@
 
 Everything is read from the environment once (``KAFKA_*``, ``WORKER_*``, ``RESULTS_URL``,
 ``RESULTS_FSYNC``, ``S3_ENDPOINT_URL``, ``INPUT_*``, ``COMPUTE_MODEL_*``) and passed down. Exit
-status: 0 after a clean stop, 1 when the worker stopped unhealthy (a handler ignored its cancel
-token, or the broker stopped acknowledging): let the process supervisor start a fresh one.
+status: 0 after a clean stop, 1 when the worker stopped unhealthy (the broker stopped
+acknowledging, or, with ``WORKER_EXECUTION=inline``, a handler ignored its cancel token): let the
+process supervisor start a fresh one. By default the handlers run in a child process that the
+worker itself kills and replaces (``gpu_consumers.supervisor``).
 """
 
 from __future__ import annotations
