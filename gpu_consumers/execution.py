@@ -293,7 +293,8 @@ class TaskRun:
             if isinstance(error, TaskCancelled):
                 raise ProviderError("the handler stopped as cancelled, but nobody cancelled it") \
                     from error
-            raise ProviderError(f"{type(error).__name__}: {error}") from error
+            name = getattr(error, "type_name", type(error).__name__)  # a ChildError's original
+            raise ProviderError(f"{name}: {error}") from error
 
     def _hard_stopped(self, stop: HardStop, token: ReasonToken) -> TaskFailure:
         """The failure of an attempt whose handler process was killed or died: a worker stop."""

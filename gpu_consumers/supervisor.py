@@ -35,7 +35,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -87,7 +86,8 @@ class ChildOutOfMemory(Exception):
 
 
 class ChildError(Exception):
-    """Any other exception of the handler, as its type name, message and traceback."""
+    """Any other exception of the handler, as its message; ``type_name`` its type's name (the
+    traceback is in the handler process's log)."""
 
 
 # --------------------------------------------------------------------------- the child
@@ -96,13 +96,16 @@ class ChildError(Exception):
 def _describe(exc: BaseException) -> tuple[str, str, str]:
     """A picklable (kind, name, message) of a handler's exception."""
     name, message = type(exc).__name__, str(exc)
-    if isinstance(exc, TaskFailure) and getattr(errors, name, None) is type(exc):
-        return "failure", name, message
+    if isinstance(exc, TaskFailure):  # as its nearest class of gpu_consumers.errors: its code
+        typed = next(c for c in type(exc).__mro__ if getattr(errors, c.__name__, None) is c)
+        return "failure", typed.__name__, message
     if isinstance(exc, TaskCancelled):
         return "cancelled", name, message
     if "OutOfMemoryError" in name and "torch" in type(exc).__module__:
         return "oom", name, message
-    return "other", name, f"{message}\n{''.join(traceback.format_exception(exc)[-3:])}"
+    # The traceback goes to the log, not to the task's error message (server paths).
+    log.error("handler raised %s", name, exc_info=exc)
+    return "other", name, message
 
 
 def _child_main(conn: Connection, build: Callable[[], ChildKit], log_level: int) -> None:
@@ -255,7 +258,7 @@ class Supervisor:
             if cancelled_at is not None:
                 grace = self._grace.get(token.reason, self._cancel_grace_s)  # type: ignore[arg-type]
                 if time.monotonic() - cancelled_at > grace:
-                    self._kill()
+                    self._kill(replace=token.reason is not CancelReason.SHUTDOWN)
                     raise HardStop("cancel", f"did not stop within {grace:g}s of its "
                                    f"{token.reason} cancel; its process was killed")
             rss = self._rss()
