@@ -58,7 +58,7 @@ from gpu_consumers.errors import (
 from gpu_consumers.handler import Handler, HandlerResult, TaskContext
 from gpu_consumers.settings import ContentPolicy, WorkerSettings
 from gpu_consumers.storage import OutputStore
-from gpu_consumers.supervisor import ChildOutOfMemory, HardStop, Supervisor
+from gpu_consumers.supervisor import ChildOutOfMemory, HardStop, Supervisor, free_gpu_cache
 from gpu_consumers.threads import Call, ReusableThread
 from schemas.enums import TaskStatus
 from schemas.events import ResultMetadata, TaskError, TaskResult, TaskSubmitted
@@ -144,15 +144,6 @@ def _is_oom(exc: BaseException) -> bool:
     torch = sys.modules.get("torch")  # only handlers import torch; the runtime never does
     oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
     return oom is not None and isinstance(exc, oom)
-
-
-def _free_gpu_cache() -> None:
-    torch = sys.modules.get("torch")
-    try:
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:
-        log.exception("torch.cuda.empty_cache() failed")
 
 
 def build_result(result: HandlerResult, urls: list[str], timing_ms: int) -> TaskResult:
@@ -281,7 +272,8 @@ class TaskRun:
             if token.reason is CancelReason.TIMEOUT and not isinstance(error, TaskFailure):
                 raise self._timeout()
             if _is_oom(error):
-                _free_gpu_cache()
+                if not isinstance(error, ChildOutOfMemory):  # the child frees its own
+                    free_gpu_cache()
                 if not low_memory:
                     log.warning("task %s: GPU out of memory; once more with low_memory",
                                 self.task_id, extra=self._log)

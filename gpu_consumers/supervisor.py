@@ -108,6 +108,16 @@ def _describe(exc: BaseException) -> tuple[str, str, str]:
     return "other", name, message
 
 
+def free_gpu_cache() -> None:
+    """``torch.cuda.empty_cache()`` in this process, if it uses torch (never imports it)."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        log.exception("torch.cuda.empty_cache() failed")
+
+
 def _child_main(conn: Connection, build: Callable[[], ChildKit], log_level: int) -> None:
     """The child: build the kit, then run the tasks the parent sends, one at a time."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the parent's to handle
@@ -160,6 +170,9 @@ def _child_main(conn: Connection, build: Callable[[], ChildKit], log_level: int)
             reply: tuple[Any, ...] = ("ok", result)
         except BaseException as exc:  # every outcome goes back to the parent, which decides
             reply = ("error", *_describe(exc))
+            del exc
+            if reply[1] == "oom":  # the frames holding the tensors are gone: free the cache
+                free_gpu_cache()
         try:
             send(reply)
         except Exception as exc:  # e.g. a result that cannot be pickled
