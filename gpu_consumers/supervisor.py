@@ -194,6 +194,15 @@ def _rebuild(kind: str, name: str, message: str) -> BaseException:
     return err
 
 
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            pass
+    return f"exit code {code}"
+
+
 class Supervisor:
     """The parent's side: one child at a time, replaced after every hard stop. ``run`` is
     called from one thread at a time (the worker's handler thread)."""
@@ -251,10 +260,10 @@ class Supervisor:
                     return
             elif not self._proc.is_alive():
                 break
-        code = self._proc.exitcode
+        proc = self._proc
         self._kill()
-        raise ProviderError(f"the handler process did not start (exit code {code}); see the "
-                            f"worker's log")
+        raise ProviderError(f"the handler process did not start ({_exit_text(proc.exitcode)}); "
+                            f"see the worker's log")
 
     def run(self, task: TaskSubmitted, attempt: int, low_memory: bool, token: ReasonToken,
             progress: Callable[[float], None]) -> HandlerResult:
@@ -286,9 +295,9 @@ class Supervisor:
                     continue
                 msg = conn.recv()
             except (EOFError, OSError):
-                code = self._proc.exitcode
-                self._kill()
-                raise HardStop("died", f"its process died (exit code {code})") from None
+                proc = self._proc
+                self._kill()  # reaps it: its exit code is known after this
+                raise HardStop("died", f"its process died ({_exit_text(proc.exitcode)})") from None
             if msg[0] == "progress":
                 progress(msg[1])
             elif msg[0] == "ok":
