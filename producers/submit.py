@@ -4,10 +4,11 @@
 keyed by task id (idempotent producer, ``acks=all``), and once the broker has acknowledged it
 emits PENDING then QUEUED on the status topic. Nothing is produced for an invalid task.
 
-A caller-supplied idempotency key always maps to the same task id (UUIDv5 of tenant + key), so a
-repeated submit can never become a second task: this producer drops a repeat it has already
-sent, and any other producer's repeat carries the same id, which workers and the lifecycle fold
-treat as the same task.
+A caller-supplied idempotency key always maps to the same task id (``producers/task_ids.py``: of
+tenant + key, keyed with ``IDEMPOTENCY_SECRET`` when set), so a repeated submit can never become
+a second task: this producer drops a repeat it has already sent, and any other producer's repeat
+(with the same secret) carries the same id, which workers and the lifecycle fold treat as the
+same task.
 
 The records are written without building their pydantic events: the params are the validated
 model, everything else is an id, a time or a value checked here, and the bytes come from
@@ -20,7 +21,6 @@ per batch of statuses, is what lets one process submit tens of thousands of task
 from __future__ import annotations
 
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +31,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from producers.errors import DeliveryError
 from producers.submit_records import SubmitRecords
+from producers.task_ids import IdempotencySettings, task_id_for
 from schemas.avro_writer import micros_varint
 from schemas.codec import EventCodec
 from schemas.enums import TaskType
@@ -48,9 +49,6 @@ from schemas.kafka_settings import KafkaSettings
 from schemas.records import AVRO_INT_MAX, UuidStr, WebhookUrl
 from schemas.schema_store import publish_schemas
 from schemas.task_params import PARAMS_MODELS
-
-# Fixed namespace for idempotency-key task ids; changing it would break every stored key.
-IDEMPOTENCY_NAMESPACE = uuid.UUID("5f1d3c8e-7a43-4b8e-9a51-6c0e2f4d9b17")
 
 # librdkafka settings for the task producer. Idempotence implies acks=all and bounded in-flight
 # requests; linger of 5 ms lets bursts batch without hurting single-task latency much.
@@ -81,11 +79,6 @@ _BY_KEY, _NOW = -1, 0
 
 _monotonic = time.monotonic
 _time_ns = time.time_ns
-
-
-def task_id_for(idempotency_key: str, tenant_id: str | None = None) -> str:
-    """The task id an idempotency key stands for. Keys are scoped per tenant."""
-    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{tenant_id or ''}\x1f{idempotency_key}"))
 
 
 @dataclass(frozen=True)
@@ -193,7 +186,9 @@ class TaskProducer:
         origin: Origin = Origin(),
         dedupe_capacity: int = 100_000,
         producer_config: Mapping[str, Any] | None = None,
+        idempotency_secret: bytes | None = None,
     ) -> None:
+        """``idempotency_secret``: keys Idempotency-Key task ids (default: ``IDEMPOTENCY_SECRET``)."""
         if not isinstance(source, str) or not source:
             raise ValueError(f"source must be non-empty text (got {source!r})")
         if not isinstance(origin, Origin):
@@ -205,6 +200,7 @@ class TaskProducer:
         self._codec = codec or EventCodec()
         self._source = source
         self._origin = origin
+        self.idempotency_secret = idempotency_secret or IdempotencySettings().secret_bytes()
         self._dedupe_capacity = dedupe_capacity
         self._sent: OrderedDict[str, None] = OrderedDict()
         # Tasks the broker acknowledged whose PENDING/QUEUED are not produced yet: (task id as
@@ -227,6 +223,10 @@ class TaskProducer:
             publish_schemas(self._producer, settings, [m.avro_name for m in all_event_models()])
 
     # -- public API ------------------------------------------------------------------------
+
+    def task_id_for(self, idempotency_key: str, tenant_id: str | None) -> str:
+        """The id :meth:`submit` gives a task of ``tenant_id`` with ``idempotency_key``."""
+        return task_id_for(idempotency_key, tenant_id, self.idempotency_secret)
 
     def submit(
         self,
@@ -252,7 +252,8 @@ class TaskProducer:
             )
         origin = origin or self._origin
         if task_id is None:
-            task_id = task_id_for(idempotency_key, origin.tenant_id) if idempotency_key else new_uuid4()
+            task_id = (task_id_for(idempotency_key, origin.tenant_id, self.idempotency_secret)
+                       if idempotency_key else new_uuid4())
         dedupe_key = f"{task_id}/{attempt}"
         sent = self._sent
         if dedupe_key in sent:

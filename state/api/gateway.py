@@ -45,6 +45,15 @@ class TaskGateway:
                                  **_LOW_LATENCY})
         self._admin = AdminClient(kafka.client_config())
 
+    def task_id_for(self, idempotency_key: str, tenant_id: str) -> str:
+        """The id a task of ``tenant_id`` submitted with ``idempotency_key`` has (keyed with the
+        deployment's ``IDEMPOTENCY_SECRET``: producers/task_ids.py)."""
+        return self._tasks.task_id_for(idempotency_key, tenant_id)
+
+    @property
+    def idempotency_secret(self) -> bytes | None:
+        return self._tasks.idempotency_secret
+
     def submit(self, task_type: TaskType, params: Any, *, tenant_id: str,
                idempotency_key: str | None, webhook_url: str | None) -> tuple[str, bool]:
         """Produce the task and its PENDING/QUEUED; return its id once the broker has the task, and

@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from producers.catalog import CatalogError, PostgresCatalog, UnknownCatalogEntry
 from producers.errors import DeliveryError
 from producers.generation_requests import parse_request
+from producers.task_ids import keyed_uuid
 from producers.generations import (GenerationCancelRequested, GenerationPlan, GenerationRequested,
                                    plan_generation)
 from processors.generation_record import GenerationStatus
@@ -64,10 +65,11 @@ IdempotencyKey = Annotated[str | None, Header(
     description="The same key (per tenant) always names the same generation: a repeat sends nothing.")]
 
 
-def generation_seed(tenant_id: str, idempotency_key: str) -> uuid.UUID:
-    """uuid5(tenant, key): the seed of the plan's random draws, so the generation id (and every
-    seed and task id) is the same for a repeat of the same key."""
-    return uuid.uuid5(_IDEMPOTENCY_NS, f"{tenant_id}\x1f{idempotency_key}")
+def generation_seed(tenant_id: str, idempotency_key: str, secret: bytes | None = None) -> uuid.UUID:
+    """The seed of the plan's random draws, of (tenant, key) keyed with the deployment's
+    ``IDEMPOTENCY_SECRET`` (producers/task_ids.py), so the generation id (and every seed and task
+    id) is the same for a repeat of the same key, and not computable by another tenant."""
+    return keyed_uuid(_IDEMPOTENCY_NS, f"{tenant_id}\x1f{idempotency_key}", secret)
 
 
 def generation_uuid(generation_id: str) -> str:
@@ -163,7 +165,8 @@ async def _submit(strategy: GenerationStrategy, body: BaseModel, caller: Any, db
                 raise ApiProblem(409, "idempotency-key-reused",
                                  "this Idempotency-Key was used for a different generation; use a new key")
             return _answer(response, existing["accepted"], replay=True)
-        accepted = await plan_and_send(random.Random(generation_seed(caller.tenant_id, idempotency_key).int))
+        seed = generation_seed(caller.tenant_id, idempotency_key, producer.idempotency_secret)
+        accepted = await plan_and_send(random.Random(seed.int))
         await db.execute(
             "INSERT INTO generation_requests (origin_tenant_id, idempotency_key, generation_id,"
             " fingerprint, accepted) VALUES (%s, %s, %s, %s, %s)",

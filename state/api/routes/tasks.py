@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Header, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from producers.errors import DeliveryError
-from producers.submit import task_id_for, validate_params
+from producers.submit import validate_params
 from schemas.enums import TERMINAL_STATUSES, TaskStatus, TaskType
 from schemas.errors import TaskValidationError
 from state.api.deps import CallerDep, DbDep, MetricsDep, NotifierDep, PoolDep, ProducerDep, SettingsDep
@@ -55,7 +55,7 @@ async def submit_task(
         raise ApiProblem(422, "validation-error", str(exc)) from None
     if idempotency_key is not None:  # only then a database connection: a repeat is answered from it
         async with pool.connection() as db:
-            existing = await get_task(db, task_id_for(idempotency_key, caller.tenant_id),
+            existing = await get_task(db, producer.task_id_for(idempotency_key, caller.tenant_id),
                                       caller.tenant_id)
         if existing is not None:
             same = (existing["task_type"] == task_type.value
