@@ -153,8 +153,8 @@ def test_auto_picks_the_model_based_evaluator_only_when_configured():
     assert isinstance(registry.resolve("quality", EvaluatorSettings(vlm_model="m")), QualityEvaluator)
     with pytest.raises(UnknownEvaluator, match="not configured"):
         registry.resolve("vlm")
-    with pytest.raises(UnknownEvaluator, match="known: auto, vlm, quality"):
-        registry.resolve("clip")
+    with pytest.raises(UnknownEvaluator, match="known: auto, vlm, quality\\+clip, clip, quality"):
+        registry.resolve("sharpness")
     registry.register("scripted", lambda s: ScriptedEvaluator([1.0]))
     assert isinstance(registry.resolve("scripted"), ScriptedEvaluator)
     assert EvaluatorSettings.from_env({"COMPUTE_EVALUATOR_VLM_MODEL": "m"}).vlm_model == "m"

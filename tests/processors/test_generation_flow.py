@@ -320,7 +320,9 @@ def test_a_task_evaluator_judges_through_an_llm_task():
               "metadata": {"model": "m", "provider": "p", "timing_ms": 1}}
     done = final(judge.task_id, S.COMPLETED, result=answer, task_type=TaskType.LLM_INTERACTION)
     same, [parse] = on_task_final(record, done, now=T3)
-    assert same is record and parse == ParseJudgement(task.task_id, answer["result_text"], "vlm", evaluate.context)
+    # The attempt's image goes with the answer (for a combined evaluator or the weight-free fallback).
+    assert same is record and parse == ParseJudgement(task.task_id, answer["result_text"], "vlm", evaluate.context,
+                                                      evaluate.image_url)
     record, effects = on_evaluation(record, task.task_id, Evaluation(0.9, evaluator="vlm"), now=T3)
     assert events(effects)[0].evaluator == "vlm" and record.status is GenerationStatus.COMPLETED
     assert on_task_final(record, done, now=T3) == (record, [])
