@@ -72,6 +72,8 @@ def build_worker(types: list[TaskType] | None) -> Worker:
     registry_env = {**os.environ, "COMPUTE_MODEL_PROFILE": settings.model_profile,
                     "COMPUTE_MODEL_CACHE_DIR": str(settings.model_cache_dir)}
     models = ModelCache(ModelRegistry.from_env(registry_env), device=settings.resolved_device())
+    if TaskType.LLM_INTERACTION in settings.types:
+        _refuse_blind_judges(models.registry)
     registry_client = None
     if kafka.schema_registry_url:
         from schemas.registry import HttpSchemaRegistry
@@ -79,6 +81,17 @@ def build_worker(types: list[TaskType] | None) -> Worker:
         registry_client = HttpSchemaRegistry(kafka.schema_registry_url)
     codec = EventCodec(registry=registry_client, lookup_fingerprint=SchemaStoreReader(kafka))
     return Worker(kafka, settings, handlers, store, fetcher, models, codec=codec)
+
+
+def _refuse_blind_judges(registry: Any) -> None:
+    """LLM_INTERACTION's image providers need models that see: exit now, with one line naming
+    the model and the setting, rather than judge images blind (gpu_consumers/models/judges.py)."""
+    from gpu_consumers.models.judges import JudgeModelError, check_judge_models
+
+    try:
+        check_judge_models(registry)
+    except JudgeModelError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @contextlib.contextmanager
