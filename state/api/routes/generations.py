@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from producers.catalog import CatalogError, PostgresCatalog, UnknownCatalogEntry
-from producers.errors import DeliveryError
+from producers.errors import DeliveryError, TaskTooLargeError
 from producers.generation_requests import parse_request
 from producers.task_ids import keyed_uuid
 from producers.generations import (GenerationCancelRequested, GenerationPlan, GenerationRequested,
@@ -48,12 +48,13 @@ from state.api.models.generations import (
 )
 from state.api.models.tasks import API_PREFIX
 from state.api.problems import ApiProblem
+from state.api.routing import ApiRoute
 from state.api.routes.common import WaitQuery, check_wait, problem_responses
 from state.db.generation_projection import GenerationFilter, get_generation, list_generations
 
 log = logging.getLogger("state.api.generations")
 
-router = APIRouter(prefix="/generations", tags=["generations"])
+router = APIRouter(prefix="/generations", tags=["generations"], route_class=ApiRoute)
 
 # Fixed namespace of idempotency-derived generations; changing it would break replays.
 _IDEMPOTENCY_NS = uuid.UUID("5d0f3a7e-8c1b-4f2a-9e6d-3b7c1a9f0e42")
@@ -141,6 +142,8 @@ async def _submit(strategy: GenerationStrategy, body: BaseModel, caller: Any, db
             origin_tenant_id=caller.tenant_id, webhook_url=webhook_url)
         try:
             await run_in_threadpool(producer.submit_generation, requested)
+        except TaskTooLargeError as exc:
+            raise ApiProblem(413, "task-too-large", str(exc)) from None
         except DeliveryError:
             raise ApiProblem(503, "broker-unavailable",
                              "the broker did not acknowledge the generation, so it was not started;"
