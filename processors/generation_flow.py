@@ -435,7 +435,9 @@ def _context(record: GenerationRecord, shot: OrchestratedShot, attempt: ShotAtte
     task_type = attempt.params.task_type
     return EvaluationContext(task_type=task_type, prompt=_prompt_of(attempt.params),
                              generation_id=record.generation_id, shot_id=shot.shot_id, attempt=attempt.attempt,
-                             expects_alpha=task_type is TaskType.BACKGROUND_REMOVE)
+                             expects_alpha=task_type is TaskType.BACKGROUND_REMOVE,
+                             width=getattr(attempt.params, "width", None),
+                             height=getattr(attempt.params, "height", None))
 
 
 def _prompt_of(params: TaskParams) -> str | None:

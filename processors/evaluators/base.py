@@ -83,6 +83,10 @@ class EvaluationContext:
     # The result should be a cut-out (BACKGROUND_REMOVE, or an RGBA output asked for): the alpha
     # channel is judged even when it is fully opaque.
     expects_alpha: bool = False
+    # The requested output size, when the task asked for one: a result of another aspect ratio
+    # was stretched or cropped.
+    width: int | None = None
+    height: int | None = None
 
 
 @runtime_checkable
