@@ -68,7 +68,8 @@ def build_worker(types: list[TaskType] | None) -> Worker:
         raise click.UsageError(f"no handler for task type(s): {', '.join(missing) or 'any'}")
     # The worker's results URL (RESULTS_URL or WORKER_RESULTS_URL), the other storage settings.
     store = StorageSettings().model_copy(update={"results_url": settings.results_url}).open()
-    fetcher = InputFetcher(InputSettings())
+    # Inputs are scoped against the store this worker writes (gpu_consumers.input_scope).
+    fetcher = InputFetcher(InputSettings(results_url=settings.results_url))
     registry_env = {**os.environ, "COMPUTE_MODEL_PROFILE": settings.model_profile,
                     "COMPUTE_MODEL_CACHE_DIR": str(settings.model_cache_dir)}
     models = ModelCache(ModelRegistry.from_env(registry_env), device=settings.resolved_device())
