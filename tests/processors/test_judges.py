@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 from PIL import Image
@@ -25,6 +26,7 @@ from schemas.enums import EvaluationDecision, TaskType
 from tests.processors.scripted import T0
 from tests.processors.test_generations_app import FakeOutbox, _completed, _judged, request
 
+T = TypeVar("T")
 URL = "s3://results/a.png"
 CLIP_ID = "openai/clip-vit-large-patch14"
 RED_DRESS = EvaluationContext(prompt=" a red dress ")
@@ -117,106 +119,104 @@ def test_the_evaluators_read_their_settings_from_the_environment():
 # --------------------------------------------------------------------------- through the orchestrator
 
 
-def _orchestrator(outbox: FakeOutbox, settings: EvaluatorSettings, local_scores: list[Any],
-                  fetched: list[str]) -> Orchestrator:
-    """The default registry, its ``quality+clip`` with a scripted quality part (its score by
-    attempt, for every prompt) so the combination's arithmetic is known; images are recorded."""
-    registry = default_registry()
-    local = PromptScriptedEvaluator({"": local_scores})
-    registry.register("quality+clip", lambda s: QualityAndAlignment(s, local=local), model_based=True,
-                      available=ClipAlignment.available)
+class Harness:
+    """An orchestrator with the default registry whose ``quality+clip`` has a scripted quality
+    part (its score by attempt, for every prompt) so the combination's arithmetic is known; a
+    fake outbox; the images it fetches recorded; a fixed clock, so replays compare equal."""
 
-    def fetch(url: str) -> Image.Image:
-        fetched.append(url)
+    def __init__(self, local_scores: list[Any]) -> None:
+        self.outbox, self.fetched = FakeOutbox(), []
+        registry = default_registry()
+        local = PromptScriptedEvaluator({"": local_scores})
+        registry.register("quality+clip", lambda s: QualityAndAlignment(s, local=local), model_based=True,
+                          available=ClipAlignment.available)
+        self.orch = Orchestrator(self.outbox, registry, EvaluatorSettings(clip_model=CLIP_ID), self.fetch,
+                                 clock=lambda: T0)
+
+    def fetch(self, url: str) -> Image.Image:
+        self.fetched.append(url)
         return Image.new("RGB", (8, 8))
 
-    return Orchestrator(outbox, registry, settings, fetch, clock=lambda: T0)  # replays compare equal
+    async def first_attempt(self, prompt: str, provider: str, url: str, **fields: Any) -> tuple[str, Any, Any]:
+        """A generation started: (its id, its record, its first attempt's COMPLETED state)."""
+        req = request(prompt, evaluation_provider=provider, **fields)
+        gid = req.plan.generation_id
+        record = await self.orch.on_request(None, req)
+        return gid, record, _completed(record.predictions[0].task_id, gid, url)
+
+    def run(self, scenario: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return asyncio.run(scenario())
+        finally:
+            self.orch.close()
 
 
 def test_auto_with_clip_judges_by_task_then_combines_and_a_replay_changes_nothing():
-    outbox, fetched = FakeOutbox(), []
-    orch = _orchestrator(outbox, EvaluatorSettings(clip_model=CLIP_ID), [(0.95, ["crisp"]), 0.9], fetched)
+    h = Harness([(0.95, ["crisp"]), 0.9])
 
     async def scenario() -> Any:
-        req = request("clip: a red dress", evaluation_provider="auto", max_attempts=2)
-        gid = req.plan.generation_id
-        record = await orch.on_request(None, req)
-        first = record.predictions[0].task_id
-        attempt_done = _completed(first, gid, "file:///r/1.png")
+        gid, record, attempt_done = await h.first_attempt("clip: a red dress", "auto", "file:///r/1.png",
+                                                          max_attempts=2)
         _, [evaluate] = on_task_final(record, attempt_done, now=record.updated_at)
         assert isinstance(evaluate, Evaluate) and evaluate.provider == "auto"
-        waiting = await orch.on_task_final(record, attempt_done)
-        judge = outbox.submitted[-1]
-        assert judge.task_id == judge_task_id(first) and judge.task_type is TaskType.LLM_INTERACTION
+        waiting = await h.orch.on_task_final(record, attempt_done)
+        judge = h.outbox.submitted[-1]
+        assert judge.task_id == judge_task_id(attempt_done.task_id) and judge.task_type is TaskType.LLM_INTERACTION
         assert (judge.params.prompt, judge.params.provider_type) == ("clip: a red dress", "clip")
         assert judge.params.provider_config == {"image_urls": ["file:///r/1.png"], "model": CLIP_ID}
-        assert fetched == []  # nothing scored in-process before the judge answers
+        assert h.fetched == []  # nothing scored in-process before the judge answers
         # The attempt's COMPLETED again (a replay): the same judge, not a second one.
-        assert await orch.on_task_final(waiting, attempt_done) is waiting and len(outbox.submitted) == 2
+        assert await h.orch.on_task_final(waiting, attempt_done) is waiting and len(h.outbox.submitted) == 2
         answer = _judged(judge.task_id, gid, '{"similarity": 0.12, "score": 0.25, "model": "m"}')
         _, [parse] = on_task_final(waiting, answer, now=waiting.updated_at)
         assert isinstance(parse, ParseJudgement) and parse.image_url == "file:///r/1.png"
-        scored = await orch.on_task_final(waiting, answer)
+        scored = await h.orch.on_task_final(waiting, answer)
         # The judge's answer replayed on the record before it (a crash before the write): the
         # same evaluation and the same retry; on the record after: nothing.
-        replayed = await orch.on_task_final(waiting, answer)
-        assert replayed == scored and await orch.on_task_final(scored, answer) is scored
+        replayed = await h.orch.on_task_final(waiting, answer)
+        assert replayed == scored and await h.orch.on_task_final(scored, answer) is scored
         return scored
 
-    try:
-        record = asyncio.run(scenario())
-    finally:
-        orch.close()
-    first, replay = outbox.emitted
+    record = h.run(scenario)
+    first, replay = h.outbox.emitted
     assert first == replay  # same event id, same content: readers drop the duplicate
     assert (first.evaluated_attempt, first.decision, first.evaluator) == (1, EvaluationDecision.RETRY, "quality+clip")
     assert first.score == pytest.approx(math.sqrt(0.95 * 0.25))  # a good image, off-prompt: retried
     assert first.reasons == ["crisp", "off-prompt (alignment 0.25)"]
-    assert fetched == ["file:///r/1.png"] * 2  # the quality part, once per ParseJudgement
-    retries = [t for t in outbox.submitted if t.task_type is TaskType.GENERATION][1:]
+    assert h.fetched == ["file:///r/1.png"] * 2  # the quality part, once per ParseJudgement
+    retries = [t for t in h.outbox.submitted if t.task_type is TaskType.GENERATION][1:]
     assert len({t.task_id for t in retries}) == 1 and record.predictions[0].task_id == retries[0].task_id
 
 
 def test_a_judge_answer_without_a_score_falls_back_to_the_weight_free_part():
-    outbox, fetched = FakeOutbox(), []
-    orch = _orchestrator(outbox, EvaluatorSettings(clip_model=CLIP_ID), [(0.8, ["a little soft"])], fetched)
+    h = Harness([(0.8, ["a little soft"])])
 
     async def scenario() -> Any:
-        req = request("garbled: a shot", evaluation_provider="quality+clip", max_attempts=1)
-        gid = req.plan.generation_id
-        record = await orch.on_request(None, req)
-        first = record.predictions[0].task_id
-        record = await orch.on_task_final(record, _completed(first, gid, "file:///r/g.png"))
-        return await orch.on_task_final(record, _judged(outbox.submitted[-1].task_id, gid, "a lovely picture"))
+        gid, record, attempt_done = await h.first_attempt("garbled: a shot", "quality+clip", "file:///r/g.png",
+                                                          max_attempts=1)
+        record = await h.orch.on_task_final(record, attempt_done)
+        return await h.orch.on_task_final(record, _judged(h.outbox.submitted[-1].task_id, gid, "a lovely picture"))
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        orch.close()
-    [event] = outbox.emitted
+    h.run(scenario)
+    [event] = h.outbox.emitted
     assert (event.score, event.evaluator, event.decision) == (0.8, "scripted", EvaluationDecision.ACCEPT)
     assert event.reasons[0].startswith("the quality+clip judge gave no score (the clip answer is not JSON")
     assert event.reasons[0].endswith("; scored by scripted") and event.reasons[1:] == ["a little soft"]
+    assert h.fetched == ["file:///r/g.png"]
 
 
 def test_an_attempt_with_no_prompt_is_scored_by_the_quality_part_alone():
-    outbox, fetched = FakeOutbox(), []
-    orch = _orchestrator(outbox, EvaluatorSettings(clip_model=CLIP_ID), [0.9], fetched)
+    h = Harness([0.9])
 
     async def scenario() -> Any:
-        req = request("no prompt: a shot", evaluation_provider="quality+clip", max_attempts=1)
-        gid = req.plan.generation_id
-        record = await orch.on_request(None, req)
-        first = record.predictions[0].task_id
-        record, [evaluate] = on_task_final(record, _completed(first, gid, "file:///r/n.png"), now=record.updated_at)
+        _, record, attempt_done = await h.first_attempt("no prompt: a shot", "quality+clip", "file:///r/n.png",
+                                                        max_attempts=1)
+        record, [evaluate] = on_task_final(record, attempt_done, now=record.updated_at)
         # As a BACKGROUND_REMOVE attempt's context has it: no prompt.
         unprompted = dataclasses.replace(evaluate, context=dataclasses.replace(evaluate.context, prompt=None))
-        return await orch.carry_out(record, [unprompted])
+        return await h.orch.carry_out(record, [unprompted])
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        orch.close()
-    [event] = outbox.emitted
-    assert (event.score, event.evaluator) == (0.9, "scripted") and fetched == ["file:///r/n.png"]
-    assert all(t.task_type is TaskType.GENERATION for t in outbox.submitted)  # no judge task
+    h.run(scenario)
+    [event] = h.outbox.emitted
+    assert (event.score, event.evaluator) == (0.9, "scripted") and h.fetched == ["file:///r/n.png"]
+    assert all(t.task_type is TaskType.GENERATION for t in h.outbox.submitted)  # no judge task
