@@ -82,13 +82,13 @@ CLIP_OPTIONS = {"image_urls": image_urls(1, 1), "model": model_name}
 
 def messages(params: LlmInteractionParams, images: int = 0) -> list[dict[str, Any]]:
     """The chat; with images, content parts as processors' chat templates take them."""
-    if not images:
-        system = [{"role": "system", "content": params.system_prompt}] if params.system_prompt else []
-        return [*system, {"role": "user", "content": params.prompt}]
-    system = ([{"role": "system", "content": [{"type": "text", "text": params.system_prompt}]}]
-              if params.system_prompt else [])
-    parts = [*({"type": "image"} for _ in range(images)), {"type": "text", "text": params.prompt}]
-    return [*system, {"role": "user", "content": parts}]
+    system: Any = params.system_prompt
+    user: Any = params.prompt
+    if images:
+        system = [{"type": "text", "text": params.system_prompt}]
+        user = [*({"type": "image"} for _ in range(images)), {"type": "text", "text": params.prompt}]
+    chat = [{"role": "system", "content": system}] if params.system_prompt else []
+    return [*chat, {"role": "user", "content": user}]
 
 
 @contextmanager
