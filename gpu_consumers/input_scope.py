@@ -140,8 +140,8 @@ class InputScope:
         (path-style: the bucket is the first segment) or a bucket's virtual host of it; none when
         it is no S3 host. AWS host names are read every way they could be (``s3.``,
         ``s3.<region>.``, ``s3-<region>.``, ``<bucket>.s3...``: a bucket's name may start with s3)."""
-        bucket, _, key = path.lstrip("/").partition("/")
-        path_style = (unquote(bucket), key)
+        segments = clean_segments(path.lstrip("/")) or [""]  # an unclean path names no object
+        path_style = (segments[0], "/".join(segments[1:]))
         if self._s3_endpoint is not None:
             endpoint = self._s3_endpoint
             if host.port != endpoint.port:

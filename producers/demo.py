@@ -16,6 +16,7 @@ it; then stop the children (SIGTERM) and the stack. Results are kept in ``.cache
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import time
 from pathlib import Path
@@ -115,6 +116,8 @@ def _children_env(stack, settings: KafkaSettings, workdir: Path) -> dict[str, st
         "WORKER_DEVICE": "cpu", "RESULTS_URL": _RESULTS.as_uri(), "COMPUTE_MODEL_PROFILE": "offline",
         "COMPUTE_MODEL_CACHE_DIR": str(_REPO / ".cache" / "models"),
         "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+        # Idempotency-Key ids keyed as in a deployment (docs/SECURITY.md); one demo, one secret.
+        "IDEMPOTENCY_SECRET": secrets.token_hex(16),
     }
 
 

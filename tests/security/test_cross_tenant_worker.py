@@ -24,8 +24,8 @@ from gpu_consumers.storage import FileStore, S3Store, file_url_path
 from producers.task_ids import task_id_for
 from schemas.enums import ErrorCode, TaskStatus, TaskType
 from schemas.kafka_settings import KafkaSettings
-from schemas.topic_admin import ensure_topics
 from tests.gpu_consumers.runtime_helpers import Running, worker_settings
+from tests.gpu_consumers.test_worker_bad_input import kafka, status_log  # noqa: F401 (fixtures)
 from tests.kafka_helpers import StatusLog
 from tests.security.helpers import TENANT_A, TENANT_B, assert_generic_refusal, submit_as
 
@@ -33,19 +33,6 @@ pytestmark = pytest.mark.integration
 
 TYPE = TaskType.IMAGE_ADJUSTER
 KEY_OF_A = "order-17"  # the Idempotency-Key tenant A used, which tenant B has learnt
-
-
-@pytest.fixture
-def kafka(kafka_settings: KafkaSettings) -> KafkaSettings:
-    ensure_topics(kafka_settings)
-    return kafka_settings
-
-
-@pytest.fixture
-def status_log(kafka: KafkaSettings):
-    log = StatusLog(kafka)
-    yield log
-    log.close()
 
 
 @pytest.fixture

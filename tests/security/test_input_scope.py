@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -17,24 +16,12 @@ import pytest
 from gpu_consumers.errors import InvalidInput
 from gpu_consumers.handler import OutputFile
 from gpu_consumers.input_scope import InputScope, clean_segments
-from gpu_consumers.inputs import InputFetcher, InputSettings
+from gpu_consumers.inputs import InputSettings
 from gpu_consumers.storage import FileStore, S3Store
+from tests.gpu_consumers.test_inputs import make_fetcher  # noqa: F401 (the fixture)
 from tests.security.helpers import TENANT_A, TENANT_B, assert_generic_refusal, png, served_folder
 
 PNG_A, PNG_B = png(color=(200, 0, 0)), png(color=(0, 0, 200))
-
-
-@pytest.fixture
-def make_fetcher() -> Iterator[Any]:
-    made: list[InputFetcher] = []
-
-    def make(**settings: Any) -> InputFetcher:
-        made.append(InputFetcher(InputSettings(**{"timeout_s": 5, "deadline_s": 20, **settings})))
-        return made[-1]
-
-    yield make
-    for fetcher in made:
-        fetcher.close()
 
 
 def refused(view: Any, url: str, *secrets: str) -> None:
