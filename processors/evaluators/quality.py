@@ -22,9 +22,10 @@ blockiness       8x8 grid: mean |step| across block edges over the     B <= 1.15
 banding          distinct levels / level range, per channel (min)      log scale, >= 0.5 .. <= 0.02
 rendered         share of rows and columns exactly constant            <= 3 % .. >= 50 %
 contrast         luma standard deviation                               >= 20 .. <= 3
-exposure         share of luma at <= 1 or >= 254                       <= 15 % .. >= 50 %
-colour_cast      5th-percentile distance of log-chromaticity           d <= 0.25 .. >= 0.9
-                 (log R/G, log B/G) from neutral, ``d``
+exposure         share with a channel >= 254; share black (all <= 1)  <= 5 .. >= 40 %; <= 15 .. >= 60 %
+colour_cast      distance ``d`` from neutral in log-chromaticity       d <= 0.4 .. >= 1.2
+                 (log R/G, log B/G): the larger of the 5th-percentile
+                 pixel's and the brightest 2 %'s mean
 aspect           |log(aspect / requested aspect)| (context size)       <= 0.03 .. >= 0.4
 alpha            cut-outs: coverage x soft matte x holes x speckle     see ``alpha_sanity``
 colourfulness    Hasler-Susstrunk ``M`` (2003), as a factor            0.85 + 0.15 min(1, M/33)
@@ -37,9 +38,9 @@ noise's are Gaussian (3) or lighter (uniform noise 2.6); the re-blur ratio of cl
 JPEG at quality 20 already 1.6; clean photos fill >= 80 % of their levels, 24-level posterisation
 9 %; a real photo has no exactly constant row, an aborted decode leaves whole rows flat; a
 white-balance error translates every colour in log-chromaticity, so even the most neutral pixels
-move off neutral. Colourfulness only tempers the score (a black-and-white photo is not broken).
+move off neutral, and so do the highlights (clean photos: d <= 0.38). Colourfulness only tempers the score (a black-and-white photo is not broken).
 
-A signal below ``WEAK`` is named in the reasons ("noisy", "JPEG artefacts", "banding", "blank
+A signal below ``NAMED`` is named in the reasons, worst first ("noisy", "JPEG artefacts", "banding", "blank
 frame", "partly rendered", "colour cast", "blurry", "clipped highlights", "wrong aspect ratio",
 "bad cut-out: ..."). Known limits: an image that is fine texture everywhere (grass, gravel) has no
 smooth block and reads as noisy; a flat-colour illustration reads as banded; a studio shot on a
@@ -58,7 +59,8 @@ from processors.evaluators.base import Evaluation, EvaluationContext
 
 MEASURE_SIDE = 512  # px, the scale the scale-dependent signals are measured at (see the module doc)
 GRID_CROP = 1024  # px, the most of each side blockiness and banding read (a grid-aligned crop)
-WEAK = 0.5  # a signal below this is named in the reasons
+NAMED = 0.75  # a signal below this is named in the reasons (a quarter off the score)
+WEAK = 0.5  # colourfulness, only a factor, is named below this
 NOISE_OK, NOISE_BAD = 2.5, 15.0  # noise sigma (8-bit levels)
 KURTOSIS_OK, KURTOSIS_BAD = 4.5, 2.8
 BLUR_OK, BLUR_BAD = 0.38, 0.8  # Crete re-blur ratio
@@ -66,7 +68,8 @@ BLOCK_OK, BLOCK_BAD = 1.15, 3.0
 LEVELS_OK, LEVELS_BAD = 0.5, 0.02  # occupied share of the level range
 FLAT_OK, FLAT_BAD = 0.03, 0.5  # share of constant rows + columns
 CONTRAST_OK, CONTRAST_BAD = 20.0, 3.0  # luma standard deviation
-CLIP_OK, CLIP_BAD = 0.15, 0.5
+WHITE_OK, WHITE_BAD = 0.05, 0.4  # share of pixels with a channel at >= 254
+BLACK_OK, BLACK_BAD = 0.15, 0.6  # share of pixels black (every channel <= 1): dark backdrops are common
 CAST_OK, CAST_BAD = 0.4, 1.2  # log-chromaticity distance from neutral
 ASPECT_OK, ASPECT_BAD = 0.03, 0.4  # |log aspect ratio error|
 COLOURFUL_FULL = 33.0  # Hasler-Susstrunk M for full marks ("moderately colourful")
@@ -111,7 +114,7 @@ def _prepare(image: Image.Image, expects_alpha: bool) -> tuple[np.ndarray, np.nd
 
 def _blocks(a: np.ndarray, size: int = 8) -> np.ndarray:
     h, w = a.shape[0] // size * size, a.shape[1] // size * size
-    return a[:h, :w].reshape(h // size, size, w // size, size).swapaxes(1, 2).reshape(h // size, w // size, -1)
+    return a[:h, :w].reshape(h // size, size, w // size, size).swapaxes(1, 2).reshape(h // size, w // size, size * size)
 
 
 def _sample(rgb: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -138,7 +141,8 @@ def gradient_kurtosis(luma: np.ndarray, mask: np.ndarray | None) -> float:
     centred = grad.ravel() - (grad.mean() if grad.size else 0.0)
     square = centred * centred
     var = float(square.mean()) if grad.size else 0.0
-    return float((square * square).mean()) / var ** 2 if var > 1e-6 else 0.0
+    # A flat frame has no gradient statistics: the contrast signal judges it.
+    return float((square * square).mean()) / var ** 2 if var > 1e-6 else KURTOSIS_OK
 
 
 def reblur(luma: np.ndarray, mask: np.ndarray | None) -> float:
@@ -257,12 +261,15 @@ class QualityEvaluator:
         mask = None
         if alpha is not None:  # the subject, eroded so the cut-out's own edge is not "detail"
             mask = cv2.erode((alpha > 0).astype(np.uint8), np.ones((3, 3), np.uint8), iterations=2) > 0
+            if not mask.any():
+                mask = None  # no subject: the alpha check says so; the pixels are judged whole
         values = luma[mask] if mask is not None else luma.ravel()
+        colours = rgb[mask] if mask is not None else rgb.reshape(-1, 3)
         raw = {"noise_sigma": noise_sigma(luma, mask), "gradient_kurtosis": gradient_kurtosis(luma, mask),
                "reblur": reblur(luma, mask), "grid_ratio": blockiness(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)),
                "level_occupancy": level_occupancy(crop), "luma_std": float(values.std()) if values.size else 0.0,
-               "black_fraction": float((values <= 1).mean()) if values.size else 0.0,
-               "white_fraction": float((values >= 254).mean()) if values.size else 0.0,
+               "black_fraction": float((colours <= 1).all(axis=1).mean()) if colours.size else 0.0,
+               "white_fraction": float((colours >= 254).any(axis=1).mean()) if colours.size else 0.0,
                "cast_distance": cast_distance(rgb, mask), "hasler_susstrunk": colourfulness(rgb, mask)}
         scores = {"noise": _ramp(raw["noise_sigma"], NOISE_OK, NOISE_BAD),
                   "natural": _ramp(raw["gradient_kurtosis"], KURTOSIS_OK, KURTOSIS_BAD),
@@ -271,7 +278,8 @@ class QualityEvaluator:
                   "banding": _clamp(math.log(max(raw["level_occupancy"], 1e-6) / LEVELS_BAD)
                                     / math.log(LEVELS_OK / LEVELS_BAD)),
                   "contrast": _ramp(raw["luma_std"], CONTRAST_OK, CONTRAST_BAD),
-                  "exposure": _ramp(raw["black_fraction"] + raw["white_fraction"], CLIP_OK, CLIP_BAD),
+                  "exposure": (_ramp(raw["white_fraction"], WHITE_OK, WHITE_BAD)
+                               * _ramp(raw["black_fraction"], BLACK_OK, BLACK_BAD)),
                   "colour_cast": _ramp(raw["cast_distance"], CAST_OK, CAST_BAD)}
         if alpha is None:  # a cut-out's transparent rows are legitimately constant
             raw["constant_lines"] = constant_lines(luma)
@@ -295,21 +303,24 @@ class QualityEvaluator:
     @staticmethod
     def _reasons(scores: dict[str, float], signals: dict[str, float]) -> list[str]:
         """The weak signals, worst first, each with its score."""
+        if signals["luma_std"] <= CONTRAST_BAD:  # nothing else is worth saying about an empty frame
+            return [f"blank frame (contrast {scores['contrast']:.2f})"]
         reasons = []
         for key in sorted(scores, key=scores.get):
             value = scores[key]
-            if value >= WEAK:
+            if value >= NAMED:
                 break
             if key in NAMES:
                 name = NAMES[key]
-                if key == "contrast" and signals["luma_std"] >= 2.0:
+                if key == "contrast":
                     name = "faded: low contrast"
                 reasons.append(f"{name} ({key} {value:.2f})")
             elif key == "exposure":
                 black, white = signals["black_fraction"], signals["white_fraction"]
                 kind = "clipped highlights: overexposed" if white >= black else "clipped shadows: underexposed"
-                reasons.append(f"{kind} (exposure {value:.2f}; {black + white:.0%} of pixels at 0 or 255)")
-            elif key == "colourfulness":
+                reasons.append(f"{kind} (exposure {value:.2f}; {white:.0%} of pixels with a channel at 255, "
+                               f"{black:.0%} black)")
+            elif key == "colourfulness" and value < WEAK:
                 reasons.append(f"dull colours (colourfulness {value:.2f})")
             elif key == "alpha":
                 reasons.append(f"bad cut-out: {QualityEvaluator._matte_fault(signals)} (alpha {value:.2f}; "
@@ -322,8 +333,9 @@ class QualityEvaluator:
         t = signals["transparent_fraction"]
         if t >= 1.0:
             return "every pixel transparent"
-        if signals["coverage"] < WEAK:
+        if signals["matte_softness"] < NAMED:
+            return "soft, semi-transparent matte"
+        if signals["coverage"] < NAMED:
             return "nothing cut out" if t < ALPHA_MIN_SHARE else "almost no foreground"
-        faults = {"matte_softness": "soft, semi-transparent matte", "holes": "holes in the subject",
-                  "specks": "speckled, fragmented matte"}
+        faults = {"holes": "holes in the subject", "specks": "speckled, fragmented matte"}
         return faults[min(faults, key=signals.get)]
