@@ -10,29 +10,37 @@ in the body model and in the models nested in it.
 
 from __future__ import annotations
 
-import copy
 import types
 import typing
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Strict, create_model
+from pydantic import BaseModel, Field, create_model
+from pydantic.fields import FieldInfo
 
 _SCALARS = (int, float, bool)
 _strict_models: dict[type[BaseModel], type[BaseModel]] = {}
 
 
-def strict_annotation(annotation: Any) -> Any:
-    """``annotation`` with every int, float and bool in it strict (nested models included)."""
+def _members(annotation: Any) -> list[Any]:
+    """The types a field may hold: Annotated and Optional unwrapped, unions split."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _members(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [m for a in typing.get_args(annotation) for m in _members(a)]
+    return [annotation]
+
+
+def _with_strict_models(annotation: Any) -> Any:
+    """``annotation`` with each model in it (also in a list or an Optional) made strict."""
     origin = typing.get_origin(annotation)
     if origin is Annotated:
         inner, *metadata = typing.get_args(annotation)
-        return Annotated[(strict_annotation(inner), *metadata)]  # type: ignore[misc]
+        return Annotated[(_with_strict_models(inner), *metadata)]  # type: ignore[misc]
     if origin in (typing.Union, types.UnionType):
-        return typing.Union[tuple(strict_annotation(a) for a in typing.get_args(annotation))]
+        return typing.Union[tuple(_with_strict_models(a) for a in typing.get_args(annotation))]
     if origin is list:
-        return list[strict_annotation(typing.get_args(annotation)[0])]  # type: ignore[misc]
-    if annotation in _SCALARS:
-        return Annotated[annotation, Strict()]
+        return list[_with_strict_models(typing.get_args(annotation)[0])]  # type: ignore[misc]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return strict_model(annotation)
     return annotation
@@ -40,14 +48,16 @@ def strict_annotation(annotation: Any) -> Any:
 
 def strict_fields(model: type[BaseModel]) -> dict[str, Any]:
     """``create_model`` field definitions of ``model`` whose scalars are strict (only the fields
-    that change)."""
+    that change; their constraints, defaults and descriptions kept)."""
     fields: dict[str, Any] = {}
     for name, info in model.model_fields.items():
-        strict = strict_annotation(info.annotation)
-        if strict != info.annotation:
-            changed = copy.copy(info)
-            changed.annotation = strict
-            fields[name] = (strict, changed)
+        members = [m for m in _members(info.annotation) if m is not type(None)]
+        if members and all(m in _SCALARS for m in members):
+            fields[name] = (info.annotation, FieldInfo.merge_field_infos(info, Field(strict=True)))
+            continue
+        nested = _with_strict_models(info.annotation)
+        if nested != info.annotation:
+            fields[name] = (nested, FieldInfo.merge_field_infos(info))
     return fields
 
 
