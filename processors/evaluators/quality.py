@@ -244,10 +244,10 @@ def alpha_sanity(alpha: np.ndarray) -> dict[str, float]:
             "speck_count": float(specks + small.size)}
 
 
-# signal -> how the reasons name it when it is below WEAK
-NAMES = {"noise": "noisy", "natural": "noisy (noise-like statistics)", "sharpness": "blurry",
+# signal -> how the reasons name it when it is below NAMED
+NAMES = {"noise": "noisy", "natural": "noisy: noise-like statistics", "sharpness": "blurry",
          "blockiness": "JPEG artefacts", "banding": "banding", "rendered": "partly rendered",
-         "contrast": "blank frame", "colour_cast": "colour cast", "aspect": "wrong aspect ratio"}
+         "contrast": "faded: low contrast", "colour_cast": "colour cast", "aspect": "wrong aspect ratio"}
 
 
 class QualityEvaluator:
@@ -302,19 +302,18 @@ class QualityEvaluator:
 
     @staticmethod
     def _reasons(scores: dict[str, float], signals: dict[str, float]) -> list[str]:
-        """The weak signals, worst first, each with its score."""
-        if signals["luma_std"] <= CONTRAST_BAD:  # nothing else is worth saying about an empty frame
-            return [f"blank frame (contrast {scores['contrast']:.2f})"]
-        reasons = []
+        """The weak signals, worst first, each with its score. Of an empty frame only that, and its
+        matte's fault if it is a cut-out: the other pixel signals have nothing to read."""
+        blank = signals["luma_std"] <= CONTRAST_BAD
+        reasons = [f"blank frame (contrast {scores['contrast']:.2f})"] if blank else []
         for key in sorted(scores, key=scores.get):
             value = scores[key]
             if value >= NAMED:
                 break
+            if blank and key != "alpha":
+                continue
             if key in NAMES:
-                name = NAMES[key]
-                if key == "contrast":
-                    name = "faded: low contrast"
-                reasons.append(f"{name} ({key} {value:.2f})")
+                reasons.append(f"{NAMES[key]} ({key} {value:.2f})")
             elif key == "exposure":
                 black, white = signals["black_fraction"], signals["white_fraction"]
                 kind = "clipped highlights: overexposed" if white >= black else "clipped shadows: underexposed"
