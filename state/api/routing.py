@@ -28,7 +28,7 @@ from state.api.deps import authenticate, get_caller
 
 
 class _NonFinite:
-    """What the parser returns in place of a number JSON cannot carry (found by :func:`_check`)."""
+    """What the parser returns in place of a number JSON cannot carry (found by :func:`_problems`)."""
 
     __slots__ = ("text",)
 
