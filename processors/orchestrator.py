@@ -304,8 +304,8 @@ class Orchestrator:
         if not isinstance(weight_free, Evaluator):
             raise TypeError(f"the fallback evaluator {WEIGHT_FREE!r} is no in-process evaluator")
         scored = await self._score(weight_free, effect.image_url, effect.context)
-        why = f"the {judge.name} judge gave no score ({error}); scored by {weight_free.name}"
-        return dataclasses.replace(scored, reasons=(why[:300], *scored.reasons))
+        why = f"the {judge.name} judge gave no score ({str(error)[:240]}); scored by {weight_free.name}"
+        return dataclasses.replace(scored, reasons=(why, *scored.reasons))
 
     def close(self) -> None:
         try:

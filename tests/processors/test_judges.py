@@ -195,7 +195,8 @@ def test_a_judge_answer_without_a_score_falls_back_to_the_weight_free_part():
         gid, record, attempt_done = await h.first_attempt("garbled: a shot", "quality+clip", "file:///r/g.png",
                                                           max_attempts=1)
         record = await h.orch.on_task_final(record, attempt_done)
-        return await h.orch.on_task_final(record, _judged(h.outbox.submitted[-1].task_id, gid, "a lovely picture"))
+        rambling = "a lovely picture, " * 50  # the reason keeps its end however long the answer
+        return await h.orch.on_task_final(record, _judged(h.outbox.submitted[-1].task_id, gid, rambling))
 
     h.run(scenario)
     [event] = h.outbox.emitted
