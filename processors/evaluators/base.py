@@ -199,10 +199,10 @@ def default_registry() -> EvaluatorRegistry:
     from processors.evaluators.vlm import VlmJudge
 
     registry = EvaluatorRegistry()
-    registry.register("vlm", VlmJudge, model_based=True, available=VlmJudge.available)
+    registry.register(VlmJudge.name, VlmJudge, model_based=True, available=VlmJudge.available)
     registry.register(QualityAndAlignment.name, QualityAndAlignment, model_based=True,
                       available=ClipAlignment.available)
-    registry.register("clip", ClipAlignment, model_based=True, available=ClipAlignment.available)
+    registry.register(ClipAlignment.name, ClipAlignment, model_based=True, available=ClipAlignment.available)
     registry.register(WEIGHT_FREE, lambda settings: QualityEvaluator())
     return registry
 
