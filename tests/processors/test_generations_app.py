@@ -24,7 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from confluent_kafka import Consumer, Producer
 from PIL import Image, ImageFilter
@@ -34,6 +33,7 @@ from processors.generation_record import GenerationRecord, GenerationStatus, dec
 from processors.agentic import attempt_task_id
 from processors.app import evaluator_registry, librdkafka_partition
 from processors.evaluators.base import EvaluationContext, EvaluatorSettings, default_registry
+from processors.evaluators.calibration import load_photo
 from processors.evaluators.quality import QualityEvaluator
 from processors.evaluators.scripted import NoScript, PromptScriptedEvaluator, ScriptExhausted
 from processors.folding import STATE_CONTENT_TYPE, decode_state, encode_state, state_from_json, state_to_json
@@ -297,10 +297,11 @@ def test_the_vlm_judge_runs_as_a_task_and_an_unparseable_answer_falls_back_to_qu
 # --------------------------------------------------------------------------- on the broker
 
 
-def noise_png(path: Path, seed: int, blurred: bool) -> None:
-    """A colourful 256x256 noise image: sharp, or blurred beyond use."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (256, 256, 3), dtype=np.uint8)
-    image = Image.fromarray(pixels)
+def photo_png(path: Path, seed: int, blurred: bool) -> None:
+    """A real 256x256 photograph (one of two, by seed): sharp, or blurred beyond use. (Noise would
+    not do: the weight-free evaluator rejects it.)"""
+    photo = load_photo(("astronaut", "chelsea")[seed % 2])
+    image = Image.fromarray(photo).resize((256, 256), Image.Resampling.BOX)
     if blurred:
         image = image.filter(ImageFilter.GaussianBlur(6))
     image.save(path)
@@ -371,7 +372,7 @@ class FakeWorker:
             emit(TaskStatus.FAILED, error=TaskError.of(ErrorCode.CONTENT_POLICY, "scripted refusal"))
             return
         path = self.results / f"{task.envelope.task_id}.png"
-        noise_png(path, task.params.seed or 0, blurred=kind == "blurred")
+        photo_png(path, task.params.seed or 0, blurred=kind == "blurred")
         emit(TaskStatus.COMPLETED, result=TaskResult(
             result_image_url=path.resolve().as_uri(), seed=task.params.seed,
             metadata=ResultMetadata(model="fake", provider="fake", timing_ms=1, width=256,
