@@ -201,6 +201,8 @@ def test_agentic_accept_at_attempt_1():
     ctx = evaluate.context
     assert (ctx.task_type, ctx.prompt, ctx.generation_id, ctx.shot_id, ctx.attempt) == (
         TaskType.GENERATION, task.params.prompt, plan.generation_id, task.orchestration.shot_id, 1)
+    # The requested size, so the evaluator can tell a stretched or cropped result.
+    assert (ctx.width, ctx.height) == (task.params.width, task.params.height) and ctx.width
     assert record.status is GenerationStatus.RUNNING and record.version == 2  # the attempt's result is kept
     assert record.predictions[0].results == {task.task_id: image(task.task_id)}
     record, effects = on_evaluation(record, task.task_id, Evaluation(0.9, (), evaluator="quality"), now=T2)
