@@ -72,7 +72,8 @@ def main() -> int:
         "photos": list(PHOTOS[:args.images]), "seed": args.seed, "samples": len(samples),
         "build_s": round(built_s, 2), "auc": round(report.auc, 4), "passed": report.passed,
         "families": {name: {"spearman": round(f.spearman, 3), "auc": round(f.auc, 4),
-                            "strongest_below_clean": f.strongest_below_clean, "failures": list(f.failures)}
+                            "strongest_below_clean": f.strongest_below_clean, "failures": list(f.failures),
+                            "reasons_at_worst": report.reasons.get(name, [])}
                      for name, f in report.families.items()},
         "noise_scores": [round(s, 3) for s in report.noise_scores],
         "blank_scores": [round(s, 3) for s in report.blank_scores],

@@ -35,6 +35,8 @@ SEVERITIES = (1, 2, 3, 4)
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "immunohistochemistry", "camera",
           "hubble_deep_field")
 BLANK_COLOURS = ((0, 0, 0), (255, 255, 255), (128, 128, 128), (40, 90, 160))
+AUC_TARGET = 0.95  # clean vs corrupted (issue 22)
+THRESHOLD = 0.7  # the AGENTIC default min_confidence_score: noise and blank frames must score under it
 
 Rgb = np.ndarray  # HxWx3 uint8 (HxWx4 for cut-outs)
 
@@ -259,16 +261,18 @@ class FamilyReport:
 class Report:
     families: dict[str, FamilyReport]
     auc: float  # every clean sample vs every corrupted one
-    clean_scores: dict[str, float]  # "photo" / "cutout" clean references: photo -> score
-    cutout_scores: dict[str, float]
+    clean_scores: dict[str, float]  # clean photo -> its score
+    cutout_scores: dict[str, float]  # photo -> its clean cut-out's score
     noise_scores: list[float]
     blank_scores: list[float]
     reasons: dict[str, list[str]] = field(default_factory=dict)  # family -> reasons at its top severity
 
     @property
     def passed(self) -> bool:
-        return (self.auc >= 0.95 and all(f.strongest_below_clean for f in self.families.values())
-                and max(self.noise_scores + self.blank_scores) < 0.7)
+        """Issue 22's targets: AUC, every family below clean at its two strongest severities, pure
+        noise and blank frames under the AGENTIC default threshold."""
+        return (self.auc >= AUC_TARGET and all(f.strongest_below_clean for f in self.families.values())
+                and max(self.noise_scores + self.blank_scores) < THRESHOLD)
 
 
 def evaluate(evaluator: Evaluator, samples: Sequence[Sample]) -> Report:
