@@ -91,9 +91,10 @@ class TimedStore(FileStore):
         self.put_s: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def put(self, task_id: str, attempt: int, name: str, output: Any) -> str:
+    def put(self, task_id: str, attempt: int, name: str, output: Any, *,
+            tenant_id: str | None = None) -> str:
         start = time.perf_counter()
-        url = super().put(task_id, attempt, name, output)
+        url = super().put(task_id, attempt, name, output, tenant_id=tenant_id)
         with self._lock:
             self.put_s[task_id] = self.put_s.get(task_id, 0.0) + time.perf_counter() - start
         return url

@@ -47,6 +47,7 @@ def build_worker(types: list[TaskType] | None) -> Worker:
     Without ``types`` (and no ``WORKER_TYPES``), it serves every type that has a handler."""
     from gpu_consumers.handlers.registry import registry
     from gpu_consumers.inputs import InputSettings
+    from gpu_consumers.models import ModelRegistry
     from gpu_consumers.runtime import Worker
     from gpu_consumers.settings import WorkerSettings
     from gpu_consumers.storage import StorageSettings
@@ -71,9 +72,13 @@ def build_worker(types: list[TaskType] | None) -> Worker:
     store = StorageSettings().model_copy(update={"results_url": settings.results_url}).open()
     registry_env = {**os.environ, "COMPUTE_MODEL_PROFILE": settings.model_profile,
                     "COMPUTE_MODEL_CACHE_DIR": str(settings.model_cache_dir)}
+    if TaskType.LLM_INTERACTION in settings.types:
+        _refuse_blind_judges(ModelRegistry.from_env(registry_env))
     # Supervised (the default): the handler process builds the fetcher and the models, and keeps
-    # them warm; this process only needs the handler classes, to check the served types.
-    child = functools.partial(child_kit, settings.types, InputSettings(), registry_env,
+    # them warm; this process only needs the handler classes, to check the served types. Inputs
+    # are scoped against the store this worker writes (gpu_consumers.input_scope).
+    child = functools.partial(child_kit, settings.types,
+                              InputSettings(results_url=settings.results_url), registry_env,
                               settings.resolved_device())
     fetcher = models = None
     if settings.execution == "inline":
@@ -100,6 +105,17 @@ def child_kit(types: list[TaskType], input_settings: Any, registry_env: dict[str
 
     models = ModelCache(ModelRegistry.from_env(registry_env), device=device)
     return ChildKit(registry(types), InputFetcher(input_settings), models, device)
+
+
+def _refuse_blind_judges(registry: Any) -> None:
+    """LLM_INTERACTION's image providers need models that see: exit now, with one line naming
+    the model and the setting, rather than judge images blind (gpu_consumers/models/judges.py)."""
+    from gpu_consumers.models.judges import JudgeModelError, check_judge_models
+
+    try:
+        check_judge_models(registry)
+    except JudgeModelError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @contextlib.contextmanager

@@ -95,7 +95,7 @@ class Services:
     settings: WorkerSettings
     emitter: Emitter
     store: OutputStore
-    fetcher: Any
+    fetcher: Any  # gpu_consumers.inputs.InputFetcher; each task gets its for_task() view
     models: Any
     device: str
     handler_for: Callable[[TaskSubmitted], Handler]
@@ -168,6 +168,7 @@ class TaskRun:
     def __init__(self, task: TaskSubmitted, traceparent: str | None, services: Services,
                  stops: int = 0) -> None:
         self.task, self.task_id = task, task.envelope.task_id
+        self._tenant_id = task.envelope.origin_tenant_id  # scopes its inputs and its outputs
         self.attempt = self._first_attempt = task.envelope.attempt
         self.retried = 0
         self._services, self._settings = services, services.settings
@@ -312,13 +313,15 @@ class TaskRun:
         progress = _Progress(lambda v: self._emit(TaskStatus.PROCESSING, progress=v, attempt=attempt),
                              self._settings.progress_interval_s)
         supervisor = services.supervisor
-        if supervisor is not None:
+        if supervisor is not None:  # the child scopes the task's inputs to its tenant
             supervisor.ready()  # a fresh child builds its handlers before the clock starts
             call = services.handler_thread.submit(
                 lambda: supervisor.run(self.task, attempt, low_memory, token, progress))
         else:
+            # The task reads inputs only as its tenant may (gpu_consumers.input_scope).
+            fetch = services.fetcher and services.fetcher.for_task(self._tenant_id)
             ctx = TaskContext(task_id=self.task_id, attempt=attempt, progress=progress,
-                              cancel=token, fetch=services.fetcher, models=services.models,
+                              cancel=token, fetch=fetch, models=services.models,
                               device=services.device, low_memory=low_memory)
             call = services.handler_thread.submit(
                 lambda: services.handler_for(self.task).run(self.task.params, ctx))
@@ -346,7 +349,8 @@ class TaskRun:
         try:
             for i, output in enumerate(result.outputs):
                 name = f"output-{i}" if len(result.outputs) > 1 else "output"
-                urls.append(self._services.store.put(self.task_id, self.attempt, name, output))
+                urls.append(self._services.store.put(self.task_id, self.attempt, name, output,
+                                                     tenant_id=self._tenant_id))
             return build_result(result, urls, timing_ms)
         except Exception as exc:
             self._discard()

@@ -72,7 +72,7 @@ class TaskContext:
     attempt: int
     progress: ProgressFn
     cancel: CancelToken
-    fetch: Any  # gpu_consumers.inputs.InputFetcher
+    fetch: Any  # gpu_consumers.input_scope.TaskInputs: fetch_image / fetch_bytes, tenant-scoped
     models: Any  # gpu_consumers.models cache (warm pipelines, LoRAs)
     device: str = "cpu"
     low_memory: bool = False  # set on the retry after a GPU out-of-memory: tile/slice the VAE

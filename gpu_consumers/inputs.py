@@ -1,9 +1,13 @@
 """Fetching a task's input files (images, masks, references) within limits, safely.
 
 ``http(s)://``, ``s3://bucket/key`` (boto3 at ``S3_ENDPOINT_URL``; key as written, like the AWS CLI)
-and ``file://`` (only below ``allowed_file_roots``, default: the temp folder and a ``file://``
-results folder; symlinks resolved first). Every failure raises ``InvalidInput`` naming the URL (no
-credentials, no query string) and the reason. Private networks: the host is resolved once, EVERY
+and ``file://`` (only below ``allowed_file_roots``: none by default; symlinks resolved first).
+A task reads through :meth:`InputFetcher.for_task`: a view held to its tenant's
+:class:`~gpu_consumers.input_scope.InputScope` (its own results only, configured folders and S3
+prefixes). Every failure raises ``InvalidInput`` naming the URL (no credentials, no query
+string); a file or an S3 object that is missing, refused or unreadable gets one message, "not
+readable for this task" (the detail goes to the log), so a message never tells whether something
+the task may not read exists, where, or how large it is. Private networks: the host is resolved once, EVERY
 address checked (IPv4-mapped, 6to4, NAT64 by the IPv4 inside), then the connection is pinned to a
 checked address with the original ``Host`` and TLS SNI (certificates verified against the name);
 redirects are followed by hand, http(s) only, each re-checked. Proxy variables are ignored and
@@ -17,9 +21,9 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
+import logging
 import socket
 import ssl
-import tempfile
 import threading
 import time
 import warnings
@@ -35,19 +39,15 @@ from pydantic import Field, IPvAnyNetwork, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gpu_consumers.errors import InvalidInput
+from gpu_consumers.input_scope import InputScope, TaskInputs
 from schemas.address_policy import IPAddress, forbidden_reason
-from gpu_consumers.storage import StorageSettings, file_url_path, make_s3_client
+from gpu_consumers.storage import default_results_url, make_s3_client
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG includes MPO
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _PIL_LOCK = threading.Lock()  # Image.MAX_IMAGE_PIXELS and warning filters are process-wide
 _DNS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="input-dns")  # getaddrinfo has no timeout
-
-
-def _default_file_roots() -> list[Path]:
-    results_url = StorageSettings().results_url
-    extra = [file_url_path(results_url)] if results_url.startswith("file:") else []
-    return [Path(tempfile.gettempdir()), *extra]
+log = logging.getLogger("gpu_consumers.inputs")
 
 
 def _split_list(value: Any) -> Any:  # from the environment: a JSON list or comma-separated items
@@ -67,22 +67,44 @@ class InputSettings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     allow_private_networks: bool = False
     allowed_networks: Annotated[list[IPvAnyNetwork], NoDecode] = Field(default_factory=list)
-    allowed_file_roots: Annotated[list[Path], NoDecode] = Field(default_factory=_default_file_roots)
+    # Folders file:// inputs may come from (none: file:// refused); never opens the results
+    # folder beyond the task's own tenant (gpu_consumers.input_scope).
+    allowed_file_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    # "bucket" or "bucket/prefix" (an s3:// in front is allowed) that s3:// inputs may come from.
+    allowed_s3_prefixes: Annotated[list[tuple[str, str]], NoDecode] = Field(default_factory=list)
+    results_http_url: str | None = None  # where the results store is served over http(s), if it is
     ca_bundle: Path | None = None  # extra CA certificates (PEM) for https, e.g. an internal CA
     s3_endpoint_url: str | None = Field(default=None, validation_alias="S3_ENDPOINT_URL")
+    results_url: str = Field(default_factory=default_results_url, validation_alias="RESULTS_URL")
 
     _lists = field_validator("allowed_networks", "allowed_file_roots", mode="before")(_split_list)
 
+    @field_validator("allowed_s3_prefixes", mode="before")
+    @classmethod
+    def _bucket_and_prefix(cls, value: Any) -> Any:
+        def split(item: Any) -> Any:
+            if not isinstance(item, str):
+                return item
+            bucket, _, prefix = item.removeprefix("s3://").partition("/")
+            if not bucket:
+                raise ValueError(f"{item!r} names no bucket (bucket or bucket/prefix)")
+            return bucket.lower(), prefix.strip("/")
+        return [split(item) for item in _split_list(value)]
 
-def redact(url: str) -> str:
-    """The URL as shown in messages: no user/password, no query string (presigned secrets)."""
+
+def redact(url: str, *, last_segment_only: bool = False) -> str:
+    """The URL as shown in messages: no user/password, no query string (presigned secrets); with
+    ``last_segment_only`` no folder or key prefix either (``file:///…/output.png``)."""
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
         netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
     except ValueError:
         return "<malformed URL>"
-    shown = f"{parts.scheme}://{netloc}{parts.path}" + ("?…" if parts.query else "")
+    path = parts.path
+    if last_segment_only and path.rstrip("/").count("/") > 1:
+        path = "/…/" + path.rstrip("/").rsplit("/", 1)[1][-80:]
+    shown = f"{parts.scheme}://{netloc}{path}" + ("?…" if parts.query else "")
     return shown if len(shown) <= 200 else shown[:199] + "…"
 
 
@@ -103,25 +125,45 @@ class InputFetcher:
     def close(self) -> None:
         self._http.close()
 
-    def fetch_bytes(self, url: str) -> bytes:
+    def for_task(self, tenant_id: str | None) -> TaskInputs:
+        """The fetcher as a task of ``tenant_id`` may use it (``ctx.fetch``)."""
+        return TaskInputs(self, InputScope(self.settings, tenant_id))
+
+    def fetch_bytes(self, url: str, *, scope: InputScope | None = None) -> bytes:
+        """``scope`` None: the process's own rights (file:// below the allowed roots, any S3
+        object its credentials read) - for URLs this deployment made, never a task's."""
         scheme = url.split(":", 1)[0].lower() if ":" in url else ""
         deadline = time.monotonic() + self.settings.deadline_s
-        if scheme in ("http", "https", "s3"):
-            return (self._fetch_s3 if scheme == "s3" else self._fetch_http)(url, deadline)
+        if scheme in ("http", "https"):
+            return self._fetch_http(url, deadline, scope)
+        if scheme == "s3":
+            return self._fetch_s3(url, deadline, scope)
         if scheme == "file":
-            return self._fetch_file(url)
+            return self._fetch_file(url, scope)
         raise InvalidInput(f"{redact(url)}: unsupported URL scheme {scheme!r} (use http, https, s3 or file)")
 
-    def fetch_image(self, url: str, *, mode: str | None = "RGB") -> Image.Image:
+    def fetch_image(self, url: str, *, mode: str | None = "RGB",
+                    scope: InputScope | None = None) -> Image.Image:
         max_pixels = self.settings.max_image_pixels
-        return decode_image(self.fetch_bytes(url), redact(url), max_pixels=max_pixels, mode=mode)
+        return decode_image(self.fetch_bytes(url, scope=scope), redact(url), max_pixels=max_pixels,
+                            mode=mode)
 
-    def _fetch_http(self, url: str, deadline: float) -> bytes:
+    @staticmethod
+    def _not_readable(url: str, why: str) -> InvalidInput:
+        """One message for missing, refused and unreadable alike, naming no folder or key prefix
+        (nor the results root); the reason only in the log, for operators."""
+        log.info("input %s refused: %s", redact(url), why)
+        return InvalidInput(f"input {redact(url, last_segment_only=True)} is not readable for this task")
+
+    def _fetch_http(self, url: str, deadline: float, scope: InputScope | None) -> bytes:
         try:
             target = httpx.URL(url)
         except (httpx.InvalidURL, ValueError) as exc:
             raise InvalidInput(f"{redact(url)}: malformed URL ({exc})") from None
         for _ in range(self.settings.max_redirects + 1):
+            if scope is not None and not scope.http_allowed(target):
+                raise self._not_readable(str(target), "the results store or an S3 object "
+                                         "outside the task's scope, over http")
             result = self._http_get(target, deadline)
             if isinstance(result, bytes):
                 return result
@@ -188,12 +230,15 @@ class InputFetcher:
         except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: a bad Location header
             raise InvalidInput(f"{shown}: transfer failed ({type(exc).__name__}: {exc})") from None
 
-    def _fetch_s3(self, url: str, deadline: float) -> bytes:
+    def _fetch_s3(self, url: str, deadline: float, scope: InputScope | None) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError
         shown = redact(url)
         bucket, _, key = url[len("s3://"):].partition("/")
         if not bucket or not key:
             raise InvalidInput(f"{shown}: an S3 URL needs a bucket and a key (s3://bucket/key)")
+        bucket = bucket.lower()  # S3 bucket names are lower case; a server may fold them
+        if scope is not None and not scope.s3_allowed(bucket, key):
+            raise self._not_readable(url, "outside INPUT_ALLOWED_S3_PREFIXES and the tenant's results")
         try:
             with self._s3_lock:
                 if self._s3_client is None:
@@ -208,29 +253,31 @@ class InputFetcher:
                 obj["Body"].close()
         except ClientError as exc:
             err = exc.response.get("Error", {})
-            raise InvalidInput(f"{shown}: S3 refused ({err.get('Code')}: {err.get('Message')})") from None
+            raise self._not_readable(url, f"S3 refused ({err.get('Code')}: {err.get('Message')})") from None
         except BotoCoreError as exc:
-            raise InvalidInput(f"{shown}: S3 endpoint unreachable or timed out ({exc})") from None
+            raise self._not_readable(url, f"S3 endpoint unreachable or timed out ({exc})") from None
 
-    def _fetch_file(self, url: str) -> bytes:
+    def _fetch_file(self, url: str, scope: InputScope | None) -> bytes:
         shown, parts = redact(url), urlsplit(url)
         if parts.netloc not in ("", "localhost"):
             raise InvalidInput(f"{shown}: file:// URLs must name a local path (no host)")
         try:
             path = Path(unquote(parts.path)).resolve(strict=True)
-        except (OSError, RuntimeError) as exc:
-            raise InvalidInput(f"{shown}: no such file ({type(exc).__name__})") from None
+        except (OSError, RuntimeError, ValueError) as exc:  # ValueError: a NUL byte
+            raise self._not_readable(url, f"cannot resolve ({type(exc).__name__})") from None
         roots = [Path(root).resolve() for root in self.settings.allowed_file_roots]
-        if not any(path.is_relative_to(root) for root in roots):
-            raise InvalidInput(f"{shown}: refused, the file is outside the allowed folders "
-                               f"(INPUT_ALLOWED_FILE_ROOTS: {', '.join(map(str, roots)) or 'none'})")
+        allowed = (scope.file_allowed(path) if scope is not None
+                   else any(path.is_relative_to(root) for root in roots))
+        if not allowed:
+            raise self._not_readable(url, f"{path} is outside INPUT_ALLOWED_FILE_ROOTS and the "
+                                     "tenant's results")
         try:
             if not path.is_file():
-                raise InvalidInput(f"{shown}: not a regular file")
+                raise self._not_readable(url, "not a regular file")
             with path.open("rb") as handle:
                 data = handle.read(self.settings.max_bytes + 1)
         except OSError as exc:
-            raise InvalidInput(f"{shown}: cannot read the file ({exc.strerror or exc})") from None
+            raise self._not_readable(url, f"cannot read ({exc.strerror or exc})") from None
         if len(data) > self.settings.max_bytes:
             raise self._too_large(shown)
         return data

@@ -213,17 +213,32 @@ class ModelCache:
 
         return self._load("segmentation", build)
 
+    def _with_preprocessor(self, role: Role, loader: str) -> tuple[Any, Any]:
+        """(model, its tokenizer or processor loaded with ``loader``), for transformers roles."""
+        path = self.registry.path_for(role)
+        kwargs = {k: v for k, v in self.registry.load_kwargs(role).items()
+                  if k in ("revision", "local_files_only")}
+        return self._from_pretrained(role).eval(), _import(loader).from_pretrained(path, **kwargs)
+
     def llm(self) -> tuple[Any, Any]:
         """(causal LM, tokenizer)."""
-        def build() -> tuple[Any, Any]:
-            from transformers import AutoTokenizer
+        return self._load("llm", lambda: self._with_preprocessor(
+            Role.LLM, "transformers.AutoTokenizer"))
 
-            path = self.registry.path_for(Role.LLM)
-            kwargs = {k: v for k, v in self.registry.load_kwargs(Role.LLM).items()
-                      if k in ("revision", "local_files_only")}
-            return self._from_pretrained(Role.LLM).eval(), AutoTokenizer.from_pretrained(path, **kwargs)
+    def _judge(self, role: Role, processor: str) -> tuple[Any, Any]:
+        from gpu_consumers.models.judges import check_judge_model, read_config
 
-        return self._load("llm", build)
+        # The start-up check may have been skipped (a hub config out of reach then).
+        check_judge_model(self.registry, role, read_config(self.registry, role))
+        return self._with_preprocessor(role, processor)
+
+    def vlm(self) -> tuple[Any, Any]:
+        """(image-text-to-text model, its processor: chat template, image and text inputs)."""
+        return self._load("vlm", lambda: self._judge(Role.VLM, "transformers.AutoProcessor"))
+
+    def clip(self) -> tuple[Any, Any]:
+        """(CLIP dual encoder, CLIPProcessor)."""
+        return self._load("clip", lambda: self._judge(Role.CLIP, "transformers.CLIPProcessor"))
 
     def prepare(self, pipe: Any, *, loras: Mapping[str, float | None] | None = None,
                 lora_refs: Mapping[str, str] | None = None,

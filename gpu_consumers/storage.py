@@ -2,11 +2,15 @@
 
 ``open_store(results_url, s3_endpoint_url)`` picks the store by scheme:
 
-- ``file:///path`` → :class:`FileStore`: ``<root>/<task_id>/<attempt>/<name><suffix>``, written
+- ``file:///path`` → :class:`FileStore`: ``<root>/<tenant>/<task_id>/<attempt>/<name><suffix>``, written
   atomically (a temp file in the same folder, ``os.replace``, fsync), so a reader never sees half
   a result and a re-run of the same attempt (at-least-once delivery) just replaces the file.
-- ``s3://bucket/prefix`` → :class:`S3Store`: key ``<prefix>/<task_id>/<attempt>/<name><suffix>``,
+- ``s3://bucket/prefix`` → :class:`S3Store`: key ``<prefix>/<tenant>/<task_id>/<attempt>/<name><suffix>``,
   ``put_object`` with the output's ``ContentType``; the URL returned is ``s3://bucket/key``.
+
+``<tenant>`` is :func:`tenant_segment` of the task's ``origin_tenant_id``: each tenant's results
+live under a prefix of their own, the only part of the store a task of that tenant may name as
+an input (``gpu_consumers.input_scope``; docs/SECURITY.md).
 
 ``StorageSettings``: ``RESULTS_URL`` (default ``file://$XDG_CACHE_HOME/compute-server/results``,
 ``~/.cache`` when unset: a per-user folder that survives reboots, unlike the temp folder),
@@ -20,6 +24,7 @@ name that is not a plain file name raises :class:`~gpu_consumers.errors.InvalidI
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -35,6 +40,21 @@ from gpu_consumers.handler import OutputFile
 
 _SAFE_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _SAFE_SUFFIX = re.compile(r"(\.[A-Za-z0-9]{1,16})?")
+# A tenant id used as it is: lower case only (a case-insensitive file system or server must not
+# fold two tenants into one folder), no dots (no '.', '..' or trailing dot), no separators.
+_PLAIN_TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+UNTENANTED = "_untenanted"  # tasks without an origin_tenant_id (the CLI, internal producers)
+
+
+def tenant_segment(tenant_id: str | None) -> str:
+    """The folder / key segment of a tenant's results: a plain lower-case id as it is; any other
+    id (upper case, dots, slashes, unicode, empty, long) as ``_t-`` and 32 hex digits of its
+    SHA-256. Distinct tenants never share a segment: a plain id cannot start with ``_``."""
+    if tenant_id is None:
+        return UNTENANTED
+    if _PLAIN_TENANT.fullmatch(tenant_id):
+        return tenant_id
+    return "_t-" + hashlib.sha256(tenant_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def default_results_url() -> str:
@@ -71,8 +91,10 @@ class StorageSettings(BaseSettings):
 
 
 class OutputStore(Protocol):
-    def put(self, task_id: str, attempt: int, name: str, output: OutputFile) -> str:
-        """Store ``output``; returns its URL (``file://...`` or ``s3://...``)."""
+    def put(self, task_id: str, attempt: int, name: str, output: OutputFile, *,
+            tenant_id: str | None = None) -> str:
+        """Store ``output`` under ``tenant_id``'s prefix; returns its URL (``file://...`` or
+        ``s3://...``)."""
         ...
 
     def delete(self, url: str) -> None:
@@ -80,7 +102,7 @@ class OutputStore(Protocol):
         ...
 
 
-def _relative_key(task_id: str, attempt: int, name: str, suffix: str) -> str:
+def _relative_key(tenant_id: str | None, task_id: str, attempt: int, name: str, suffix: str) -> str:
     for label, part in (("task id", task_id), ("output name", name)):
         if not _SAFE_PART.fullmatch(part) or ".." in part:
             raise InvalidInput(f"{label} {part!r} cannot be used in a result path "
@@ -89,7 +111,7 @@ def _relative_key(task_id: str, attempt: int, name: str, suffix: str) -> str:
         raise InvalidInput(f"output suffix {suffix!r} is not a plain extension such as '.png'")
     if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
         raise InvalidInput(f"attempt {attempt!r} is not a non-negative integer")
-    return f"{task_id}/{attempt}/{name}{suffix}"
+    return f"{tenant_segment(tenant_id)}/{task_id}/{attempt}/{name}{suffix}"
 
 
 def _sync_directory(path: Path) -> None:
@@ -111,8 +133,9 @@ class FileStore:
         # 1.4 ms of ~3.6, p99 ~5 ms: journal commits behind the broker's and database's writes).
         self.fsync = fsync
 
-    def put(self, task_id: str, attempt: int, name: str, output: OutputFile) -> str:
-        target = self.root / _relative_key(task_id, attempt, name, output.suffix)
+    def put(self, task_id: str, attempt: int, name: str, output: OutputFile, *,
+            tenant_id: str | None = None) -> str:
+        target = self.root / _relative_key(tenant_id, task_id, attempt, name, output.suffix)
         temp: str | None = None  # the file to remove if the write fails: the temp, then target
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -171,14 +194,12 @@ class S3Store:
         self.prefix = prefix.strip("/")
         self.client = client
 
-    def _key(self, task_id: str, attempt: int, name: str, suffix: str) -> str:
-        relative = _relative_key(task_id, attempt, name, suffix)
-        return f"{self.prefix}/{relative}" if self.prefix else relative
-
-    def put(self, task_id: str, attempt: int, name: str, output: OutputFile) -> str:
+    def put(self, task_id: str, attempt: int, name: str, output: OutputFile, *,
+            tenant_id: str | None = None) -> str:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        key = self._key(task_id, attempt, name, output.suffix)
+        relative = _relative_key(tenant_id, task_id, attempt, name, output.suffix)
+        key = f"{self.prefix}/{relative}" if self.prefix else relative
         url = f"s3://{self.bucket}/{key}"
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=output.data,
@@ -211,6 +232,14 @@ def _client_error(exc: Any) -> str:
     return f"{error.get('Code', 'error')}: {error.get('Message', '')}".rstrip(": ")
 
 
+def s3_location(results_url: str) -> tuple[str, str]:
+    """(bucket, key prefix without end slashes) of an ``s3://bucket[/prefix]`` results URL."""
+    bucket, _, prefix = results_url.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise ValueError(f"RESULTS_URL {results_url!r} names no bucket (s3://bucket[/prefix])")
+    return bucket.lower(), prefix.strip("/")
+
+
 def make_s3_client(endpoint_url: str | None, *, timeout_s: float = 30.0) -> Any:
     """A boto3 S3 client; path-style addressing for a custom endpoint (MinIO, moto)."""
     import boto3
@@ -229,9 +258,7 @@ def open_store(results_url: str, s3_endpoint_url: str | None = None, *,
     if scheme == "file":
         return FileStore(file_url_path(results_url), fsync=fsync)
     if scheme == "s3":
-        bucket, _, prefix = results_url.removeprefix("s3://").partition("/")
-        if not bucket:
-            raise ValueError(f"RESULTS_URL {results_url!r} names no bucket (s3://bucket[/prefix])")
+        bucket, prefix = s3_location(results_url)
         try:
             client = make_s3_client(s3_endpoint_url)
         except Exception as exc:  # botocore config/credential setup errors

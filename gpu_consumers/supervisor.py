@@ -162,8 +162,10 @@ def _child_main(conn: Connection, build: Callable[[], ChildKit], log_level: int)
             except (TypeError, ValueError):
                 pass
 
+        # The task reads inputs only as its tenant may (gpu_consumers.input_scope).
+        fetch = kit.fetcher and kit.fetcher.for_task(task.envelope.origin_tenant_id)
         ctx = TaskContext(task_id=task.envelope.task_id, attempt=attempt, progress=progress,
-                          cancel=token, fetch=kit.fetcher, models=kit.models, device=kit.device,
+                          cancel=token, fetch=fetch, models=kit.models, device=kit.device,
                           low_memory=low_memory)
         try:
             result = handlers.for_task(task).run(task.params, ctx)

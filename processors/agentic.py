@@ -259,6 +259,7 @@ _REVISIONS: tuple[tuple[str, str], ...] = (
     ("clipped", "balanced exposure, no clipped highlights or shadows"),
     ("dull", "rich natural colours"),
     ("cut-out", "clean isolated subject with crisp edges"),
+    ("off-prompt", "faithful to every detail of the description"),  # the clip evaluators' reason
 )
 
 

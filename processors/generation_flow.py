@@ -17,8 +17,8 @@ generations topic; it carries out the :data:`Effect` list each returns, in order
   with ``Completed(score, reasons)``; its action becomes an :class:`EmitEvaluation` (the
   evaluation stream, ``<prefix>.evaluations``) and a :class:`SubmitTask` (RETRY), or the
   prediction's outcome (ACCEPT / ACCEPT_BEST / GIVE_UP);
-* :func:`start_judging` — the evaluator is a task evaluator (``vlm``): its judge task is
-  submitted and the attempt waits for it;
+* :func:`start_judging` — the evaluator is a task evaluator (``vlm``, ``clip``,
+  ``quality+clip``): its judge task is submitted and the attempt waits for it;
 * :func:`cancel` — a :class:`producers.generations.GenerationCancelRequested` arrived: every
   prediction not yet ended is CANCELLED at once (an AGENTIC shot is done), and each task still in
   flight gets a :class:`CancelTask` (the workers stop it cooperatively). Final states arriving
@@ -96,12 +96,15 @@ class Evaluate:
 @dataclass(frozen=True)
 class ParseJudgement:
     """The judge of attempt ``task_id`` answered ``text``: parse it with the ``provider``'s
-    evaluator and call :func:`on_evaluation`."""
+    evaluator and call :func:`on_evaluation`. ``image_url`` is the attempt's image, for an
+    evaluator that also scores it in-process (a combined evaluator, or the weight-free fallback
+    when the answer has no score)."""
 
     task_id: str
     text: str
     provider: str
     context: EvaluationContext
+    image_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -280,7 +283,8 @@ def _on_judge(record: GenerationRecord, state: TaskState, now: datetime) -> Step
     if state.status is _S.COMPLETED:  # repeated while the attempt waits: see the module doc
         text = _result(state).get("result_text") or ""
         return record, [ParseJudgement(attempt.task_id, text, shot.settings.evaluation_provider,
-                                       _context(record, shot, attempt))]
+                                       _context(record, shot, attempt),
+                                       _image_url(p.results.get(attempt.task_id) or {}))]
     failed = Evaluation(0.0, (f"evaluation failed: {_code(state)}",), evaluator=JUDGE_EVALUATOR)
     return on_evaluation(record, attempt.task_id, failed, now=now)
 
@@ -431,7 +435,9 @@ def _context(record: GenerationRecord, shot: OrchestratedShot, attempt: ShotAtte
     task_type = attempt.params.task_type
     return EvaluationContext(task_type=task_type, prompt=_prompt_of(attempt.params),
                              generation_id=record.generation_id, shot_id=shot.shot_id, attempt=attempt.attempt,
-                             expects_alpha=task_type is TaskType.BACKGROUND_REMOVE)
+                             expects_alpha=task_type is TaskType.BACKGROUND_REMOVE,
+                             width=getattr(attempt.params, "width", None),
+                             height=getattr(attempt.params, "height", None))
 
 
 def _prompt_of(params: TaskParams) -> str | None:

@@ -14,9 +14,15 @@ calls them, and carries out the effects:
 * :class:`~processors.generation_flow.Evaluate` → the evaluator ``provider`` names in the
   :class:`~processors.evaluators.EvaluatorRegistry`. An in-process :class:`Evaluator`: fetch the
   image (``gpu_consumers.inputs.InputFetcher``: limits, private-address rule) and score it in a
-  thread → ``on_evaluation``. A :class:`TaskEvaluator` (``vlm``): ``request(image_url, context)``
-  → ``start_judging`` (its judge task is one more SubmitTask);
-* :class:`~processors.generation_flow.ParseJudgement` → ``evaluator.parse`` → ``on_evaluation``;
+  thread → ``on_evaluation``. A :class:`TaskEvaluator` (``vlm``, ``clip``, ``quality+clip``):
+  ``request(image_url, context)`` → ``start_judging`` (its judge task is one more SubmitTask);
+  a :class:`CombinedEvaluator` that does not ``apply`` to the attempt: its ``local`` part
+  in-process, as above;
+* :class:`~processors.generation_flow.ParseJudgement` → ``evaluator.parse`` → ``on_evaluation``.
+  A :class:`CombinedEvaluator`: the image is fetched and scored by its ``local`` part in a
+  thread, and ``combine`` makes the evaluation. An answer with no score
+  (:class:`UnparseableJudgement`): the image is scored by the weight-free evaluator (the
+  combined one's ``local``, else ``quality``) with a first reason saying why;
 * :class:`~processors.generation_flow.EmitEvaluation` → ``schemas.emit.produce_event`` to the
   evaluations topic (Avro, CloudEvents headers), keyed by the attempt's task id;
 * :class:`~processors.generation_flow.CancelTask` → a ``CancelRequested`` (event id
@@ -26,8 +32,8 @@ calls them, and carries out the effects:
 
 The effects of ``on_evaluation`` / ``start_judging`` are carried out right after the effect that
 caused them (depth first) until none is left. An evaluator that fails (unknown provider, image
-refused or unreadable, unparseable judgement) scores 0.0 with a reason naming the error: the
-loop goes on and the failure is visible in the record and on the evaluations stream.
+refused or unreadable) scores 0.0 with a reason naming the error: the loop goes on and the
+failure is visible in the record and on the evaluations stream.
 
 At least once: the effects' records are flushed (and acknowledged) before the new record goes
 to the table and its changelog, and Faust commits the offset only after that. A replay after a
@@ -38,6 +44,7 @@ fold and the readers absorb. A record the broker refuses stops the app, so no co
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -49,8 +56,9 @@ from confluent_kafka import Producer
 from PIL import Image
 
 from processors import generation_flow as flow
-from processors.evaluators.base import (Evaluation, EvaluationContext, Evaluator,
-                                        EvaluatorRegistry, EvaluatorSettings, TaskEvaluator)
+from processors.evaluators.base import (WEIGHT_FREE, CombinedEvaluator, Evaluation, EvaluationContext,
+                                        Evaluator, EvaluatorRegistry, EvaluatorSettings, TaskEvaluator,
+                                        UnparseableJudgement)
 from processors.generation_flow import CancelTask, EmitEvaluation, Evaluate, ParseJudgement, SubmitTask
 from processors.generation_messages import BadGenerationRecord, read_generation_message, record_headers
 from processors.generation_record import GenerationRecord, decode_record, encode_record
@@ -226,7 +234,7 @@ class Orchestrator:
             elif isinstance(effect, Evaluate):
                 record, more = await self._evaluate(record, effect)
             elif isinstance(effect, ParseJudgement):
-                record, more = self._parse(record, effect)
+                record, more = await self._parse(record, effect)
             else:
                 raise TypeError(f"unknown effect {effect!r}")
             pending.extendleft(reversed(more))  # depth first: what it caused comes next
@@ -245,31 +253,59 @@ class Orchestrator:
                         ) -> tuple[GenerationRecord, list[flow.Effect]]:
         try:
             evaluator = self.evaluator(effect.provider)
+            if isinstance(evaluator, CombinedEvaluator) and not evaluator.applies(effect.context):
+                evaluator = evaluator.local
             if isinstance(evaluator, TaskEvaluator) and not isinstance(evaluator, Evaluator):
                 params = evaluator.request(effect.image_url, effect.context)
                 return flow.start_judging(record, effect.task_id, params, now=self._clock())
-            loop = asyncio.get_running_loop()
-            evaluation = await loop.run_in_executor(
-                None, self._score, evaluator, effect.image_url, effect.context)
+            evaluation = await self._score(evaluator, effect.image_url, effect.context)
         except Exception as exc:  # bad image, fetch refused, unknown provider, evaluator bug
             log.warning("evaluation of task %s (%s) failed: %s", effect.task_id, effect.provider, exc)
             evaluation = failed_evaluation(effect.provider, exc)
         return flow.on_evaluation(record, effect.task_id, evaluation, now=self._clock())
 
-    def _score(self, evaluator: Evaluator, image_url: str, context: EvaluationContext) -> Evaluation:
-        return evaluator.evaluate(self._fetch_image(image_url), context)
+    async def _score(self, evaluator: Evaluator, image_url: str | None,
+                     context: EvaluationContext) -> Evaluation:
+        """``evaluator`` on the image at ``image_url``, fetched and scored in the executor."""
+        if image_url is None:
+            raise ValueError("the attempt has no image to score")
 
-    def _parse(self, record: GenerationRecord, effect: ParseJudgement
-               ) -> tuple[GenerationRecord, list[flow.Effect]]:
+        def fetch_and_score() -> Evaluation:
+            return evaluator.evaluate(self._fetch_image(image_url), context)
+
+        return await asyncio.get_running_loop().run_in_executor(None, fetch_and_score)
+
+    async def _parse(self, record: GenerationRecord, effect: ParseJudgement
+                     ) -> tuple[GenerationRecord, list[flow.Effect]]:
         try:
             evaluator = self.evaluator(effect.provider)
             if not isinstance(evaluator, TaskEvaluator):
                 raise TypeError(f"evaluator {effect.provider!r} does not judge by task")
-            evaluation = evaluator.parse(effect.text, effect.context)
-        except Exception as exc:  # UnparseableJudgement above all
+            try:
+                evaluation = evaluator.parse(effect.text, effect.context)
+            except UnparseableJudgement as exc:
+                log.warning("judgement of task %s (%s) has no score; the weight-free evaluator "
+                            "scores it: %s", effect.task_id, effect.provider, exc)
+                evaluation = await self._fall_back(evaluator, effect, exc)
+            else:
+                if isinstance(evaluator, CombinedEvaluator):
+                    local = await self._score(evaluator.local, effect.image_url, effect.context)
+                    evaluation = evaluator.combine(evaluation, local)
+        except Exception as exc:  # image refused or unreadable, unknown provider, evaluator bug
             log.warning("judgement of task %s (%s) unusable: %s", effect.task_id, effect.provider, exc)
             evaluation = failed_evaluation(effect.provider, exc)
         return flow.on_evaluation(record, effect.task_id, evaluation, now=self._clock())
+
+    async def _fall_back(self, judge: TaskEvaluator, effect: ParseJudgement,
+                         error: UnparseableJudgement) -> Evaluation:
+        """The weight-free score of the attempt whose judge gave no score, the first reason
+        saying so."""
+        weight_free = judge.local if isinstance(judge, CombinedEvaluator) else self.evaluator(WEIGHT_FREE)
+        if not isinstance(weight_free, Evaluator):
+            raise TypeError(f"the fallback evaluator {WEIGHT_FREE!r} is no in-process evaluator")
+        scored = await self._score(weight_free, effect.image_url, effect.context)
+        why = f"the {judge.name} judge gave no score ({str(error)[:240]}); scored by {weight_free.name}"
+        return dataclasses.replace(scored, reasons=(why, *scored.reasons))
 
     def close(self) -> None:
         try:

@@ -16,6 +16,7 @@ it; then stop the children (SIGTERM) and the stack. Results are kept in ``.cache
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import time
 from pathlib import Path
@@ -84,7 +85,7 @@ def _run_on(stack, console: Console) -> None:
         settings = KafkaSettings(bootstrap_servers=stack.kafka.bootstrap_servers)
         report = ensure_topics(settings)
         console.print(f"topics: {len(report.created)} created, {len(report.existing)} already there")
-        tasks = demo_tasks(stack.results_dir / "demo-inputs")
+        tasks = demo_tasks(stack.inputs_dir)  # the stack's INPUT_ALLOWED_FILE_ROOTS
         workdir = stack.results_dir / "processes"  # under the stack's folder: a test finds leftovers
         workdir.mkdir()
         children = Children(_children_env(stack, settings, workdir), workdir)
@@ -103,8 +104,9 @@ def _run_on(stack, console: Console) -> None:
 
 
 def _children_env(stack, settings: KafkaSettings, workdir: Path) -> dict[str, str]:
-    """The stack's endpoints, and what makes the worker fit a demo: CPU, the offline models
-    (built once into .cache/models), results kept in .cache/demo-results, the demo's inputs."""
+    """The stack's endpoints (with its inputs folder, INPUT_ALLOWED_FILE_ROOTS, where the demo's
+    input images are), and what makes the worker fit a demo: CPU, the offline models (built once
+    into .cache/models), results kept in .cache/demo-results."""
     return {
         **os.environ, **stack.env(), "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "KAFKA_TOPIC_PREFIX": settings.topic_prefix, "WORKER_GROUP_PREFIX": _WORKER_GROUPS,
@@ -113,8 +115,9 @@ def _children_env(stack, settings: KafkaSettings, workdir: Path) -> dict[str, st
         "PROCESSORS_DATADIR": str(workdir / "processors-data"),
         "WORKER_DEVICE": "cpu", "RESULTS_URL": _RESULTS.as_uri(), "COMPUTE_MODEL_PROFILE": "offline",
         "COMPUTE_MODEL_CACHE_DIR": str(_REPO / ".cache" / "models"),
-        "INPUT_ALLOWED_FILE_ROOTS": str(stack.results_dir / "demo-inputs"),
         "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+        # Idempotency-Key ids keyed as in a deployment (docs/SECURITY.md); one demo, one secret.
+        "IDEMPOTENCY_SECRET": secrets.token_hex(16),
     }
 
 
@@ -137,7 +140,7 @@ def _stop_children(children: Children, console: Console) -> None:
         codes = children.stop()
     counters = children.started["worker"].last_json_line() if "worker" in children.started else None
     # Their folder goes with the stack; the logs are worth keeping, a failed run most of all.
-    logs = _RESULTS / "logs"
+    logs = _RESULTS / "_logs"  # '_': no tenant's segment (a tenant "logs" would own "logs")
     logs.mkdir(parents=True, exist_ok=True)
     for child in children.started.values():
         shutil.copyfile(child.log, logs / child.log.name)

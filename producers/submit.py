@@ -4,10 +4,11 @@
 keyed by task id (idempotent producer, ``acks=all``), and once the broker has acknowledged it
 emits PENDING then QUEUED on the status topic. Nothing is produced for an invalid task.
 
-A caller-supplied idempotency key always maps to the same task id (UUIDv5 of tenant + key), so a
-repeated submit can never become a second task: this producer drops a repeat it has already
-sent, and any other producer's repeat carries the same id, which workers and the lifecycle fold
-treat as the same task.
+A caller-supplied idempotency key always maps to the same task id (``producers/task_ids.py``: of
+tenant + key, keyed with ``IDEMPOTENCY_SECRET`` when set), so a repeated submit can never become
+a second task: this producer drops a repeat it has already sent, and any other producer's repeat
+(with the same secret) carries the same id, which workers and the lifecycle fold treat as the
+same task.
 
 The records are written without building their pydantic events: the params are the validated
 model, everything else is an id, a time or a value checked here, and the bytes come from
@@ -20,17 +21,17 @@ per batch of statuses, is what lets one process submit tens of thousands of task
 from __future__ import annotations
 
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from pydantic import TypeAdapter, ValidationError
 
-from producers.errors import DeliveryError
+from producers.errors import DeliveryError, TaskTooLargeError
 from producers.submit_records import SubmitRecords
+from producers.task_ids import IdempotencySettings, task_id_for
 from schemas.avro_writer import micros_varint
 from schemas.codec import EventCodec
 from schemas.enums import TaskType
@@ -48,9 +49,6 @@ from schemas.kafka_settings import KafkaSettings
 from schemas.records import AVRO_INT_MAX, UuidStr, WebhookUrl
 from schemas.schema_store import publish_schemas
 from schemas.task_params import PARAMS_MODELS
-
-# Fixed namespace for idempotency-key task ids; changing it would break every stored key.
-IDEMPOTENCY_NAMESPACE = uuid.UUID("5f1d3c8e-7a43-4b8e-9a51-6c0e2f4d9b17")
 
 # librdkafka settings for the task producer. Idempotence implies acks=all and bounded in-flight
 # requests; linger of 5 ms lets bursts batch without hurting single-task latency much.
@@ -79,13 +77,11 @@ _RECORDS_CAPACITY = 1024
 # (``on_delivery`` is its alias, used only when ``callback`` is not given at all).
 _BY_KEY, _NOW = -1, 0
 
+# librdkafka's default message.max.bytes (a record over it is refused before it is sent).
+_LIBRDKAFKA_MAX_MESSAGE_BYTES = 1_000_000
+
 _monotonic = time.monotonic
 _time_ns = time.time_ns
-
-
-def task_id_for(idempotency_key: str, tenant_id: str | None = None) -> str:
-    """The task id an idempotency key stands for. Keys are scoped per tenant."""
-    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{tenant_id or ''}\x1f{idempotency_key}"))
 
 
 @dataclass(frozen=True)
@@ -110,6 +106,7 @@ class ProducerStats:
     deduplicated: int = 0
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    too_large: list[str] = field(default_factory=list)  # of the failures: refused as too large
 
 
 def validate_params(task_type: TaskType | str, params: Mapping[str, Any] | Any) -> Any:
@@ -136,6 +133,22 @@ def _problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
         path = ".".join(str(p) for p in err["loc"])
         problems.append((f"{prefix}.{path}" if prefix and path else prefix or path or "(task)", err["msg"]))
     return problems
+
+
+def _unencodable(value: Any, path: str = "") -> list[tuple[str, str]]:
+    """(field path, rule) of every text in ``value`` that UTF-8 cannot encode."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return [(path or "(task)", "must be valid Unicode text (it holds a lone surrogate)")]
+        return []
+    if isinstance(value, dict):
+        return [p for k, v in value.items()
+                for p in _unencodable(k, path) + _unencodable(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in _unencodable(v, f"{path}[{i}]")]
+    return []
 
 
 # The envelope fields a caller may set besides the params, checked by the same rules as the
@@ -165,6 +178,10 @@ def _check_arguments(
 
     if idempotency_key is not None and not isinstance(idempotency_key, str):
         raise TaskValidationError(task_type.value, [("idempotency_key", "must be text")])
+    if idempotency_key is not None and not idempotency_key.isascii():  # it names the task id
+        problems = _unencodable(idempotency_key, "idempotency_key")
+        if problems:
+            raise TaskValidationError(task_type.value, problems)
     if orchestration is not None and not isinstance(orchestration, Orchestration):
         try:
             orchestration = Orchestration.model_validate(orchestration)
@@ -193,7 +210,9 @@ class TaskProducer:
         origin: Origin = Origin(),
         dedupe_capacity: int = 100_000,
         producer_config: Mapping[str, Any] | None = None,
+        idempotency_secret: bytes | None = None,
     ) -> None:
+        """``idempotency_secret``: keys Idempotency-Key task ids (default: ``IDEMPOTENCY_SECRET``)."""
         if not isinstance(source, str) or not source:
             raise ValueError(f"source must be non-empty text (got {source!r})")
         if not isinstance(origin, Origin):
@@ -205,6 +224,7 @@ class TaskProducer:
         self._codec = codec or EventCodec()
         self._source = source
         self._origin = origin
+        self.idempotency_secret = idempotency_secret or IdempotencySettings().secret_bytes()
         self._dedupe_capacity = dedupe_capacity
         self._sent: OrderedDict[str, None] = OrderedDict()
         # Tasks the broker acknowledged whose PENDING/QUEUED are not produced yet: (task id as
@@ -220,13 +240,18 @@ class TaskProducer:
         self._plain_records: dict[type, SubmitRecords] = {}
         self._records: dict[tuple[type, int, Origin, bool], SubmitRecords] = {}
         self._status_headers = raw_header_builder(StatusChanged.avro_name, source)
-        self._producer = Producer(
-            {**settings.client_config(), **_PRODUCER_DEFAULTS, **(producer_config or {})}
-        )
+        config = {**settings.client_config(), **_PRODUCER_DEFAULTS, **(producer_config or {})}
+        self._producer = Producer(config)
+        # Only to say the limit in TaskTooLargeError (librdkafka enforces it).
+        self._max_message_bytes = int(config.get("message.max.bytes", _LIBRDKAFKA_MAX_MESSAGE_BYTES))
         if self._codec.framing.value == "single-object":
             publish_schemas(self._producer, settings, [m.avro_name for m in all_event_models()])
 
     # -- public API ------------------------------------------------------------------------
+
+    def task_id_for(self, idempotency_key: str, tenant_id: str | None) -> str:
+        """The id :meth:`submit` gives a task of ``tenant_id`` with ``idempotency_key``."""
+        return task_id_for(idempotency_key, tenant_id, self.idempotency_secret)
 
     def submit(
         self,
@@ -241,7 +266,9 @@ class TaskProducer:
         attempt: int = 1,
     ) -> str:
         """Validate and produce one task; return its id. Delivery is asynchronous: call
-        :meth:`flush` to wait for the broker (it raises DeliveryError on failures)."""
+        :meth:`flush` to wait for the broker (it raises DeliveryError on failures). Raises
+        TaskValidationError for an invalid task and TaskTooLargeError for one over the
+        producer's ``message.max.bytes``: nothing is produced then."""
         valid = validate_params(task_type, params)
         task_type = valid.task_type
         if (idempotency_key is not None or orchestration is not None or webhook_url is not None
@@ -252,23 +279,31 @@ class TaskProducer:
             )
         origin = origin or self._origin
         if task_id is None:
-            task_id = task_id_for(idempotency_key, origin.tenant_id) if idempotency_key else new_uuid4()
+            task_id = (task_id_for(idempotency_key, origin.tenant_id, self.idempotency_secret)
+                       if idempotency_key else new_uuid4())
         dedupe_key = f"{task_id}/{attempt}"
         sent = self._sent
         if dedupe_key in sent:
             sent.move_to_end(dedupe_key)
             self.stats.deduplicated += 1
             return task_id
-        if attempt == 1 and origin is self._origin and orchestration is None:
-            records = self._plain_records.get(type(valid)) or self._records_for(valid, 1, origin, False)
-        else:
-            records = self._records_for(valid, attempt, origin, orchestration is not None)
-
         # Every value below was validated (params, arguments) or is made here (ids, time).
         now = _time_ns() // 1000  # occurred_at, in microseconds since the epoch
         event_id, tid, trace = new_uuid4().encode(), task_id.encode(), trace_prefix(new_trace_id())
-        value = records.task(event_id, tid, micros_varint(now), valid, idempotency_key, orchestration,
-                             webhook_url)
+        try:
+            if attempt == 1 and origin is self._origin and orchestration is None:
+                records = self._plain_records.get(type(valid)) or self._records_for(valid, 1, origin, False)
+            else:
+                records = self._records_for(valid, attempt, origin, orchestration is not None)
+            value = records.task(event_id, tid, micros_varint(now), valid, idempotency_key,
+                                 orchestration, webhook_url)
+        except UnicodeEncodeError:
+            # Text pydantic accepts but UTF-8 cannot carry (a lone surrogate such as "\udfff"):
+            # found only when writing, where it costs nothing on the usual path.
+            raise TaskValidationError(task_type.value, _unencodable(
+                {"params": valid.model_dump(), "idempotency_key": idempotency_key,
+                 "orchestration": orchestration and orchestration.model_dump(),
+                 "webhook_url": webhook_url, "origin": origin.__dict__})) from None
         headers = records.task_headers(event_id, new_traceparent_bytes(trace))
         gid = orchestration.generation_id.encode() if orchestration is not None else b""
         acknowledged = (task_id, tid, trace, records.status_pieces, gid)
@@ -278,6 +313,8 @@ class TaskProducer:
             if err is not None:
                 stats.failed += 1
                 stats.failures.append((task_id, err.str()))
+                if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:  # the broker's (topic's) limit
+                    stats.too_large.append(task_id)
                 self._sent.pop(dedupe_key, None)
                 return
             stats.acknowledged += 1
@@ -288,6 +325,11 @@ class TaskProducer:
             self._producer.produce(topic, value, task_id, _BY_KEY, delivered, None, _NOW, headers)
         except BufferError:  # librdkafka's queue is full: serve reports until there is room
             produce_record(self._producer, topic, value, task_id, headers, delivered)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:  # over message.max.bytes
+                raise
+            raise TaskTooLargeError(f"the {task_type.value} task's record", len(value),
+                                    self._max_message_bytes) from None
         # Counted and remembered once produced: a submit that raised can be repeated.
         stats.submitted += 1
         sent[dedupe_key] = None
@@ -312,10 +354,11 @@ class TaskProducer:
             self._produce_statuses()
             remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
         failures, self.stats.failures = self.stats.failures, []
+        too_large, self.stats.too_large = self.stats.too_large, []
         if remaining:
             failures.append(("(queue)", f"{remaining} record(s) still undelivered after {timeout_s}s"))
         if failures:
-            raise DeliveryError(failures)
+            raise DeliveryError(failures, too_large)
 
     def poll(self, timeout_s: float = 0.0) -> int:
         """Serve delivery reports (also done by submit); returns how many were served."""

@@ -9,6 +9,7 @@ raises pydantic's ValidationError naming the field and the rule.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints, model_validator
@@ -67,6 +68,47 @@ Prompt = Annotated[str, StringConstraints(min_length=1), AfterValidator(_not_bla
 """A required prompt: at least one non-blank character."""
 
 
+def _json_safe(value: dict) -> dict:
+    """Refuse what JSON text cannot carry: NaN and the infinities (``1e400`` parses as one),
+    which the Avro ``json`` field would write as bare ``NaN``/``Infinity`` that no JSON reader
+    (the projector's PostgreSQL included) accepts; and text no UTF-8 writer can encode (lone
+    surrogates such as ``"\\udfff"``) or PostgreSQL can store (U+0000)."""
+    where = _unsafe_json(value, "")
+    if where is not None:
+        raise ValueError(where)
+    return value
+
+
+def _unsafe_json(value: object, path: str) -> str | None:
+    """What makes ``value`` unsafe and where (``path``), or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path or 'value'}: must be a finite number (got {value})"
+    if isinstance(value, str):
+        if "\x00" in value:
+            return f"{path or 'value'}: must not contain U+0000 (NUL)"
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{path or 'value'}: must be valid Unicode text (it holds a lone surrogate)"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _unsafe_json(key, path) or _unsafe_json(item, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _unsafe_json(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+ProviderConfig = Annotated[JsonObject, AfterValidator(_json_safe)]
+"""Provider-specific settings: any JSON object that JSON text, UTF-8 and PostgreSQL can hold."""
+
+
 def check_pixels(width: int | None, height: int | None, max_pixels: int, names: str) -> None:
     """Raise ValueError when both sides are set and their product exceeds ``max_pixels``."""
     if width is not None and height is not None and width * height > max_pixels:
@@ -96,7 +138,7 @@ class GenerationParams(TaskParams):
     reference_image_url: Url | None = None
     reference_image_strength: Unit | None = None
     provider_type: str | None = None
-    provider_config: JsonObject | None = None
+    provider_config: ProviderConfig | None = None
 
     @model_validator(mode="after")
     def _pixels(self) -> GenerationParams:
@@ -125,7 +167,7 @@ class EditingParams(TaskParams):
     width: Dim | None = None
     height: Dim | None = None
     provider_type: str | None = None
-    provider_config: JsonObject | None = None
+    provider_config: ProviderConfig | None = None
 
     @model_validator(mode="after")
     def _pixels(self) -> EditingParams:
@@ -150,7 +192,7 @@ class RefineParams(TaskParams):
     face_detail_denoise: Unit | None = None
     face_detail_prompt: str | None = None
     provider_type: str | None = None
-    provider_config: JsonObject | None = None
+    provider_config: ProviderConfig | None = None
 
     @model_validator(mode="after")
     def _pixels(self) -> RefineParams:
@@ -168,7 +210,7 @@ class VideoGenerationParams(TaskParams):
     duration: Annotated[float, Field(gt=0.0, le=DURATION_MAX_S)] | None = None
     seed: Seed | None = None
     provider_type: str | None = None
-    provider_config: JsonObject | None = None
+    provider_config: ProviderConfig | None = None
 
 
 class BackgroundFixParams(TaskParams):
@@ -181,7 +223,7 @@ class BackgroundFixParams(TaskParams):
     mask_expansion: Annotated[int, Field(ge=MASK_EXPANSION_MIN, le=MASK_EXPANSION_MAX)] | None = None
     blend_strength: Unit | None = None
     provider_type: str | None = None
-    provider_config: JsonObject | None = None
+    provider_config: ProviderConfig | None = None
 
 
 class FaceEnhancerParams(TaskParams):
@@ -193,7 +235,7 @@ class FaceEnhancerParams(TaskParams):
     prompt: str | None = None
     preserve_identity: bool | None = None
     provider_type: str | None = None
-    provider_config: JsonObject | None = None
+    provider_config: ProviderConfig | None = None
 
 
 class ImageAdjusterParams(TaskParams):
@@ -207,7 +249,7 @@ class ImageAdjusterParams(TaskParams):
     warmth: Adjust | None = None
     prompt: str | None = None
     provider_type: str | None = None
-    provider_config: JsonObject | None = None
+    provider_config: ProviderConfig | None = None
 
 
 class DetailEnhancerParams(TaskParams):
@@ -219,7 +261,7 @@ class DetailEnhancerParams(TaskParams):
     prompt: str | None = None
     preserve_original: bool | None = None
     provider_type: str | None = None
-    provider_config: JsonObject | None = None
+    provider_config: ProviderConfig | None = None
 
 
 class BackgroundRemoveParams(TaskParams):
@@ -231,7 +273,7 @@ class BackgroundRemoveParams(TaskParams):
     # None means png (the seed: "outputs transparent PNG").
     output_format: Literal["png", "webp"] | None = None
     provider_type: str | None = None
-    provider_config: JsonObject | None = None
+    provider_config: ProviderConfig | None = None
 
 
 class LlmInteractionParams(TaskParams):
@@ -243,7 +285,7 @@ class LlmInteractionParams(TaskParams):
     max_tokens: Annotated[int, Field(ge=MAX_TOKENS_MIN, le=MAX_TOKENS_MAX)] | None = None
     temperature: Annotated[float, Field(ge=TEMPERATURE_MIN, le=TEMPERATURE_MAX)] | None = None
     provider_type: str | None = None
-    provider_config: JsonObject | None = None
+    provider_config: ProviderConfig | None = None
 
 
 PARAMS_MODELS: dict[TaskType, type[TaskParams]] = {

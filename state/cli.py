@@ -48,19 +48,25 @@ def apikey() -> None:
 @apikey.command("create")
 @click.option("--tenant", required=True, help="The tenant whose tasks the key may see.")
 @click.option("--name", help="A label, e.g. who uses the key.")
+@click.option("--operator", is_flag=True, help=(
+    "An operator key: may also read /metrics and the fleet-wide monitoring routes (every "
+    "tenant's figures, worker hosts). For Prometheus and the people running the fleet."))
 @click.option("--json", "as_json", is_flag=True, help="Print the key as JSON.")
 @_db_option
-def apikey_create(tenant: str, name: str | None, as_json: bool, database_url: str | None) -> None:
+def apikey_create(tenant: str, name: str | None, operator: bool, as_json: bool,
+                  database_url: str | None) -> None:
     """Create a key for TENANT and print it; it is shown only this once."""
     from state.db.apikeys import create_key
 
-    key, record = create_key(_database_url(database_url), tenant, name)
+    key, record = create_key(_database_url(database_url), tenant, name, operator=operator)
+    kind = "operator" if operator else "tenant"
     if as_json:
-        click.echo(json.dumps({"key": key, "key_id": record.key_id, "tenant": tenant}))
+        click.echo(json.dumps({"key": key, "key_id": record.key_id, "tenant": tenant,
+                               "operator": operator}))
     else:
         click.echo(key)
-        click.echo(f"key id {record.key_id}, tenant {tenant}: store the key now, it is not kept",
-                   err=True)
+        click.echo(f"{kind} key id {record.key_id}, tenant {tenant}: store the key now, it is "
+                   "not kept", err=True)
 
 
 @apikey.command("list")
@@ -74,12 +80,14 @@ def apikey_list(tenant: str | None, as_json: bool, database_url: str | None) -> 
     keys = list_keys(_database_url(database_url), tenant)
     if as_json:
         click.echo(json.dumps([{"key_id": k.key_id, "tenant": k.tenant_id, "name": k.name,
-                                "created_at": k.created_at.isoformat(), "revoked": k.revoked}
-                               for k in keys]))
+                                "created_at": k.created_at.isoformat(), "revoked": k.revoked,
+                                "operator": k.operator} for k in keys]))
         return
     for k in keys:
         state = "revoked" if k.revoked else "active"
-        click.echo(f"{k.key_id}  {k.tenant_id:<24} {state:<8} {k.created_at:%Y-%m-%d %H:%M}  {k.name or ''}")
+        kind = "operator" if k.operator else "tenant"
+        click.echo(f"{k.key_id}  {k.tenant_id:<24} {state:<8} {kind:<8} "
+                   f"{k.created_at:%Y-%m-%d %H:%M}  {k.name or ''}")
 
 
 @apikey.command("revoke")

@@ -64,6 +64,7 @@ from state.api.webhook_delivery import WebhookDispatcher
 from state.api.webhooks import WebhookSettings
 from state.errors import LifecycleError
 from state.lifecycle import view_event
+from state.salvage import salvage_task
 
 log = logging.getLogger("state.projector")
 
@@ -123,7 +124,12 @@ def projector_topics(kafka: KafkaSettings) -> list[str]:
 def _decode(codec: EventCodec, msg: Message, status_topic: str) -> Event:
     """Decode one record to the event its topic carries; raise DecodeError/LifecycleError."""
     expect = StatusChanged if msg.topic() == status_topic else TaskSubmitted
-    event = codec.decode(msg.value() or b"")
+    try:
+        event = codec.decode(msg.value() or b"")
+    except DecodeError as exc:
+        if expect is StatusChanged:
+            raise
+        event = salvage_task(codec, msg.value() or b"", exc)  # a foreign provider_config
     if not isinstance(event, expect):
         raise DecodeError(f"expected a {expect.__name__} on {msg.topic()}, got {type(event).__name__}")
     if isinstance(event, StatusChanged):

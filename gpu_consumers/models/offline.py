@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from gpu_consumers.models import offline_vision
 from gpu_consumers.models.vocab import build_chat_tokenizer, write_clip_tokenizer_files
 
 Builder = Callable[[Path, dict[str, Any]], None]
@@ -150,6 +151,7 @@ def default_configs() -> dict[str, dict[str, Any]]:
                       # over and over; larger weights make outputs depend on the prompt.
                       "initializer_range": 0.5},
         },
+        **offline_vision.default_configs(),  # vlm, clip
     }
     return copy.deepcopy(configs)
 
@@ -391,6 +393,7 @@ BUILDERS: dict[str, Builder] = {
     "image_to_video": build_image_to_video,
     "segmentation": build_segmentation,
     "llm": build_llm,
+    **offline_vision.BUILDERS,
 }
 
 

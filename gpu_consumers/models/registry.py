@@ -54,6 +54,8 @@ class Role(StrEnum):
     IMAGE_TO_VIDEO = "image_to_video"
     SEGMENTATION = "segmentation"
     LLM = "llm"
+    VLM = "vlm"  # image-text-to-text: LLM_INTERACTION with images (the quality judge)
+    CLIP = "clip"  # image-text dual encoder: LLM_INTERACTION's prompt-alignment score
     LORA = "lora"
     IP_ADAPTER = "ip_adapter"
 
@@ -114,6 +116,14 @@ def production_specs() -> dict[Role, ModelSpec]:
         Role.LLM: ModelSpec(
             Role.LLM, "Qwen/Qwen2.5-1.5B-Instruct",
             loader="transformers.AutoModelForCausalLM", torch_dtype="bfloat16"),
+        # The judge that looks at images: an instruct VLM of the same family as the llm role,
+        # loaded through the image-text-to-text auto class (SmolVLM, LLaVA... work the same way).
+        Role.VLM: ModelSpec(
+            Role.VLM, "Qwen/Qwen2.5-VL-3B-Instruct",
+            loader="transformers.AutoModelForImageTextToText", torch_dtype="bfloat16"),
+        # Prompt alignment: CLIP ViT-L/14, the text encoder family of SD/SDXL prompts.
+        Role.CLIP: ModelSpec(
+            Role.CLIP, "openai/clip-vit-large-patch14", loader="transformers.CLIPModel"),
         # Deployment-specific adapters: none are public defaults. Configure one LoraSource per
         # slot (e.g. ModelRegistry.from_env: COMPUTE_LORA_STYLE=org/repo:file.safetensors).
         Role.LORA: ModelSpec(Role.LORA, "", loader="pipe.load_lora_weights"),

@@ -1,7 +1,10 @@
 """Evaluator plugins of the AGENTIC loop, chosen by ``evaluation_provider`` (see ``base``)."""
 
+from processors.evaluators.alignment import ClipAlignment, QualityAndAlignment, parse_alignment
 from processors.evaluators.base import (
     AUTO,
+    WEIGHT_FREE,
+    CombinedEvaluator,
     Evaluation,
     EvaluationContext,
     Evaluator,
@@ -10,14 +13,16 @@ from processors.evaluators.base import (
     EvaluatorSettings,
     TaskEvaluator,
     UnknownEvaluator,
+    UnparseableJudgement,
     default_registry,
 )
 from processors.evaluators.quality import QualityEvaluator
 from processors.evaluators.scripted import ScriptedEvaluator, ScriptExhausted
-from processors.evaluators.vlm import UnparseableJudgement, VlmJudge, parse_judgement
+from processors.evaluators.vlm import VlmJudge, parse_judgement
 
 __all__ = [
-    "AUTO", "Evaluation", "EvaluationContext", "Evaluator", "EvaluatorError", "EvaluatorRegistry",
-    "EvaluatorSettings", "QualityEvaluator", "ScriptExhausted", "ScriptedEvaluator", "TaskEvaluator",
-    "UnknownEvaluator", "UnparseableJudgement", "VlmJudge", "default_registry", "parse_judgement",
+    "AUTO", "WEIGHT_FREE", "ClipAlignment", "CombinedEvaluator", "Evaluation", "EvaluationContext",
+    "Evaluator", "EvaluatorError", "EvaluatorRegistry", "EvaluatorSettings", "QualityAndAlignment",
+    "QualityEvaluator", "ScriptExhausted", "ScriptedEvaluator", "TaskEvaluator", "UnknownEvaluator",
+    "UnparseableJudgement", "VlmJudge", "default_registry", "parse_alignment", "parse_judgement",
 ]

@@ -4,13 +4,23 @@ Two kinds of evaluator:
 
 * :class:`Evaluator` scores an image in-process (``evaluate(image, context)``): the weight-free
   ``quality`` evaluator, the ``scripted`` one of tests and demos;
-* :class:`TaskEvaluator` needs a task round-trip (the ``vlm`` judge runs as an LLM_INTERACTION
-  task): ``request(image_url, context)`` builds the task's parameters and ``parse(text, context)``
-  turns the task's answer into an :class:`Evaluation`.
+* :class:`TaskEvaluator` needs a task round-trip (the ``vlm`` judge and the ``clip`` alignment
+  run as LLM_INTERACTION tasks): ``request(image_url, context)`` builds the task's parameters and
+  ``parse(text, context)`` turns the task's answer into an :class:`Evaluation`;
+* :class:`CombinedEvaluator` is a task evaluator with an in-process part too (``quality+clip``):
+  when its task answers, the orchestrator fetches the image, scores it with ``local`` and
+  ``combine`` merges the two evaluations.
+
+A judge's answer with no score raises :class:`UnparseableJudgement`; the orchestrator then scores
+the image with the weight-free evaluator (:data:`WEIGHT_FREE`, or a combined evaluator's
+``local``) and says so in the reasons.
 
 :meth:`EvaluatorRegistry.resolve` picks by name; ``auto`` takes the first *available*
-model-based evaluator (its weights or model are configured in :class:`EvaluatorSettings`), else
-the weight-free one. Settings are read once (:meth:`EvaluatorSettings.from_env`) and passed down.
+model-based evaluator in registration order (its model is configured in
+:class:`EvaluatorSettings`), else the first weight-free one. :func:`default_registry` registers
+``vlm``, ``quality+clip``, ``clip``, ``quality``: ``auto`` is the VLM judge where one is
+configured, else quality combined with CLIP alignment where CLIP is, else ``quality``. Settings
+are read once (:meth:`EvaluatorSettings.from_env`) and passed down.
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ from schemas.errors import ComputeError
 from schemas.task_params import LlmInteractionParams
 
 AUTO = "auto"
+# The weight-free evaluator an unparseable judgement falls back to.
+WEIGHT_FREE = "quality"
 
 
 class EvaluatorError(ComputeError):
@@ -37,6 +49,11 @@ class EvaluatorError(ComputeError):
 class UnknownEvaluator(EvaluatorError):
     """``evaluation_provider`` names no registered evaluator, or one this deployment has not
     configured. Use ``auto`` or one of the names in the message."""
+
+
+class UnparseableJudgement(EvaluatorError):
+    """The judge's answer holds no score. Check the model and prompt; the processors fall back to
+    the weight-free evaluator for this attempt."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,10 @@ class EvaluationContext:
     # The result should be a cut-out (BACKGROUND_REMOVE, or an RGBA output asked for): the alpha
     # channel is judged even when it is fully opaque.
     expects_alpha: bool = False
+    # The requested output size, when the task asked for one: a result of another aspect ratio
+    # was stretched or cropped.
+    width: int | None = None
+    height: int | None = None
 
 
 @runtime_checkable
@@ -84,17 +105,43 @@ class TaskEvaluator(Protocol):
     def parse(self, text: str, context: EvaluationContext) -> Evaluation: ...
 
 
+@runtime_checkable
+class CombinedEvaluator(TaskEvaluator, Protocol):
+    """A task evaluator whose verdict also needs an in-process score of the same image.
+
+    The processors hold no model, so the task part is asked for first (``request``); when it
+    answers, the orchestrator fetches the attempt's image, runs ``local.evaluate`` on it in its
+    executor and calls ``combine(parse(text), local_evaluation)``. ``applies(context)`` False
+    (nothing for the task part to judge, e.g. no prompt): ``local`` alone scores the attempt."""
+
+    local: Evaluator
+
+    def applies(self, context: EvaluationContext) -> bool: ...
+
+    def combine(self, judged: Evaluation, local: Evaluation) -> Evaluation: ...
+
+
 @dataclass(frozen=True)
 class EvaluatorSettings:
-    """Deployment configuration of the model-based evaluators (None: not configured)."""
+    """Deployment configuration of the model-based evaluators (None: not configured).
+
+    A model-based evaluator is available when its model or its provider type is set. The model
+    id, when set, goes into the task (the worker refuses a task naming a model it does not
+    serve); a provider type alone judges with whatever model that provider's worker serves."""
 
     vlm_model: str | None = None  # model id the LLM_INTERACTION provider serves, e.g. a Qwen2-VL
-    vlm_provider_type: str | None = None
+    vlm_provider_type: str | None = None  # None: the worker's default (transformers)
+    clip_model: str | None = None  # the CLIP provider's model, e.g. openai/clip-vit-large-patch14
+    clip_provider_type: str | None = None  # None: "clip"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> EvaluatorSettings:
-        return cls(vlm_model=environ.get("COMPUTE_EVALUATOR_VLM_MODEL") or None,
-                   vlm_provider_type=environ.get("COMPUTE_EVALUATOR_VLM_PROVIDER") or None)
+        """``COMPUTE_EVALUATOR_VLM_MODEL``, ``_VLM_PROVIDER``, ``_CLIP_MODEL``, ``_CLIP_PROVIDER``."""
+        def get(name: str) -> str | None:
+            return environ.get(f"COMPUTE_EVALUATOR_{name}") or None
+
+        return cls(vlm_model=get("VLM_MODEL"), vlm_provider_type=get("VLM_PROVIDER"),
+                   clip_model=get("CLIP_MODEL"), clip_provider_type=get("CLIP_PROVIDER"))
 
 
 Factory = Callable[[EvaluatorSettings], "Evaluator | TaskEvaluator"]
@@ -142,14 +189,21 @@ class EvaluatorRegistry:
 
 
 def default_registry() -> EvaluatorRegistry:
-    """``vlm`` (model-based, available when ``vlm_model`` is set) and ``quality`` (weight-free).
-    ``scripted`` is not registered: tests register their own with its scores."""
+    """In ``auto``'s order of preference: ``vlm`` (available when a VLM is configured: it judges
+    quality and intent in one task), ``quality+clip`` (when CLIP is: the weight-free score and
+    the prompt alignment combined), ``clip`` (alignment alone; never ``auto``'s choice, since
+    ``quality+clip`` is available whenever it is) and ``quality`` (weight-free). ``scripted`` is
+    not registered: tests register their own with its scores."""
+    from processors.evaluators.alignment import ClipAlignment, QualityAndAlignment
     from processors.evaluators.quality import QualityEvaluator
     from processors.evaluators.vlm import VlmJudge
 
     registry = EvaluatorRegistry()
-    registry.register("vlm", VlmJudge, model_based=True, available=VlmJudge.available)
-    registry.register("quality", lambda settings: QualityEvaluator())
+    registry.register(VlmJudge.name, VlmJudge, model_based=True, available=VlmJudge.available)
+    registry.register(QualityAndAlignment.name, QualityAndAlignment, model_based=True,
+                      available=ClipAlignment.available)
+    registry.register(ClipAlignment.name, ClipAlignment, model_based=True, available=ClipAlignment.available)
+    registry.register(WEIGHT_FREE, lambda settings: QualityEvaluator())
     return registry
 
 

@@ -3,8 +3,10 @@
 The judge cannot run in the processors (they hold no model), so it is a :class:`TaskEvaluator`:
 
 1. ``request(image_url, context)`` builds the LLM_INTERACTION parameters: the prompt below, a
-   deterministic temperature of 0, and ``provider_config = {"model": ..., "image_urls": [url]}``
-   — the vision-capable LLM provider attaches those images to the conversation;
+   deterministic temperature of 0, the configured provider type (None: the worker's default,
+   ``transformers``, which runs its ``vlm`` role when images are given) and
+   ``provider_config = {"image_urls": [url]}`` plus ``"model"`` when one is configured (the worker
+   refuses a model id it does not serve) — the worker fetches the image and shows it to the model;
 2. the processors submit that task and wait for its COMPLETED ``result_text``;
 3. ``parse(result_text, context)`` reads the score and reasons.
 
@@ -14,7 +16,8 @@ that, a ``score: 0.8`` / ``8/10`` / ``80%`` pattern; a score on a 0..10 or 0..10
 rescaled. Text with no score raises :class:`UnparseableJudgement` (the processors then fall back
 to the weight-free evaluator and say so in the reasons).
 
-Available only when a model is configured (``EvaluatorSettings.vlm_model``).
+Available only when a model or a provider type is configured (``EvaluatorSettings.vlm_model``,
+``vlm_provider_type``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import json
 import re
 from typing import Any
 
-from processors.evaluators.base import Evaluation, EvaluationContext, EvaluatorError, EvaluatorSettings
+from processors.evaluators.base import (Evaluation, EvaluationContext, EvaluatorError, EvaluatorSettings,
+                                        UnparseableJudgement)
 from schemas.task_params import LlmInteractionParams
 
 SYSTEM_PROMPT = (
@@ -49,11 +53,6 @@ _SCORE_PATTERNS = (
     re.compile(r"(-?\d+(?:\.\d+)?)\s*%"),
     re.compile(r"score\W{0,3}(-?\d+(?:\.\d+)?)", re.IGNORECASE),
 )
-
-
-class UnparseableJudgement(EvaluatorError):
-    """The judge's answer holds no score. Check the model and prompt; the processors fall back to
-    the weight-free evaluator for this attempt."""
 
 
 def _unit(value: float, scale: float | None = None) -> float:
@@ -86,6 +85,11 @@ def parse_judgement(text: str) -> tuple[float, list[str]]:
     raise UnparseableJudgement(f"no score in the judge's answer: {text[:200]!r}")
 
 
+def task_config(image_url: str, model: str | None) -> dict[str, Any]:
+    """The judge task's ``provider_config``: the image, and the model only when one is configured."""
+    return {"image_urls": [image_url], **({"model": model} if model else {})}
+
+
 class VlmJudge:
     """``evaluation_provider = "vlm"``: a vision-language judge run as an LLM_INTERACTION task."""
 
@@ -93,21 +97,21 @@ class VlmJudge:
 
     def __init__(self, settings: EvaluatorSettings) -> None:
         if not self.available(settings):
-            raise EvaluatorError("the vlm evaluator needs EvaluatorSettings.vlm_model "
-                                 "(COMPUTE_EVALUATOR_VLM_MODEL)")
+            raise EvaluatorError("the vlm evaluator needs EvaluatorSettings.vlm_model or "
+                                 "vlm_provider_type (COMPUTE_EVALUATOR_VLM_MODEL / _PROVIDER)")
         self._model = settings.vlm_model
         self._provider_type = settings.vlm_provider_type
 
     @staticmethod
     def available(settings: EvaluatorSettings) -> bool:
-        return bool(settings.vlm_model)
+        return bool(settings.vlm_model or settings.vlm_provider_type)
 
     def request(self, image_url: str, context: EvaluationContext = EvaluationContext()) -> LlmInteractionParams:
         intent = f' made for the prompt "{context.prompt.strip()}"' if context.prompt else ""
         return LlmInteractionParams(
             prompt=PROMPT_TEMPLATE.format(intent=intent), system_prompt=SYSTEM_PROMPT,
             max_tokens=MAX_TOKENS, temperature=TEMPERATURE, provider_type=self._provider_type,
-            provider_config={"model": self._model, "image_urls": [image_url]},
+            provider_config=task_config(image_url, self._model),
         )
 
     def parse(self, text: str, context: EvaluationContext = EvaluationContext()) -> Evaluation:

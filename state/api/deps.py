@@ -106,30 +106,53 @@ class KeyCache:
 
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer csk_...`")
+_CHALLENGE = 'Bearer realm="compute"'
+# Where authenticate() leaves the caller in the request's scope for get_caller to take.
+_CALLER_SCOPE_KEY = "compute.caller"
+
+
+async def authenticate(request: Request) -> Caller:
+    """The caller behind the request's Bearer key; 401 problem when missing, unknown or revoked.
+    Routes authenticate before they read a body (state/api/routing.py): 401 comes first."""
+    caller = request.scope.get(_CALLER_SCOPE_KEY)
+    if caller is not None:
+        return caller
+    scheme, _, key = (request.headers.get("authorization") or "").partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise ApiProblem(401, "unauthorized", "an API key is required: Authorization: Bearer <key>",
+                         headers={"WWW-Authenticate": _CHALLENGE})
+    cache: KeyCache = request.app.state.key_cache
+    fingerprint = cache.fingerprint(key)
+    caller = cache.get(fingerprint)
+    if caller is None:
+        async with request.app.state.pool.connection() as conn:
+            caller = await verify_key(conn, key)
+        if caller is None:
+            raise ApiProblem(401, "unauthorized", "the API key is unknown or revoked",
+                             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        cache.put(fingerprint, caller)
+    request.scope[_CALLER_SCOPE_KEY] = caller
+    return caller
 
 
 async def get_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    """The caller behind the Bearer key; 401 problem when missing, unknown or revoked."""
-    challenge = {"WWW-Authenticate": 'Bearer realm="compute"'}
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise ApiProblem(401, "unauthorized", "an API key is required: Authorization: Bearer <key>",
-                         headers=challenge)
-    cache: KeyCache = request.app.state.key_cache
-    fingerprint = cache.fingerprint(credentials.credentials)
-    caller = cache.get(fingerprint)
-    if caller is not None:
-        return caller
-    async with request.app.state.pool.connection() as conn:
-        caller = await verify_key(conn, credentials.credentials)
-    if caller is not None:
-        cache.put(fingerprint, caller)
-    if caller is None:
-        raise ApiProblem(401, "unauthorized", "the API key is unknown or revoked",
-                         headers={**challenge, "WWW-Authenticate": 'Bearer error="invalid_token"'})
+    """The caller behind the Bearer key (``credentials`` puts the scheme in the OpenAPI document;
+    the key is read by :func:`authenticate`)."""
+    return await authenticate(request)
+
+
+async def get_operator(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+    """The caller, when its key is an operator key; 403 problem otherwise. Operator routes show
+    the whole fleet (every tenant's figures, worker hosts): docs/SECURITY.md."""
+    if not caller.operator:
+        raise ApiProblem(403, "operator-only", "this route needs an operator key "
+                         "(computectl apikey create --operator); tenant keys cannot read it")
     return caller
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
+OperatorDep = Annotated[Caller, Depends(get_operator)]

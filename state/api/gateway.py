@@ -13,10 +13,10 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 
-from producers.errors import DeliveryError
+from producers.errors import DeliveryError, TaskTooLargeError
 from producers.generations import GenerationCancelRequested, GenerationRequested
 from producers.submit import Origin, TaskProducer
 from schemas.codec import EventCodec
@@ -45,11 +45,21 @@ class TaskGateway:
                                  **_LOW_LATENCY})
         self._admin = AdminClient(kafka.client_config())
 
+    def task_id_for(self, idempotency_key: str, tenant_id: str) -> str:
+        """The id a task of ``tenant_id`` submitted with ``idempotency_key`` has (keyed with the
+        deployment's ``IDEMPOTENCY_SECRET``: producers/task_ids.py)."""
+        return self._tasks.task_id_for(idempotency_key, tenant_id)
+
+    @property
+    def idempotency_secret(self) -> bytes | None:
+        return self._tasks.idempotency_secret
+
     def submit(self, task_type: TaskType, params: Any, *, tenant_id: str,
                idempotency_key: str | None, webhook_url: str | None) -> tuple[str, bool]:
         """Produce the task and its PENDING/QUEUED; return its id once the broker has the task, and
         whether it was a repeat this process had already sent (nothing produced then).
-        Raises DeliveryError when the broker did not acknowledge in time."""
+        Raises DeliveryError when the broker did not acknowledge in time, TaskTooLargeError when
+        the producer or the broker refused the record as too large (nothing queued then)."""
         origin = Origin(self._origin.instance, self._origin.zone, tenant_id)
         with self._lock:
             repeats = self._tasks.stats.deduplicated
@@ -57,7 +67,12 @@ class TaskGateway:
                                          webhook_url=webhook_url, origin=origin)
             # Answered once the task record is acknowledged: its PENDING/QUEUED are produced
             # then but not waited for (the task is safe; they follow it within milliseconds).
-            self._tasks.flush(self._ack_timeout_s, statuses=False)
+            try:
+                self._tasks.flush(self._ack_timeout_s, statuses=False)
+            except DeliveryError as exc:
+                if task_id in exc.too_large:  # the topic's max.message.bytes: not worth a retry
+                    raise TaskTooLargeError(f"the {task_type.value} task's record", None, None) from None
+                raise
             return task_id, self._tasks.stats.deduplicated > repeats
 
     def cancel(self, row: dict[str, Any], *, requested_by: str, reason: str | None) -> None:
@@ -93,16 +108,26 @@ class TaskGateway:
     def _produce_generation_record(self, record: GenerationRequested | GenerationCancelRequested) -> None:
         key, value, headers = record.to_record()
         failures: list[tuple[str, str]] = []
+        too_large: list[bool] = []
 
         def delivered(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
                 failures.append((msg.topic() or "?", err.str()))
+                too_large.append(err.code() == KafkaError.MSG_SIZE_TOO_LARGE)
 
-        self._events.produce(self.kafka.topics.generations, key=key, value=value,
-                             headers=headers, on_delivery=delivered)
-        remaining = self._events.flush(self._ack_timeout_s)
-        if remaining:
-            failures.append(("(queue)", f"{remaining} record(s) undelivered"))
+        try:
+            self._events.produce(self.kafka.topics.generations, key=key, value=value,
+                                 headers=headers, on_delivery=delivered)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                raise
+            too_large.append(True)
+        else:
+            remaining = self._events.flush(self._ack_timeout_s)
+            if remaining:
+                failures.append(("(queue)", f"{remaining} record(s) undelivered"))
+        if any(too_large):
+            raise TaskTooLargeError("the generation request's record", len(value), None)
         if failures:
             raise DeliveryError(failures)
 

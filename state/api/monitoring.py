@@ -105,8 +105,12 @@ async def task_stats(conn: psycopg.AsyncConnection, tenant_id: str) -> dict[str,
         " FROM tasks WHERE origin_tenant_id = %s AND status = 'COMPLETED'"
         " AND duration_ms IS NOT NULL GROUP BY 1 ORDER BY 1", (tenant_id,))
     durations = {r["task_type"]: r for r in await cur.fetchall()}
+    return {"counts": counts, "durations": durations}
+
+
+async def oldest_queued_s(conn: psycopg.AsyncConnection) -> dict[str, float]:
+    """Per task type, how long the oldest QUEUED task of any tenant has waited (operators)."""
     cur = await conn.execute(
         "SELECT task_type, extract(epoch FROM now() - min(queued_at)) AS age FROM tasks"
-        " WHERE origin_tenant_id = %s AND status = 'QUEUED' GROUP BY 1", (tenant_id,))
-    oldest = {r["task_type"]: float(r["age"]) for r in await cur.fetchall()}
-    return {"counts": counts, "durations": durations, "oldest_queued_s": oldest}
+        " WHERE status = 'QUEUED' GROUP BY 1")
+    return {r["task_type"]: float(r["age"]) for r in await cur.fetchall()}

@@ -2,6 +2,8 @@
 
 A key reads ``csk_<key id>_<secret>``. Only the key id (public, it finds the row), a random
 per-key salt and SHA-256(salt || secret) are stored; the secret is shown once, at creation.
+An ``operator`` key may also read what spans every tenant (``/metrics``, fleet monitoring);
+docs/SECURITY.md "Operators and what the API exposes".
 """
 
 from __future__ import annotations
@@ -29,14 +31,16 @@ class ApiKey:
     name: str | None
     created_at: datetime
     revoked: bool
+    operator: bool = False
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling the API: the key's id and its tenant."""
+    """Who is calling the API: the key's id, its tenant, and whether it is an operator key."""
 
     key_id: str
     tenant_id: str
+    operator: bool = False
 
 
 def _digest(salt: bytes, secret: str) -> bytes:
@@ -51,8 +55,10 @@ def split_key(key: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
-def create_key(database_url: str, tenant_id: str, name: str | None = None) -> tuple[str, ApiKey]:
-    """Store a new key for ``tenant_id``; return the key (shown once) and its record."""
+def create_key(database_url: str, tenant_id: str, name: str | None = None, *,
+               operator: bool = False) -> tuple[str, ApiKey]:
+    """Store a new key for ``tenant_id`` (an operator key with ``operator``); return the key
+    (shown once) and its record."""
     if not tenant_id.strip():
         raise ValueError("tenant must not be blank")
     key_id = secrets.token_hex(_KEY_ID_BYTES)
@@ -60,16 +66,17 @@ def create_key(database_url: str, tenant_id: str, name: str | None = None) -> tu
     salt = secrets.token_bytes(16)
     with psycopg.connect(database_url) as conn:
         created_at = conn.execute(
-            "INSERT INTO api_keys (key_id, tenant_id, name, salt, key_hash) VALUES (%s, %s, %s, %s, %s)"
-            " RETURNING created_at", (key_id, tenant_id, name, salt, _digest(salt, secret)),
+            "INSERT INTO api_keys (key_id, tenant_id, name, salt, key_hash, operator)"
+            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING created_at",
+            (key_id, tenant_id, name, salt, _digest(salt, secret), operator),
         ).fetchone()[0]
-    return f"{PREFIX}_{key_id}_{secret}", ApiKey(key_id, tenant_id, name, created_at, False)
+    return f"{PREFIX}_{key_id}_{secret}", ApiKey(key_id, tenant_id, name, created_at, False, operator)
 
 
 def list_keys(database_url: str, tenant_id: str | None = None) -> list[ApiKey]:
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
-            "SELECT key_id, tenant_id, name, created_at, revoked FROM api_keys"
+            "SELECT key_id, tenant_id, name, created_at, revoked, operator FROM api_keys"
             " WHERE %(t)s::text IS NULL OR tenant_id = %(t)s ORDER BY created_at, key_id",
             {"t": tenant_id},
         ).fetchall()
@@ -98,12 +105,14 @@ async def verify_key(conn: psycopg.AsyncConnection, key: str) -> Caller | None:
         return None
     key_id, secret = parts
     cur = await conn.execute(
-        "SELECT tenant_id, salt, key_hash FROM api_keys WHERE key_id = %s AND NOT revoked", (key_id,)
+        "SELECT tenant_id, salt, key_hash, operator FROM api_keys WHERE key_id = %s AND NOT revoked",
+        (key_id,),
     )
     row = await cur.fetchone()
     if row is None:
         return None
-    tenant, salt, stored = (row["tenant_id"], row["salt"], row["key_hash"]) if isinstance(row, dict) else row
+    tenant, salt, stored, operator = (
+        (row["tenant_id"], row["salt"], row["key_hash"], row["operator"]) if isinstance(row, dict) else row)
     if not hmac.compare_digest(_digest(bytes(salt), secret), bytes(stored)):
         return None
-    return Caller(key_id=key_id, tenant_id=tenant)
+    return Caller(key_id=key_id, tenant_id=tenant, operator=operator)

@@ -47,6 +47,9 @@ class LocalStack:
         self._given_results_dir = Path(results_dir) if results_dir is not None else None
         self.results_dir: Path | None = self._given_results_dir
         self._own_results_dir = False
+        # Where the stack's tasks may take file:// inputs from (INPUT_ALLOWED_FILE_ROOTS): file://
+        # is off unless a folder is named (docs/SECURITY.md). A temp folder that stop() deletes.
+        self.inputs_dir: Path | None = None
         self.start_seconds: float | None = None
 
     def components(self) -> dict[str, Component]:
@@ -70,6 +73,8 @@ class LocalStack:
             self._own_results_dir = True
         else:
             self.results_dir.mkdir(parents=True, exist_ok=True)
+        if self.inputs_dir is None:
+            self.inputs_dir = Path(tempfile.mkdtemp(prefix="devstack-inputs-", dir=self.base_dir))
         components = self.components()
         try:
             # Formatting, initdb (slow, external) in parallel; the servers are launched from
@@ -124,6 +129,9 @@ class LocalStack:
             shutil.rmtree(self.results_dir, ignore_errors=True)
             self.results_dir = None
             self._own_results_dir = False
+        if self.inputs_dir is not None:
+            shutil.rmtree(self.inputs_dir, ignore_errors=True)
+            self.inputs_dir = None
         if errors:
             raise DevStackError("the local stack did not stop cleanly:\n" + "\n".join(errors))
 
@@ -141,6 +149,8 @@ class LocalStack:
             env["RESULTS_URL"] = self.results_dir.resolve().as_uri()
             if self._own_results_dir:  # a temp folder that stop() deletes: nothing to keep
                 env["RESULTS_FSYNC"] = "false"
+        if self.inputs_dir is not None:
+            env["INPUT_ALLOWED_FILE_ROOTS"] = str(self.inputs_dir.resolve())
         return env
 
     def status(self) -> dict[str, dict[str, Any]]:
@@ -167,6 +177,7 @@ class LocalStack:
             "components": {name: c.to_state() for name, c in self.components().items()},
             "results_dir": str(self.results_dir) if self.results_dir else None,
             "own_results_dir": self._own_results_dir,
+            "inputs_dir": str(self.inputs_dir) if self.inputs_dir else None,
             "env": self.env(),
             "start_seconds": self.start_seconds,
         }
@@ -184,5 +195,7 @@ class LocalStack:
         if state.get("results_dir"):
             stack.results_dir = Path(state["results_dir"])
             stack._own_results_dir = bool(state.get("own_results_dir"))
+        if state.get("inputs_dir"):
+            stack.inputs_dir = Path(state["inputs_dir"])
         stack.start_seconds = state.get("start_seconds")
         return stack

@@ -16,7 +16,7 @@ from gpu_consumers.errors import InvalidInput, ProviderError, StorageFailure
 from gpu_consumers.handler import HandlerResult, OutputFile, TaskContext
 from gpu_consumers.runtime import Worker, WorkerStats
 from gpu_consumers.settings import WorkerSettings
-from gpu_consumers.storage import FileStore
+from gpu_consumers.storage import FileStore, tenant_segment
 from producers.submit import TaskProducer
 from schemas.codec import EventCodec
 from schemas.emit import produce_event
@@ -144,8 +144,9 @@ def committed(kafka: KafkaSettings) -> int:
     return committed_total(kafka, kafka.topics.task(TYPE), f"{kafka.topic_prefix}-workers.{TYPE.slug}")
 
 
-def files_of(results_dir: Any, task_id: str) -> list[str]:
-    return sorted(str(p) for p in (results_dir / task_id).rglob("*") if p.is_file())
+def files_of(results_dir: Any, task_id: str, tenant_id: str | None = None) -> list[str]:
+    folder = results_dir / tenant_segment(tenant_id) / task_id
+    return sorted(str(p) for p in folder.rglob("*") if p.is_file())
 
 
 class GatedStore(FileStore):
@@ -156,8 +157,9 @@ class GatedStore(FileStore):
         self.stored, self.release = threading.Event(), threading.Event()
         self.deleted: list[str] = []
 
-    def put(self, task_id: str, attempt: int, name: str, output: OutputFile) -> str:
-        url = super().put(task_id, attempt, name, output)
+    def put(self, task_id: str, attempt: int, name: str, output: OutputFile, *,
+            tenant_id: str | None = None) -> str:
+        url = super().put(task_id, attempt, name, output, tenant_id=tenant_id)
         self.stored.set()
         self.release.wait(DEADLINE_S)
         return url

@@ -24,7 +24,7 @@ from gpu_consumers.inputs import InputFetcher, InputSettings
 from gpu_consumers.model_cache import ModelCache
 from gpu_consumers.models import ModelProfile, ModelRegistry
 from gpu_consumers.runtime import Worker, WorkerStats
-from gpu_consumers.storage import FileStore
+from gpu_consumers.storage import UNTENANTED, FileStore
 from producers.submit import TaskProducer, validate_params
 from schemas import avro_files
 from schemas.codec import EventCodec
@@ -123,7 +123,7 @@ def test_an_unreachable_url_fails_with_invalid_input(kafka, status_log, run_work
     state = failed(status_log, task_id)
     assert state.error_code is ErrorCode.INVALID_INPUT
     assert url in state.error_message and "unreachable" in state.error_message
-    assert not (results_dir / task_id).exists()
+    assert not (results_dir / UNTENANTED / task_id).exists()
 
 
 @pytest.mark.parametrize("url, reason", [
@@ -189,7 +189,7 @@ def test_a_mask_of_the_wrong_size_fails_with_invalid_input(kafka, status_log, ru
     state = failed(status_log, task_id)
     assert state.error_code is ErrorCode.INVALID_INPUT
     assert "mask is 32x48, image is 64x64" in state.error_message
-    assert not (results_dir / task_id).exists()
+    assert not (results_dir / UNTENANTED / task_id).exists()
 
 
 # --------------------------------------------------------------------------- parameters

@@ -32,6 +32,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from PIL import Image
 
+from gpu_consumers.storage import UNTENANTED
 from producers.submit import TaskProducer
 from schemas.codec import EventCodec
 from schemas.emit import produce_event
@@ -261,7 +262,7 @@ def read_output(url: str, s3: Any) -> bytes:
 
 
 def task_files(results_dir: Path, task_id: str) -> list[Path]:
-    return sorted(p for p in (results_dir / task_id).rglob("*") if p.is_file())
+    return sorted(p for p in (results_dir / UNTENANTED / task_id).rglob("*") if p.is_file())
 
 
 # --------------------------------------------------------------------------- (a) the types

@@ -3,6 +3,7 @@ the scripted evaluator and the registry's choice."""
 
 from __future__ import annotations
 
+import io
 import math
 
 import cv2
@@ -17,6 +18,7 @@ from processors.evaluators import (
     ScriptExhausted, TaskEvaluator, UnknownEvaluator, UnparseableJudgement, VlmJudge,
     default_registry, parse_judgement,
 )
+from processors.evaluators.calibration import load_photo
 from schemas.enums import TaskType
 from schemas.task_params import LlmInteractionParams
 
@@ -24,14 +26,9 @@ QUALITY = QualityEvaluator()
 CUT_OUT = EvaluationContext(task_type=TaskType.BACKGROUND_REMOVE, expects_alpha=True)
 
 
-def textured(size: int = 384, seed: int = 0) -> np.ndarray:
-    """A colourful, detailed synthetic photo stand-in: smoothed colour noise plus edges."""
-    rng = np.random.default_rng(seed)
-    noise = cv2.GaussianBlur(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), (0, 0), 1.2)
-    image = cv2.normalize(noise, None, 20, 235, cv2.NORM_MINMAX)
-    for k in range(0, size, 32):  # some hard edges, as objects have
-        cv2.rectangle(image, (k, k // 2), (k + 20, k // 2 + 40), (230, 40, 60), -1)
-    return image
+def photo(size: int = 384) -> np.ndarray:
+    """A real photograph (scikit-image's astronaut, square), reduced to ``size`` px."""
+    return cv2.resize(load_photo("astronaut"), (size, size), interpolation=cv2.INTER_AREA)
 
 
 def score(array: np.ndarray, context: EvaluationContext = EvaluationContext()):
@@ -39,7 +36,7 @@ def score(array: np.ndarray, context: EvaluationContext = EvaluationContext()):
 
 
 def test_a_sharp_image_scores_above_a_blurred_copy_of_itself():
-    sharp = textured()
+    sharp = photo()
     blurred = cv2.GaussianBlur(sharp, (0, 0), 3)
     a, b = score(sharp), score(blurred)
     assert a.score > b.score
@@ -50,33 +47,75 @@ def test_a_sharp_image_scores_above_a_blurred_copy_of_itself():
 
 
 def test_more_blur_scores_lower():
-    sharp = textured(seed=3)
+    sharp = photo()
     scores = [score(cv2.GaussianBlur(sharp, (0, 0), s) if s else sharp).score for s in (0, 1, 2, 4)]
-    assert scores == sorted(scores, reverse=True)
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1]
+
+
+def test_noise_lowers_the_score_and_is_named():
+    """The old Laplacian signal read noise as detail: noise must lower the score, not raise it."""
+    clean = photo()
+    rng = np.random.default_rng(0)
+    scores = [score(np.clip(clean + rng.normal(0, sigma, clean.shape), 0, 255).astype(np.uint8))
+              for sigma in (0, 10, 25, 50)]
+    assert [s.score for s in scores] == sorted((s.score for s in scores), reverse=True)
+    assert scores[0].score >= 0.7 > scores[2].score
+    assert any(r.startswith("noisy") for r in scores[3].reasons)
+    pure = score(rng.integers(0, 256, clean.shape, dtype=np.uint8))
+    assert pure.score < 0.1 and any(r.startswith("noisy") for r in pure.reasons)
+
+
+def test_jpeg_blocking_lowers_the_score_and_is_named():
+    clean = photo(512)
+    buffer = io.BytesIO()
+    Image.fromarray(clean).save(buffer, "JPEG", quality=5)
+    blocky = QUALITY.evaluate(Image.open(buffer))
+    assert blocky.score < 0.7 <= score(clean).score
+    assert any(r.startswith("JPEG artefacts") for r in blocky.reasons)
 
 
 def test_clipped_exposure_lowers_the_score():
-    image = textured()
+    image = photo()
     clipped = image.copy()
     clipped[: int(0.4 * len(image))] = 255  # the top 40 % blown out
     a, b = score(image), score(clipped)
     assert b.score < a.score
-    assert b.signals["exposure"] == 0.0 and b.signals["white_fraction"] == pytest.approx(0.4, abs=0.01)
-    assert any(r.startswith("overexposed") for r in b.reasons)
+    assert b.signals["exposure"] < 0.2 and b.signals["white_fraction"] == pytest.approx(0.4, abs=0.02)
+    assert any(r.startswith("clipped highlights") for r in b.reasons)
     dark = image.copy()
-    dark[:, : len(image) // 3] = 0
-    assert score(dark).score < a.score and any(r.startswith("underexposed") for r in score(dark).reasons)
+    dark[:, : len(image) // 2] = 0
+    assert score(dark).score < a.score and any("underexposed" in r for r in score(dark).reasons)
+
+
+def test_a_partly_rendered_frame_and_a_blank_one_are_named():
+    image = photo()
+    half = image.copy()
+    half[len(image) // 2:] = 128  # an aborted decode's grey
+    assert score(half).score < 0.7 and any(r.startswith("partly rendered") for r in score(half).reasons)
+    blank = score(np.full_like(image, 200))
+    assert blank.score == 0.0 and blank.reasons == ("blank frame (contrast 0.00)",)
+
+
+def test_the_requested_size_judges_the_aspect_ratio():
+    image = photo(256)
+    stretched = cv2.resize(image, (384, 256))
+    asked = EvaluationContext(width=1024, height=1024)
+    assert score(stretched, asked).score < 0.7 and any(
+        r.startswith("wrong aspect ratio") for r in score(stretched, asked).reasons)
+    assert score(image, asked).signals["aspect"] == 1.0
+    assert "aspect" not in score(stretched).signals  # no requested size: nothing to compare
 
 
 def test_grey_scores_lower_on_colourfulness_than_colour():
-    image = textured()
+    image = photo()
     grey = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
     assert score(grey).signals["colourfulness"] < 0.2 < 0.9 < score(image).signals["colourfulness"]
     assert any(r.startswith("dull colours") for r in score(grey).reasons)
+    assert score(grey).score >= 0.7  # a black-and-white photo is not a broken one
 
 
 def cut_out(alpha: np.ndarray) -> np.ndarray:
-    return np.dstack([textured(len(alpha)), alpha])
+    return np.dstack([photo(len(alpha)), alpha])
 
 
 def disc_alpha(size: int = 256) -> np.ndarray:
@@ -92,29 +131,48 @@ def test_a_clean_cut_out_passes_its_alpha_check():
     assert not any("cut-out" in r for r in result.reasons)
 
 
-@pytest.mark.parametrize("alpha_value, what", [(0, "every pixel transparent"), (255, "nothing cut out"),
-                                               (128, "soft, semi-transparent matte")])
-def test_bad_cut_outs_are_named(alpha_value, what):
-    result = score(cut_out(np.full((128, 128), alpha_value, np.uint8)), CUT_OUT)
+def holes(alpha: np.ndarray) -> np.ndarray:
+    alpha = alpha.copy()
+    for k in range(12):  # holes punched through the subject
+        cv2.circle(alpha, (80 + 16 * (k % 6), 100 + 30 * (k // 6)), 6, 0, -1)
+    return alpha
+
+
+def speckle(alpha: np.ndarray) -> np.ndarray:
+    alpha = alpha.copy()
+    for k in range(60):  # stray opaque dots over the background
+        alpha[(k * 37) % 40 + 2, (k * 53) % 250 + 2] = 255
+    return alpha
+
+
+@pytest.mark.parametrize("alpha, what", [
+    (np.full((128, 128), 0, np.uint8), "every pixel transparent"), (np.full((128, 128), 255, np.uint8), "nothing cut out"),
+    (np.full((128, 128), 128, np.uint8), "soft, semi-transparent matte"),
+    (holes(disc_alpha()), "holes in the subject"), (speckle(disc_alpha()), "speckled, fragmented matte"),
+])
+def test_bad_cut_outs_are_named(alpha, what):
+    result = score(cut_out(alpha), CUT_OUT)
     assert result.signals["alpha"] < 0.5
     assert any(r.startswith(f"bad cut-out: {what}") for r in result.reasons)
-    good = score(cut_out(disc_alpha(128)), CUT_OUT)
+    good = score(cut_out(disc_alpha(len(alpha))), CUT_OUT)
     assert result.score < good.score
-    if alpha_value == 0:
+    if what == "every pixel transparent":
         assert result.score == 0.0  # an empty cut-out is no result
 
 
 def test_an_opaque_rgba_picture_is_judged_as_a_picture():
-    image = textured(128)
+    image = photo(128)
     rgba = np.dstack([image, np.full(image.shape[:2], 255, np.uint8)])
     assert "alpha" not in score(rgba).signals
     assert score(rgba).score == pytest.approx(score(image).score)
 
 
 def test_large_images_are_measured_at_the_same_scale():
-    big = cv2.resize(textured(256), (2048, 2048), interpolation=cv2.INTER_CUBIC)
-    assert score(big).signals["laplacian_variance"] == pytest.approx(
-        score(cv2.resize(big, (512, 512), interpolation=cv2.INTER_AREA)).signals["laplacian_variance"], rel=0.05)
+    big = cv2.resize(photo(512), (2048, 2048), interpolation=cv2.INTER_CUBIC)
+    small = cv2.resize(big, (512, 512), interpolation=cv2.INTER_AREA)
+    for signal in ("noise_sigma", "reblur", "gradient_kurtosis", "luma_std"):
+        assert score(big).signals[signal] == pytest.approx(score(small).signals[signal], rel=0.1), signal
+    assert score(big).score == pytest.approx(score(small).score, abs=0.05)
 
 
 def images():
@@ -131,7 +189,8 @@ def test_every_score_and_signal_lies_in_range(image, expects_alpha):
     result = QUALITY.evaluate(image, EvaluationContext(expects_alpha=expects_alpha))
     assert 0.0 <= result.score <= 1.0
     assert all(math.isfinite(v) for v in result.signals.values())
-    for name in ("sharpness", "exposure", "colourfulness", "alpha"):
+    for name in ("noise", "natural", "sharpness", "blockiness", "banding", "contrast", "exposure",
+                 "colour_cast", "rendered", "colourfulness", "alpha"):
         if name in result.signals:
             assert 0.0 <= result.signals[name] <= 1.0
 
@@ -153,8 +212,8 @@ def test_auto_picks_the_model_based_evaluator_only_when_configured():
     assert isinstance(registry.resolve("quality", EvaluatorSettings(vlm_model="m")), QualityEvaluator)
     with pytest.raises(UnknownEvaluator, match="not configured"):
         registry.resolve("vlm")
-    with pytest.raises(UnknownEvaluator, match="known: auto, vlm, quality"):
-        registry.resolve("clip")
+    with pytest.raises(UnknownEvaluator, match="known: auto, vlm, quality\\+clip, clip, quality"):
+        registry.resolve("sharpness")
     registry.register("scripted", lambda s: ScriptedEvaluator([1.0]))
     assert isinstance(registry.resolve("scripted"), ScriptedEvaluator)
     assert EvaluatorSettings.from_env({"COMPUTE_EVALUATOR_VLM_MODEL": "m"}).vlm_model == "m"

@@ -201,6 +201,8 @@ def test_agentic_accept_at_attempt_1():
     ctx = evaluate.context
     assert (ctx.task_type, ctx.prompt, ctx.generation_id, ctx.shot_id, ctx.attempt) == (
         TaskType.GENERATION, task.params.prompt, plan.generation_id, task.orchestration.shot_id, 1)
+    # The requested size, so the evaluator can tell a stretched or cropped result.
+    assert (ctx.width, ctx.height) == (task.params.width, task.params.height) and ctx.width
     assert record.status is GenerationStatus.RUNNING and record.version == 2  # the attempt's result is kept
     assert record.predictions[0].results == {task.task_id: image(task.task_id)}
     record, effects = on_evaluation(record, task.task_id, Evaluation(0.9, (), evaluator="quality"), now=T2)
@@ -320,7 +322,9 @@ def test_a_task_evaluator_judges_through_an_llm_task():
               "metadata": {"model": "m", "provider": "p", "timing_ms": 1}}
     done = final(judge.task_id, S.COMPLETED, result=answer, task_type=TaskType.LLM_INTERACTION)
     same, [parse] = on_task_final(record, done, now=T3)
-    assert same is record and parse == ParseJudgement(task.task_id, answer["result_text"], "vlm", evaluate.context)
+    # The attempt's image goes with the answer (for a combined evaluator or the weight-free fallback).
+    assert same is record and parse == ParseJudgement(task.task_id, answer["result_text"], "vlm", evaluate.context,
+                                                      evaluate.image_url)
     record, effects = on_evaluation(record, task.task_id, Evaluation(0.9, evaluator="vlm"), now=T3)
     assert events(effects)[0].evaluator == "vlm" and record.status is GenerationStatus.COMPLETED
     assert on_task_final(record, done, now=T3) == (record, [])

@@ -24,7 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from confluent_kafka import Consumer, Producer
 from PIL import Image, ImageFilter
@@ -34,6 +33,8 @@ from processors.generation_record import GenerationRecord, GenerationStatus, dec
 from processors.agentic import attempt_task_id
 from processors.app import evaluator_registry, librdkafka_partition
 from processors.evaluators.base import EvaluationContext, EvaluatorSettings, default_registry
+from processors.evaluators.calibration import load_photo
+from processors.evaluators.quality import QualityEvaluator
 from processors.evaluators.scripted import NoScript, PromptScriptedEvaluator, ScriptExhausted
 from processors.folding import STATE_CONTENT_TYPE, decode_state, encode_state, state_from_json, state_to_json
 from processors.generation_messages import BadGenerationRecord, read_generation_message
@@ -249,13 +250,18 @@ def _judged(task_id: str, gid: str, text: str) -> Any:
     return fold_all([event.model_copy(update={"generation_id": gid, "result": result})])
 
 
-def test_the_vlm_judge_runs_as_a_task_and_an_unparseable_answer_scores_zero() -> None:
+def test_the_vlm_judge_runs_as_a_task_and_an_unparseable_answer_falls_back_to_quality() -> None:
+    """The judge fetches nothing itself; an answer with no score: the weight-free evaluator
+    scores the attempt's image (a blank frame: rejected), its first reason saying why."""
     outbox = FakeOutbox()
+    blank = Image.new("RGB", (64, 64), (128, 128, 128))
+    fetched: list[str] = []
 
-    def no_fetch(url: str) -> Image.Image:
-        raise AssertionError("a task evaluator fetches nothing in the processors")
+    def fetch(url: str) -> Image.Image:
+        fetched.append(url)
+        return blank
 
-    orch = Orchestrator(outbox, default_registry(), EvaluatorSettings(vlm_model="judge-model"), no_fetch)
+    orch = Orchestrator(outbox, default_registry(), EvaluatorSettings(vlm_model="judge-model"), fetch)
 
     async def scenario() -> Any:
         req = request("vlm: a shot", evaluation_provider="vlm", max_attempts=2)
@@ -264,11 +270,11 @@ def test_the_vlm_judge_runs_as_a_task_and_an_unparseable_answer_scores_zero() ->
         first = record.predictions[0].task_id
         record = await orch.on_task_final(record, _completed(first, gid, "file:///r/1.png"))
         judge = outbox.submitted[-1]
-        assert judge.task_type is TaskType.LLM_INTERACTION
+        assert judge.task_type is TaskType.LLM_INTERACTION and fetched == []
         assert judge.params.provider_config == {"model": "judge-model", "image_urls": ["file:///r/1.png"]}
         record = await orch.on_task_final(record, _judged(judge.task_id, gid, "a lovely picture"))
         second = record.predictions[0].task_id
-        assert second != first  # unparseable: 0.0, so a retry
+        assert second != first and fetched == ["file:///r/1.png"]  # the fallback rejected it
         record = await orch.on_task_final(record, _completed(second, gid, "file:///r/2.png"))
         judge = outbox.submitted[-1]
         return await orch.on_task_final(record, _judged(judge.task_id, gid, '{"score": 0.8, "reasons": []}'))
@@ -278,18 +284,24 @@ def test_the_vlm_judge_runs_as_a_task_and_an_unparseable_answer_scores_zero() ->
     finally:
         orch.close()
     assert record.status is GenerationStatus.COMPLETED
+    fallback = QualityEvaluator().evaluate(blank, EvaluationContext())
+    assert fallback.score < 0.7  # a blank frame
     assert [(e.evaluated_attempt, e.score, e.decision) for e in outbox.emitted] == [
-        (1, 0.0, EvaluationDecision.RETRY), (2, 0.8, EvaluationDecision.ACCEPT)]
-    assert "UnparseableJudgement" in outbox.emitted[0].reasons[0]
+        (1, fallback.score, EvaluationDecision.RETRY), (2, 0.8, EvaluationDecision.ACCEPT)]
+    assert [e.evaluator for e in outbox.emitted] == ["quality", "vlm"]
+    assert outbox.emitted[0].reasons == [
+        "the vlm judge gave no score (no score in the judge's answer: 'a lovely picture'); scored by quality",
+        *fallback.reasons]
 
 
 # --------------------------------------------------------------------------- on the broker
 
 
-def noise_png(path: Path, seed: int, blurred: bool) -> None:
-    """A colourful 256x256 noise image: sharp, or blurred beyond use."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (256, 256, 3), dtype=np.uint8)
-    image = Image.fromarray(pixels)
+def photo_png(path: Path, seed: int, blurred: bool) -> None:
+    """A real 256x256 photograph (one of two, by seed): sharp, or blurred beyond use. (Noise would
+    not do: the weight-free evaluator rejects it.)"""
+    photo = load_photo(("astronaut", "chelsea")[seed % 2])
+    image = Image.fromarray(photo).resize((256, 256), Image.Resampling.BOX)
     if blurred:
         image = image.filter(ImageFilter.GaussianBlur(6))
     image.save(path)
@@ -360,7 +372,7 @@ class FakeWorker:
             emit(TaskStatus.FAILED, error=TaskError.of(ErrorCode.CONTENT_POLICY, "scripted refusal"))
             return
         path = self.results / f"{task.envelope.task_id}.png"
-        noise_png(path, task.params.seed or 0, blurred=kind == "blurred")
+        photo_png(path, task.params.seed or 0, blurred=kind == "blurred")
         emit(TaskStatus.COMPLETED, result=TaskResult(
             result_image_url=path.resolve().as_uri(), seed=task.params.seed,
             metadata=ResultMetadata(model="fake", provider="fake", timing_ms=1, width=256,

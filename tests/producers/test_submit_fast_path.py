@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 import producers.submit as submit_module
 from producers.examples import SEED_EXAMPLES
-from producers.errors import DeliveryError
+from producers.errors import DeliveryError, TaskTooLargeError
 from producers.submit import _POLL_EVERY, Origin, TaskProducer, task_id_for, validate_params
 from schemas.codec import EventCodec
 from schemas.enums import GenerationStrategy, GenerationType, TaskStatus, TaskType
@@ -272,7 +272,7 @@ def test_a_failed_delivery_is_reported_and_its_key_can_be_submitted_again(produc
 def test_a_produce_that_raises_is_not_remembered(producer):
     fake = producer._producer
     fake.raise_next = KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
-    with pytest.raises(KafkaException):
+    with pytest.raises(TaskTooLargeError, match="LLM_INTERACTION task's record .* over the broker's"):
         producer.submit(TaskType.LLM_INTERACTION, SEED_EXAMPLES[TaskType.LLM_INTERACTION],
                         idempotency_key="order-2")
     assert producer.stats.submitted == 0 and fake.records == []
@@ -297,3 +297,35 @@ def test_a_repeat_is_dropped_without_producing(producer):
     assert producer.submit(TaskType.GENERATION, params, idempotency_key="k") == first
     producer.flush()
     assert producer.stats.deduplicated == 1 and len(producer._producer.records) == 3
+
+
+def test_a_broker_refusal_as_too_large_is_named_in_the_delivery_error(producer):
+    fake = producer._producer
+    fake.fail_next = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+    first = producer.submit(TaskType.LLM_INTERACTION, SEED_EXAMPLES[TaskType.LLM_INTERACTION])
+    with pytest.raises(DeliveryError) as info:
+        producer.flush()
+    assert info.value.too_large == [first]
+
+
+@pytest.mark.parametrize("where, params, extra", [
+    ("prompt", {"prompt": "a \udfff b"}, {}),
+    ("params.system_prompt", {"prompt": "hi", "system_prompt": "\ud800"}, {}),
+    ("webhook_url", {"prompt": "hi"}, {"webhook_url": "https://hooks.example.com/\udfff"}),
+    ("idempotency_key", {"prompt": "hi"}, {"idempotency_key": "k-\udfff"}),
+])
+def test_text_utf8_cannot_carry_is_a_validation_error_and_nothing_is_produced(producer, where, params,
+                                                                          extra):
+    with pytest.raises(TaskValidationError, match="lone surrogate|unicode string") as info:
+        producer.submit(TaskType.LLM_INTERACTION, params, **extra)
+    assert any(where.split(".")[-1] in path for path, _ in info.value.problems)
+    producer.flush()
+    assert producer._producer.records == [] and producer.stats.submitted == 0
+
+
+@pytest.mark.parametrize("config", [{"t": float("nan")}, {"t": [1, float("inf")]},
+                                    {"t": float("-inf")}, {"k": "\udfff"}, {"k": "a\x00"}])
+def test_a_provider_config_json_cannot_carry_is_refused_at_validation(producer, config):
+    with pytest.raises(TaskValidationError, match="provider_config"):
+        producer.submit(TaskType.GENERATION, {"prompt": "hi", "provider_config": config})
+    assert producer._producer.records == []

@@ -43,7 +43,7 @@ from schemas.events import (
 )
 from schemas.framing import single_object_prefix
 from schemas.records import URL_SCHEMES, WEBHOOK_SCHEMES, AvroRecord, JsonObject, Url, UtcDatetime, UuidStr, WebhookUrl
-from schemas.task_params import Prompt, ReferenceImage
+from schemas.task_params import Prompt, ProviderConfig, ReferenceImage
 
 MODELS = all_event_models()
 UTC = timezone.utc
@@ -72,7 +72,7 @@ def assert_same(event: AvroRecord) -> None:
 # --------------------------------------------------------------------------- annotations
 
 
-SPECIAL = [Url, WebhookUrl, UuidStr, JsonObject, UtcDatetime, Prompt]
+SPECIAL = [Url, WebhookUrl, UuidStr, JsonObject, UtcDatetime, Prompt, ProviderConfig]
 
 
 def unpack(ann: Any) -> tuple[Any, dict[str, Any], bool]:
@@ -112,6 +112,7 @@ FULL_SPECIAL = {
     3: {"guidance_scale": 3.5, "loras": [{"name": "ünï", "w": 0.8}, None, True], "deep": {"a": {"b": [1, -2, "🎉"]}}},
     4: datetime(2024, 5, 17, 12, 30, 0, 123456, tzinfo=UTC),
     5: "A woman in a blue dress, 世界 🎉",
+    6: {"guidance_scale": 3.5, "loras": [{"name": "ünï", "w": 0.8}, None, True], "deep": {"a": {"b": [1, -2, "🎉"]}}},
 }
 
 
@@ -215,6 +216,13 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(TEXT, max_size=5), inner, max_size=3),
     max_leaves=8,
 )
+TEXT_NO_NUL = st.characters(exclude_categories=("Cs",), exclude_characters="\x00")
+JSON_NO_NUL = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(TEXT_NO_NUL),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(TEXT_NO_NUL, max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
 ZONES = st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))])
 
 
@@ -230,6 +238,8 @@ SPECIAL_STRATEGIES = [
     st.dictionaries(st.text(TEXT, max_size=8), JSON, max_size=4),
     st.datetimes(datetime(2, 1, 1), datetime(9998, 12, 31), timezones=ZONES),
     st.text(TEXT, min_size=1, max_size=40).filter(str.strip),
+    # provider_config: no NUL either (PostgreSQL cannot store it; the model refuses it).
+    st.dictionaries(st.text(TEXT_NO_NUL, max_size=8), JSON_NO_NUL, max_size=4),
 ]
 
 

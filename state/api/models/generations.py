@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, create_model, model_validator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
@@ -30,7 +30,15 @@ from producers.generation_requests import (
 )
 from schemas.enums import GenerationStrategy, GenerationType, TaskStatus
 from schemas.records import UuidStr, WebhookUrl
-from state.api.models.tasks import API_PREFIX, DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, TaskOrigin
+from state.api.models.strict import strict_fields
+from state.api.models.tasks import (
+    API_PREFIX,
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE,
+    MAX_PAGE_SIZE,
+    QueryDatetime,
+    TaskOrigin,
+)
 
 S = GenerationStrategy
 
@@ -62,6 +70,7 @@ def _body_model(strategy: GenerationStrategy, request_model: type[BaseModel]) ->
                  "(docs/GENERATIONS.md) without `strategy`, plus an optional `webhook_url`."),
         __validators__={"no_strategy": model_validator(mode="before")(classmethod(_no_strategy))},
         strategy=(SkipJsonSchema[Literal[strategy]], Field(default=strategy, exclude=True)),  # type: ignore[valid-type]
+        **strict_fields(request_model),  # JSON numbers and booleans as they are, no coercion
         webhook_url=(WebhookUrl | None, Field(default=None, description=(
             "Where the generation's webhooks go (http or https)."))),
     )
@@ -255,8 +264,8 @@ class GenerationListQuery(BaseModel):
     status: Literal["RUNNING", "COMPLETED", "FAILED", "CANCELLED"] | None = None
     strategy: GenerationStrategy | None = None
     generation_type: GenerationType | None = None
-    created_after: AwareDatetime | None = Field(default=None, description="inclusive")
-    created_before: AwareDatetime | None = Field(default=None, description="exclusive")
+    created_after: QueryDatetime | None = Field(default=None, description="inclusive")
+    created_before: QueryDatetime | None = Field(default=None, description="exclusive")
     page: int = Field(default=1, ge=1, le=MAX_PAGE)
     page_size: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
     sort_order: Literal["asc", "desc"] = Field(default="desc", description="by created_at")
@@ -293,8 +302,8 @@ class CatalogEntryCreate(BaseModel):
     lora_ref: str | None = Field(default=None, min_length=1, max_length=500, pattern=_PRINTABLE,
                                  description="the LoRA: a model id or a path the workers' registry knows; "
                                              "null: an entry without a LoRA")
-    default_weight: float | None = Field(default=None, ge=0.0, le=1.0,
-                                         description="the LoRA weight GENERATE tasks get, 0..1")
+    default_weight: Annotated[float, Strict()] | None = Field(
+        default=None, ge=0.0, le=1.0, description="the LoRA weight GENERATE tasks get, 0..1")
 
 
 class CatalogLinks(BaseModel):

@@ -14,7 +14,7 @@ class QueuePublic(BaseModel):
     backlog: int = Field(description="records the type's worker group has not committed yet")
     partitions: int
     oldest_waiting_s: float | None = Field(
-        description="age of the caller's oldest QUEUED task of this type (read model)")
+        description="age of the oldest QUEUED task of this type, any tenant (read model)")
 
 
 class QueuesPublic(BaseModel):

@@ -7,14 +7,16 @@ OpenAPI document lists every field and range), told apart by ``task_type``.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from schemas.enums import ErrorCode, TaskStatus, TaskType
 from schemas.records import WebhookUrl
 from schemas.task_params import PARAMS_MODELS
+from state.api.models.strict import strict_fields
 from state.db.queries import SORTABLE
 
 API_PREFIX = "/api/v1"
@@ -27,6 +29,7 @@ MAX_PAGE = 1_000_000
 def _submit_model(task_type: TaskType) -> type[BaseModel]:
     params = PARAMS_MODELS[task_type]
     fields: dict[str, Any] = {n: (f.annotation, f) for n, f in params.model_fields.items()}
+    fields.update(strict_fields(params))  # JSON numbers and booleans as they are, no coercion
     name = params.__name__.removesuffix("Params") + "TaskSubmit"
     return create_model(
         name,
@@ -145,6 +148,19 @@ class CancelAccepted(BaseModel):
 _NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
 
 
+def _iso_text(value: Any) -> Any:
+    """A query's date-time is ISO 8601 text: pydantic would also take a number of seconds
+    (``created_before=0.5``), which the OpenAPI document's ``date-time`` does not allow."""
+    if isinstance(value, str) and not _ISO_DATE.match(value):
+        raise ValueError("must be an ISO 8601 date-time with a time zone, e.g. 2024-05-17T12:30:00Z")
+    return value
+
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]")
+QueryDatetime = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
+"""A date-time query parameter: ISO 8601 text with a time zone, never a bare number."""
+
+
 class TaskListQuery(BaseModel):
     """Filters, paging and sorting of GET /tasks; unknown parameters are refused."""
 
@@ -156,8 +172,8 @@ class TaskListQuery(BaseModel):
     origin_instance: str | None = Field(default=None, max_length=200, pattern=_NO_CONTROL)
     origin_zone: str | None = Field(default=None, max_length=200, pattern=_NO_CONTROL)
     origin_tenant_id: str | None = Field(default=None, max_length=200, pattern=_NO_CONTROL)
-    created_after: AwareDatetime | None = Field(default=None, description="inclusive")
-    created_before: AwareDatetime | None = Field(default=None, description="exclusive")
+    created_after: QueryDatetime | None = Field(default=None, description="inclusive")
+    created_before: QueryDatetime | None = Field(default=None, description="exclusive")
     search: str | None = Field(default=None, min_length=1, max_length=36,
                                pattern=r"^[0-9a-fA-F-]+$", description="task id prefix")
     page: int = Field(default=1, ge=1, le=MAX_PAGE)

@@ -24,11 +24,12 @@ from state.api.models.generations import (
     CatalogKindPath,
 )
 from state.api.problems import ApiProblem
+from state.api.routing import ApiRoute
 from state.api.routes.common import problem_responses
 
 log = logging.getLogger("state.api.catalog")
 
-router = APIRouter(prefix="/catalog", tags=["catalog"])
+router = APIRouter(prefix="/catalog", tags=["catalog"], route_class=ApiRoute)
 
 
 def _unavailable(exc: CatalogError) -> ApiProblem:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -21,14 +22,17 @@ from state.api.deps import CallerDep, NotifierDep, PoolDep, SettingsDep
 from state.api.models.tasks import TaskEventPublic
 from state.api.notifier import EventNotifier
 from state.api.problems import ApiProblem
+from state.api.routing import ApiRoute
 from state.api.routes.common import finished, not_found, problem_responses, task_uuid
 from state.api.settings import ApiSettings
 from state.db.pool import AsyncPool
 from state.db.queries import events_after, get_task
 
-router = APIRouter(prefix="/tasks", tags=["tasks"])
+router = APIRouter(prefix="/tasks", tags=["tasks"], route_class=ApiRoute)
 
 SSE_MEDIA_TYPE = "text/event-stream"
+# An event id this stream sends: a task_events seq (a bigint, so at most 18 digits here).
+LAST_EVENT_ID = re.compile(r"^[0-9]{1,18}$")
 # Client reconnection delay suggested to EventSource (milliseconds).
 _RETRY_MS = 2000
 
@@ -77,14 +81,16 @@ async def stream_events(pool: AsyncPool, notifier: EventNotifier, settings: ApiS
                        **problem_responses(400, 401, 404)})
 async def follow_task(
     task_id: str, caller: CallerDep, pool: PoolDep, notifier: NotifierDep, settings: SettingsDep,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", json_schema_extra={
+        "pattern": LAST_EVENT_ID.pattern,
+        "description": "the id of the last event received: resume after it (400 otherwise)"})] = None,
     after: Annotated[int | None, Query(ge=0, description="resume after this event id")] = None,
 ) -> StreamingResponse:
     """Follow a task live: every status change and progress report, resumable."""
     tid = task_uuid(task_id)
     start = after or 0
     if last_event_id is not None:
-        if not last_event_id.strip().isdigit():
+        if not LAST_EVENT_ID.fullmatch(last_event_id):
             raise ApiProblem(400, "bad-last-event-id",
                              "Last-Event-ID must be the id of an event this stream sent")
         start = max(start, int(last_event_id))

@@ -25,8 +25,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from producers.catalog import CatalogError, PostgresCatalog, UnknownCatalogEntry
-from producers.errors import DeliveryError
+from producers.errors import DeliveryError, TaskTooLargeError
 from producers.generation_requests import parse_request
+from producers.task_ids import keyed_uuid
 from producers.generations import (GenerationCancelRequested, GenerationPlan, GenerationRequested,
                                    plan_generation)
 from processors.generation_record import GenerationStatus
@@ -47,12 +48,13 @@ from state.api.models.generations import (
 )
 from state.api.models.tasks import API_PREFIX
 from state.api.problems import ApiProblem
+from state.api.routing import ApiRoute
 from state.api.routes.common import WaitQuery, check_wait, problem_responses
 from state.db.generation_projection import GenerationFilter, get_generation, list_generations
 
 log = logging.getLogger("state.api.generations")
 
-router = APIRouter(prefix="/generations", tags=["generations"])
+router = APIRouter(prefix="/generations", tags=["generations"], route_class=ApiRoute)
 
 # Fixed namespace of idempotency-derived generations; changing it would break replays.
 _IDEMPOTENCY_NS = uuid.UUID("5d0f3a7e-8c1b-4f2a-9e6d-3b7c1a9f0e42")
@@ -64,10 +66,11 @@ IdempotencyKey = Annotated[str | None, Header(
     description="The same key (per tenant) always names the same generation: a repeat sends nothing.")]
 
 
-def generation_seed(tenant_id: str, idempotency_key: str) -> uuid.UUID:
-    """uuid5(tenant, key): the seed of the plan's random draws, so the generation id (and every
-    seed and task id) is the same for a repeat of the same key."""
-    return uuid.uuid5(_IDEMPOTENCY_NS, f"{tenant_id}\x1f{idempotency_key}")
+def generation_seed(tenant_id: str, idempotency_key: str, secret: bytes | None = None) -> uuid.UUID:
+    """The seed of the plan's random draws, of (tenant, key) keyed with the deployment's
+    ``IDEMPOTENCY_SECRET`` (producers/task_ids.py), so the generation id (and every seed and task
+    id) is the same for a repeat of the same key, and not computable by another tenant."""
+    return keyed_uuid(_IDEMPOTENCY_NS, f"{tenant_id}\x1f{idempotency_key}", secret)
 
 
 def generation_uuid(generation_id: str) -> str:
@@ -139,6 +142,8 @@ async def _submit(strategy: GenerationStrategy, body: BaseModel, caller: Any, db
             origin_tenant_id=caller.tenant_id, webhook_url=webhook_url)
         try:
             await run_in_threadpool(producer.submit_generation, requested)
+        except TaskTooLargeError as exc:
+            raise ApiProblem(413, "task-too-large", str(exc)) from None
         except DeliveryError:
             raise ApiProblem(503, "broker-unavailable",
                              "the broker did not acknowledge the generation, so it was not started;"
@@ -163,7 +168,8 @@ async def _submit(strategy: GenerationStrategy, body: BaseModel, caller: Any, db
                 raise ApiProblem(409, "idempotency-key-reused",
                                  "this Idempotency-Key was used for a different generation; use a new key")
             return _answer(response, existing["accepted"], replay=True)
-        accepted = await plan_and_send(random.Random(generation_seed(caller.tenant_id, idempotency_key).int))
+        seed = generation_seed(caller.tenant_id, idempotency_key, producer.idempotency_secret)
+        accepted = await plan_and_send(random.Random(seed.int))
         await db.execute(
             "INSERT INTO generation_requests (origin_tenant_id, idempotency_key, generation_id,"
             " fingerprint, accepted) VALUES (%s, %s, %s, %s, %s)",

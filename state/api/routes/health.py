@@ -1,4 +1,5 @@
-"""Liveness, readiness and metrics: outside /api/v1 and without an API key."""
+"""Liveness, readiness and metrics, outside /api/v1. Liveness and readiness need no key (they
+say nothing about any tenant); metrics count every tenant's tasks, so they need an operator key."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from state.api.deps import MetricsDep, PoolDep, ProducerDep, SettingsDep
+from state.api.deps import MetricsDep, OperatorDep, PoolDep, ProducerDep, SettingsDep
 from state.api.problems import problem_response
 from state.api.routes.common import problem_responses
 
@@ -53,8 +54,10 @@ async def readyz(request: Request, pool: PoolDep, producer: ProducerDep,
 
 @router.get("/metrics", response_class=Response,
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                             "description": "Prometheus text format"}})
-async def metrics(metrics: MetricsDep) -> Response:
-    """Prometheus metrics: submits, completions and failures by type and code, processing time."""
+                             "description": "Prometheus text format"},
+                       **problem_responses(401, 403)})
+async def metrics(operator: OperatorDep, metrics: MetricsDep) -> Response:
+    """Prometheus metrics: submits, completions and failures by type and code, processing time,
+    of every tenant. Operator keys only (Prometheus: ``authorization: {credentials: <key>}``)."""
     body = await run_in_threadpool(generate_latest, metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

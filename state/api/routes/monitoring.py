@@ -1,4 +1,7 @@
-"""/monitoring: queues (consumer-group lag), workers (live group members), stats."""
+"""/monitoring: queues (consumer-group lag), workers (live group members), stats.
+
+Queues and workers span every tenant (backlogs, worker hosts and client ids): operator keys
+only. Stats are the caller's own tenant's."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from schemas.enums import TaskType
-from state.api.deps import CallerDep, DbDep, MonitorDep
+from state.api.deps import CallerDep, DbDep, MonitorDep, OperatorDep
 from state.api.models.monitoring import (
     QueuePublic,
     QueuesPublic,
@@ -18,11 +21,12 @@ from state.api.models.monitoring import (
     WorkerMember,
     WorkersPublic,
 )
-from state.api.monitoring import task_stats
+from state.api.monitoring import oldest_queued_s, task_stats
 from state.api.problems import ApiProblem
+from state.api.routing import ApiRoute
 from state.api.routes.common import problem_responses
 
-router = APIRouter(prefix="/monitoring", tags=["monitoring"])
+router = APIRouter(prefix="/monitoring", tags=["monitoring"], route_class=ApiRoute)
 
 
 async def _kafka(call):  # type: ignore[no-untyped-def]
@@ -33,19 +37,20 @@ async def _kafka(call):  # type: ignore[no-untyped-def]
                          headers={"Retry-After": "1"}) from None
 
 
-@router.get("/queues", response_model=QueuesPublic, responses=problem_responses(401, 503))
-async def queues(caller: CallerDep, db: DbDep, monitor: MonitorDep) -> QueuesPublic:
-    """Per task type: the backlog of its topic for its worker group, and the oldest wait."""
+@router.get("/queues", response_model=QueuesPublic, responses=problem_responses(401, 403, 503))
+async def queues(operator: OperatorDep, db: DbDep, monitor: MonitorDep) -> QueuesPublic:
+    """Per task type: the backlog of its topic for its worker group, and the oldest wait of any
+    tenant's QUEUED task. Operator keys only."""
     lags = await _kafka(monitor.queues)
-    oldest = (await task_stats(db, caller.tenant_id))["oldest_queued_s"]
+    oldest = await oldest_queued_s(db)
     return QueuesPublic(queues=[QueuePublic(
         task_type=q.task_type, topic=q.topic, group_id=q.group_id, backlog=q.backlog,
         partitions=q.partitions, oldest_waiting_s=oldest.get(q.task_type.value)) for q in lags])
 
 
-@router.get("/workers", response_model=WorkersPublic, responses=problem_responses(401, 503))
-async def workers(caller: CallerDep, monitor: MonitorDep) -> WorkersPublic:
-    """Live members of each task type's worker group."""
+@router.get("/workers", response_model=WorkersPublic, responses=problem_responses(401, 403, 503))
+async def workers(operator: OperatorDep, monitor: MonitorDep) -> WorkersPublic:
+    """Live members of each task type's worker group. Operator keys only."""
     groups = await _kafka(monitor.workers)
     public = [WorkerGroupPublic(task_type=g.task_type, group_id=g.group_id, state=g.state,
                                 members=[WorkerMember(**m) for m in g.members]) for g in groups]

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from producers.errors import DeliveryError
-from producers.submit import task_id_for, validate_params
+from producers.errors import DeliveryError, TaskTooLargeError
+from producers.submit import validate_params
 from schemas.enums import TERMINAL_STATUSES, TaskStatus, TaskType
 from schemas.errors import TaskValidationError
 from state.api.deps import CallerDep, DbDep, MetricsDep, NotifierDep, PoolDep, ProducerDep, SettingsDep
@@ -23,6 +23,7 @@ from state.api.models.tasks import (
     TaskSubmit,
 )
 from state.api.problems import ApiProblem
+from state.api.routing import ApiRoute
 from state.api.routes.common import (
     WaitQuery,
     check_wait,
@@ -34,7 +35,7 @@ from state.api.routes.common import (
 )
 from state.db.queries import TaskFilter, get_task, list_tasks
 
-router = APIRouter(prefix="/tasks", tags=["tasks"])
+router = APIRouter(prefix="/tasks", tags=["tasks"], route_class=ApiRoute)
 
 IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", min_length=1, max_length=255,
@@ -55,7 +56,7 @@ async def submit_task(
         raise ApiProblem(422, "validation-error", str(exc)) from None
     if idempotency_key is not None:  # only then a database connection: a repeat is answered from it
         async with pool.connection() as db:
-            existing = await get_task(db, task_id_for(idempotency_key, caller.tenant_id),
+            existing = await get_task(db, producer.task_id_for(idempotency_key, caller.tenant_id),
                                       caller.tenant_id)
         if existing is not None:
             same = (existing["task_type"] == task_type.value
@@ -70,6 +71,10 @@ async def submit_task(
         task_id, replay = await run_in_threadpool(
             producer.submit, task_type, params, tenant_id=caller.tenant_id,
             idempotency_key=idempotency_key, webhook_url=body.webhook_url)
+    except TaskTooLargeError as exc:
+        raise ApiProblem(413, "task-too-large", str(exc)) from None
+    except TaskValidationError as exc:  # what only writing the record finds (e.g. unencodable text)
+        raise ApiProblem(422, "validation-error", str(exc)) from None
     except DeliveryError:
         raise ApiProblem(503, "broker-unavailable",
                          "the broker did not acknowledge the task, so it was not queued; retry "

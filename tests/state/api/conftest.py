@@ -84,9 +84,9 @@ def client(api: ApiStack) -> Iterator[httpx.Client]:
         yield c
 
 
-def new_tenant(api: ApiStack) -> Tenant:
-    name = f"tenant-{uuid.uuid4().hex[:8]}"
-    key, record = create_key(api.db_url, name)
+def new_tenant(api: ApiStack, *, operator: bool = False) -> Tenant:
+    name = f"{'operator' if operator else 'tenant'}-{uuid.uuid4().hex[:8]}"
+    key, record = create_key(api.db_url, name, operator=operator)
     return Tenant(name, key, record.key_id)
 
 
@@ -98,6 +98,12 @@ def tenant(api: ApiStack) -> Tenant:
 @pytest.fixture
 def other_tenant(api: ApiStack) -> Tenant:
     return new_tenant(api)
+
+
+@pytest.fixture
+def operator(api: ApiStack) -> Tenant:
+    """A key with the operator scope: /metrics and the fleet-wide monitoring routes."""
+    return new_tenant(api, operator=True)
 
 
 @pytest.fixture

@@ -46,6 +46,27 @@ def test_apikey_create_list_revoke(api: ApiStack, cli: click.Group, client: http
     assert again.exit_code != 0 and "no active key" in again.output
 
 
+def test_apikey_create_operator(api: ApiStack, cli: click.Group, client: httpx.Client) -> None:
+    runner = CliRunner()
+    db = ["--database-url", api.db_url]
+    made = {}
+    for kind in ("tenant", "operator"):
+        flags = ["--operator"] if kind == "operator" else []
+        created = runner.invoke(cli, ["apikey", "create", "--tenant", "cli-ops", *flags, "--json", *db])
+        assert created.exit_code == 0, created.output
+        made[kind] = json.loads(created.stdout)
+        assert made[kind]["operator"] is (kind == "operator")
+    listed = {k["key_id"]: k["operator"] for k in json.loads(
+        runner.invoke(cli, ["apikey", "list", "--tenant", "cli-ops", "--json", *db]).stdout)}
+    assert listed == {made["tenant"]["key_id"]: False, made["operator"]["key_id"]: True}
+    for kind, code in (("tenant", 403), ("operator", 200)):
+        auth = {"Authorization": f"Bearer {made[kind]['key']}"}
+        assert client.get("/metrics", headers=auth).status_code == code
+        assert client.get("/api/v1/tasks", headers=auth).status_code == 200  # both are tenant keys
+    text = runner.invoke(cli, ["apikey", "list", "--tenant", "cli-ops", *db]).stdout
+    assert "operator" in text and "tenant" in text
+
+
 def test_status_follow_and_tasks(api: ApiStack, cli: click.Group, client: httpx.Client,
                                  tenant: Tenant) -> None:
     tid = submit(client, tenant, {"task_type": "FACE_ENHANCER", "base_image_url": "file:///f.png"}).json()["task_id"]

@@ -17,7 +17,7 @@ from producers.generations import (GENERATION_CANCEL_CONTENT_TYPE, GENERATION_RE
                                    GenerationCancelRequested, GenerationRequested)
 from processors.agentic import attempt_task_id
 from tests.kafka_helpers import read_topic, record_count
-from tests.state.api.conftest import ApiStack, Tenant
+from tests.state.api.conftest import ApiStack, Tenant, new_tenant
 from tests.state.api.helpers import assert_problem
 from tests.state.db import generation_helpers as gh
 from tests.state.db.helpers import wait_for
@@ -111,7 +111,7 @@ def test_each_strategy_route_produces_its_plan(api: ApiStack, client: httpx.Clie
     [task] = face.tasks
     assert task.orchestration.generation_type.value == "AGENTIC" and task.orchestration.max_attempts == 2
     assert task.task_id == attempt_task_id(task.orchestration.shot_id, 1)
-    metrics = client.get("/metrics").text
+    metrics = client.get("/metrics", headers=new_tenant(api, operator=True).headers).text
     assert re.search(r'^compute_api_generation_submits_total\{generation_type="AGENTIC",'
                      r'strategy="FACE_FIXING"\} [1-9]', metrics, re.M), metrics
 
@@ -223,7 +223,7 @@ def test_an_agentic_generation_shows_every_attempt(api: ApiStack, client: httpx.
     assert prediction["task_ids"] == [a["task_id"] for a in attempts]
     assert gen["links"]["tasks"] == [f"/api/v1/tasks/{a['task_id']}" for a in attempts]
     assert re.search(r'^compute_generations\{generation_type="AGENTIC",status="COMPLETED",'
-                     r'strategy="GENERATE"\} [1-9]', client.get("/metrics").text, re.M)
+                     r'strategy="GENERATE"\} [1-9]', client.get("/metrics", headers=new_tenant(api, operator=True).headers).text, re.M)
 
     # Another tenant's generation does not exist for the caller; neither does a non-UUID.
     assert_problem(_get(client, other_tenant, record.generation_id), 404)

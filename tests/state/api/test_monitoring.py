@@ -20,23 +20,23 @@ pytestmark = pytest.mark.integration
 BG = {"task_type": "BACKGROUND_REMOVE", "image_url": "file:///in/a.png"}
 
 
-def _queue(client: httpx.Client, tenant: Tenant, task_type: str) -> dict:
-    resp = client.get("/api/v1/monitoring/queues", headers=tenant.headers)
+def _queue(client: httpx.Client, operator: Tenant, task_type: str) -> dict:
+    resp = client.get("/api/v1/monitoring/queues", headers=operator.headers)
     assert resp.status_code == 200, resp.text
     return next(q for q in resp.json()["queues"] if q["task_type"] == task_type)
 
 
 def test_queues_and_workers_follow_the_worker_group(api: ApiStack, client: httpx.Client,
-                                                    tenant: Tenant) -> None:
+                                                    tenant: Tenant, operator: Tenant) -> None:
     ids = [submit(client, tenant, BG).json()["task_id"] for _ in range(3)]
     for tid in ids:
         wait_status(client, tenant, tid, "QUEUED")
     topic = api.kafka.topics.task(TaskType.BACKGROUND_REMOVE)
-    queue = _queue(client, tenant, "BACKGROUND_REMOVE")
+    queue = _queue(client, operator, "BACKGROUND_REMOVE")
     assert queue["backlog"] == record_count(api.kafka, topic) >= 3
     assert queue["oldest_waiting_s"] is not None and queue["oldest_waiting_s"] >= 0
     assert queue["group_id"] == f"{api.worker_group_prefix}.background_remove"
-    assert _queue(client, tenant, "REFINE")["backlog"] == 0
+    assert _queue(client, operator, "REFINE")["backlog"] == 0
 
     # A worker of that group takes everything and commits: no backlog, one live member.
     worker = Consumer({**api.kafka.client_config(), "group.id": queue["group_id"],
@@ -48,8 +48,8 @@ def test_queues_and_workers_follow_the_worker_group(api: ApiStack, client: httpx
         wait_for(lambda: taken.extend(m for m in worker.consume(10, 0.2) if not m.error())
                  or len(taken) >= queue["backlog"], what="the worker to read the backlog")
         worker.commit(asynchronous=False)
-        assert _queue(client, tenant, "BACKGROUND_REMOVE")["backlog"] == 0
-        workers = client.get("/api/v1/monitoring/workers", headers=tenant.headers).json()
+        assert _queue(client, operator, "BACKGROUND_REMOVE")["backlog"] == 0
+        workers = client.get("/api/v1/monitoring/workers", headers=operator.headers).json()
         group = next(g for g in workers["groups"] if g["group_id"] == queue["group_id"])
         assert [m["client_id"] for m in group["members"]] == ["test-worker"]
         assert workers["total_members"] == 1

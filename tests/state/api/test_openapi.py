@@ -33,7 +33,7 @@ def test_the_document_is_valid_openapi(client: httpx.Client, api: ApiStack) -> N
 
 
 def test_every_operation_answers_as_documented(api: ApiStack, client: httpx.Client,
-                                               tenant: Tenant) -> None:
+                                               tenant: Tenant, operator: Tenant) -> None:
     done = submit(client, tenant, GOOD).json()["task_id"]
     queued = submit(client, tenant, GOOD).json()["task_id"]
     wait_status(client, tenant, queued, "QUEUED")
@@ -62,7 +62,8 @@ def test_every_operation_answers_as_documented(api: ApiStack, client: httpx.Clie
             url = re.sub(r"\{(\w+)\}", lambda m: path_values[m[1]], url)
             body = bodies.get(path, GOOD) if method == "post" and "requestBody" in op else None
             needs_key = "security" in op
-            headers = tenant.headers if needs_key else {}
+            operator_only = "403" in op["responses"]  # fleet-wide: an operator key
+            headers = (operator if operator_only else tenant).headers if needs_key else {}
             resp = client.request(method.upper(), url, json=body, headers=headers)
             documented = {int(code) for code in op["responses"] if code.isdigit()}
             assert resp.status_code in documented, (method, path, resp.status_code, resp.text)
@@ -72,6 +73,9 @@ def test_every_operation_answers_as_documented(api: ApiStack, client: httpx.Clie
             assert not content or media in content, (method, path, media, list(content))
             if needs_key:  # and every keyed route refuses a request without one
                 assert client.request(method.upper(), url, json=body).status_code == 401
+            if operator_only:  # and a tenant key
+                assert client.request(method.upper(), url, json=body,
+                                      headers=tenant.headers).status_code == 403
             visited.add((method, path))
     assert visited == {(m, p) for p, ops in doc["paths"].items() for m in ops}
     assert {p for _, p in visited} >= {"/api/v1/tasks", "/api/v1/tasks/{task_id}",
@@ -85,7 +89,8 @@ def test_every_operation_answers_as_documented(api: ApiStack, client: httpx.Clie
                                        *gh.route_bodies("-")}
 
 
-def test_health_readiness_and_metrics(api: ApiStack, client: httpx.Client, tenant: Tenant) -> None:
+def test_health_readiness_and_metrics(api: ApiStack, client: httpx.Client, tenant: Tenant,
+                                      operator: Tenant) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
@@ -105,7 +110,7 @@ def test_health_readiness_and_metrics(api: ApiStack, client: httpx.Client, tenan
                                code=ErrorCode.CONTENT_POLICY, tenant=tenant.name)])
     wait_status(client, tenant, tid, "COMPLETED")
     wait_status(client, tenant, failed, "FAILED")
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=operator.headers).text
     assert re.search(r'^compute_api_submits_total\{task_type="IMAGE_ADJUSTER"\} [1-9]', text, re.M)
     assert re.search(r'^compute_tasks_completed_total\{task_type="IMAGE_ADJUSTER"\} 1\.0$', text, re.M)
     assert re.search(r'^compute_tasks_failed_total\{error_code="CONTENT_POLICY",'

@@ -286,7 +286,8 @@ def test_cli_up_status_down_leaves_nothing(tmp_path: Path) -> None:
         endpoints = json.loads(up.stdout)
         assert set(endpoints) >= {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "S3_ENDPOINT_URL",
                                   "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                                  "RESULTS_URL"}
+                                  "RESULTS_URL", "INPUT_ALLOWED_FILE_ROOTS"}
+        assert Path(endpoints["INPUT_ALLOWED_FILE_ROOTS"]).is_dir()  # file:// inputs: this folder
         state = json.loads((state_dir / "state.json").read_text())
         recorded = [(c["pid"], c["start_ticks"], c["workdir"]) for c in state["components"].values()]
         assert len(recorded) == 3
@@ -319,6 +320,7 @@ def test_cli_up_status_down_leaves_nothing(tmp_path: Path) -> None:
         assert not Path(workdir).exists()
     assert not (state_dir / "state.json").exists()
     assert not Path(endpoints["RESULTS_URL"].removeprefix("file://")).exists()
+    assert not Path(endpoints["INPUT_ALLOWED_FILE_ROOTS"]).exists()
     after = cli("status", env=env)
     assert after.returncode == 1 and "no local stack is up" in after.stdout
 
