@@ -7,11 +7,11 @@ A task reads through :meth:`InputFetcher.for_task`: a view held to its tenant's
 prefixes). Every failure raises ``InvalidInput`` naming the URL (no credentials, no query
 string); a file or an S3 object that is missing, refused or unreadable gets one message, "not
 readable for this task" (the detail goes to the log), so a message never tells whether something
-the task may not read exists, where, or how large it is. Private networks: the host is resolved once, EVERY
-address checked (IPv4-mapped, 6to4, NAT64 by the IPv4 inside), then the connection is pinned to a
-checked address with the original ``Host`` and TLS SNI (certificates verified against the name);
-redirects are followed by hand, http(s) only, each re-checked. Proxy variables are ignored and
-connections not kept alive. ``max_bytes`` is enforced while reading; ``timeout_s`` bounds connect
+the task may not read exists, where, or how large it is. Private networks: the host is
+resolved once, EVERY address checked (IPv4-mapped, 6to4, NAT64 by the IPv4 inside), then the
+connection is pinned to a checked address with the original ``Host`` and TLS SNI (certificates
+verified against the name); redirects are followed by hand, http(s) only, each re-checked.
+Proxy variables are ignored and connections not kept alive. ``max_bytes`` is enforced while reading; ``timeout_s`` bounds connect
 and each read, ``deadline_s`` the whole fetch. Images: ``width*height`` from the lazy header is
 checked before decoding; Pillow's ``MAX_IMAGE_PIXELS`` is set per call, its bomb warning is an error.
 """
@@ -265,9 +265,8 @@ class InputFetcher:
             path = Path(unquote(parts.path)).resolve(strict=True)
         except (OSError, RuntimeError, ValueError) as exc:  # ValueError: a NUL byte
             raise self._not_readable(url, f"cannot resolve ({type(exc).__name__})") from None
-        roots = [Path(root).resolve() for root in self.settings.allowed_file_roots]
-        allowed = (scope.file_allowed(path) if scope is not None
-                   else any(path.is_relative_to(root) for root in roots))
+        allowed = (scope.file_allowed(path) if scope is not None else
+                   any(path.is_relative_to(Path(root).resolve()) for root in self.settings.allowed_file_roots))
         if not allowed:
             raise self._not_readable(url, f"{path} is outside INPUT_ALLOWED_FILE_ROOTS and the "
                                      "tenant's results")

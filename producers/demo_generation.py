@@ -1,9 +1,11 @@
 """The demo's generation: a catalog subject, one AGENTIC GENERATE request through the API, and
 its quality loop followed to the end (every attempt with its score and the decision).
 
-The offline models draw noise, so the scores say little about fashion; what runs is the real
-loop: the processors submit each attempt, the weight-free ``quality`` evaluator scores it, and
-a score under the threshold makes a new attempt with a new seed.
+The offline models draw noise, and the weight-free ``quality`` evaluator says so ("noisy"): what
+the demo shows is the real loop working. The processors submit each attempt, the evaluator scores
+it, a score under the threshold makes a new attempt with changed parameters (attempt 2 a new seed,
+attempt 3 more denoising steps and guidance, see ``processors/agentic.py``), and when no attempt
+passes the best one is accepted (ACCEPT_BEST).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ _DEADLINE_S = 180.0
 _WAIT_S = 2.0
 REQUEST = {
     "shot_type_string": "full-body shot", "batch_size": 2, "width": 64, "height": 96, "seed": 7,
-    "generation_type": "AGENTIC", "max_attempts": 2, "min_confidence_score": 0.6,
+    "generation_type": "AGENTIC", "max_attempts": 3, "min_confidence_score": 0.7,
     "evaluation_provider": "quality",
 }
 
@@ -56,15 +58,22 @@ def run_generation(api: httpx.Client, console: Console, died: Callable[[], str |
 
 def _show(generation: dict, console: Console) -> None:
     table = Table(title=f"generation {generation['generation_id']}: {generation['status']}")
-    for column in ("prediction", "attempt", "task id", "seed", "score", "decision", "reasons"):
+    for column in ("prediction", "attempt", "task id", "seed", "steps", "guidance", "score", "decision",
+                   "reasons"):
         table.add_column(column, overflow="fold")
     for prediction in generation["predictions"]:
         for attempt in (prediction["shot"] or {}).get("attempts", []):
             score = "" if attempt["score"] is None else f"{attempt['score']:.2f}"
-            table.add_row(str(prediction["index"]), str(attempt["attempt"]), attempt["task_id"],
-                          str((attempt["params"] or {}).get("seed", "")), score,
+            params = attempt["params"] or {}
+            config = params.get("provider_config") or {}
+            # ACCEPT_BEST is decided on the last attempt but accepts the best one: mark that one.
+            accepted = " ✓" if attempt["task_id"] == prediction["task_id"] else ""
+            table.add_row(str(prediction["index"]), f"{attempt['attempt']}{accepted}", attempt["task_id"],
+                          str(params.get("seed", "")), str(config.get("num_inference_steps", "")),
+                          str(config.get("guidance_scale", "")), score,
                           attempt["decision"] or attempt["status"], "; ".join(attempt["reasons"]))
     console.print(table)
     for prediction in generation["predictions"]:
         url = (prediction["result"] or {}).get("result_image_url") or (prediction["error"] or {}).get("message")
         console.print(f"prediction {prediction['index']}: {prediction['status']}  {url}", markup=False)
+    console.print("✓ marks each prediction's accepted attempt")

@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator,
 
 from schemas.enums import GenerationStrategy as S, GenerationType
 from schemas.records import Url, UuidStr
-from schemas.task_params import Adjust, Dim, Prompt, ReferenceImage, RefineDim, Seed, Steps, Unit
+from schemas.task_params import (DURATION_MAX_S, FPS_MAX, FPS_MIN, MASK_EXPANSION_MAX, MASK_EXPANSION_MIN,
+                                 MOTION_BUCKET_MAX, MOTION_BUCKET_MIN, Adjust, Dim, Prompt, ReferenceImage,
+                                 RefineDim, Seed, Steps, Unit)
 
 # A batch beyond 64 predictions is a bulk job: submit several generations.
 MAX_BATCH = 64
@@ -45,6 +47,15 @@ class GenerationRequestBase(FrozenModel):
 
 
 class GenerateRequest(GenerationRequestBase):
+    # The rules of _inputs, stated for the OpenAPI document (JSON Schema cannot call a validator).
+    model_config = ConfigDict(json_schema_extra={
+        "anyOf": [{"required": [name], "properties": {name: {"type": "string"}}}
+                  for name in ("subject_id", "product_id")],
+        "not": {"required": ["auto_generate_prompt", "generated_prompt"],
+                "properties": {"auto_generate_prompt": {"const": True},
+                               "generated_prompt": {"type": "string", "minLength": 1}}},
+    })
+
     strategy: Literal[S.GENERATE] = S.GENERATE
     batch_size: PositiveBatch = 1
     subject_id: UuidStr | None = None
@@ -69,17 +80,18 @@ class GenerateRequest(GenerationRequestBase):
 class EditingRequest(GenerationRequestBase):
     strategy: Literal[S.EDITING] = S.EDITING
     base_img_path: Url
-    reference_images: list[ReferenceImage] = Field(default_factory=list)
+    # A bare URL is a reference of type "reference" (the document states both forms).
+    reference_images: list[ReferenceImage | Url] = Field(default_factory=list)
     subject_id: UuidStr | None = None
     product_id: UuidStr | None = None
     tool: EditingTool
     width: Dim | None = None
     height: Dim | None = None
 
-    @field_validator("reference_images", mode="before")
+    @field_validator("reference_images", mode="after")
     @classmethod
-    def _urls(cls, value: Any) -> Any:  # a bare URL is a reference of type "reference"
-        return [{"url": v, "type": "reference"} if isinstance(v, str) else v for v in value or []]
+    def _urls(cls, value: list[ReferenceImage | str]) -> list[ReferenceImage]:
+        return [ReferenceImage(url=v, type="reference") if isinstance(v, str) else v for v in value]
 
 
 class RefineSettings(FrozenModel):
@@ -102,11 +114,17 @@ class RefineRequest(GenerationRequestBase, RefineSettings):
 
 
 class VideoRequest(GenerationRequestBase):
+    # The rule of _base_only, stated for the OpenAPI document.
+    model_config = ConfigDict(json_schema_extra={
+        "not": {"required": ["generation_type"], "properties": {"generation_type": {"const": "AGENTIC"}}},
+    })
+
     strategy: Literal[S.VIDEO] = S.VIDEO
     base_image_url: Url
-    motion_bucket_id: int | None = None
-    fps: int | None = None
-    duration: float | None = None
+    # The VIDEO_GENERATION task's ranges (its params refuse anything else when planned).
+    motion_bucket_id: Annotated[int, Field(ge=MOTION_BUCKET_MIN, le=MOTION_BUCKET_MAX)] | None = None
+    fps: Annotated[int, Field(ge=FPS_MIN, le=FPS_MAX)] | None = None
+    duration: Annotated[float, Field(gt=0.0, le=DURATION_MAX_S)] | None = None
 
     @model_validator(mode="after")
     def _base_only(self) -> VideoRequest:
@@ -120,7 +138,7 @@ class BackgroundFixingRequest(GenerationRequestBase):
     base_image_url: Url
     background_prompt: str | None = None
     background_image_url: Url | None = None
-    mask_expansion: int | None = None
+    mask_expansion: Annotated[int, Field(ge=MASK_EXPANSION_MIN, le=MASK_EXPANSION_MAX)] | None = None
 
 
 class ImageAdjustingRequest(GenerationRequestBase):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import types
 import typing
 import uuid
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Self
 
 from schemas import avro_files  # the one loader of .avsc files
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, JsonValue
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, JsonValue, WithJsonSchema
 
 AVRO_NAMESPACE = "compute.events"
 AVRO_DIR = avro_files.SCHEMA_DIR
@@ -50,15 +51,35 @@ def _url_checker(schemes: tuple[str, ...]):
     return check
 
 
+# A character str.strip() keeps: not one of str.isspace()'s, spelled out because "\S" differs
+# between Python and ECMA-262 regexes (the OpenAPI document's dialect). A pattern holding it
+# states "not blank" (JSON Schema patterns match anywhere in the text).
+NON_BLANK = "[^\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+
+
+def _url_schema(schemes: tuple[str, ...]) -> WithJsonSchema:
+    """The OpenAPI statement of ``_url_checker(schemes)``: the scheme in any case, ``://``, and
+    at least one non-blank character after it (ECMA-262 regex: no inline flags)."""
+    either_case = ("".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in s)
+                   for s in schemes)
+    return WithJsonSchema({"type": "string", "pattern": f"^(?:{'|'.join(either_case)})://[\\s\\S]*{NON_BLANK}",
+                           "description": f"a URL with scheme {', '.join(schemes)}"})
+
+
+# The text of a UUID: 8-4-4-4-12 hex digits, either case (stored lower-case).
+UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_UUID_TEXT = re.compile(UUID_PATTERN)
+
+
 def _uuid_text(value: Any) -> Any:
-    """Accept a UUID (fastavro reads logicalType uuid as uuid.UUID) or its text; keep text."""
+    """Accept a UUID (fastavro reads logicalType uuid as uuid.UUID) or its 8-4-4-4-12 text (what
+    the OpenAPI document states: not the braced, URN or unhyphenated forms); keep text."""
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, str):
-        try:
-            return str(uuid.UUID(value))
-        except ValueError:
-            raise ValueError(f"must be a UUID such as 123e4567-e89b-12d3-a456-426614174000 (got {value[:80]!r})") from None
+        if not _UUID_TEXT.fullmatch(value):
+            raise ValueError(f"must be a UUID such as 123e4567-e89b-12d3-a456-426614174000 (got {value[:80]!r})")
+        return value.lower()
     return value  # not text: let the str validator report the type error
 
 
@@ -80,11 +101,12 @@ def _as_utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-Url = Annotated[str, AfterValidator(_url_checker(URL_SCHEMES))]
+Url = Annotated[str, AfterValidator(_url_checker(URL_SCHEMES)), _url_schema(URL_SCHEMES)]
 """A non-empty http, https, s3 or file URL."""
-WebhookUrl = Annotated[str, AfterValidator(_url_checker(WEBHOOK_SCHEMES))]
+WebhookUrl = Annotated[str, AfterValidator(_url_checker(WEBHOOK_SCHEMES)), _url_schema(WEBHOOK_SCHEMES)]
 """An http or https URL."""
-UuidStr = Annotated[str, BeforeValidator(_uuid_text)]
+UuidStr = Annotated[str, BeforeValidator(_uuid_text),
+                    WithJsonSchema({"type": "string", "format": "uuid", "pattern": UUID_PATTERN})]
 """A UUID kept as its canonical lower-case text (Avro: string, logicalType uuid)."""
 JsonObject = Annotated[dict[str, JsonValue], BeforeValidator(_json_object_text)]
 """A JSON object (Avro: string, logicalType json, holding the JSON-encoded object)."""

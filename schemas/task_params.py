@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, Field, StringConstraints, WithJsonSchema, model_validator
 
 from schemas.enums import TaskType
-from schemas.records import AVRO_NAMESPACE, AvroRecord, JsonObject, Url
+from schemas.records import AVRO_NAMESPACE, NON_BLANK, AvroRecord, JsonObject, Url
 
 # --------------------------------------------------------------------------- bounds
 
@@ -64,7 +64,8 @@ def _not_blank(value: str) -> str:
     return value
 
 
-Prompt = Annotated[str, StringConstraints(min_length=1), AfterValidator(_not_blank)]
+Prompt = Annotated[str, StringConstraints(min_length=1), AfterValidator(_not_blank),
+                   WithJsonSchema({"type": "string", "minLength": 1, "pattern": NON_BLANK})]
 """A required prompt: at least one non-blank character."""
 
 

@@ -20,6 +20,7 @@ from state.api.metrics import ApiMetrics
 from state.api.monitoring import KafkaMonitor
 from state.api.models.tasks import API_PREFIX
 from state.api.notifier import EventNotifier
+from state.api.openapi_contract import install_openapi
 from state.api.problems import BodySizeLimit, install_problem_handlers
 from state.api.routes import api_router
 from state.api.routes.health import router as health_router
@@ -84,4 +85,5 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(api_router, prefix=API_PREFIX)
     app.include_router(health_router)
+    install_openapi(app, settings)
     return app

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger("state.api")
 
@@ -77,10 +78,14 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        headers = getattr(exc, "headers", None)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route {request.method} {request.url.path}"
+        if exc.status_code == 405:
+            allow = _allowed_methods(request)
+            headers, detail = {**(headers or {}), "Allow": allow}, f"allowed: {allow}"
         return problem_response(request, exc.status_code, _SLUGS.get(exc.status_code, "http-error"),
-                                detail, headers=getattr(exc, "headers", None))
+                                detail, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -99,6 +104,18 @@ def install_problem_handlers(app: FastAPI) -> None:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return problem_response(request, 500, "internal-error",
                                 "an unexpected error occurred; it has been logged")
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (asked of the router, method by method).
+    Starlette's 405 names only the methods of the first route matching the path, and GET and
+    POST of one path are two routes here."""
+    routes = request.app.router.routes
+    return ", ".join(m for m in _METHODS if any(
+        route.matches({**request.scope, "method": m})[0] is Match.FULL for route in routes))
 
 
 class BodySizeLimit:

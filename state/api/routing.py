@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Coroutine
+from decimal import Decimal
 from typing import Any
 
 from fastapi import Request, Response
@@ -25,6 +26,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 from state.api.deps import authenticate, get_caller
+
+
+# Integral JSON numbers up to this size are read as ints (beyond it, they are out of every range).
+_EXACT_INTEGRAL = 2.0**64
 
 
 class _NonFinite:
@@ -69,9 +74,13 @@ def parse_json(body: bytes) -> Any:
         raise _malformed(exc.start, "the body is not UTF-8") from None
     non_finite: list[_NonFinite] = []
 
-    def number(literal: str) -> float | _NonFinite:
+    def number(literal: str) -> int | float | _NonFinite:
         value = float(literal)
         if math.isfinite(value):
+            # 3.0 is the integer 3 in JSON Schema ("type": "integer" in the OpenAPI document),
+            # so it fills an int field as 3 does; read exactly (bounded: no 1e999999 integers).
+            if value.is_integer() and abs(value) <= _EXACT_INTEGRAL:
+                return int(Decimal(literal))
             return value
         non_finite.append(_NonFinite(literal))
         return non_finite[-1]

@@ -98,7 +98,18 @@ def test_demo_runs_the_main_flow_and_stops_everything(demo_tmp):
     generation = out[out.index("a generation: AGENTIC"):out.index("the API")]
     assert re.search(r"generation [0-9a-f-]{36}: COMPLETED", generation), generation
     assert "prediction 0: COMPLETED" in generation and "prediction 1: COMPLETED" in generation
-    assert re.search(r"ACCEPT", generation), generation
+    # The quality loop works on the offline models' noise: every first attempt is rejected as noisy
+    # and retried with changed parameters (attempt 3: more steps and guidance), and when nothing
+    # passes the best attempt is accepted.
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in generation.splitlines()
+            if line.startswith("│ ") and not line.startswith("│  ")]  # not a folded line's rest
+    assert len(rows) == 6, generation  # 2 predictions x 3 attempts
+    for prediction in ("0", "1"):
+        attempts = [r for r in rows if r[0] == prediction]
+        assert [r[7] for r in attempts] == ["RETRY", "RETRY", "ACCEPT_BEST"], generation
+        assert all(float(r[6]) < 0.7 and "noisy" in r[8] for r in attempts), generation
+        assert attempts[2][4:6] == ["45", "8.0"], generation  # the third rung: more steps, guidance
+        assert sum(r[1].endswith("✓") for r in attempts) == 1, generation
     # The end: the API URL, a ready-made curl with the real key, every task's final state.
     final = out[out.index("the API"):]
     api_url = re.search(r"^API: (http://127\.0\.0\.1:\d+) ", final, re.M).group(1)

@@ -25,7 +25,7 @@ from state.api.models.generations import (
 )
 from state.api.problems import ApiProblem
 from state.api.routing import ApiRoute
-from state.api.routes.common import problem_responses
+from state.api.routes.common import UuidPath, problem_responses
 
 log = logging.getLogger("state.api.catalog")
 
@@ -75,7 +75,7 @@ async def add_entry(kind: CatalogKindPath, body: Annotated[CatalogEntryCreate, B
 
 @router.get("/{kind}/{entry_id}", response_model=CatalogEntryPublic,
             responses=problem_responses(401, 404, 422, 503))
-async def read_entry(kind: CatalogKindPath, entry_id: str, caller: CallerDep,
+async def read_entry(kind: CatalogKindPath, entry_id: UuidPath, caller: CallerDep,
                      settings: SettingsDep) -> CatalogEntryPublic:
     """One entry; 404 when there is none (or the id is not a UUID)."""
     try:

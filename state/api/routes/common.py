@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import Query
+from fastapi import Path, Query
 
 from schemas.enums import ErrorCode, TaskStatus
+from schemas.records import UUID_PATTERN
 from state.api.problems import PROBLEM_MEDIA_TYPE, ApiProblem, Problem
 from state.api.settings import ApiSettings
 from state.retry import decide
@@ -16,6 +17,10 @@ from state.retry import decide
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries: these statuses answer with a problem document."""
     return {s: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}} for s in statuses}
+
+
+# An id in a path: a UUID's text, as the document says (any other text is a 404: no such thing).
+UuidPath = Annotated[str, Path(json_schema_extra={"format": "uuid", "pattern": UUID_PATTERN})]
 
 
 def task_uuid(task_id: str) -> str:

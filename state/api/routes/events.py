@@ -23,7 +23,7 @@ from state.api.models.tasks import TaskEventPublic
 from state.api.notifier import EventNotifier
 from state.api.problems import ApiProblem
 from state.api.routing import ApiRoute
-from state.api.routes.common import finished, not_found, problem_responses, task_uuid
+from state.api.routes.common import UuidPath, finished, not_found, problem_responses, task_uuid
 from state.api.settings import ApiSettings
 from state.db.pool import AsyncPool
 from state.db.queries import events_after, get_task
@@ -80,7 +80,7 @@ async def stream_events(pool: AsyncPool, notifier: EventNotifier, settings: ApiS
                              "description": "text/event-stream of TaskEventPublic"},
                        **problem_responses(400, 401, 404)})
 async def follow_task(
-    task_id: str, caller: CallerDep, pool: PoolDep, notifier: NotifierDep, settings: SettingsDep,
+    task_id: UuidPath, caller: CallerDep, pool: PoolDep, notifier: NotifierDep, settings: SettingsDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", json_schema_extra={
         "pattern": LAST_EVENT_ID.pattern,
         "description": "the id of the last event received: resume after it (400 otherwise)"})] = None,

@@ -73,13 +73,6 @@ def generation_seed(tenant_id: str, idempotency_key: str, secret: bytes | None =
     return keyed_uuid(_IDEMPOTENCY_NS, f"{tenant_id}\x1f{idempotency_key}", secret)
 
 
-def generation_uuid(generation_id: str) -> str:
-    try:
-        return str(uuid.UUID(generation_id))
-    except ValueError:
-        raise ApiProblem(404, "generation-not-found", f"no generation {generation_id[:64]!r}") from None
-
-
 def _fingerprint(strategy: GenerationStrategy, body: BaseModel) -> str:
     document = {"strategy": strategy.value, "body": body.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
@@ -215,15 +208,17 @@ async def list_generations_route(query: Annotated[GenerationListQuery, Query()],
                              page=query.page, page_size=query.page_size)
 
 
-@router.get("/{generation_id}", response_model=GenerationPublic,
+# ``:uuid`` in the path: /generations/edit and its siblings are not ids, so a GET there is a 405
+# naming POST (not "no generation 'edit'"), and any other non-UUID is no route (404).
+@router.get("/{generation_id:uuid}", response_model=GenerationPublic,
             responses=problem_responses(401, 404, 422))
-async def read_generation(generation_id: str, caller: CallerDep, pool: PoolDep,
+async def read_generation(generation_id: uuid.UUID, caller: CallerDep, pool: PoolDep,
                           notifier: NotifierDep, settings: SettingsDep,
                           wait: WaitQuery = 0.0) -> GenerationPublic:
     """Status, predictions (task ids, status, results) and, for AGENTIC, every attempt with its
     score, reasons and decision, and the accepted one; with ``wait``, a long poll that answers
     when the generation has ended (COMPLETED, FAILED or CANCELLED)."""
-    gid = generation_uuid(generation_id)
+    gid = str(generation_id)
     check_wait(wait, settings)
 
     async def read() -> dict | None:
@@ -245,15 +240,15 @@ def _generation_status_ended(status: str) -> bool:
     return status != GenerationStatus.RUNNING.value
 
 
-@router.post("/{generation_id}/cancel", status_code=202, response_model=GenerationCancelAccepted,
+@router.post("/{generation_id:uuid}/cancel", status_code=202, response_model=GenerationCancelAccepted,
              responses=problem_responses(400, 401, 404, 409, 422, 503))
-async def cancel_generation(generation_id: str, caller: CallerDep, db: DbDep, producer: ProducerDep,
+async def cancel_generation(generation_id: uuid.UUID, caller: CallerDep, db: DbDep, producer: ProducerDep,
                             metrics: MetricsDep,
                             body: Annotated[GenerationCancel | None, Body()] = None) -> GenerationCancelAccepted:
     """Cancel a running generation: its predictions not yet ended are CANCELLED and their running
     tasks asked to stop (a prediction that completed keeps its result). 202 once the broker has
     the GenerationCancelRequested record; 409 for a generation that already ended."""
-    gid = generation_uuid(generation_id)
+    gid = str(generation_id)
     row = await get_generation(db, gid, caller.tenant_id)
     if row is None:
         raise ApiProblem(404, "generation-not-found", f"no generation {gid}")

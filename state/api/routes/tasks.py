@@ -25,6 +25,7 @@ from state.api.models.tasks import (
 from state.api.problems import ApiProblem
 from state.api.routing import ApiRoute
 from state.api.routes.common import (
+    UuidPath,
     WaitQuery,
     check_wait,
     finished,
@@ -112,7 +113,7 @@ async def list_tasks_route(query: Annotated[TaskListQuery, Query()], caller: Cal
 
 
 @router.get("/{task_id}", response_model=TaskPublic, responses=problem_responses(401, 404, 422))
-async def read_task(task_id: str, caller: CallerDep, pool: PoolDep, notifier: NotifierDep,
+async def read_task(task_id: UuidPath, caller: CallerDep, pool: PoolDep, notifier: NotifierDep,
                     settings: SettingsDep, wait: WaitQuery = 0.0) -> TaskPublic:
     """Status, progress, attempt, result, error and timestamps of one task; with ``wait``, a
     long poll that answers when the task has ended (COMPLETED, CANCELLED, or FAILED with no
@@ -136,7 +137,7 @@ async def read_task(task_id: str, caller: CallerDep, pool: PoolDep, notifier: No
 
 @router.get("/{task_id}/result", response_model=TaskResultPublic,
             responses=problem_responses(401, 404, 409))
-async def read_result(task_id: str, caller: CallerDep, db: DbDep) -> TaskResultPublic:
+async def read_result(task_id: UuidPath, caller: CallerDep, db: DbDep) -> TaskResultPublic:
     """The result of a COMPLETED task; 409 while it has none (not finished, failed, cancelled)."""
     tid = task_uuid(task_id)
     row = await get_task(db, tid, caller.tenant_id)
@@ -151,7 +152,7 @@ async def read_result(task_id: str, caller: CallerDep, db: DbDep) -> TaskResultP
 
 @router.post("/{task_id}/cancel", status_code=202, response_model=CancelAccepted,
              responses=problem_responses(401, 404, 409, 503))
-async def cancel_task(task_id: str, caller: CallerDep, db: DbDep,
+async def cancel_task(task_id: UuidPath, caller: CallerDep, db: DbDep,
                       producer: ProducerDep, metrics: MetricsDep) -> CancelAccepted:
     """Cancel a pending, queued or running task; 409 for a task that already ended."""
     tid = task_uuid(task_id)

@@ -48,14 +48,16 @@ class _Server(uvicorn.Server):
 
 
 @pytest.fixture(scope="module")
-def api(database_url: str, kafka_bootstrap: str) -> Iterator[ApiStack]:
+def api(request: pytest.FixtureRequest, database_url: str, kafka_bootstrap: str) -> Iterator[ApiStack]:
+    """The stack; a test module's ``API_SETTINGS`` dict overrides settings of its API."""
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap,
                           topic_prefix=f"api{uuid.uuid4().hex[:10]}", partitions=2)
     with fresh_database(database_url) as db_url:
         migrate(db_url)
         settings = load_settings(database_url=db_url, kafka=kafka, sse_poll_s=0.2,
                                  sse_keepalive_s=0.4,
-                                 worker_group_prefix=f"{kafka.topic_prefix}-workers")
+                                 worker_group_prefix=f"{kafka.topic_prefix}-workers",
+                                 **getattr(request.module, "API_SETTINGS", {}))
         app = create_app(settings)
         server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
                                         lifespan="on"))
