@@ -169,8 +169,10 @@ def bench_type(task_type: TaskType, tasks: int, kafka: KafkaSettings, models: An
 
     # 2. the same handler inside a worker, tasks queued up front
     store = TimedStore(workdir / f"results-{task_type.slug}")
+    # inline: the bench's handler is an object of this process (and the in-process path is
+    # what it measures); the supervised child's pipe adds its own cost, see docs/WORKERS.md.
     settings = WorkerSettings(types=[task_type], group_prefix=f"{kafka.topic_prefix}-bench",
-                              device="cpu")
+                              device="cpu", execution="inline")
     with TaskProducer(kafka, source="bench") as producer:
         ids = [producer.submit(task_type, params) for _ in range(tasks)]
     worker = Worker(kafka, settings, {task_type: {"bench": lambda: handler}}, store, fetcher, models)

@@ -285,8 +285,9 @@ def through_worker(cache: Any, args: argparse.Namespace, device: str, stack: Exi
             "provider_config": {"num_inference_steps": args.steps}}
     with TaskProducer(kafka, source="gpu-bench") as producer:
         ids = {producer.submit(TaskType.GENERATION, {**task, "seed": i}) for i in range(args.images)}
+    # inline: the warm pipeline above is handed to the worker as an object of this process.
     settings = WorkerSettings(types=[TaskType.GENERATION], group_prefix=f"{kafka.topic_prefix}-w",
-                              device=device, task_timeout_s=3600)
+                              device=device, task_timeout_s=3600, execution="inline")
     handler = DiffusersGeneration()
     worker = Worker(kafka, settings, {TaskType.GENERATION: {"diffusers": lambda: handler}},
                     FileStore(workdir / "results"), InputFetcher(), cache)

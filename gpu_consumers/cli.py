@@ -2,14 +2,17 @@
 
 Everything is read from the environment once (``KAFKA_*``, ``WORKER_*``, ``RESULTS_URL``,
 ``RESULTS_FSYNC``, ``S3_ENDPOINT_URL``, ``INPUT_*``, ``COMPUTE_MODEL_*``) and passed down. Exit
-status: 0 after a clean stop, 1 when the worker stopped unhealthy (a handler ignored its cancel
-token, or the broker stopped acknowledging): let the process supervisor start a fresh one.
+status: 0 after a clean stop, 1 when the worker stopped unhealthy (the broker stopped
+acknowledging, or, with ``WORKER_EXECUTION=inline``, a handler ignored its cancel token): let the
+process supervisor start a fresh one. By default the handlers run in a child process that the
+worker itself kills and replaces (``gpu_consumers.supervisor``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -43,8 +46,7 @@ def build_worker(types: list[TaskType] | None) -> Worker:
 
     Without ``types`` (and no ``WORKER_TYPES``), it serves every type that has a handler."""
     from gpu_consumers.handlers.registry import registry
-    from gpu_consumers.inputs import InputFetcher, InputSettings
-    from gpu_consumers.model_cache import ModelCache
+    from gpu_consumers.inputs import InputSettings
     from gpu_consumers.models import ModelRegistry
     from gpu_consumers.runtime import Worker
     from gpu_consumers.settings import WorkerSettings
@@ -68,20 +70,41 @@ def build_worker(types: list[TaskType] | None) -> Worker:
         raise click.UsageError(f"no handler for task type(s): {', '.join(missing) or 'any'}")
     # The worker's results URL (RESULTS_URL or WORKER_RESULTS_URL), the other storage settings.
     store = StorageSettings().model_copy(update={"results_url": settings.results_url}).open()
-    # Inputs are scoped against the store this worker writes (gpu_consumers.input_scope).
-    fetcher = InputFetcher(InputSettings(results_url=settings.results_url))
     registry_env = {**os.environ, "COMPUTE_MODEL_PROFILE": settings.model_profile,
                     "COMPUTE_MODEL_CACHE_DIR": str(settings.model_cache_dir)}
-    models = ModelCache(ModelRegistry.from_env(registry_env), device=settings.resolved_device())
     if TaskType.LLM_INTERACTION in settings.types:
-        _refuse_blind_judges(models.registry)
+        _refuse_blind_judges(ModelRegistry.from_env(registry_env))
+    # Supervised (the default): the handler process builds the fetcher and the models, and keeps
+    # them warm; this process only needs the handler classes, to check the served types. Inputs
+    # are scoped against the store this worker writes (gpu_consumers.input_scope).
+    child = functools.partial(child_kit, settings.types,
+                              InputSettings(results_url=settings.results_url), registry_env,
+                              settings.resolved_device())
+    fetcher = models = None
+    if settings.execution == "inline":
+        kit = child()
+        fetcher, models = kit.fetcher, kit.models
     registry_client = None
     if kafka.schema_registry_url:
         from schemas.registry import HttpSchemaRegistry
 
         registry_client = HttpSchemaRegistry(kafka.schema_registry_url)
     codec = EventCodec(registry=registry_client, lookup_fingerprint=SchemaStoreReader(kafka))
-    return Worker(kafka, settings, handlers, store, fetcher, models, codec=codec)
+    return Worker(kafka, settings, handlers, store, fetcher, models, codec=codec, child=child)
+
+
+def child_kit(types: list[TaskType], input_settings: Any, registry_env: dict[str, str],
+              device: str) -> Any:
+    """The handlers, input fetcher and model cache of a worker, built where they run (the
+    handler process, or the worker itself when inline). Module-level: pickled by reference."""
+    from gpu_consumers.handlers.registry import registry
+    from gpu_consumers.inputs import InputFetcher
+    from gpu_consumers.model_cache import ModelCache
+    from gpu_consumers.models import ModelRegistry
+    from gpu_consumers.supervisor import ChildKit
+
+    models = ModelCache(ModelRegistry.from_env(registry_env), device=device)
+    return ChildKit(registry(types), InputFetcher(input_settings), models, device)
 
 
 def _refuse_blind_judges(registry: Any) -> None:

@@ -16,10 +16,10 @@ from typing import Any
 from confluent_kafka import Message, Producer
 
 from schemas.codec import EventCodec
-from schemas.emit import produce_event
+from schemas.emit import event_headers, produce_event, produce_record
 from schemas.enums import ErrorCode, TaskStatus, TaskType
 from schemas.events import Envelope, StatusChanged, TaskError
-from schemas.headers import new_traceparent
+from schemas.headers import Headers, new_traceparent
 from schemas.topics import Topics
 
 log = logging.getLogger("gpu_consumers.worker")
@@ -58,18 +58,26 @@ class Emitter:
     source: str = "worker"
 
     def status(self, env: Envelope, attempt: int, status: TaskStatus, generation_id: str | None,
-               **fields: Any) -> StatusChanged:
-        """A status event of the task ``env`` describes, for ``attempt``, from this worker."""
+               event_id: str | None = None, **fields: Any) -> StatusChanged:
+        """A status event of the task ``env`` describes, for ``attempt``, from this worker (with
+        a given ``event_id``: a deterministic one, as a worker stop's FAILED)."""
         envelope = env.model_copy(update={
-            "event_id": str(uuid.uuid4()), "occurred_at": datetime.now(timezone.utc),
+            "event_id": event_id or str(uuid.uuid4()), "occurred_at": datetime.now(timezone.utc),
             "attempt": attempt, "source": self.source})
         return StatusChanged(envelope=envelope, status=status, worker_id=self.worker_id,
                              generation_id=generation_id, **fields)
 
-    def send(self, topic: str, event: Any, trace_id: str | None, ack: Ack | None = None) -> None:
-        """Produce an event, continuing the trace ``trace_id`` when known."""
-        produce_event(self.producer, topic, event, codec=self.codec,
-                      traceparent=new_traceparent(trace_id), on_delivery=ack)
+    def send(self, topic: str, event: Any, trace_id: str | None, ack: Ack | None = None,
+             headers: Headers | None = None) -> None:
+        """Produce an event, continuing the trace ``trace_id`` when known; ``headers`` are added
+        to the standard ones."""
+        traceparent = new_traceparent(trace_id)
+        if not headers:
+            produce_event(self.producer, topic, event, codec=self.codec, traceparent=traceparent,
+                          on_delivery=ack)
+            return
+        produce_record(self.producer, topic, self.codec.encode(event), event.envelope.task_id,
+                       [*event_headers(event, traceparent), *headers], ack)
 
     def flush(self, *acks: Ack) -> bool:
         """Wait for every outstanding record; True when all ``acks`` were acknowledged."""

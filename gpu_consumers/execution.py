@@ -14,9 +14,21 @@ then is PROVIDER_ERROR; any other exception is PROVIDER_ERROR with its message.
 Cancel reasons (``gpu_consumers.control``): a *user* cancel ends CANCELLED and deletes what the
 attempt stored, even when the handler had finished; a *shutdown* aborts without a terminal
 status (a finished result is still stored and reported: the final write is shielded); a
-*timeout* only ends the attempt. A handler that ignores its token past ``timeout_grace_s`` is
-abandoned: the attempt is FAILED/PROVIDER_TIMEOUT, no retry runs in this process (the retry is
-handed back to the group) and the run reports the worker unhealthy.
+*timeout* only ends the attempt.
+
+Supervised execution (the default, ``gpu_consumers.supervisor``): the handler runs in the
+worker's child process, and a handler that ignores its token past the grace (``timeout_grace_s``
+after the time limit, ``cancel_grace_s`` after a user cancel or a shutdown), crosses the memory
+ceiling, or dies, is killed with its process; the worker stays healthy and a fresh child takes
+the next attempt. Inline execution (tests, benchmarks): a handler that ignores its token past
+``timeout_grace_s`` can only be abandoned: the attempt is FAILED/PROVIDER_TIMEOUT, no retry runs
+in this process (the retry is handed back to the group) and the run reports the worker
+unhealthy.
+
+Either way such an attempt is a *worker stop* (``state.stops``): its FAILED carries the
+deterministic stop event id, the run counts it with the stops the task record's header reports,
+and the second stop ends the task FAILED/PROVIDER_ERROR ("the task stopped a worker twice").
+Before any of this, a task over its type's admission budget is FAILED/INVALID_INPUT.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Any
 
+from gpu_consumers.admission import check_admission
 from gpu_consumers.control import CancelReason, ReasonToken
 from gpu_consumers.emitter import Ack, Emitter
 from gpu_consumers.errors import (
@@ -45,14 +58,19 @@ from gpu_consumers.errors import (
 from gpu_consumers.handler import Handler, HandlerResult, TaskContext
 from gpu_consumers.settings import ContentPolicy, WorkerSettings
 from gpu_consumers.storage import OutputStore
+from gpu_consumers.supervisor import ChildOutOfMemory, HardStop, Supervisor, free_gpu_cache
 from gpu_consumers.threads import Call, ReusableThread
 from schemas.enums import TaskStatus
 from schemas.events import ResultMetadata, TaskError, TaskResult, TaskSubmitted
 from schemas.headers import trace_id_of
 from state.lifecycle import TaskState, check_new_attempt, fold
 from state.retry import decide
+from state.stops import STOPS_HEADER, decide_after_stop, worker_stop_event_id
 
 log = logging.getLogger("gpu_consumers.worker")
+
+# Supervised: how long past the grace a killed child may take to be reaped and reported.
+_KILL_ALLOWANCE_S = 15.0
 
 
 class Outcome(StrEnum):
@@ -82,6 +100,7 @@ class Services:
     device: str
     handler_for: Callable[[TaskSubmitted], Handler]
     content_policy: ContentPolicy | None = None
+    supervisor: Supervisor | None = None  # None: inline execution
     # Handler calls run here, one at a time, so that a run can give up on one that hangs.
     handler_thread: ReusableThread = field(default_factory=lambda: ReusableThread("handler"))
 
@@ -120,18 +139,11 @@ class _Progress:
 
 
 def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, ChildOutOfMemory):
+        return True
     torch = sys.modules.get("torch")  # only handlers import torch; the runtime never does
     oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
     return oom is not None and isinstance(exc, oom)
-
-
-def _free_gpu_cache() -> None:
-    torch = sys.modules.get("torch")
-    try:
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:
-        log.exception("torch.cuda.empty_cache() failed")
 
 
 def build_result(result: HandlerResult, urls: list[str], timing_ms: int) -> TaskResult:
@@ -153,7 +165,8 @@ def build_result(result: HandlerResult, urls: list[str], timing_ms: int) -> Task
 class TaskRun:
     """One task record, from its first attempt to a terminal status (or an abort)."""
 
-    def __init__(self, task: TaskSubmitted, traceparent: str | None, services: Services) -> None:
+    def __init__(self, task: TaskSubmitted, traceparent: str | None, services: Services,
+                 stops: int = 0) -> None:
         self.task, self.task_id = task, task.envelope.task_id
         self._tenant_id = task.envelope.origin_tenant_id  # scopes its inputs and its outputs
         self.attempt = self._first_attempt = task.envelope.attempt
@@ -169,6 +182,7 @@ class TaskRun:
         self._stored: list[str] = []  # URLs the current attempt stored
         self._healthy = True
         self._abandoned = False
+        self._stops = stops  # attempts of this task that stopped a worker (header + this run)
         self._log = {"task_id": self.task_id}
 
     # ---- called from other threads ------------------------------------------------------------
@@ -206,15 +220,24 @@ class TaskRun:
                 return self._terminal(Outcome.CANCELLED, TaskStatus.CANCELLED,
                                       message="cancelled by request")
             except TaskFailure as failure:
-                decision = decide(failure.code, self.attempt, self._settings.retry_policy,
-                                  seed=self.task_id)
-                error = TaskError(code=failure.code, message=str(failure) or type(failure).__name__,
-                                  retryable=decision.retry, details=decision.reason)
+                policy, message = self._settings.retry_policy, str(failure) or type(failure).__name__
+                code, event_id = failure.code, None
+                if getattr(failure, "stopped_worker", False):
+                    self._stops += 1
+                    stop = decide_after_stop(code, self.attempt, self._stops, policy,
+                                             seed=self.task_id)
+                    code, decision, message = stop.code, stop.decision, stop.message(message)
+                    event_id = worker_stop_event_id(self.task_id, self.attempt)
+                else:
+                    decision = decide(code, self.attempt, policy, seed=self.task_id)
+                error = TaskError(code=code, message=message, retryable=decision.retry,
+                                  details=decision.reason)
                 log.warning("task %s attempt %d failed: %s (%s)", self.task_id, self.attempt,
                             error.message, decision.reason, extra=self._log)
                 if not decision.retry:
-                    return self._terminal(Outcome.FAILED, TaskStatus.FAILED, error=error)
-                self._emit(TaskStatus.FAILED, error=error)
+                    return self._terminal(Outcome.FAILED, TaskStatus.FAILED, error=error,
+                                          event_id=event_id)
+                self._emit(TaskStatus.FAILED, error=error, event_id=event_id)
                 check_new_attempt(self._state, self.attempt + 1)  # type: ignore[arg-type]
                 if self._healthy:
                     self._wake.wait(decision.delay_s)  # a cancel or a shutdown ends it early
@@ -225,6 +248,8 @@ class TaskRun:
 
     def _attempt(self, low_memory: bool) -> tuple[TaskResult, bool]:
         """One attempt (twice after a GPU out-of-memory); raises TaskFailure or _Stop."""
+        check_admission(self.task.envelope.task_type, self.task.params,
+                        self._settings.model_profile, self._settings.admission_budgets)
         policy = self._services.content_policy
         if policy is not None:
             try:
@@ -243,10 +268,13 @@ class TaskRun:
                 return self._store(call.result, timing_ms), low_memory  # type: ignore[arg-type]
             if self._reason is not None:
                 raise _Stop(self._reason)
+            if isinstance(error, HardStop):
+                raise self._hard_stopped(error, token)
             if token.reason is CancelReason.TIMEOUT and not isinstance(error, TaskFailure):
                 raise self._timeout()
             if _is_oom(error):
-                _free_gpu_cache()
+                if not isinstance(error, ChildOutOfMemory):  # the child frees its own
+                    free_gpu_cache()
                 if not low_memory:
                     log.warning("task %s: GPU out of memory; once more with low_memory",
                                 self.task_id, extra=self._log)
@@ -258,7 +286,17 @@ class TaskRun:
             if isinstance(error, TaskCancelled):
                 raise ProviderError("the handler stopped as cancelled, but nobody cancelled it") \
                     from error
-            raise ProviderError(f"{type(error).__name__}: {error}") from error
+            name = getattr(error, "type_name", type(error).__name__)  # a ChildError's original
+            raise ProviderError(f"{name}: {error}") from error
+
+    def _hard_stopped(self, stop: HardStop, token: ReasonToken) -> TaskFailure:
+        """The failure of an attempt whose handler process was killed or died: a worker stop."""
+        if stop.why == "cancel" and token.reason is CancelReason.TIMEOUT:
+            failure: TaskFailure = self._timeout(f" and {stop}")
+        else:
+            failure = ProviderError(f"the handler {stop}")
+        failure.stopped_worker = True  # type: ignore[attr-defined]
+        return failure
 
     def _timeout(self, suffix: str = "") -> ProviderTimeout:
         task_type = self.task.envelope.task_type
@@ -274,22 +312,32 @@ class TaskRun:
                 token.cancel(self._reason)
         progress = _Progress(lambda v: self._emit(TaskStatus.PROCESSING, progress=v, attempt=attempt),
                              self._settings.progress_interval_s)
-        # The task reads inputs only as its tenant may (gpu_consumers.input_scope).
-        fetch = services.fetcher and services.fetcher.for_task(self._tenant_id)
-        ctx = TaskContext(task_id=self.task_id, attempt=attempt, progress=progress, cancel=token,
-                          fetch=fetch, models=services.models, device=services.device,
-                          low_memory=low_memory)
-        call = services.handler_thread.submit(
-            lambda: services.handler_for(self.task).run(self.task.params, ctx))
+        supervisor = services.supervisor
+        if supervisor is not None:  # the child scopes the task's inputs to its tenant
+            supervisor.ready()  # a fresh child builds its handlers before the clock starts
+            call = services.handler_thread.submit(
+                lambda: supervisor.run(self.task, attempt, low_memory, token, progress))
+        else:
+            # The task reads inputs only as its tenant may (gpu_consumers.input_scope).
+            fetch = services.fetcher and services.fetcher.for_task(self._tenant_id)
+            ctx = TaskContext(task_id=self.task_id, attempt=attempt, progress=progress,
+                              cancel=token, fetch=fetch, models=services.models,
+                              device=services.device, low_memory=low_memory)
+            call = services.handler_thread.submit(
+                lambda: services.handler_for(self.task).run(self.task.params, ctx))
         try:
             if not call.wait(self._settings.timeout_for(self.task.envelope.task_type)):
                 token.cancel(CancelReason.TIMEOUT)  # the handler stops at its next step
-                if not call.wait(self._settings.timeout_grace_s):
+                # Supervised, the child is killed after the grace: allow for reaping it too.
+                grace = self._settings.timeout_grace_s + (_KILL_ALLOWANCE_S if supervisor else 0)
+                if not call.wait(grace):
                     self._healthy = False
                     log.error("task %s: the handler ignored its cancel token for %gs after the "
                               "time limit; abandoned, the worker stops after this task",
                               self.task_id, self._settings.timeout_grace_s, extra=self._log)
-                    raise self._timeout(" and did not stop")
+                    failure = self._timeout(" and did not stop")
+                    failure.stopped_worker = True  # type: ignore[attr-defined]
+                    raise failure
         finally:
             progress.closed = True
         return call, token
@@ -324,12 +372,12 @@ class TaskRun:
     # ---- emitting -------------------------------------------------------------------------------
 
     def _emit(self, status: TaskStatus, *, attempt: int | None = None, ack: Ack | None = None,
-              **fields: Any) -> None:
+              event_id: str | None = None, **fields: Any) -> None:
         if self._abandoned:
             return
         emitter = self._services.emitter
         event = emitter.status(self.task.envelope, attempt or self.attempt, status,
-                               self._generation_id, **fields)
+                               self._generation_id, event_id=event_id, **fields)
         if attempt is None or attempt == self.attempt:
             self._state = fold(self._state, event)
         emitter.send(emitter.topics.status, event, self._trace_id, ack)
@@ -358,7 +406,7 @@ class TaskRun:
             "attempt": self.attempt})
         emitter, ack = self._services.emitter, Ack()
         emitter.send(emitter.topics.task(env.task_type), self.task.model_copy(update={"envelope": env}),
-                     self._trace_id, ack)
+                     self._trace_id, ack, headers=[(STOPS_HEADER, str(self._stops).encode())])
         acked = emitter.flush(ack)
         log.info("task %s handed back to the group as attempt %d", self.task_id, self.attempt,
                  extra={**self._log, "attempt": self.attempt})

@@ -25,20 +25,24 @@ within ``shutdown_grace_s``, then it is cancelled with reason ``shutdown``: no t
 no commit, so the group runs it again elsewhere. A worker whose handler ignored a time-limit
 cancel is *unhealthy*: it reports that task, stops, and ``run`` returns with ``healthy`` False so
 that the process exits non-zero and its supervisor starts a fresh one (the stuck thread may be
-holding the GPU). Burst mode (``run(max_tasks=..., idle_timeout_s=...)``) returns counters.
+holding the GPU). That happens only with ``execution="inline"``: by default (supervised) the
+handlers run in a child process (:mod:`gpu_consumers.supervisor`) that is killed and replaced,
+and the worker stays up and healthy. Burst mode (``run(max_tasks=..., idle_timeout_s=...)``) returns counters.
 ``run`` may be called once per Worker.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import pickle
 import socket
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +54,7 @@ from gpu_consumers.execution import Outcome, RunReport, Services, TaskRun
 from gpu_consumers.handlers.registry import HandlerFactory, HandlerSet, Providers
 from gpu_consumers.settings import ContentPolicy, WorkerSettings
 from gpu_consumers.storage import OutputStore
+from gpu_consumers.supervisor import ChildKit, Supervisor, kit_of
 from gpu_consumers.threads import Call, ReusableThread
 from schemas.codec import EventCodec
 from schemas.enums import TaskType
@@ -58,6 +63,7 @@ from schemas.events import TaskSubmitted
 from schemas.headers import header_dict
 from schemas.kafka_settings import KafkaSettings
 from schemas.schema_store import SchemaStoreReader
+from state.stops import STOPS_HEADER, stops_from_header
 
 log = logging.getLogger("gpu_consumers.worker")
 
@@ -129,7 +135,12 @@ class Worker:
         codec: EventCodec | None = None,
         content_policy: ContentPolicy | None = None,
         worker_id: str | None = None,
+        child: Callable[[], ChildKit] | None = None,
     ) -> None:
+        """``child``: how the handler process builds its handlers, fetcher and models (a
+        picklable callable: a module-level function, or ``functools.partial`` of one). Without
+        it, supervised execution pickles ``handlers``, ``fetcher`` and ``models`` to the child,
+        which needs picklable handler factories (classes, module-level functions)."""
         missing = [t.slug for t in settings.types if t not in handlers]
         if missing:
             raise ValueError(f"no handler for task type(s) {', '.join(missing)}; serve fewer types")
@@ -139,6 +150,17 @@ class Worker:
         self.handlers = HandlerSet(handlers)
         self._codec = codec or EventCodec(lookup_fingerprint=SchemaStoreReader(kafka))
         self._store, self._fetcher, self._models = store, fetcher, models
+        self._child = None
+        self.supervisor: Supervisor | None = None  # the handler process's, while ``run`` runs
+        if settings.execution == "supervised":
+            self._child = child or functools.partial(
+                kit_of, dict(handlers), fetcher, models, settings.resolved_device())
+            try:
+                pickle.dumps(self._child)
+            except Exception as exc:
+                raise ValueError(
+                    f"supervised execution sends the handlers to a child process, and these "
+                    f"cannot be pickled ({exc}); pass child=, or set execution='inline'") from exc
         self._content_policy = content_policy or settings.load_content_policy()
         self._cancelled = CancelledIds(settings.cancelled_capacity)
         self._cancel_lock = threading.Lock()  # orders a cancel against a task's start
@@ -183,10 +205,19 @@ class Worker:
         producer = Producer({**self.kafka.client_config(), **_PRODUCER_CONFIG,
                              "linger.ms": self.settings.status_linger_ms, "client.id": self.worker_id})
         self._emitter = Emitter(producer, self._codec, self.kafka.topics, self.worker_id)
+        supervisor = None
+        if self._child is not None:
+            s = self.settings
+            supervisor = Supervisor(self._child, timeout_grace_s=s.timeout_grace_s,
+                                    cancel_grace_s=s.cancel_grace_s, max_rss_bytes=s.rss_ceiling(),
+                                    start_timeout_s=s.child_start_timeout_s)
+            supervisor.start()  # warms up while the consumers join their groups
+        self.supervisor = supervisor
         self._services = Services(
             settings=self.settings, emitter=self._emitter, store=self._store,
             fetcher=self._fetcher, models=self._models, device=self.settings.resolved_device(),
-            handler_for=self.handlers.for_task, content_policy=self._content_policy)
+            handler_for=self.handlers.for_task, content_policy=self._content_policy,
+            supervisor=supervisor)
         control = ControlListener(self.kafka, self._on_cancel, codec=self._codec,
                                   client_id=f"{self.worker_id}-control")
         started = time.monotonic()
@@ -209,6 +240,8 @@ class Worker:
             control.stop()
             self._task_thread.close()
             self._services.handler_thread.close()
+            if supervisor is not None:
+                supervisor.close()
             producer.flush(10.0)
             log.info("worker %s stopped: %s", self.worker_id, self.stats)
         return self.stats
@@ -249,7 +282,8 @@ class Worker:
             if self._emitter.dead_letter(msg, exc, lane.task_type):
                 self._commit(lane, msg)
             return
-        run = TaskRun(task, headers.get("traceparent"), self._services)
+        run = TaskRun(task, headers.get("traceparent"), self._services,
+                      stops=stops_from_header(headers.get(STOPS_HEADER)))
         inflight = _InFlight(lane, msg, run)
         with self._cancel_lock:
             if run.task_id in self._cancelled:

@@ -7,6 +7,7 @@ these are what a worker process does with them.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -45,8 +46,26 @@ class WorkerSettings(RetrySettings, BaseSettings):
         default_factory=lambda: {TaskType.VIDEO_GENERATION: 1800.0}
     )
     # After its deadline a handler gets this long to notice its cancel token (at its next
-    # step); one that does not stop is abandoned and the worker exits after reporting the task.
+    # step); then its process is killed (supervised), or it is abandoned and the worker exits
+    # after reporting the task (inline).
     timeout_grace_s: float = Field(default=30.0, ge=0)
+
+    # supervised: handlers run in a child process that is killed and replaced when a task runs
+    # past its time limit + grace, ignores a cancel, or crosses max_rss_bytes (docs/WORKERS.md).
+    # inline: handlers run in a thread of the worker (tests and benchmarks that share objects
+    # with the handler; a runaway handler can only be abandoned there).
+    execution: Literal["supervised", "inline"] = "supervised"
+    # After a user cancel or a shutdown, a handler that has not stopped within this is killed.
+    cancel_grace_s: float = Field(default=5.0, ge=0)
+    # Resident memory ceiling of the handler process, in bytes (WORKER_MAX_RSS_BYTES). None:
+    # three quarters of the machine's memory; 0: no ceiling. GPU memory is not counted: a
+    # CUDA out-of-memory error is the handler's own (one low_memory retry, then PROVIDER_ERROR).
+    max_rss_bytes: int | None = Field(default=None, ge=0)
+    # A fresh handler process imports torch and builds its handlers: allow for a busy machine.
+    child_start_timeout_s: float = Field(default=300.0, gt=0)
+    # Admission: work units (pixels x steps x frames) a task may ask for, per type, overriding
+    # the model profile's budget (gpu_consumers/admission.py), e.g. '{"generation": 5e8}'.
+    admission_budgets: PerTaskType = Field(default_factory=dict)
 
     # At most one PROCESSING progress event per this many seconds per task (≤ 2 events/s).
     progress_interval_s: float = Field(default=0.5, ge=0)
@@ -106,6 +125,12 @@ class WorkerSettings(RetrySettings, BaseSettings):
 
     def timeout_for(self, task_type: TaskType) -> float:
         return self.task_timeouts_s.get(task_type, self.task_timeout_s)
+
+    def rss_ceiling(self) -> int:
+        """``max_rss_bytes`` resolved: bytes, 0 for none."""
+        if self.max_rss_bytes is not None:
+            return self.max_rss_bytes
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 3 // 4
 
     def group_id(self, task_type: TaskType) -> str:
         return f"{self.group_prefix}.{task_type.slug}"

@@ -36,6 +36,7 @@ from schemas.enums import TaskStatus
 from schemas.kafka_settings import KafkaSettings
 from state.lifecycle import TaskState
 from state.retry import decide
+from state.stops import STOPS_TO_FAIL
 
 log = logging.getLogger("processors.app")
 
@@ -215,6 +216,8 @@ def create_app(
     def is_final(state: TaskState) -> bool:
         if state.status in (TaskStatus.COMPLETED, TaskStatus.CANCELLED):
             return True
+        if state.status is TaskStatus.FAILED and len(state.stopped_attempts) >= STOPS_TO_FAIL:
+            return True  # the poison rule ended it, whatever attempts the policy has left
         return state.status is TaskStatus.FAILED and not (
             state.error_code and decide(state.error_code, state.attempt, policy).retry)
 

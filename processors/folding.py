@@ -94,6 +94,7 @@ def state_to_json(state: TaskState) -> dict[str, Any]:
         "error_code": None if state.error_code is None else state.error_code.value,
         "error_message": state.error_message,
         "generation_id": state.generation_id,
+        "stopped_attempts": sorted(state.stopped_attempts),
     }
 
 
@@ -131,6 +132,7 @@ def state_from_json(doc: dict[str, Any]) -> TaskState:
         error_code=None if error_code is None else ErrorCode(error_code),
         error_message=doc["error_message"],
         generation_id=doc.get("generation_id"),  # absent from documents written before it
+        stopped_attempts=frozenset(doc.get("stopped_attempts", ())),  # likewise
     )
 
 

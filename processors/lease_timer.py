@@ -2,8 +2,9 @@
 
 Runs every ``lease_check_interval_s`` inside the Faust app (``app.timer``). Blocking Kafka calls
 (offset look-ups, produce + flush) run in a thread so the agents keep folding meanwhile. Outputs
-go through ``schemas.emit.produce_event`` on a confluent-kafka producer, like every other status
-and task record, so they carry the same headers and land on the same partition as the task's
+go through ``schemas.emit`` (``event_headers`` + ``produce_record``, as ``produce_event`` does,
+plus the worker-stops header on a resubmitted task) on a confluent-kafka producer, like every
+other status and task record, so they carry the same headers and land on the same partition as the task's
 other records (librdkafka's partitioner; aiokafka's would pick another one).
 """
 
@@ -21,10 +22,12 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from processors.leases import LeaseAction, LeaseBook, Retry, TimeOut, retry_events, timeout_event
 from processors.settings import ProcessorSettings
 from schemas.codec import EventCodec
-from schemas.emit import produce_event
+from schemas.emit import event_headers, produce_record
 from schemas.errors import ComputeError
 from schemas.events import TaskSubmitted
+from schemas.headers import new_traceparent
 from schemas.kafka_settings import KafkaSettings
+from state.stops import STOPS_HEADER
 
 log = logging.getLogger("processors.leases")
 
@@ -94,14 +97,16 @@ class LeaseTimer:
 
     # ---- helpers ---------------------------------------------------------------------------
 
-    def _outputs(self, action: LeaseAction) -> list[tuple[str, Any]]:
-        """(topic, event) pairs for ``action``; empty when it cannot be carried out."""
+    def _outputs(self, action: LeaseAction) -> list[tuple[str, Any, int | None]]:
+        """(topic, event, worker stops) for ``action``; empty when it cannot be carried out. The
+        resubmitted task record carries the task's worker stops so far (``STOPS_HEADER``): the
+        worker that runs it applies the poison rule to its own hard stop."""
         state = action.state
         if isinstance(action, TimeOut):
             self.timeouts += 1
             log.info("task %s attempt %d: lease of %gs ran out; FAILED/PROVIDER_TIMEOUT (%s)",
                      state.task_id, state.attempt, action.lease_s, action.decision.reason)
-            return [(self._status_topic, timeout_event(action))]
+            return [(self._status_topic, timeout_event(action), None)]
         assert isinstance(action, Retry)
         raw = self._submission(state.task_id)
         try:
@@ -118,8 +123,8 @@ class LeaseTimer:
         self.retries += 1
         log.info("task %s: attempt %d resubmitted after a lease time-out", state.task_id,
                  record.envelope.attempt)
-        return [(self._kafka.topics.task(record.envelope.task_type), record),
-                (self._status_topic, queued)]
+        return [(self._kafka.topics.task(record.envelope.task_type), record, action.stops),
+                (self._status_topic, queued, None)]
 
     def _read_offsets(self, partitions: Iterable[int]) -> tuple[dict[int, int], dict[int, int | None]]:
         """End offsets first, then committed ones (the order :meth:`LeaseBook.fresh_as_of`
@@ -135,7 +140,7 @@ class LeaseTimer:
                      for tp in self._offsets.committed(tps, timeout=_KAFKA_TIMEOUT_S)}
         return ends, committed
 
-    def _produce(self, records: list[tuple[str, Any]]) -> None:
+    def _produce(self, records: list[tuple[str, Any, int | None]]) -> None:
         if self._producer is None:
             self._producer = Producer({**self._kafka.client_config(), **_PRODUCER})
         errors: list[Any] = []
@@ -144,8 +149,12 @@ class LeaseTimer:
             if err is not None:
                 errors.append(err)
 
-        for topic, event in records:
-            produce_event(self._producer, topic, event, codec=self._codec, on_delivery=on_delivery)
+        for topic, event, stops in records:
+            headers = event_headers(event, new_traceparent())
+            if stops is not None:
+                headers = [*headers, (STOPS_HEADER, str(stops).encode())]
+            produce_record(self._producer, topic, self._codec.encode(event),
+                           event.envelope.task_id, headers, on_delivery)
         left = self._producer.flush(_KAFKA_TIMEOUT_S)
         if left or errors:
             raise KafkaException(f"lease outputs not acknowledged: {left} pending, errors {errors}")

@@ -4,7 +4,10 @@ A PROCESSING task whose last report is older than its lease is resolved in two s
 status event that flows back through the status topic and the fold like any other:
 
 1. **time-out**: ``FAILED``/``PROVIDER_TIMEOUT`` for that attempt, ``retryable`` as
-   ``state.retry.decide`` says (the one retry policy);
+   ``state.retry.decide`` says (the one retry policy). A lease time-out means the worker is
+   gone, so it is a *worker stop* (``state.stops``): when the task already stopped a worker on
+   an earlier attempt, it ends FAILED/PROVIDER_ERROR ("the task stopped a worker twice: ...")
+   instead of going to the next worker;
 2. **retry**, when the policy says so and ``state.lifecycle.check_new_attempt`` allows it: once
    the back-off has passed, the task's submitted record is produced again for attempt ``n + 1``
    on its task topic, with ``QUEUED`` for that attempt.
@@ -20,7 +23,6 @@ status event written before the moment it is judged at; see :meth:`LeaseBook.fre
 
 from __future__ import annotations
 
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -29,19 +31,15 @@ from datetime import datetime, timedelta
 from schemas.enums import ErrorCode, TaskStatus, TaskType
 from schemas.events import Envelope, StatusChanged, TaskError, TaskSubmitted
 from state.lifecycle import TaskState, check_new_attempt, is_stale
-from state.retry import RetryDecision, RetryPolicy, decide
+from state.retry import RetryDecision, RetryPolicy
+from state.stops import LEASE_NAMESPACE, StopDecision, decide_after_stop, lease_event_id
 
-# Fixed: changing it changes every lease event id, and repeats would stop being duplicates.
-LEASE_NAMESPACE = uuid.UUID("0d6c2a0e-51a7-4c36-9a8e-3f0b2c7d4e19")
+__all__ = ["LEASE_NAMESPACE", "LeaseAction", "LeaseBook", "Retry", "TimeOut", "is_lease_failure",
+           "lease_event_id", "needs_watching", "resolve", "retry_events", "timeout_event"]
+
 SOURCE = "processors"
 # End-offset snapshots kept: at one per lease check, the view may lag this many checks.
 SNAPSHOTS_KEPT = 360
-
-
-def lease_event_id(task_id: str, attempt: int, step: str) -> str:
-    """The event id of a lease output: ``step`` is "timeout", "retry" (the resubmitted task
-    record) or "queued"."""
-    return str(uuid.uuid5(LEASE_NAMESPACE, f"{task_id}/{attempt}/{step}"))
 
 
 def is_lease_failure(state: TaskState) -> bool:
@@ -57,7 +55,11 @@ class TimeOut:
 
     state: TaskState
     lease_s: float
-    decision: RetryDecision
+    stop: StopDecision  # a lease time-out is a worker stop: the poison rule may end the task
+
+    @property
+    def decision(self) -> RetryDecision:
+        return self.stop.decision
 
     @property
     def failed_at(self) -> datetime:
@@ -75,12 +77,25 @@ class Retry:
     def due_at(self) -> datetime:
         return self.state.updated_at + timedelta(seconds=self.decision.delay_s)
 
+    @property
+    def stops(self) -> int:
+        """Worker stops of the task so far (``state.stops.STOPS_HEADER`` of the new record)."""
+        return len(self.state.stopped_attempts | {self.state.attempt})
+
 
 LeaseAction = TimeOut | Retry
 
 
+def _stop(state: TaskState, policy: RetryPolicy) -> StopDecision:
+    """The time-out of ``state.attempt`` counts as a worker stop, with the task's earlier ones
+    (the same count before and after its FAILED is folded in)."""
+    stops = len(state.stopped_attempts | {state.attempt})
+    return decide_after_stop(ErrorCode.PROVIDER_TIMEOUT, state.attempt, stops, policy,
+                             seed=state.task_id)
+
+
 def _decision(state: TaskState, policy: RetryPolicy) -> RetryDecision:
-    return decide(ErrorCode.PROVIDER_TIMEOUT, state.attempt, policy, seed=state.task_id)
+    return _stop(state, policy).decision
 
 
 def resolve(
@@ -89,7 +104,7 @@ def resolve(
     """What the lease of ``state`` calls for at ``now``: a time-out, a retry that is due, or
     nothing. Raises ``IllegalNewAttempt`` if a retry would break the lifecycle rules."""
     if is_stale(state, now, lease_s):
-        return TimeOut(state, lease_s, _decision(state, policy))
+        return TimeOut(state, lease_s, _stop(state, policy))
     if is_lease_failure(state):
         decision = _decision(state, policy)
         if decision.retry:
@@ -111,7 +126,7 @@ def needs_watching(state: TaskState, policy: RetryPolicy) -> bool:
 
 
 def timeout_event(action: TimeOut) -> StatusChanged:
-    state, decision = action.state, action.decision
+    state, decision, stop = action.state, action.decision, action.stop
     kind = state.task_type.slug if state.task_type else "task"
     envelope = Envelope(
         event_id=lease_event_id(state.task_id, state.attempt, "timeout"),
@@ -122,8 +137,8 @@ def timeout_event(action: TimeOut) -> StatusChanged:
         source=SOURCE,
     )
     error = TaskError(
-        code=ErrorCode.PROVIDER_TIMEOUT,
-        message=f"no report from the worker for {action.lease_s:g}s (the {kind} lease)",
+        code=stop.code,
+        message=stop.message(f"no report from the worker for {action.lease_s:g}s (the {kind} lease)"),
         retryable=decision.retry,
         details=decision.reason,
     )

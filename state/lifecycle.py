@@ -22,7 +22,9 @@ The state's status, attempt, result, error, message, last_event_id, updated_at (
 ``created_at`` = earliest event of any attempt; ``queued_at``/``started_at`` = earliest
 QUEUED/PROCESSING event of the state's attempt; ``progress`` = highest progress reported in the
 attempt (``COMPLETED`` forces 1.0); ``task_type`` and ``generation_id`` = the first non-null one
-seen (every event of a task carries the same, or none, so the order does not matter). Because
+seen (every event of a task carries the same, or none, so the order does not matter);
+``stopped_attempts`` = the union, over every attempt, of the attempts whose FAILED was a worker
+stop (``state.stops.is_stop_event``: a hard stop or a lease time-out; the poison-task rule). Because
 the winner is the maximum of a total order and the merges are min/max, every permutation,
 duplication or replay of a set of events (distinct ``event_id`` per distinct event) folds to the
 same state -- except ``version``, which counts the changes actually applied (+1 each, never on a
@@ -47,6 +49,7 @@ from typing import Protocol
 
 from schemas.enums import TERMINAL_STATUSES, ErrorCode, TaskStatus, TaskType
 from state.errors import IllegalNewAttempt, IllegalTransition, InvalidStatusEvent, TaskIdMismatch
+from state.stops import is_stop_event
 
 _S = TaskStatus
 
@@ -193,6 +196,8 @@ class TaskState:
     error_message: str | None = None
     # The generation the task belongs to (StatusChanged.generation_id), None for a lone task.
     generation_id: str | None = None
+    # Attempts that ended by a worker stop (a hard stop or a lease time-out): the poison rule.
+    stopped_attempts: frozenset[int] = frozenset()
 
     @property
     def is_terminal(self) -> bool:
@@ -226,14 +231,20 @@ def _outcome(ev: EventView) -> dict[str, object]:
     )
 
 
+def _stopped(ev: EventView, stopped: frozenset[int]) -> frozenset[int]:
+    if is_stop_event(ev.task_id, ev.attempt, ev.status, ev.event_id) and ev.attempt not in stopped:
+        return stopped | {ev.attempt}
+    return stopped
+
+
 def _start(
     ev: EventView, created_at: datetime, task_type: TaskType | None, version: int,
-    generation_id: str | None,
+    generation_id: str | None, stopped: frozenset[int] = frozenset(),
 ) -> TaskState:
     """A fresh state for the first event seen of an attempt."""
     return TaskState(
         task_id=ev.task_id, task_type=task_type, version=version, created_at=created_at,
-        generation_id=generation_id,
+        generation_id=generation_id, stopped_attempts=_stopped(ev, stopped),
         progress=1.0 if ev.status is _S.COMPLETED else (ev.progress or 0.0),
         queued_at=_earliest(None, ev, _S.QUEUED), started_at=_earliest(None, ev, _S.PROCESSING),
         **_outcome(ev),  # type: ignore[arg-type]
@@ -255,9 +266,10 @@ def fold(state: TaskState | None, event: StatusEventLike | object) -> TaskState:
     generation_id = state.generation_id or ev.generation_id
     if ev.attempt > state.attempt:  # rule 1: a newer attempt starts over
         return _start(ev, created_at, task_type, version=state.version + 1,
-                      generation_id=generation_id)
+                      generation_id=generation_id, stopped=state.stopped_attempts)
     changes: dict[str, object] = dict(created_at=created_at, task_type=task_type,
-                                      generation_id=generation_id)
+                                      generation_id=generation_id,
+                                      stopped_attempts=_stopped(ev, state.stopped_attempts))
     if ev.attempt == state.attempt:
         changes.update(
             queued_at=_earliest(state.queued_at, ev, _S.QUEUED),

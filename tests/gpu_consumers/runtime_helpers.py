@@ -115,7 +115,9 @@ def worker_settings(kafka: KafkaSettings, **overrides: Any) -> WorkerSettings:
     values: dict[str, Any] = dict(
         types=[TYPE], group_prefix=f"{kafka.topic_prefix}-workers", progress_interval_s=0.5,
         retry_backoff_base_s=0.05, retry_jitter=0.0, task_timeout_s=20.0, timeout_grace_s=2.0,
-        shutdown_grace_s=5.0, rebalance_wait_s=1.0, device="cpu")
+        shutdown_grace_s=5.0, rebalance_wait_s=1.0, device="cpu",
+        # The scripted handlers share state with the test: in the worker's process.
+        execution="inline")
     return WorkerSettings(**{**values, **overrides})
 
 

@@ -22,6 +22,7 @@ from processors.leases import (
 from schemas.enums import ErrorCode, TaskStatus, TaskType
 from state.lifecycle import fold, fold_all
 from state.retry import RetryPolicy
+from state.stops import worker_stop_event_id
 from tests.processors.scripted import T0, status, submitted
 
 POLICY = RetryPolicy(max_attempts=3, backoff_base_s=2.0, backoff_max_s=60.0, jitter=0.0)
@@ -114,8 +115,9 @@ def test_a_late_completion_beats_the_lease_failure() -> None:
     assert resolve(done, after(10_000), LEASE_S, POLICY) is None
 
 
-def test_every_attempt_is_bounded() -> None:
-    """Time out, retry, time out... exactly max_attempts attempts, then FAILED."""
+def test_a_second_lease_time_out_is_a_poisoned_task() -> None:
+    """Time out, retry, time out: a lease time-out means the worker is gone (a worker stop), so
+    the second one ends the task FAILED/PROVIDER_ERROR, before max_attempts, with the reason."""
     state, attempts = processing(), []
     for _ in range(10):
         attempts.append(state.attempt)
@@ -126,8 +128,41 @@ def test_every_attempt_is_bounded() -> None:
         _, queued = retry_events(retry, submitted(state.task_id))
         state = fold(fold(state, queued), status(state.task_id, TaskStatus.PROCESSING,
                                                  queued.envelope.occurred_at, attempt=queued.envelope.attempt))
-    assert attempts == [1, 2, 3]
-    assert state.status is TaskStatus.FAILED and state.error_code is ErrorCode.PROVIDER_TIMEOUT
+    assert attempts == [1, 2]
+    assert state.status is TaskStatus.FAILED and state.error_code is ErrorCode.PROVIDER_ERROR
+    assert state.error_message.startswith("the task stopped a worker twice: no report from the")
+    assert state.stopped_attempts == {1, 2} and not needs_watching(state, POLICY)
+
+
+def test_the_retry_after_a_lease_time_out_carries_the_stop_count() -> None:
+    failed, _ = timed_out(processing())
+    retry = resolve(failed, after(1e6), LEASE_S, POLICY)
+    assert isinstance(retry, Retry) and retry.stops == 1
+
+
+def test_a_lease_time_out_after_a_hard_stop_is_the_second_stop() -> None:
+    """Attempt 1 ended by the worker's hard stop (its deterministic event id), attempt 2's worker
+    vanished: the lease ends the task instead of starting attempt 3."""
+    task_id = str(uuid.uuid4())
+    hard = status(task_id, TaskStatus.FAILED, after(1), error=ErrorCode.PROVIDER_TIMEOUT,
+                  event_id=worker_stop_event_id(task_id, 1))
+    state = fold_all([hard], processing(task_id=task_id))
+    assert state.stopped_attempts == {1}
+    assert resolve(state, after(1e6), LEASE_S, POLICY) is None  # the worker retries its own stop
+    second = fold_all([status(task_id, TaskStatus.QUEUED, after(5), attempt=2),
+                       status(task_id, TaskStatus.PROCESSING, after(6), attempt=2)], state)
+    failed, action = timed_out(second)
+    assert action.stop.poisoned and not action.decision.retry
+    assert (failed.status, failed.error_code) == (TaskStatus.FAILED, ErrorCode.PROVIDER_ERROR)
+    assert resolve(failed, after(1e7), LEASE_S, POLICY) is None
+
+
+def test_max_attempts_still_bounds_lease_retries() -> None:
+    """With a single attempt allowed, the first time-out is final (and not a poisoned task)."""
+    one = RetryPolicy(max_attempts=1, backoff_base_s=2.0, backoff_max_s=60.0, jitter=0.0)
+    action = resolve(processing(), after(LEASE_S + 1), LEASE_S, one)
+    assert isinstance(action, TimeOut) and not action.decision.retry and not action.stop.poisoned
+    assert timeout_event(action).error.code is ErrorCode.PROVIDER_TIMEOUT
 
 
 # --------------------------------------------------------------------------- the lease book

@@ -5,7 +5,9 @@
   topic) and ends with exactly the states, versions included, of ``state.lifecycle.fold_all``
   over the status topic read straight. Records it cannot read go to the DLQ. SIGTERM exits 0.
 * A stuck PROCESSING task is resolved by its lease, retried with a new attempt on its task
-  topic, and bounded: exactly ``max_attempts`` attempts, then FAILED.
+  topic, and bounded by the poison rule: a lease time-out means its worker is gone, so the
+  second one ends the task FAILED/PROVIDER_ERROR ("the task stopped a worker twice") although
+  ``max_attempts`` would allow a third; the retried record tells the next worker the count.
 
 Every wait is a condition with a deadline.
 """
@@ -40,6 +42,7 @@ from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
 from state.devstack.procs import die_with_parent_fn
 from state.lifecycle import TaskState, fold_all
+from state.stops import STOPS_HEADER, lease_event_id
 from tests.processors.scripted import T0, lifecycle, shuffled_with_duplicates, status, submitted
 
 pytestmark = pytest.mark.integration
@@ -224,7 +227,7 @@ def test_fold_survives_a_kill_and_matches_the_straight_fold(kafka_settings: Kafk
 # --------------------------------------------------------------------------- leases
 
 
-def test_a_stuck_task_is_resolved_by_its_lease_and_retries_are_bounded(
+def test_a_stuck_task_is_resolved_by_its_lease_and_a_second_worker_stop_ends_it(
         kafka_settings: KafkaSettings, tmp_path: Path) -> None:
     kafka = kafka_settings
     ensure_topics(kafka)
@@ -254,35 +257,41 @@ def test_a_stuck_task_is_resolved_by_its_lease_and_retries_are_bounded(
                 events.append(status(key[0], TaskStatus.COMPLETED, now(), attempt=key[1], result=True))
             produce(kafka, events)
         states = latest_states(kafka)
-        return (states.get(doomed, {}).get("status") == "FAILED" and states[doomed]["attempt"] == 3
+        return (states.get(doomed, {}).get("status") == "FAILED" and states[doomed]["attempt"] == 2
                 and states.get(recovers, {}).get("status") == "COMPLETED")
 
     try:
         wait_for("both tasks settled", dying_workers, app, timeout_s=90)
-        # One more lease after that: had a fourth attempt been coming, it would be there now.
+        # One more lease after that: had a third attempt been coming, it would be there now.
         produce(kafka, [status(sentinel, TaskStatus.PROCESSING, now())])
         wait_for("the sentinel's lease", lambda: latest_states(kafka).get(sentinel, {}).get("status") == "FAILED", app)
     finally:
         code = app.stop(signal.SIGTERM)
     assert code == 0, app.tail()
 
-    attempts: dict[str, list[int]] = defaultdict(list)
+    attempts: dict[str, list[tuple[int, str | None]]] = defaultdict(list)
     for msg in read_all(kafka, task_topic):
         env = CODEC.decode(msg.value(), expect=None).envelope
-        attempts[env.task_id].append(env.attempt)
-    assert attempts[doomed] == [1, 2, 3]  # exactly max_attempts
-    assert attempts[recovers] == [1, 2]
+        attempts[env.task_id].append((env.attempt, header_dict(msg.headers()).get(STOPS_HEADER)))
+    # Two attempts, not max_attempts; the retry tells its worker of the earlier stop.
+    assert attempts[doomed] == [(1, None), (2, "1")]
+    assert attempts[recovers] == [(1, None), (2, "1")]
 
     timeouts = [e for e in (CODEC.decode(m.value(), expect=StatusChanged)
                             for m in read_all(kafka, kafka.topics.status))
                 if e.status is TaskStatus.FAILED]
     doomed_failures = sorted((e.envelope.attempt, e.error.retryable) for e in timeouts
                              if e.envelope.task_id == doomed)
-    assert doomed_failures == [(1, True), (2, True), (3, False)]
-    assert all(e.error.code is ErrorCode.PROVIDER_TIMEOUT for e in timeouts)
+    assert doomed_failures == [(1, True), (2, False)]
+    assert {(e.envelope.attempt, e.error.code) for e in timeouts} == {
+        (1, ErrorCode.PROVIDER_TIMEOUT), (2, ErrorCode.PROVIDER_ERROR)}  # the second: doomed's
+    assert all(e.envelope.event_id == lease_event_id(e.envelope.task_id, e.envelope.attempt, "timeout")
+               for e in timeouts)
     assert not [e for e in timeouts if e.envelope.task_id == healthy]
 
     states = latest_states(kafka)
-    assert states[doomed]["error_code"] == "PROVIDER_TIMEOUT"
+    assert states[doomed]["error_code"] == "PROVIDER_ERROR"
+    assert states[doomed]["error_message"].startswith("the task stopped a worker twice: no report")
+    assert states[doomed]["stopped_attempts"] == [1, 2]
     assert (states[recovers]["attempt"], states[healthy]["status"]) == (2, "COMPLETED")
     assert states == {k: state_to_json(v) for k, v in straight_fold(kafka).items()}

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from schemas.enums import TERMINAL_STATUSES, ErrorCode, TaskStatus
 from state.lifecycle import ALLOWED, RANK, TERMINAL_PRECEDENCE, TaskState, fold, fold_all
+from state.stops import is_stop_event, lease_event_id, worker_stop_event_id
 from tests.state.test_lifecycle import Err, Flat, at, ev, wrap
 
 P, Q, R = TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.PROCESSING
@@ -66,6 +67,11 @@ def realistic_history(draw: st.DrawFn) -> list[Flat]:
         end = draw(st.sampled_from(ends))
         if end is not None:
             emit(end, attempt)
+            if end is F:  # sometimes the FAILED of a worker stop (hard stop or lease time-out)
+                stop_id = draw(st.sampled_from([None, worker_stop_event_id("task-1", attempt),
+                                                lease_event_id("task-1", attempt, "timeout")]))
+                if stop_id is not None:
+                    events[-1] = dataclasses.replace(events[-1], event_id=stop_id)
             if last and draw(st.integers(0, 3)) == 0:  # a racing second terminal
                 emit(draw(st.sampled_from([C, F, X])), attempt)
     return events
@@ -198,3 +204,17 @@ def test_realistic_outcome_is_the_last_attempts(events: list[Flat]) -> None:
     started = [e.occurred_at for e in events if e.attempt == last and e.status is R]
     assert state.started_at == (min(started) if started else None)
     assert at(0) <= state.created_at
+
+
+@given(histories.flatmap(lambda events: st.tuples(st.just(events), redelivery(events))))
+@BOUNDED
+def test_stopped_attempts_are_exactly_the_attempts_with_a_worker_stop(
+    pair: tuple[list[Flat], list[Flat]],
+) -> None:
+    """The poison rule's memory: every attempt whose FAILED was a worker stop, in any order,
+    however many newer attempts followed, and nothing else."""
+    events, delivered = pair
+    expected = {e.attempt for e in events
+                if is_stop_event(e.task_id, e.attempt, e.status, e.event_id)}
+    state = fold_all(delivered)
+    assert state is not None and state.stopped_attempts == expected
