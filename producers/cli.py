@@ -51,6 +51,10 @@ def _parse_param(text: str) -> tuple[str, Any]:
 # `computectl submit` does not pay for torch.
 _LAZY_COMMANDS = {
     "dev": "state.devstack.cli:dev",
+    "up": "state.devstack.system_cli:up",
+    "ps": "state.devstack.system_cli:ps",
+    "logs": "state.devstack.system_cli:logs",
+    "down": "state.devstack.cli:down",
     "demo": "producers.demo:demo",
     "worker": "gpu_consumers.cli:worker",
     "processors": "processors.cli:processors",
@@ -124,7 +128,8 @@ def topics_create(as_json: bool) -> None:
 @click.option("--json", "json_file", type=click.File("r"), metavar="FILE",
               help="Read the parameters from a JSON object in FILE ('-' for stdin).")
 @click.option("--idempotency-key", help="Same key, same task id: a repeat is never a second task.")
-@click.option("--tenant", help="origin_tenant_id of the task.")
+@click.option("--tenant", help="origin_tenant_id of the task (straight to Kafka only: with an API "
+                               "key, the key's tenant).")
 @click.option("--webhook-url", help="POST status changes of this task to this URL.")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def submit(task_type: str, params: tuple[str, ...], json_file: Any, idempotency_key: str | None,
@@ -132,23 +137,55 @@ def submit(task_type: str, params: tuple[str, ...], json_file: Any, idempotency_
     """Submit a task of TASK_TYPE (generation, editing, refine, video_generation, ...) and print
     its id once the broker has acknowledged it.
 
+    With COMPUTE_API_KEY set (COMPUTE_API_URL: where the API is), the task goes through the API's
+    POST /api/v1/tasks: the same checks, and the task is the key's tenant's, so `computectl
+    status` and `computectl tasks` with that key see it. Without it, straight to Kafka
+    (KAFKA_BOOTSTRAP_SERVERS), as --tenant says (no tenant: only operators' tools see it).
+
     Example: computectl submit generation -p prompt="a red dress" -p width=768 -p seed=42
     """
-    from producers.submit import Origin, TaskProducer
+    from state.api_client import api_from_env
 
     values: dict[str, Any] = json.load(json_file) if json_file else {}
     if not isinstance(values, dict):
         raise click.BadParameter("the JSON must be an object", param_hint="--json")
     values.update(_parse_param(p) for p in params)
     values.pop("task_type", None)  # the seed examples carry it; the argument is authoritative
-    settings = _settings()
-    with TaskProducer(settings, codec=_codec(settings), origin=Origin(tenant_id=tenant)) as producer:
-        task_id = producer.submit(task_type, values, idempotency_key=idempotency_key,
-                                  webhook_url=webhook_url)
+    api = api_from_env()
+    if api is not None:
+        if tenant is not None:
+            raise click.UsageError("--tenant: with COMPUTE_API_KEY set the key's tenant is the "
+                                   "task's; unset COMPUTE_API_KEY to submit straight to Kafka")
+        task_id, task_type = _submit_through_api(*api, task_type, values, idempotency_key,
+                                                 webhook_url)
+    else:
+        from producers.submit import Origin, TaskProducer
+
+        settings = _settings()
+        with TaskProducer(settings, codec=_codec(settings), origin=Origin(tenant_id=tenant)) as producer:
+            task_id = producer.submit(task_type, values, idempotency_key=idempotency_key,
+                                      webhook_url=webhook_url)
     if output == "json":
         click.echo(json.dumps({"task_id": task_id, "task_type": task_type.upper()}))
     else:
         click.echo(task_id)
+
+
+def _submit_through_api(api_url: str, api_key: str, task_type: str, values: dict[str, Any],
+                        idempotency_key: str | None, webhook_url: str | None) -> tuple[str, str]:
+    """POST /api/v1/tasks; (task id, task type) of the accepted task."""
+    from schemas.enums import TaskType
+    from state.api_client import api_client, check
+
+    try:
+        kind = TaskType.parse(task_type).value
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="TASK_TYPE") from None
+    body = {**values, "task_type": kind, **({"webhook_url": webhook_url} if webhook_url else {})}
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    with api_client(api_url, api_key) as client:
+        accepted = check(client.post("/api/v1/tasks", json=body, headers=headers))
+    return accepted["task_id"], kind
 
 
 @cli.command()

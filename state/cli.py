@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-DEFAULT_API_URL = "http://127.0.0.1:8000"
+from state.api_client import api_client, api_options, check
 
 
 def _database_url(url: str | None) -> str:
@@ -52,8 +52,10 @@ def apikey() -> None:
     "An operator key: may also read /metrics and the fleet-wide monitoring routes (every "
     "tenant's figures, worker hosts). For Prometheus and the people running the fleet."))
 @click.option("--json", "as_json", is_flag=True, help="Print the key as JSON.")
+@click.option("--export", "as_export", is_flag=True,
+              help="Print `export COMPUTE_API_KEY=...`: eval \"$(computectl apikey create ... --export)\".")
 @_db_option
-def apikey_create(tenant: str, name: str | None, operator: bool, as_json: bool,
+def apikey_create(tenant: str, name: str | None, operator: bool, as_json: bool, as_export: bool,
                   database_url: str | None) -> None:
     """Create a key for TENANT and print it; it is shown only this once."""
     from state.db.apikeys import create_key
@@ -63,6 +65,8 @@ def apikey_create(tenant: str, name: str | None, operator: bool, as_json: bool,
     if as_json:
         click.echo(json.dumps({"key": key, "key_id": record.key_id, "tenant": tenant,
                                "operator": operator}))
+    elif as_export:
+        click.echo(f"export COMPUTE_API_KEY={key}")
     else:
         click.echo(key)
         click.echo(f"{kind} key id {record.key_id}, tenant {tenant}: store the key now, it is "
@@ -166,50 +170,25 @@ def api(host: str, port: int, embedded_projector: bool) -> None:
 
 # ------------------------------------------------------------------------------ HTTP clients
 
-_api_options = [
-    click.option("--api-url", envvar="COMPUTE_API_URL", default=DEFAULT_API_URL, show_default=True),
-    click.option("--api-key", envvar="COMPUTE_API_KEY", required=True,
-                 help="An API key (default: $COMPUTE_API_KEY)."),
-]
-
-
-def _with_api(fn: Any) -> Any:
-    for option in reversed(_api_options):
-        fn = option(fn)
-    return fn
-
-
-def _client(api_url: str, api_key: str) -> Any:
-    import httpx
-
-    return httpx.Client(base_url=api_url.rstrip("/"), timeout=httpx.Timeout(10.0, read=60.0),
-                        headers={"Authorization": f"Bearer {api_key}"})
-
-
-def _check(resp: Any) -> Any:
-    if resp.status_code >= 400:
-        try:
-            detail = resp.json().get("detail", resp.text)
-        except ValueError:
-            detail = resp.text
-        raise click.ClickException(f"{resp.status_code}: {detail}")
-    return resp.json()
-
-
 @click.command("status")
 @click.argument("task_id")
 @click.option("--follow", is_flag=True, help="Follow the task live until it ends.")
 @click.option("--json", "as_json", is_flag=True, help="Print the task as JSON.")
-@_with_api
+@api_options
 def status(task_id: str, follow: bool, as_json: bool, api_url: str, api_key: str) -> None:
-    """Show a task; with --follow, a live progress bar until it ends (exit 1 unless COMPLETED)."""
-    with _client(api_url, api_key) as client:
-        task = _check(client.get(f"/api/v1/tasks/{task_id}"))
+    """Show a task of the key's tenant; with --follow, a live progress bar until it ends.
+
+    Exit codes: 0 shown (with --follow: it ended COMPLETED); 1 with --follow when it ended
+    otherwise (FAILED, CANCELLED), and when the API refused (e.g. 404: no such task for the key's
+    tenant - a task submitted without that key's tenant is not its).
+    """
+    with api_client(api_url, api_key) as client:
+        task = check(client.get(f"/api/v1/tasks/{task_id}"))
         if follow:
             from state.api.follow import follow_events
 
             final = follow_events(client, task_id, quiet=as_json)
-            task = _check(client.get(f"/api/v1/tasks/{task_id}"))
+            task = check(client.get(f"/api/v1/tasks/{task_id}"))
             task["status"] = final or task["status"]
     if as_json:
         click.echo(json.dumps(task))
@@ -239,14 +218,14 @@ def status(task_id: str, follow: bool, as_json: bool, api_url: str, api_key: str
 @click.option("--sort-by", default="created_at", show_default=True)
 @click.option("--sort-order", type=click.Choice(["asc", "desc"]), default="desc", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-@_with_api
+@api_options
 def tasks(status_: str | None, as_json: bool, api_url: str, api_key: str, **filters: Any) -> None:
-    """List tasks with the API's filters."""
+    """List the key's tenant's tasks with the API's filters."""
     params = {k: v for k, v in {**filters, "status": status_}.items() if v is not None}
     if "task_type" in params:
         params["task_type"] = params["task_type"].upper().replace("-", "_")
-    with _client(api_url, api_key) as client:
-        page = _check(client.get("/api/v1/tasks", params=params))
+    with api_client(api_url, api_key) as client:
+        page = check(client.get("/api/v1/tasks", params=params))
     if as_json:
         click.echo(json.dumps(page))
         return

@@ -4,18 +4,25 @@ for a bad request (and that it then produces nothing), and ``computectl tail`` s
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from processors.generation_record import GenerationRecord, GenerationStatus, PredictionRecord
 from producers.catalog import PostgresCatalog
 from producers.cli import cli
 from producers.generations import GENERATION_REQUEST_CONTENT_TYPE, GenerationRequested
-from schemas.enums import GenerationType, TaskType
+from schemas.enums import GenerationType, TaskStatus, TaskType
 from schemas.headers import header_dict
 from schemas.topic_admin import ensure_topics
 from state.db.migrate import migrate
 from tests.kafka_helpers import read_topic, record_count
+from tests.state.db.generation_helpers import produce_records
 
 pytestmark = pytest.mark.integration
 
@@ -27,8 +34,10 @@ def kafka(kafka_settings):
 
 
 def _env(kafka, database_url: str = "") -> dict[str, str]:
+    # COMPUTE_API_KEY unset: with a key in the caller's shell the CLI would go through the API.
     return {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
-            "KAFKA_PARTITIONS": str(kafka.partitions), "DATABASE_URL": database_url}
+            "KAFKA_PARTITIONS": str(kafka.partitions), "DATABASE_URL": database_url,
+            "COMPUTE_API_KEY": None}
 
 
 def test_generate_produces_one_request_record_with_the_plan(kafka, database_url):
@@ -78,3 +87,30 @@ def test_tail_shows_the_request_record_as_json(kafka):
     record = json.loads(shown.output)
     assert record["type"] == "compute.GenerationRequested/1"
     assert record["value"]["plan"]["generation_id"] == json.loads(made.output)["generation_id"]
+
+
+@pytest.mark.parametrize("final, exit_code", [("FAILED", 1), ("COMPLETED", 0)])
+def test_wait_exits_non_zero_unless_the_generation_completed(kafka, final, exit_code):
+    """``generate --wait`` follows the generation's record to its end: exit 0 only when it ended
+    COMPLETED. The record is the one the processors would write (their own model), produced
+    here once the request is on the broker."""
+    env = {**os.environ, **{k: v for k, v in _env(kafka).items() if v is not None}}
+    env.pop("COMPUTE_API_KEY", None)
+    waiting = subprocess.Popen(
+        [str(Path(sys.executable).with_name("computectl")), "generate", "face_fixing", "-p",
+         "base_image_url=https://example.com/a.png", "--wait", "120", "--output", "json"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        [msg] = read_topic(kafka, kafka.topics.generations, expect=1)
+        plan = GenerationRequested.model_validate_json(msg.value()).plan
+        now = datetime.now(timezone.utc)
+        produce_records(kafka, [GenerationRecord(
+            generation_id=plan.generation_id, plan=plan, status=GenerationStatus(final),
+            predictions=tuple(PredictionRecord(index=i, task_id=t.task_id, status=TaskStatus(final))
+                              for i, t in enumerate(plan.tasks)),
+            created_at=now, updated_at=now, completed_at=now)])
+        out, err = waiting.communicate(timeout=120)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == exit_code, err
+    assert json.loads(out)["status"] == final

@@ -31,8 +31,11 @@ def task_uuid(task_id: str) -> str:
         raise ApiProblem(404, "task-not-found", f"no task {task_id[:64]!r}") from None
 
 
-def not_found(task_id: str) -> ApiProblem:
-    return ApiProblem(404, "task-not-found", f"no task {task_id}")
+def not_found(task_id: str, tenant_id: str) -> ApiProblem:
+    """The caller's own tenant is named (a key knows its tenant): "not found" then reads as "not
+    this key's", the usual slip being a task submitted under another tenant or none. The answer
+    is the same for an unknown id and for another tenant's."""
+    return ApiProblem(404, "task-not-found", f"no task {task_id} for tenant {tenant_id}")
 
 
 def finished(row: dict) -> bool:

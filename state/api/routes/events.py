@@ -96,7 +96,7 @@ async def follow_task(
         start = max(start, int(last_event_id))
     async with pool.connection() as conn:
         if await get_task(conn, tid, caller.tenant_id) is None:
-            raise not_found(tid)
+            raise not_found(tid, caller.tenant_id)
     return StreamingResponse(
         stream_events(pool, notifier, settings, tid, caller.tenant_id, start),
         media_type=SSE_MEDIA_TYPE,

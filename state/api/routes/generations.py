@@ -228,7 +228,8 @@ async def read_generation(generation_id: uuid.UUID, caller: CallerDep, pool: Poo
     row = await (notifier.long_poll(gid, read, _generation_ended, wait, settings.sse_poll_s,
                                     may_end=_generation_status_ended) if wait else read())
     if row is None:
-        raise ApiProblem(404, "generation-not-found", f"no generation {gid}")
+        raise ApiProblem(404, "generation-not-found",
+                         f"no generation {gid} for tenant {caller.tenant_id}")
     return GenerationPublic.from_row(row)
 
 
@@ -251,7 +252,8 @@ async def cancel_generation(generation_id: uuid.UUID, caller: CallerDep, db: DbD
     gid = str(generation_id)
     row = await get_generation(db, gid, caller.tenant_id)
     if row is None:
-        raise ApiProblem(404, "generation-not-found", f"no generation {gid}")
+        raise ApiProblem(404, "generation-not-found",
+                         f"no generation {gid} for tenant {caller.tenant_id}")
     if row["status"] != "RUNNING":
         raise ApiProblem(409, "generation-finished",
                          f"generation {gid} already ended {row['status']}; there is nothing to cancel")

@@ -131,7 +131,7 @@ async def read_task(task_id: UuidPath, caller: CallerDep, pool: PoolDep, notifie
     row = await (notifier.long_poll(tid, read, finished, wait, settings.sse_poll_s,
                                     may_end=may_have_finished, accept=accept) if wait else read())
     if row is None:
-        raise not_found(tid)
+        raise not_found(tid, caller.tenant_id)
     return TaskPublic.from_row(row)
 
 
@@ -142,7 +142,7 @@ async def read_result(task_id: UuidPath, caller: CallerDep, db: DbDep) -> TaskRe
     tid = task_uuid(task_id)
     row = await get_task(db, tid, caller.tenant_id)
     if row is None:
-        raise not_found(tid)
+        raise not_found(tid, caller.tenant_id)
     if row["status"] != TaskStatus.COMPLETED.value or row["result"] is None:
         why = f" ({row['error_code']}: {row['error_message']})" if row["error_code"] else ""
         raise ApiProblem(409, "no-result", f"task {tid} is {row['status']}{why}; it has no result")
@@ -158,7 +158,7 @@ async def cancel_task(task_id: UuidPath, caller: CallerDep, db: DbDep,
     tid = task_uuid(task_id)
     row = await get_task(db, tid, caller.tenant_id)
     if row is None:
-        raise not_found(tid)
+        raise not_found(tid, caller.tenant_id)
     if TaskStatus(row["status"]) in TERMINAL_STATUSES:
         raise ApiProblem(409, "task-finished",
                          f"task {tid} already ended {row['status']}; there is nothing to cancel")

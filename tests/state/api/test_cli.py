@@ -9,9 +9,10 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from producers.generations import GenerationRequested
 from schemas.enums import TaskStatus, TaskType
 from state.cli import add_state_commands
-from tests.kafka_helpers import wait_for
+from tests.kafka_helpers import read_topic, wait_for
 from tests.state.api.conftest import ApiStack, Tenant
 from tests.state.api.helpers import run_task, submit, wait_status
 from tests.state.db.helpers import fresh_database, table
@@ -98,3 +99,42 @@ def test_db_migrate_and_rebuild(api: ApiStack, cli: click.Group, database_url: s
         # earlier test waited for its rows).
         live = table(api.db_url, "tasks", "task_id")
         assert table(target, "tasks", "task_id") == live
+
+
+def test_submit_and_generate_with_a_key_are_the_keys_tenants(api: ApiStack, client: httpx.Client,
+                                                             tenant: Tenant, other_tenant: Tenant) -> None:
+    """With COMPUTE_API_KEY set, `computectl submit` and `generate` go through the API: the task
+    and the generation are the key's tenant's (status and tasks see the task), and another
+    tenant's key reads "not found for tenant <its own>"."""
+    from producers.cli import cli as computectl
+
+    runner = CliRunner()
+    env = {"COMPUTE_API_URL": api.base_url, "COMPUTE_API_KEY": tenant.key,
+           "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}  # nothing listens there: not used
+    made = runner.invoke(computectl, ["submit", "face_enhancer", "-p", "base_image_url=file:///f.png",
+                                      "-p", "strength=0.5", "--output", "json"], env=env)
+    assert made.exit_code == 0, made.output
+    tid = json.loads(made.stdout)["task_id"]
+    assert wait_status(client, tenant, tid, "QUEUED")["origin"]["tenant_id"] == tenant.name
+    listed = runner.invoke(computectl, ["tasks", "--json"], env=env)
+    assert [t["task_id"] for t in json.loads(listed.stdout)["items"]] == [tid]
+    shown = runner.invoke(computectl, ["status", tid, "--json"], env=env)
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["status"] == "QUEUED"
+
+    foreign = runner.invoke(computectl, ["status", tid], env={**env, "COMPUTE_API_KEY": other_tenant.key})
+    assert foreign.exit_code == 1
+    assert f"no task {tid} for tenant {other_tenant.name}" in foreign.output
+    refused = runner.invoke(computectl, ["submit", "face_enhancer", "-p", "base_image_url=file:///f.png",
+                                         "-p", "strength=5"], env=env)
+    assert refused.exit_code == 1 and "422" in refused.output and "strength" in refused.output
+    both = runner.invoke(computectl, ["submit", "llm_interaction", "-p", "prompt=x", "--tenant", "t"], env=env)
+    assert both.exit_code == 2 and "--tenant" in both.output
+
+    started = runner.invoke(computectl, ["generate", "face_fixing", "-p", "base_image_url=file:///f.png",
+                                         "--output", "json"], env=env)
+    assert started.exit_code == 0, started.output
+    summary = json.loads(started.stdout)
+    [msg] = read_topic(api.kafka, api.kafka.topics.generations, expect=1)
+    request = GenerationRequested.model_validate_json(msg.value())
+    assert request.plan.generation_id == summary["generation_id"]
+    assert request.origin_tenant_id == tenant.name
