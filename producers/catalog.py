@@ -81,22 +81,22 @@ class CatalogEntry:
 
 class Catalog(Protocol):
     def get(self, kind: CatalogKind, entry_id: str) -> CatalogEntry: ...
-    def add(self, kind: CatalogKind, name: str, lora_ref: str, default_weight: float,
+    def add(self, kind: CatalogKind, name: str, lora_ref: str | None, default_weight: float | None,
             entry_id: str | None = None) -> CatalogEntry: ...
     def list(self, kind: CatalogKind) -> list[CatalogEntry]: ...
     def get_subject(self, entry_id: str) -> CatalogEntry: ...
     def get_product(self, entry_id: str) -> CatalogEntry: ...
     def get_style(self, entry_id: str) -> CatalogEntry: ...
-    def add_subject(self, name: str, lora_ref: str, default_weight: float, entry_id: str | None = None) -> CatalogEntry: ...
-    def add_product(self, name: str, lora_ref: str, default_weight: float, entry_id: str | None = None) -> CatalogEntry: ...
-    def add_style(self, name: str, lora_ref: str, default_weight: float, entry_id: str | None = None) -> CatalogEntry: ...
+    def add_subject(self, name: str, lora_ref: str | None, default_weight: float | None, entry_id: str | None = None) -> CatalogEntry: ...
+    def add_product(self, name: str, lora_ref: str | None, default_weight: float | None, entry_id: str | None = None) -> CatalogEntry: ...
+    def add_style(self, name: str, lora_ref: str | None, default_weight: float | None, entry_id: str | None = None) -> CatalogEntry: ...
 
 
 class _Named:
     """The per-kind conveniences of :class:`Catalog`, on top of ``get`` and ``add``."""
 
     def get(self, kind: CatalogKind, entry_id: str) -> CatalogEntry: raise NotImplementedError
-    def add(self, kind: CatalogKind, name: str, lora_ref: str, default_weight: float,
+    def add(self, kind: CatalogKind, name: str, lora_ref: str | None, default_weight: float | None,
             entry_id: str | None = None) -> CatalogEntry: raise NotImplementedError
 
     def get_subject(self, entry_id: str) -> CatalogEntry:
@@ -108,13 +108,13 @@ class _Named:
     def get_style(self, entry_id: str) -> CatalogEntry:
         return self.get(CatalogKind.STYLE, entry_id)
 
-    def add_subject(self, name: str, lora_ref: str, default_weight: float, entry_id: str | None = None) -> CatalogEntry:
+    def add_subject(self, name: str, lora_ref: str | None, default_weight: float | None, entry_id: str | None = None) -> CatalogEntry:
         return self.add(CatalogKind.SUBJECT, name, lora_ref, default_weight, entry_id)
 
-    def add_product(self, name: str, lora_ref: str, default_weight: float, entry_id: str | None = None) -> CatalogEntry:
+    def add_product(self, name: str, lora_ref: str | None, default_weight: float | None, entry_id: str | None = None) -> CatalogEntry:
         return self.add(CatalogKind.PRODUCT, name, lora_ref, default_weight, entry_id)
 
-    def add_style(self, name: str, lora_ref: str, default_weight: float, entry_id: str | None = None) -> CatalogEntry:
+    def add_style(self, name: str, lora_ref: str | None, default_weight: float | None, entry_id: str | None = None) -> CatalogEntry:
         return self.add(CatalogKind.STYLE, name, lora_ref, default_weight, entry_id)
 
 
@@ -135,7 +135,7 @@ class InMemoryCatalog(_Named):
             raise UnknownCatalogEntry([(kind, str(entry_id))])
         return entry
 
-    def add(self, kind: CatalogKind, name: str, lora_ref: str, default_weight: float,
+    def add(self, kind: CatalogKind, name: str, lora_ref: str | None, default_weight: float | None,
             entry_id: str | None = None) -> CatalogEntry:
         entry = CatalogEntry(entry_id or str(uuid.uuid4()), kind, name, lora_ref, _weight(default_weight))
         if (kind, entry.id) in self._entries:
@@ -178,7 +178,7 @@ class PostgresCatalog(_Named):
             raise UnknownCatalogEntry([(kind, str(entry_id))])
         return CatalogEntry(str(row[0]), kind, row[1], row[2], row[3], row[4])
 
-    def add(self, kind: CatalogKind, name: str, lora_ref: str, default_weight: float,
+    def add(self, kind: CatalogKind, name: str, lora_ref: str | None, default_weight: float | None,
             entry_id: str | None = None) -> CatalogEntry:
         import psycopg
 
@@ -212,14 +212,19 @@ def catalog() -> None:
 
 
 def _add_command(kind: CatalogKind) -> click.Command:
-    @click.command(f"add-{kind.value}", help=f"Add a {kind.value} and print its id.")
+    @click.command(f"add-{kind.value}", help=(
+        f"Add a {kind.value} and print its id. Without --lora (or with --lora \"\") the entry has "
+        "no LoRA. REF is a name under the workers' LoRA root (the offline profile ships demo/anna, "
+        "demo/summer-dress and demo/studio-style) or, in production, an allowed hub repo."))
     @click.argument("name")
-    @click.option("--lora", "lora_ref", required=True, help="LoRA model id or path.")
-    @click.option("--weight", "default_weight", type=click.FloatRange(0.0, 1.0), required=True,
-                  help="Default LoRA weight, 0..1.")
+    @click.option("--lora", "lora_ref", metavar="REF", help="LoRA reference (default: none).")
+    @click.option("--weight", "default_weight", type=click.FloatRange(0.0, 1.0),
+                  help="Default LoRA weight, 0..1 (default: none, the worker's own).")
     @click.option("--id", "entry_id", help="Use this UUID instead of a new one.")
     @_database_url
-    def add(name: str, lora_ref: str, default_weight: float, entry_id: str | None, database_url: str) -> None:
+    def add(name: str, lora_ref: str | None, default_weight: float | None, entry_id: str | None,
+            database_url: str) -> None:
+        lora_ref = (lora_ref or "").strip() or None  # "" is no LoRA, as leaving --lora out is
         entry = PostgresCatalog(database_url).add(kind, name, lora_ref, default_weight, entry_id)
         click.echo(entry.id)
 

@@ -71,7 +71,9 @@ class GenerateRequest(GenerationRequestBase):
     @model_validator(mode="after")
     def _inputs(self) -> GenerateRequest:
         if self.subject_id is None and self.product_id is None:
-            raise ValueError("subject_id or product_id is required (seed: Yes*)")
+            raise ValueError("subject_id or product_id is required: the seed's GENERATE needs at "
+                             "least one (Yes*); add a subject with `computectl catalog add-subject "
+                             "NAME` (a LoRA is optional)")
         if self.auto_generate_prompt and self.generated_prompt:
             raise ValueError("give generated_prompt or auto_generate_prompt, not both")
         return self

@@ -140,6 +140,12 @@ def _offline_specs() -> dict[Role, ModelSpec]:
             for role, spec in production_specs().items()}
 
 
+# LoRA references the offline profile resolves out of the box (tiny random adapters, one per
+# name, built under the LoRA root on first use): what the README's catalog example names, so
+# `catalog add-subject "Anna" --lora demo/anna` works on the local stack. Production has none.
+OFFLINE_DEMO_LORAS: tuple[str, ...] = ("demo/anna", "demo/summer-dress", "demo/studio-style")
+
+
 class ModelRegistry:
     """Resolves roles to loadable paths/ids for one profile.
 
@@ -265,7 +271,11 @@ class ModelRegistry:
 
     def resolve_lora_ref(self, reference: str) -> ResolvedLora:
         """A task's LoRA reference as a file to load (:func:`loras.resolve_lora_ref`): under
-        ``lora_root``, or in the production profile a hub repo of ``lora_allowed_repos``."""
+        ``lora_root``, or in the production profile a hub repo of ``lora_allowed_repos``. The
+        offline profile's demo LoRAs (:data:`OFFLINE_DEMO_LORAS`) are built on first use, as
+        its tiny models are."""
+        if self.profile is ModelProfile.OFFLINE and reference in OFFLINE_DEMO_LORAS:
+            return self.build_offline_lora(reference)
         hub = self.lora_allowed_repos if self.profile is ModelProfile.PRODUCTION else None
         return resolve_lora_ref(reference, self.lora_root, hub)
 
@@ -290,7 +300,7 @@ class ModelRegistry:
                     seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
                     offline.build_lora_file(staging, self._configs[Role.LORA.value], seed)
                     os.replace(staging, target)
-        return self.resolve_lora_ref(name)
+        return resolve_lora_ref(name, self.lora_root, None)
 
     def ip_adapter_source(self) -> IpAdapterSource | None:
         if self.profile is ModelProfile.PRODUCTION:

@@ -104,6 +104,27 @@ def test_for_context(model_cache):
 # --------------------------------------------------------------------------- LoRA references
 
 
+def test_offline_profile_ships_its_demo_loras(tmp_path):
+    """The README's `catalog add-subject "Anna" --lora demo/anna` resolves on the offline profile:
+    each demo reference is built on first use under the LoRA root (then read as any file), and
+    any other name is still refused. Production builds nothing."""
+    from gpu_consumers.models import LORA_WEIGHT_NAME, LoraRefError, ModelRegistry
+    from gpu_consumers.models.registry import OFFLINE_DEMO_LORAS
+
+    registry = ModelRegistry("offline", tmp_path / "models")
+    anna = registry.resolve_lora_ref("demo/anna")
+    assert "demo/anna" in OFFLINE_DEMO_LORAS
+    assert anna.source.model_id == str((registry.lora_root / "demo" / "anna").resolve())
+    assert anna.source.weight_name == LORA_WEIGHT_NAME and anna.source.safetensors_only
+    assert registry.resolve_lora_ref("demo/anna") == anna  # built once: the same adapter
+    with pytest.raises(LoraRefError, match="studio/anna"):
+        registry.resolve_lora_ref("studio/anna")
+    production = ModelRegistry("production", tmp_path / "prod")
+    with pytest.raises(LoraRefError, match="demo/anna"):
+        production.resolve_lora_ref("demo/anna")
+    assert not (tmp_path / "prod").exists()
+
+
 def test_lora_references_resolve_only_under_the_root(tmp_path):
     from gpu_consumers.models import LORA_WEIGHT_NAME, LoraRefError, ModelRegistry
 
