@@ -378,6 +378,8 @@ class Worker:
             "partition.assignment.strategy": "cooperative-sticky",
             "enable.partition.eof": False,
             "on_commit": _log_commit,
+            **({"group.instance.id": self.settings.group_instance_id}
+               if self.settings.group_instance_id else {}),
         })
         lane = _Lane(task_type, self.kafka.topics.task(task_type), consumer)
 

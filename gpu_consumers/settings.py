@@ -33,6 +33,11 @@ class WorkerSettings(RetrySettings, BaseSettings):
     types: Annotated[list[TaskType], NoDecode] = Field(default_factory=lambda: list(TaskType))
     # The consumer group of type T is "<group_prefix>.<T slug>": every process serving T shares it.
     group_prefix: str = "compute-workers"
+    # Static group membership (Kafka's group.instance.id, WORKER_GROUP_INSTANCE_ID): a worker
+    # restarted under the same id (a pod name; `computectl up` gives each worker its service
+    # name) takes its partitions back at once, instead of after the broker's session timeout
+    # (45 s) spent waiting for the killed one. Unique per worker process of a group.
+    group_instance_id: str | None = None
     # The worker keeps polling (with its partitions paused) while a task runs, so this limit only
     # bounds a stuck main loop, not a long task: ten minutes, after which the broker hands this
     # worker's partitions to a live member of the group.

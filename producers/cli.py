@@ -51,6 +51,10 @@ def _parse_param(text: str) -> tuple[str, Any]:
 # `computectl submit` does not pay for torch.
 _LAZY_COMMANDS = {
     "dev": "state.devstack.cli:dev",
+    "up": "state.devstack.system_cli:up",
+    "ps": "state.devstack.system_cli:ps",
+    "logs": "state.devstack.system_cli:logs",
+    "down": "state.devstack.cli:down",
     "demo": "producers.demo:demo",
     "worker": "gpu_consumers.cli:worker",
     "processors": "processors.cli:processors",

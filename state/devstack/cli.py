@@ -5,6 +5,8 @@
     computectl dev down             # stop all of it; no process is left behind
     computectl dev run -- pytest    # start, run one command with the endpoints, stop
 
+``computectl up`` / ``ps`` / ``logs`` / ``down`` (state/devstack/system_cli.py) add the services.
+
 ``up`` starts every process in a session of its own so that it outlives the CLI and records
 pids, ports and temp dirs in ``<repo>/.cache/devstack/state.json`` (``--state-dir`` or
 ``COMPUTE_DEVSTACK_STATE_DIR`` move it); ``down`` and ``status`` read that file.
@@ -34,7 +36,7 @@ from state.devstack.stack import LocalStack
 STATE_FILE = "state.json"
 
 
-def _default_state_dir() -> Path:
+def default_state_dir() -> Path:
     return default_repo_root() / ".cache" / "devstack"
 
 
@@ -86,7 +88,7 @@ def _alive(state: dict[str, Any]) -> dict[str, bool]:
     return {name: pid_alive(pid, ticks) for name, (pid, ticks) in _recorded_pids(state).items()}
 
 
-def _print_env(env: dict[str, str], as_json: bool) -> None:
+def print_env(env: dict[str, str], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(env, indent=2, sort_keys=True))
     else:
@@ -151,7 +153,14 @@ def up(kafka: bool, postgres: bool, s3: bool, timeout: float, state_dir: Path | 
     The processes outlive this command; stop them with `computectl dev down`.
     Use it as: eval "$(computectl dev up)".
     """
-    state_dir = state_dir or _default_state_dir()
+    env = start_detached(state_dir or default_state_dir(), kafka=kafka, postgres=postgres, s3=s3,
+                         timeout=timeout, results_dir=results_dir)
+    print_env(env, as_json)
+
+
+def start_detached(state_dir: Path, *, kafka: bool = True, postgres: bool = True, s3: bool = True,
+                   timeout: float = 120.0, results_dir: Path | None = None) -> dict[str, str]:
+    """Start the stack detached, recorded in ``state_dir``; return its endpoints (``dev up``)."""
     previous = _read_state(state_dir)
     if previous is not None:
         if any(_alive(previous).values()):
@@ -168,14 +177,37 @@ def up(kafka: bool, postgres: bool, s3: bool, timeout: float, state_dir: Path | 
     except (DevStackError, KeyboardInterrupt) as exc:
         _state_path(state_dir).unlink(missing_ok=True)
         raise click.ClickException(str(exc) or "interrupted") from exc
-    _print_env(stack.env(), as_json)
+    return stack.env()
+
+
+def running_stack(state_dir: Path) -> dict[str, Any] | None:
+    """The state of the detached stack when every component of it is alive; None when none is
+    up; ClickException when only part of it is."""
+    state = _read_state(state_dir)
+    if state is None:
+        return None
+    alive = _alive(state)
+    if alive and all(alive.values()):
+        return state
+    if any(alive.values()):
+        dead = ", ".join(name for name, ok in alive.items() if not ok)
+        raise click.ClickException(f"the local stack is only partly up ({dead} gone); run "
+                                   "`computectl down` first")
+    return None
 
 
 @dev.command()
 @state_dir_option
 def down(state_dir: Path | None) -> None:
-    """Stop every process `dev up` started, wait until each is gone, remove the temp dirs."""
-    state_dir = state_dir or _default_state_dir()
+    """Stop every process `up` or `dev up` started (the services first, then the stack), wait
+    until each is gone, remove the temp dirs. The services' logs stay."""
+    from state.devstack.system import stop_services
+
+    state_dir = state_dir or default_state_dir()
+    with sigterm_as_interrupt():
+        problems = stop_services(state_dir)
+    if problems:
+        raise click.ClickException("; ".join(problems))
     state = _read_state(state_dir)
     if state is None:
         click.echo("no local stack is up", err=True)
@@ -197,7 +229,7 @@ def status(state_dir: Path | None, as_json: bool) -> None:
 
     Exits 0 when all are, 1 otherwise (also when no stack is up).
     """
-    state_dir = state_dir or _default_state_dir()
+    state_dir = state_dir or default_state_dir()
     state = _read_state(state_dir)
     if state is None:
         if as_json:
@@ -220,11 +252,15 @@ def status(state_dir: Path | None, as_json: bool) -> None:
 @state_dir_option
 @json_option
 def env(state_dir: Path | None, as_json: bool) -> None:
-    """Print the endpoints of the stack that is up, as `dev up` did."""
-    state = _read_state(state_dir or _default_state_dir())
+    """Print the endpoints of the stack that is up, as `dev up` did; with the services of
+    `computectl up` running, also COMPUTE_API_URL and COMPUTE_API_KEY."""
+    from state.devstack.system import api_exports
+
+    state_dir = state_dir or default_state_dir()
+    state = _read_state(state_dir)
     if state is None:
         raise click.ClickException("no local stack is up; run `computectl dev up`")
-    _print_env(state.get("env", {}), as_json)
+    print_env({**state.get("env", {}), **api_exports(state_dir)}, as_json)
 
 
 @dev.command(context_settings={"ignore_unknown_options": True})
