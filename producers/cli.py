@@ -191,13 +191,17 @@ def _submit_through_api(api_url: str, api_key: str, task_type: str, values: dict
 @cli.command()
 @click.argument("topic")
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest record, not the newest.")
-@click.option("--max", "max_records", type=int, help="Stop after N records.")
-@click.option("--idle-timeout", type=float, help="Stop after this many seconds without a record.")
+@click.option("--max", "max_records", type=int, help="Stop after N records [default: never].")
+@click.option("--idle-timeout", type=float,
+              help="Stop after this many seconds without a record [default: never].")
 def tail(topic: str, from_beginning: bool, max_records: int | None, idle_timeout: float | None) -> None:
     """Decode and print the records of TOPIC as JSON lines.
 
     TOPIC is a full name or an alias: status, control, state, evaluations, schemas, a task type
     (generation, video_generation, ...), any of them with a .dlq suffix.
+
+    Without --max or --idle-timeout it follows the topic and never ends on its own: Ctrl-C
+    stops it. Example: computectl tail status --from-beginning --idle-timeout 2
     """
     from producers.tail import resolve_topic, tail as tail_records
 

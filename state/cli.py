@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import click
@@ -53,24 +54,38 @@ def apikey() -> None:
     "tenant's figures, worker hosts). For Prometheus and the people running the fleet."))
 @click.option("--json", "as_json", is_flag=True, help="Print the key as JSON.")
 @click.option("--export", "as_export", is_flag=True,
-              help="Print `export COMPUTE_API_KEY=...`: eval \"$(computectl apikey create ... --export)\".")
+              help="Print `export COMPUTE_API_KEY=...` (and COMPUTE_API_URL when an API on this "
+                   "database is known: $COMPUTE_API_URL, or `computectl up`'s): "
+                   "eval \"$(computectl apikey create ... --export)\".")
 @_db_option
 def apikey_create(tenant: str, name: str | None, operator: bool, as_json: bool, as_export: bool,
                   database_url: str | None) -> None:
     """Create a key for TENANT and print it; it is shown only this once."""
     from state.db.apikeys import create_key
 
-    key, record = create_key(_database_url(database_url), tenant, name, operator=operator)
+    database_url = _database_url(database_url)
+    key, record = create_key(database_url, tenant, name, operator=operator)
     kind = "operator" if operator else "tenant"
+    exports = "\n".join(f"export {k}={v}" for k, v in _key_exports(key, database_url).items())
     if as_json:
         click.echo(json.dumps({"key": key, "key_id": record.key_id, "tenant": tenant,
                                "operator": operator}))
     elif as_export:
-        click.echo(f"export COMPUTE_API_KEY={key}")
+        click.echo(exports)
     else:
         click.echo(key)
         click.echo(f"{kind} key id {record.key_id}, tenant {tenant}: store the key now, it is "
-                   "not kept", err=True)
+                   f"not kept. For `computectl status`, `tasks`, `submit`:\n{exports}", err=True)
+
+
+def _key_exports(key: str, database_url: str) -> dict[str, str]:
+    """COMPUTE_API_URL (when an API on this database is known) and COMPUTE_API_KEY."""
+    from state.devstack.cli import default_state_dir
+    from state.devstack.system import api_url_for
+
+    state_dir = os.environ.get("COMPUTE_DEVSTACK_STATE_DIR") or default_state_dir()
+    url = api_url_for(database_url, Path(state_dir))
+    return {**({"COMPUTE_API_URL": url} if url else {}), "COMPUTE_API_KEY": key}
 
 
 @apikey.command("list")
@@ -155,7 +170,8 @@ def projector(database_url: str | None) -> None:
 
 @click.command("api")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=int,
+              help="A fixed port for a hand-run API; `computectl up` picks a free one.")
 @click.option("--embedded-projector/--no-embedded-projector", default=False,
               help="Also run the projector in this process.")
 def api(host: str, port: int, embedded_projector: bool) -> None:

@@ -197,3 +197,14 @@ def stop_services(state_dir: Path) -> list[str]:
             path.unlink(missing_ok=True)
         shutil.rmtree(files.processors_data, ignore_errors=True)  # tables of a cluster now gone
     return problems
+
+
+def api_url_for(database_url: str, state_dir: Path) -> str | None:
+    """The URL of an API serving ``database_url``, where known: COMPUTE_API_URL, else the API
+    of `computectl up` when it runs on that database (``apikey create`` prints it)."""
+    if os.environ.get("COMPUTE_API_URL"):
+        return os.environ["COMPUTE_API_URL"]
+    stack = read_state(state_dir / "state.json") or {}
+    if stack.get("env", {}).get("DATABASE_URL") != database_url:
+        return None
+    return api_exports(state_dir).get("COMPUTE_API_URL")
