@@ -140,6 +140,28 @@ def test_a_second_up_prints_the_same_exports(system: System) -> None:
     assert json.loads(key_file.read_text())["key"] == system.exports["COMPUTE_API_KEY"]
 
 
+def test_apikey_create_prints_export_lines_with_ups_api(system: System) -> None:
+    # COMPUTE_API_URL unset: the URL comes from `up`, whose API serves this database.
+    env = {**system.env, "DATABASE_URL": system.exports["DATABASE_URL"], "COMPUTE_API_URL": ""}
+    exported = computectl("apikey", "create", "--tenant", "other", "--export", env=env)
+    assert exported.returncode == 0, exported.stderr
+    lines = parse_exports(exported.stdout)
+    assert lines["COMPUTE_API_URL"] == system.exports["COMPUTE_API_URL"]
+    with httpx.Client(base_url=lines["COMPUTE_API_URL"], timeout=10,
+                      headers={"Authorization": f"Bearer {lines['COMPUTE_API_KEY']}"}) as api:
+        assert api.get("/api/v1/tasks").json()["items"] == []  # a key of its own tenant
+    # The plain form keeps stdout to the key (KEY=$(computectl apikey create ...)); the export
+    # lines go to stderr beside the note.
+    plain = computectl("apikey", "create", "--tenant", "other", env=env)
+    [key] = plain.stdout.split()
+    assert f"export COMPUTE_API_KEY={key}" in plain.stderr
+    assert f"export COMPUTE_API_URL={system.exports['COMPUTE_API_URL']}" in plain.stderr
+    # No `up` known for this database (another state folder): only the key is printed.
+    other = computectl("apikey", "create", "--tenant", "other", "--export",
+                       env={**env, "COMPUTE_DEVSTACK_STATE_DIR": str(system.state_dir / "none")})
+    assert list(parse_exports(other.stdout)) == ["COMPUTE_API_KEY"]
+
+
 def _kill_and_wait_for_restart(system: System, name: str) -> dict[str, Any]:
     before = system.ps()["services"][name]
     os.kill(before["pid"], signal.SIGKILL)
