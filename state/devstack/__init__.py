@@ -9,6 +9,9 @@ Public names (imported lazily, so ``python -m state.devstack.kafka`` and friends
 - :data:`dev` (cli.py): the ``computectl dev`` click group.
 - :class:`DevStackError` (procs.py)
 
+``computectl up`` / ``ps`` / ``logs`` / ``down`` add the system's services to the stack:
+system_cli.py (the commands), system.py (what ``up`` composes), services.py (the supervisor).
+
 See docs/LOCAL_STACK.md.
 """
 

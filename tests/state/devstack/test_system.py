@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from state.devstack.procs import pid_alive, process_group_members, wait_until
-from state.devstack.services import RestartPolicy, restart_delay
+from state.devstack.services import RestartPolicy, read_state, restart_delay
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 COMPUTECTL = (sys.executable, "-c", "from producers.cli import main; main()")
@@ -262,7 +262,8 @@ def test_restart_delay_backs_off_then_gives_up() -> None:
     assert restart_delay([0.0, 10.0, 20.0, 100.0], 100.0, policy) == 0.5
 
 
-def _supervise(tmp_path: Path, services: list[dict[str, Any]], policy: dict[str, float]) -> subprocess.Popen[bytes]:
+def _supervise(tmp_path: Path, services: list[dict[str, Any]],
+               policy: dict[str, float]) -> subprocess.Popen[bytes]:
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"services": services, "policy": policy,
                                   "logs_dir": str(tmp_path / "logs"),
@@ -311,8 +312,7 @@ def test_a_killed_supervisor_takes_its_services_with_it(tmp_path: Path) -> None:
         state: dict[str, Any] = {}
 
         def running() -> bool:
-            text = (tmp_path / "services.json").read_text() if (tmp_path / "services.json").exists() else "{}"
-            state.update(json.loads(text or "{}"))
+            state.update(read_state(tmp_path / "services.json") or {})
             return state.get("services", {}).get("sleeper", {}).get("state") == "running"
 
         assert wait_until(running, 30, interval=0.1), state
