@@ -11,7 +11,8 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, create_model, field_validator
+from pydantic_core import PydanticCustomError
 
 from schemas.enums import ErrorCode, TaskStatus, TaskType
 from schemas.records import WebhookUrl
@@ -26,6 +27,14 @@ DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 200
 MAX_PAGE = 1_000_000
 
 
+def _object_not_text(cls: type, value: Any) -> Any:
+    # The params models also read Avro records, where provider_config travels as JSON text, so
+    # they take text; a request body says what it means: an object (as the document states).
+    if isinstance(value, str):
+        raise PydanticCustomError("dict_type", "Input should be a JSON object, not text holding one")
+    return value
+
+
 def _submit_model(task_type: TaskType) -> type[BaseModel]:
     params = PARAMS_MODELS[task_type]
     fields: dict[str, Any] = {n: (f.annotation, f) for n, f in params.model_fields.items()}
@@ -35,6 +44,8 @@ def _submit_model(task_type: TaskType) -> type[BaseModel]:
         name,
         __config__=ConfigDict(extra="forbid", title=name),
         __doc__=f"Submit a {task_type.value} task: its parameters, flat, beside task_type.",
+        __validators__={"object_not_text": field_validator("provider_config", mode="before")(
+            classmethod(_object_not_text))},
         task_type=(Literal[task_type.value], ...),  # type: ignore[valid-type]
         webhook_url=(WebhookUrl | None, Field(default=None, description=(
             "POST every status change of this task here (http or https)."))),

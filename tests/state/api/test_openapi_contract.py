@@ -119,6 +119,19 @@ def test_a_method_a_path_does_not_serve_is_405_naming_the_ones_it_does(contract:
             assert set(resp.headers["allow"].split(", ")) == documented, (method, template, resp.headers)
 
 
+@pytest.mark.parametrize(("path", "body"), [
+    ("/api/v1/tasks", {"task_type": "LLM_INTERACTION", "prompt": "hi", "provider_config": '{"a": 1}'}),
+    ("/api/v1/catalog/styles", {"name": "braced", "id": "{123e4567-e89b-12d3-a456-426614174000}"}),
+    ("/api/v1/catalog/styles", {"name": "unhyphenated", "id": "123e4567e89b12d3a456426614174000"}),
+], ids=["provider_config as JSON text", "braced UUID", "unhyphenated UUID"])
+def test_inputs_the_document_forbids_and_the_fuzzer_rarely_draws_are_refused(
+        contract: Contract, path: str, body: dict[str, Any]) -> None:
+    # Each was accepted once (the models also read Avro records, which carry such spellings).
+    resp = httpx.post(contract.base_url + path, json=body, headers=contract.tenant, timeout=30)
+    assert resp.status_code == 422, resp.text
+    assert resp.headers["content-type"] == PROBLEM_MEDIA_TYPE
+
+
 def test_sequences_of_calls_keep_the_contract(contract: Contract) -> None:
     """Stateful: chains of calls along the links schemathesis infers from the document (a
     generation started, then read and cancelled...), with the checks that need a history (use
