@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,21 @@ def api(host: str, port: int, embedded_projector: bool) -> None:
 
 # ------------------------------------------------------------------------------ HTTP clients
 
+# The read model follows the topics: a task the API has just accepted (202) is visible a moment
+# later, once the projector has written it. Following a task waits this long for it to appear.
+APPEAR_TIMEOUT_S, APPEAR_POLL_S = 30.0, 0.2
+
+
+def _appeared(client: Any, task_id: str) -> Any:
+    """GET the task, retrying a 404 until it appears or APPEAR_TIMEOUT_S pass (then the 404)."""
+    deadline = time.monotonic() + APPEAR_TIMEOUT_S
+    while True:
+        resp = client.get(f"/api/v1/tasks/{task_id}")
+        if resp.status_code != 404 or time.monotonic() > deadline:
+            return resp
+        time.sleep(APPEAR_POLL_S)
+
+
 @click.command("status")
 @click.argument("task_id")
 @click.option("--follow", is_flag=True, help="Follow the task live until it ends.")
@@ -196,10 +212,11 @@ def status(task_id: str, follow: bool, as_json: bool, api_url: str, api_key: str
 
     Exit codes: 0 shown (with --follow: it ended COMPLETED); 1 with --follow when it ended
     otherwise (FAILED, CANCELLED), and when the API refused (e.g. 404: no such task for the key's
-    tenant - a task submitted without that key's tenant is not its).
+    tenant - a task submitted without that key's tenant is not its). A task just submitted is
+    visible once the read model has it: --follow waits up to 30 s for it to appear.
     """
     with api_client(api_url, api_key) as client:
-        task = check(client.get(f"/api/v1/tasks/{task_id}"))
+        task = check(_appeared(client, task_id) if follow else client.get(f"/api/v1/tasks/{task_id}"))
         if follow:
             from state.api.follow import follow_events
 

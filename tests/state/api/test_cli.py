@@ -138,3 +138,30 @@ def test_submit_and_generate_with_a_key_are_the_keys_tenants(api: ApiStack, clie
     request = GenerationRequested.model_validate_json(msg.value())
     assert request.plan.generation_id == summary["generation_id"]
     assert request.origin_tenant_id == tenant.name
+
+
+class _Answers:
+    """A client whose GETs answer the given status codes in turn (the last one repeats)."""
+
+    def __init__(self, *codes: int) -> None:
+        self.codes, self.calls = list(codes), 0
+
+    def get(self, path: str) -> httpx.Response:
+        code = self.codes[min(self.calls, len(self.codes) - 1)]
+        self.calls += 1
+        return httpx.Response(code, json={"detail": "no task"}, request=httpx.Request("GET", path))
+
+
+def test_follow_waits_for_a_just_submitted_task_to_appear(monkeypatch) -> None:
+    """The read model follows the topics: a 202'd task may be a 404 for a moment, and
+    `status --follow` right after `submit` (the README's quickstart) must not give up on it."""
+    import state.cli as state_cli
+
+    monkeypatch.setattr(state_cli, "APPEAR_POLL_S", 0.0)
+    appearing = _Answers(404, 404, 200)
+    assert state_cli._appeared(appearing, "t").status_code == 200 and appearing.calls == 3
+    monkeypatch.setattr(state_cli, "APPEAR_TIMEOUT_S", 0.0)
+    never = _Answers(404)
+    assert state_cli._appeared(never, "t").status_code == 404  # an unknown id still ends as 404
+    other = _Answers(401)
+    assert state_cli._appeared(other, "t").status_code == 401 and other.calls == 1
