@@ -37,7 +37,12 @@ def test_submit_then_completed_with_result(api: ApiStack, client: httpx.Client,
     tid = body["task_id"]
     assert body["status"] == "PENDING" and body["idempotent_replay"] is False
     assert body["links"]["self"] == f"/api/v1/tasks/{tid}" == resp.headers["location"]
-    queued = wait_status(client, tenant, tid, "QUEUED")
+    wait_status(client, tenant, tid, "QUEUED")
+    # The task record (its params) and its statuses come from two topics: QUEUED can be visible
+    # a moment before the params are.
+    wait_for(lambda: get_task(client, tenant, tid).json()["params"] is not None, f"{tid}'s params")
+    queued = get_task(client, tenant, tid).json()
+    assert queued["status"] == "QUEUED"
     assert queued["params"]["prompt"] == "a red dress" and queued["params"]["width"] == 512
     assert queued["origin"]["tenant_id"] == tenant.name and queued["attempt"] == 1
     assert_problem(client.get(f"/api/v1/tasks/{tid}/result", headers=tenant.headers), 409)
