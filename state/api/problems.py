@@ -12,6 +12,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -63,6 +64,9 @@ def problem_response(request: Request, status: int, slug: str, detail: str, *,
                         media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
+# Retry-After of a 503 while PostgreSQL is down: a restart takes seconds.
+DATABASE_RETRY_AFTER_S = 2
+
 _SLUGS = {400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found",
           405: "method-not-allowed", 406: "not-acceptable", 409: "conflict",
           413: "payload-too-large", 415: "unsupported-media-type", 422: "validation-error",
@@ -98,6 +102,16 @@ def install_problem_handlers(app: FastAPI) -> None:
         where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
         return problem_response(request, 422, "validation-error",
                                 f"the request is not valid: {where}", errors=errors)
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def _database_down(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
+        # PostgreSQL unreachable, restarting or shut down (a connection refused or cut): the
+        # request may succeed later, so a client that retries on 503 retries it (docs/API.md).
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
+                    type(exc).__name__)
+        return problem_response(request, 503, "service-unavailable",
+                                "the database is unavailable; retry later",
+                                headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
