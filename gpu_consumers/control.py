@@ -38,6 +38,11 @@ log = logging.getLogger("gpu_consumers.control")
 _POLL_S = 0.1
 _METADATA_TIMEOUT_S = 10.0
 _RETRY_S = 2.0  # wait before reading the control topic again after an error
+_MISSING_LOG_S = 60.0  # how often a worker waiting for a missing control topic says so again
+
+
+class TopicMissing(RuntimeError):
+    """The control topic does not exist (yet): the worker waits for it, no traceback."""
 
 
 class CancelReason(StrEnum):
@@ -127,9 +132,16 @@ class ControlListener:
             self._thread.join(timeout=5.0)
 
     def _run(self) -> None:
+        missing_logged = float("-inf")
         while not self._stop.is_set():
             try:
                 self._listen()
+            except TopicMissing as exc:  # started before `computectl topics create`: wait
+                if time.monotonic() - missing_logged >= _MISSING_LOG_S:
+                    log.warning("%s (waiting for it)", exc)
+                    missing_logged = time.monotonic()
+                self._caught_up.set()  # nothing to catch up with: no cancel exists yet
+                self._stop.wait(_RETRY_S)
             except Exception:  # e.g. the broker is away: log, wait, read the topic again
                 log.exception("control listener failed; reconnecting in %gs", _RETRY_S)
                 self._caught_up.set()  # do not hold up a starting worker any longer
@@ -166,7 +178,7 @@ class ControlListener:
             if meta is not None and meta.error is None and meta.partitions:
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"control topic {topic} not found; run `computectl topics create`")
+                raise TopicMissing(f"topic {topic} does not exist: run `computectl topics create`")
             time.sleep(0.2)
         ends = {}
         for p in meta.partitions:

@@ -262,7 +262,11 @@ class Worker:
             if msg is None:
                 continue
             if msg.error():
-                log.warning("consumer error on %s: %s", lane.topic, msg.error())
+                if msg.error().code() == KafkaError.UNKNOWN_TOPIC_OR_PART:  # one clear line
+                    log.warning("topic %s does not exist: run `computectl topics create` "
+                                "(waiting for it)", lane.topic)
+                else:
+                    log.warning("consumer error on %s: %s", lane.topic, msg.error())
                 continue
             self._next_lane = (self._next_lane + i + 1) % n  # round robin between types
             return lane, msg
