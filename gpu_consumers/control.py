@@ -29,6 +29,7 @@ from gpu_consumers.handler import CancelToken
 from schemas.codec import EventCodec
 from schemas.errors import DecodeError
 from schemas.events import CancelRequested
+from schemas.headers import STATUS_WRITTEN_HEADER, header_dict
 from schemas.kafka_settings import KafkaSettings
 
 log = logging.getLogger("gpu_consumers.control")
@@ -91,7 +92,8 @@ class CancelledIds:
 
 
 class ControlListener:
-    """Reads CancelRequested events and calls ``on_cancel(task_id)`` for each (in its thread).
+    """Reads CancelRequested events and calls ``on_cancel(task_id, status_written)`` for each (in
+    its thread); ``status_written``: the canceller also wrote the task's CANCELLED.
 
     ``start()`` returns once the records present at start have been read (or after
     ``catch_up_timeout_s``), so a task cancelled while queued is known before any task is taken.
@@ -102,7 +104,7 @@ class ControlListener:
     def __init__(
         self,
         kafka: KafkaSettings,
-        on_cancel: Callable[[str], None],
+        on_cancel: Callable[[str, bool], None],
         *,
         codec: EventCodec,
         client_id: str,
@@ -162,7 +164,7 @@ class ControlListener:
             while not self._stop.is_set():
                 msg = consumer.poll(_POLL_S)
                 if msg is not None and not msg.error():
-                    self._handle(msg.value())
+                    self._handle(msg.value(), msg.headers())
                     if ends.get(msg.partition(), 0) <= msg.offset() + 1:
                         ends.pop(msg.partition(), None)
                 if not ends:
@@ -196,7 +198,7 @@ class ControlListener:
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
         return ends
 
-    def _handle(self, value: bytes | None) -> None:
+    def _handle(self, value: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
         try:
             event = self._codec.decode(value or b"", expect=CancelRequested)
         except DecodeError as exc:
@@ -205,4 +207,5 @@ class ControlListener:
             return
         task_id = event.envelope.task_id
         log.info("cancel requested for task %s", task_id, extra={"task_id": task_id})
-        self._on_cancel(task_id)
+        # The API already wrote CANCELLED for a task that had not started (STATUS_WRITTEN_HEADER).
+        self._on_cancel(task_id, STATUS_WRITTEN_HEADER in header_dict(headers))

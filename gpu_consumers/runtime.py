@@ -163,6 +163,8 @@ class Worker:
                     f"cannot be pickled ({exc}); pass child=, or set execution='inline'") from exc
         self._content_policy = content_policy or settings.load_content_policy()
         self._cancelled = CancelledIds(settings.cancelled_capacity)
+        # Cancels whose CANCELLED the API wrote itself (the task had not started).
+        self._cancel_written = CancelledIds(settings.cancelled_capacity)
         self._cancel_lock = threading.Lock()  # orders a cancel against a task's start
         self._stop = threading.Event()
         self._force = threading.Event()
@@ -290,12 +292,15 @@ class Worker:
                       stops=stops_from_header(headers.get(STOPS_HEADER)))
         inflight = _InFlight(lane, msg, run)
         with self._cancel_lock:
+            written = run.task_id in self._cancel_written
             if run.task_id in self._cancelled:
                 run.cancel(CancelReason.USER)
             else:
                 self._inflight = inflight  # from now on a cancel reaches the run
         if self._inflight is not inflight:  # cancelled while queued: CANCELLED, never runs
-            self._finish(lane, msg, run.execute())
+            # The canceller wrote CANCELLED already: a second terminal status would be a duplicate.
+            self._finish(lane, msg, RunReport(Outcome.CANCELLED, commit=True) if written
+                         else run.execute())
             return
         inflight.call = self._task_thread.submit(lambda: self._execute(inflight))
         self._wait(inflight)
@@ -359,10 +364,12 @@ class Worker:
         if report.commit and not (inflight and (inflight.lost or inflight.committed)):
             self._commit(lane, msg)
 
-    def _on_cancel(self, task_id: str) -> None:
+    def _on_cancel(self, task_id: str, status_written: bool = False) -> None:
         """From the control listener's thread."""
         with self._cancel_lock:
             self._cancelled.add(task_id)
+            if status_written:
+                self._cancel_written.add(task_id)
             inflight = self._inflight
             if inflight is not None and inflight.run.task_id == task_id:
                 inflight.run.cancel(CancelReason.USER)

@@ -28,6 +28,10 @@ from collections.abc import Callable, Iterable
 SPEC_VERSION = b"1.0"
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 Headers = list[tuple[str, bytes]]
+# On a CancelRequested: the canceller also wrote this terminal status (CANCELLED) for the task,
+# which had not started; a worker reaching the task's record then skips it without a status of
+# its own, so the status topic holds one terminal status per attempt.
+STATUS_WRITTEN_HEADER = "compute-status-written"
 
 # --------------------------------------------------------------------------- ids
 #

@@ -20,9 +20,10 @@ from producers.errors import DeliveryError, TaskTooLargeError
 from producers.generations import GenerationCancelRequested, GenerationRequested
 from producers.submit import Origin, TaskProducer
 from schemas.codec import EventCodec
-from schemas.emit import produce_event
+from schemas.emit import event_headers, produce_record
 from schemas.enums import TaskStatus, TaskType
 from schemas.events import CancelRequested, Envelope, StatusChanged
+from schemas.headers import STATUS_WRITTEN_HEADER, Headers, new_traceparent
 from schemas.kafka_settings import KafkaSettings
 
 SOURCE = "api"
@@ -86,12 +87,15 @@ class TaskGateway:
                             origin_zone=row.get("origin_zone"),
                             origin_tenant_id=row.get("origin_tenant_id"))
 
-        events: list[tuple[str, Any]] = [(self.kafka.topics.control, CancelRequested(
-            envelope=envelope(), reason=reason, requested_by=requested_by))]
-        if row["status"] in (TaskStatus.PENDING.value, TaskStatus.QUEUED.value):
+        not_started = row["status"] in (TaskStatus.PENDING.value, TaskStatus.QUEUED.value)
+        marker = ([(STATUS_WRITTEN_HEADER, TaskStatus.CANCELLED.value.encode())] if not_started
+                  else [])
+        events: list[tuple[str, Any, Headers]] = [(self.kafka.topics.control, CancelRequested(
+            envelope=envelope(), reason=reason, requested_by=requested_by), marker)]
+        if not_started:  # ended here, also if no worker ever reaches the record
             events.append((self.kafka.topics.status, StatusChanged(
                 envelope=envelope(), status=TaskStatus.CANCELLED,
-                message=f"cancelled before it started ({requested_by})")))
+                message=f"cancelled before it started ({requested_by})"), []))
         self._produce_all(events)
 
     def submit_generation(self, requested: GenerationRequested) -> None:
@@ -131,15 +135,17 @@ class TaskGateway:
         if failures:
             raise DeliveryError(failures)
 
-    def _produce_all(self, events: list[tuple[str, Any]]) -> None:
+    def _produce_all(self, events: list[tuple[str, Any, Headers]]) -> None:
+        """Produce each (topic, event, extra headers) and wait for the broker's acknowledgements."""
         failures: list[tuple[str, str]] = []
 
         def delivered(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
                 failures.append((msg.topic() or "?", err.str()))
 
-        for topic, event in events:
-            produce_event(self._events, topic, event, codec=self._codec, on_delivery=delivered)
+        for topic, event, extra in events:
+            produce_record(self._events, topic, self._codec.encode(event), event.envelope.task_id,
+                           [*event_headers(event, new_traceparent()), *extra], delivered)
         remaining = self._events.flush(self._ack_timeout_s)
         if remaining:
             failures.append(("(queue)", f"{remaining} record(s) undelivered"))
