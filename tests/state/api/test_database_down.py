@@ -54,7 +54,7 @@ def test_submit_answers_503_with_retry_after_while_postgres_is_down(
                                    headers={"Authorization": f"Bearer {api_key}", **headers})
 
             up = submit(key)
-            assert up.status_code == 202, up.text  # the key is now cached, the pool holds a connection
+            assert up.status_code == 202, up.text  # key cached, a pooled connection
             private_db.stop(keep_files=True)  # PostgreSQL down for real; Kafka still up
             # What needs the database: an Idempotency-Key check (first on a cut pooled
             # connection, then refused), a key not verified yet.
