@@ -31,9 +31,8 @@ import math
 from typing import Any
 
 from processors.evaluators.base import (Evaluation, EvaluationContext, Evaluator, EvaluatorError,
-                                        EvaluatorSettings, UnparseableJudgement)
+                                        EvaluatorSettings, UnparseableJudgement, task_config)
 from processors.evaluators.quality import QualityEvaluator
-from processors.evaluators.vlm import task_config
 from schemas.task_params import LlmInteractionParams
 
 CLIP_PROVIDER = "clip"

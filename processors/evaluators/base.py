@@ -121,6 +121,11 @@ class CombinedEvaluator(TaskEvaluator, Protocol):
     def combine(self, judged: Evaluation, local: Evaluation) -> Evaluation: ...
 
 
+def task_config(image_url: str, model: str | None) -> dict[str, Any]:
+    """The judge task's ``provider_config``: the image, and the model only when one is configured."""
+    return {"image_urls": [image_url], **({"model": model} if model else {})}
+
+
 @dataclass(frozen=True)
 class EvaluatorSettings:
     """Deployment configuration of the model-based evaluators (None: not configured).

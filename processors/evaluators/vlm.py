@@ -27,7 +27,7 @@ import re
 from typing import Any
 
 from processors.evaluators.base import (Evaluation, EvaluationContext, EvaluatorError, EvaluatorSettings,
-                                        UnparseableJudgement)
+                                        UnparseableJudgement, task_config)
 from schemas.task_params import LlmInteractionParams
 
 SYSTEM_PROMPT = (
@@ -83,11 +83,6 @@ def parse_judgement(text: str) -> tuple[float, list[str]]:
                 return _unit(float(found.group(1)), 100.0), []
             return _unit(float(found.group(1))), []
     raise UnparseableJudgement(f"no score in the judge's answer: {text[:200]!r}")
-
-
-def task_config(image_url: str, model: str | None) -> dict[str, Any]:
-    """The judge task's ``provider_config``: the image, and the model only when one is configured."""
-    return {"image_urls": [image_url], **({"model": model} if model else {})}
 
 
 class VlmJudge:
