@@ -74,11 +74,13 @@ class ClipAlignment:
     def available(settings: EvaluatorSettings) -> bool:
         return bool(settings.clip_model or settings.clip_provider_type)
 
+    def applies(self, context: EvaluationContext) -> bool:
+        return bool((context.prompt or "").strip())
+
     def request(self, image_url: str, context: EvaluationContext = EvaluationContext()) -> LlmInteractionParams:
-        prompt = (context.prompt or "").strip()
-        if not prompt:
+        if not self.applies(context):
             raise EvaluatorError(f"a {context.task_type.value} attempt has no prompt to align the image with")
-        return LlmInteractionParams(prompt=prompt, provider_type=self._provider_type,
+        return LlmInteractionParams(prompt=(context.prompt or "").strip(), provider_type=self._provider_type,
                                     provider_config=task_config(image_url, self._model))
 
     def parse(self, text: str, context: EvaluationContext = EvaluationContext()) -> Evaluation:
@@ -96,9 +98,6 @@ class QualityAndAlignment(ClipAlignment):
     def __init__(self, settings: EvaluatorSettings, local: Evaluator | None = None) -> None:
         super().__init__(settings)
         self.local: Evaluator = local or QualityEvaluator()
-
-    def applies(self, context: EvaluationContext) -> bool:
-        return bool((context.prompt or "").strip())
 
     def combine(self, judged: Evaluation, local: Evaluation) -> Evaluation:
         quality = local.score
