@@ -13,15 +13,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from state.devstack.procs import spawn, tail
-
-# What `computectl` runs, without relying on the console script being on PATH.
-_COMPUTECTL = (sys.executable, "-c", "from producers.cli import main; main()")
+from state.devstack.system import COMPUTECTL
 
 
 @dataclass
@@ -53,7 +50,7 @@ class Children:
 
     def start(self, name: str, *args: str) -> Child:
         log = self.workdir / f"{name}.log"
-        proc = spawn([*_COMPUTECTL, *args], log_path=log, detached=False, env=self.env,
+        proc = spawn([*COMPUTECTL, *args], log_path=log, detached=False, env=self.env,
                      cwd=self.workdir)
         child = self.started[name] = Child(name, proc, log)
         return child

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from state.devstack.system import COMPUTECTL
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +85,7 @@ def test_readme_quickstart_runs_as_written(tmp_path: Path) -> None:
     finally:
         left = _processes_with(run_marker)
         if left:  # a failed run: stop what it started before failing the test
-            subprocess.run([str(REPO / ".venv" / "bin" / "computectl"), "down"], env=env,
+            subprocess.run([*COMPUTECTL, "down"], env=env,
                            capture_output=True, timeout=120)
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     steps = done.stdout.split(_STEP)[1:]

@@ -38,7 +38,6 @@ from state.devstack.services import (
 
 # What `computectl` runs, without relying on the console script being on PATH.
 COMPUTECTL = (sys.executable, "-c", "from producers.cli import main; main()")
-SERVICE_NAMES = ("worker", "processors", "projector", "api")
 _POLL_S = 0.25
 # What the services run with unless the environment says otherwise: the tiny offline models,
 # built once into the project's cache (shared with `make demo`), never a download.
