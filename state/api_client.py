@@ -13,7 +13,6 @@ from typing import Any
 import click
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
-API_PREFIX = "/api/v1"
 
 
 class ApiAnswerError(click.ClickException):

@@ -67,11 +67,12 @@ def apikey_create(tenant: str, name: str | None, operator: bool, as_json: bool, 
     database_url = _database_url(database_url)
     key, record = create_key(database_url, tenant, name, operator=operator)
     kind = "operator" if operator else "tenant"
-    exports = "\n".join(f"export {k}={v}" for k, v in _key_exports(key, database_url).items())
     if as_json:
         click.echo(json.dumps({"key": key, "key_id": record.key_id, "tenant": tenant,
                                "operator": operator}))
-    elif as_export:
+        return
+    exports = "\n".join(f"export {k}={v}" for k, v in _key_exports(key, database_url).items())
+    if as_export:
         click.echo(exports)
     else:
         click.echo(key)
