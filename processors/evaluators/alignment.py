@@ -101,7 +101,7 @@ class QualityAndAlignment(ClipAlignment):
 
     def combine(self, judged: Evaluation, local: Evaluation) -> Evaluation:
         quality = local.score
-        alignment = judged.signals.get("alignment", judged.score)
+        alignment = judged.score
         signals = {**local.signals, **judged.signals, "quality": quality, "alignment": alignment}
         return Evaluation(math.sqrt(quality * alignment), (*local.reasons, *judged.reasons),
                           signals, self.name)
