@@ -16,7 +16,7 @@ from typing import Any
 from confluent_kafka import Message, Producer
 
 from schemas.codec import EventCodec
-from schemas.emit import event_headers, produce_event, produce_record
+from schemas.emit import produce_event
 from schemas.enums import ErrorCode, TaskStatus, TaskType
 from schemas.events import Envelope, StatusChanged, TaskError
 from schemas.headers import Headers, new_traceparent
@@ -71,13 +71,9 @@ class Emitter:
              headers: Headers | None = None) -> None:
         """Produce an event, continuing the trace ``trace_id`` when known; ``headers`` are added
         to the standard ones."""
-        traceparent = new_traceparent(trace_id)
-        if not headers:
-            produce_event(self.producer, topic, event, codec=self.codec, traceparent=traceparent,
-                          on_delivery=ack)
-            return
-        produce_record(self.producer, topic, self.codec.encode(event), event.envelope.task_id,
-                       [*event_headers(event, traceparent), *headers], ack)
+        produce_event(self.producer, topic, event, codec=self.codec,
+                      traceparent=new_traceparent(trace_id), on_delivery=ack,
+                      extra_headers=headers or ())
 
     def flush(self, *acks: Ack) -> bool:
         """Wait for every outstanding record; True when all ``acks`` were acknowledged."""

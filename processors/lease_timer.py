@@ -2,10 +2,10 @@
 
 Runs every ``lease_check_interval_s`` inside the Faust app (``app.timer``). Blocking Kafka calls
 (offset look-ups, produce + flush) run in a thread so the agents keep folding meanwhile. Outputs
-go through ``schemas.emit`` (``event_headers`` + ``produce_record``, as ``produce_event`` does,
-plus the worker-stops header on a resubmitted task) on a confluent-kafka producer, like every
-other status and task record, so they carry the same headers and land on the same partition as the task's
-other records (librdkafka's partitioner; aiokafka's would pick another one).
+go through ``schemas.emit.produce_event`` (plus the worker-stops header on a resubmitted task) on
+a confluent-kafka producer, like every other status and task record, so they carry the same
+headers and land on the same partition as the task's other records (librdkafka's partitioner;
+aiokafka's would pick another one).
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from processors.leases import LeaseAction, LeaseBook, Retry, TimeOut, retry_events, timeout_event
 from processors.settings import ProcessorSettings
 from schemas.codec import EventCodec
-from schemas.emit import event_headers, produce_record
+from schemas.emit import produce_event
 from schemas.errors import ComputeError
 from schemas.events import TaskSubmitted
-from schemas.headers import new_traceparent
 from schemas.kafka_settings import KafkaSettings
 from state.stops import STOPS_HEADER
 
@@ -150,11 +149,9 @@ class LeaseTimer:
                 errors.append(err)
 
         for topic, event, stops in records:
-            headers = event_headers(event, new_traceparent())
-            if stops is not None:
-                headers = [*headers, (STOPS_HEADER, str(stops).encode())]
-            produce_record(self._producer, topic, self._codec.encode(event),
-                           event.envelope.task_id, headers, on_delivery)
+            extra = [(STOPS_HEADER, str(stops).encode())] if stops is not None else []
+            produce_event(self._producer, topic, event, codec=self._codec,
+                          on_delivery=on_delivery, extra_headers=extra)
         left = self._producer.flush(_KAFKA_TIMEOUT_S)
         if left or errors:
             raise KafkaException(f"lease outputs not acknowledged: {left} pending, errors {errors}")

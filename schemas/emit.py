@@ -6,7 +6,7 @@ the same headers (``schemas/headers.py``) and framing (``schemas/codec.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import Producer
@@ -35,14 +35,16 @@ def produce_event(
     codec: EventCodec,
     traceparent: str | None = None,
     on_delivery: DeliveryCallback | None = None,
+    extra_headers: Sequence[tuple[str, bytes]] = (),
 ) -> str:
     """Encode ``event`` and produce it to ``topic`` keyed by its task id; return the traceparent
-    used (a new trace unless one is given). Delivery is asynchronous: flush or poll the producer.
-    Blocks (serving delivery reports) while the local queue is full, instead of failing."""
+    used (a new trace unless one is given). ``extra_headers`` follow the standard ones. Delivery
+    is asynchronous: flush or poll the producer. Blocks (serving delivery reports) while the
+    local queue is full, instead of failing."""
     traceparent = traceparent or new_traceparent()
     task_id = event.envelope.task_id  # type: ignore[attr-defined]
-    produce_record(producer, topic, codec.encode(event), task_id, event_headers(event, traceparent),
-                   on_delivery)
+    produce_record(producer, topic, codec.encode(event), task_id,
+                   [*event_headers(event, traceparent), *extra_headers], on_delivery)
     return traceparent
 
 
