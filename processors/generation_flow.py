@@ -98,13 +98,13 @@ class ParseJudgement:
     """The judge of attempt ``task_id`` answered ``text``: parse it with the ``provider``'s
     evaluator and call :func:`on_evaluation`. ``image_url`` is the attempt's image, for an
     evaluator that also scores it in-process (a combined evaluator, or the weight-free fallback
-    when the answer has no score)."""
+    when the answer has no score; None only if the attempt's stored result names no image)."""
 
     task_id: str
     text: str
     provider: str
     context: EvaluationContext
-    image_url: str | None = None
+    image_url: str | None
 
 
 @dataclass(frozen=True)
