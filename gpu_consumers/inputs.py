@@ -41,7 +41,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from gpu_consumers.errors import InvalidInput
 from gpu_consumers.input_scope import InputScope, TaskInputs
 from schemas.address_policy import IPAddress, forbidden_reason
-from gpu_consumers.storage import default_results_url, make_s3_client
+from gpu_consumers.storage import default_results_url, make_s3_client, s3_location
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG includes MPO
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -82,14 +82,8 @@ class InputSettings(BaseSettings):
     @field_validator("allowed_s3_prefixes", mode="before")
     @classmethod
     def _bucket_and_prefix(cls, value: Any) -> Any:
-        def split(item: Any) -> Any:
-            if not isinstance(item, str):
-                return item
-            bucket, _, prefix = item.removeprefix("s3://").partition("/")
-            if not bucket:
-                raise ValueError(f"{item!r} names no bucket (bucket or bucket/prefix)")
-            return bucket.lower(), prefix.strip("/")
-        return [split(item) for item in _split_list(value)]
+        return [s3_location(item) if isinstance(item, str) else item
+                for item in _split_list(value)]
 
 
 def redact(url: str, *, last_segment_only: bool = False) -> str:

@@ -232,11 +232,12 @@ def _client_error(exc: Any) -> str:
     return f"{error.get('Code', 'error')}: {error.get('Message', '')}".rstrip(": ")
 
 
-def s3_location(results_url: str) -> tuple[str, str]:
-    """(bucket, key prefix without end slashes) of an ``s3://bucket[/prefix]`` results URL."""
-    bucket, _, prefix = results_url.removeprefix("s3://").partition("/")
+def s3_location(location: str) -> tuple[str, str]:
+    """(bucket, key prefix without end slashes) of ``s3://bucket[/prefix]`` (a results URL) or
+    ``bucket[/prefix]`` (an allowed input prefix)."""
+    bucket, _, prefix = location.removeprefix("s3://").partition("/")
     if not bucket:
-        raise ValueError(f"RESULTS_URL {results_url!r} names no bucket (s3://bucket[/prefix])")
+        raise ValueError(f"{location!r} names no bucket ([s3://]bucket[/prefix])")
     return bucket.lower(), prefix.strip("/")
 
 
