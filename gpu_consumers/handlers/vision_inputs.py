@@ -2,9 +2,11 @@
 ``model`` keys of ``provider_config``, fetching the images, and the CLIP alignment score.
 
 Images are fetched through the task's fetcher (``ctx.fetch.fetch_image``, i.e.
-:class:`~gpu_consumers.inputs.InputFetcher`), so they follow exactly the rules of every other
-image input: schemes, private addresses refused, allowed file roots, byte and pixel limits, and
-INVALID_INPUT for anything that does not decode as an image.
+:class:`~gpu_consumers.input_scope.TaskInputs`), so they follow exactly the rules of every other
+image input: the task's tenant scope (its own tenant's results, and only the configured file
+roots and S3 prefixes besides; docs/SECURITY.md, "Tenants and task inputs"), schemes, private
+addresses refused, byte and pixel limits, and INVALID_INPUT for anything that does not decode
+as an image.
 
 CLIP's score: ``score = clamp((similarity - SIMILARITY_LOW) / (SIMILARITY_HIGH -
 SIMILARITY_LOW), 0, 1)`` with the cosine similarity of CLIP ViT-L/14's image and text embeddings,
