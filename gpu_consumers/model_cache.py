@@ -216,8 +216,7 @@ class ModelCache:
     def _with_preprocessor(self, role: Role, loader: str) -> tuple[Any, Any]:
         """(model, its tokenizer or processor loaded with ``loader``), for transformers roles."""
         path = self.registry.path_for(role)
-        kwargs = {k: v for k, v in self.registry.load_kwargs(role).items()
-                  if k in ("revision", "local_files_only")}
+        kwargs = self.registry.pretrained_kwargs(role)
         return self._from_pretrained(role).eval(), _import(loader).from_pretrained(path, **kwargs)
 
     def llm(self) -> tuple[Any, Any]:

@@ -65,9 +65,7 @@ def read_config(registry: ModelRegistry, role: Role) -> Any:
     from transformers import AutoConfig
 
     target = registry.path_for(role)
-    kwargs = {k: v for k, v in registry.load_kwargs(role).items()
-              if k in ("revision", "local_files_only")}
-    return AutoConfig.from_pretrained(target, **kwargs)
+    return AutoConfig.from_pretrained(target, **registry.pretrained_kwargs(role))
 
 
 def check_judge_model(registry: ModelRegistry, role: Role, config: Any) -> None:

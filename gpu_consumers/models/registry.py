@@ -261,6 +261,12 @@ class ModelRegistry:
             kwargs["local_files_only"] = True  # a belt to HF_HUB_OFFLINE's braces
         return kwargs
 
+    def pretrained_kwargs(self, role: Role | str) -> dict[str, Any]:
+        """The ``revision`` and ``local_files_only`` of :meth:`load_kwargs`: for ``from_pretrained``
+        calls that take no dtype or variant (configs, tokenizers, processors)."""
+        return {k: v for k, v in self.load_kwargs(role).items()
+                if k in ("revision", "local_files_only")}
+
     def lora_sources(self) -> dict[str, LoraSource]:
         """Adapter name -> file, for ``pipe.load_lora_weights(..., adapter_name=name)``."""
         if self.profile is ModelProfile.PRODUCTION:
