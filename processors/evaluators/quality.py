@@ -38,7 +38,8 @@ noise's are Gaussian (3) or lighter (uniform noise 2.6); the re-blur ratio of cl
 JPEG at quality 20 already 1.6; clean photos fill >= 80 % of their levels, 24-level posterisation
 9 %; a real photo has no exactly constant row, an aborted decode leaves whole rows flat; a
 white-balance error translates every colour in log-chromaticity, so even the most neutral pixels
-move off neutral, and so do the highlights (clean photos: d <= 0.38). Colourfulness only tempers the score (a black-and-white photo is not broken).
+move off neutral, and so do the highlights (clean photos: d <= 0.38). Colourfulness only tempers
+the score (a black-and-white photo is not broken).
 
 A signal below ``NAMED`` is named in the reasons, worst first ("noisy", "JPEG artefacts", "banding", "blank
 frame", "partly rendered", "colour cast", "blurry", "clipped highlights", "wrong aspect ratio",
@@ -317,8 +318,8 @@ class QualityEvaluator:
             elif key == "exposure":
                 black, white = signals["black_fraction"], signals["white_fraction"]
                 kind = "clipped highlights: overexposed" if white >= black else "clipped shadows: underexposed"
-                reasons.append(f"{kind} (exposure {value:.2f}; {white:.0%} of pixels with a channel at 255, "
-                               f"{black:.0%} black)")
+                reasons.append(f"{kind} (exposure {value:.2f}; {white:.0%} of pixels with a channel "
+                               f"at >= 254, {black:.0%} black)")
             elif key == "colourfulness" and value < WEAK:
                 reasons.append(f"dull colours (colourfulness {value:.2f})")
             elif key == "alpha":
