@@ -54,7 +54,7 @@ from gpu_consumers.execution import Outcome, RunReport, Services, TaskRun
 from gpu_consumers.handlers.registry import HandlerFactory, HandlerSet, Providers
 from gpu_consumers.settings import ContentPolicy, WorkerSettings
 from gpu_consumers.storage import OutputStore
-from gpu_consumers.supervisor import ChildKit, Supervisor, kit_of
+from gpu_consumers.supervisor import ChildKit, Supervisor
 from gpu_consumers.threads import Call, ReusableThread
 from schemas.codec import EventCodec
 from schemas.enums import TaskType
@@ -154,7 +154,7 @@ class Worker:
         self.supervisor: Supervisor | None = None  # the handler process's, while ``run`` runs
         if settings.execution == "supervised":
             self._child = child or functools.partial(
-                kit_of, dict(handlers), fetcher, models, settings.resolved_device())
+                ChildKit, dict(handlers), fetcher, models, settings.resolved_device())
             try:
                 pickle.dumps(self._child)
             except Exception as exc:

@@ -57,19 +57,14 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 @dataclass(frozen=True)
 class ChildKit:
-    """What the child builds once and runs every task with."""
+    """What the child builds once and runs every task with. Made in the parent from objects it
+    already has, it is pickled to the child: classes and module-level functions as handler
+    factories, nothing holding a lock or a socket."""
 
     handlers: Mapping[TaskType, HandlerFactory | Providers]
     fetcher: Any = None
     models: Any = None
     device: str = "cpu"
-
-
-def kit_of(handlers: Mapping[TaskType, HandlerFactory | Providers], fetcher: Any = None,
-           models: Any = None, device: str = "cpu") -> ChildKit:
-    """A kit from objects the parent already has (pickled to the child: classes and
-    module-level functions as handler factories, nothing holding a lock or a socket)."""
-    return ChildKit(handlers, fetcher, models, device)
 
 
 class HardStop(Exception):
