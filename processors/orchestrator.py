@@ -281,26 +281,29 @@ class Orchestrator:
             evaluator = self.evaluator(effect.provider)
             if not isinstance(evaluator, TaskEvaluator):
                 raise TypeError(f"evaluator {effect.provider!r} does not judge by task")
+            # A combined evaluator's in-process part both completes its verdict and stands in
+            # for an answer with no score.
+            local = evaluator.local if isinstance(evaluator, CombinedEvaluator) else None
             try:
                 evaluation = evaluator.parse(effect.text, effect.context)
             except UnparseableJudgement as exc:
                 log.warning("judgement of task %s (%s) has no score; the weight-free evaluator "
                             "scores it: %s", effect.task_id, effect.provider, exc)
-                evaluation = await self._fall_back(evaluator, effect, exc)
+                weight_free = local if local is not None else self.evaluator(WEIGHT_FREE)
+                evaluation = await self._fall_back(evaluator, weight_free, effect, exc)
             else:
-                if isinstance(evaluator, CombinedEvaluator):
-                    local = await self._score(evaluator.local, effect.image_url, effect.context)
-                    evaluation = evaluator.combine(evaluation, local)
+                if isinstance(evaluator, CombinedEvaluator) and local is not None:
+                    scored = await self._score(local, effect.image_url, effect.context)
+                    evaluation = evaluator.combine(evaluation, scored)
         except Exception as exc:  # image refused or unreadable, unknown provider, evaluator bug
             log.warning("judgement of task %s (%s) unusable: %s", effect.task_id, effect.provider, exc)
             evaluation = failed_evaluation(effect.provider, exc)
         return flow.on_evaluation(record, effect.task_id, evaluation, now=self._clock())
 
-    async def _fall_back(self, judge: TaskEvaluator, effect: ParseJudgement,
-                         error: UnparseableJudgement) -> Evaluation:
-        """The weight-free score of the attempt whose judge gave no score, the first reason
+    async def _fall_back(self, judge: TaskEvaluator, weight_free: Evaluator | TaskEvaluator,
+                         effect: ParseJudgement, error: UnparseableJudgement) -> Evaluation:
+        """``weight_free``'s score of the attempt whose judge gave no score, the first reason
         saying so."""
-        weight_free = judge.local if isinstance(judge, CombinedEvaluator) else self.evaluator(WEIGHT_FREE)
         if not isinstance(weight_free, Evaluator):
             raise TypeError(f"the fallback evaluator {WEIGHT_FREE!r} is no in-process evaluator")
         scored = await self._score(weight_free, effect.image_url, effect.context)
