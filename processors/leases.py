@@ -80,22 +80,22 @@ class Retry:
     @property
     def stops(self) -> int:
         """Worker stops of the task so far (``state.stops.STOPS_HEADER`` of the new record)."""
-        return len(self.state.stopped_attempts | {self.state.attempt})
+        return _stop_count(self.state)
 
 
 LeaseAction = TimeOut | Retry
 
 
-def _stop(state: TaskState, policy: RetryPolicy) -> StopDecision:
-    """The time-out of ``state.attempt`` counts as a worker stop, with the task's earlier ones
+def _stop_count(state: TaskState) -> int:
+    """Worker stops of the task, counting the time-out of ``state.attempt`` with its earlier ones
     (the same count before and after its FAILED is folded in)."""
-    stops = len(state.stopped_attempts | {state.attempt})
-    return decide_after_stop(ErrorCode.PROVIDER_TIMEOUT, state.attempt, stops, policy,
+    return len(state.stopped_attempts | {state.attempt})
+
+
+def _stop(state: TaskState, policy: RetryPolicy) -> StopDecision:
+    """The time-out of ``state.attempt`` counts as a worker stop, with the task's earlier ones."""
+    return decide_after_stop(ErrorCode.PROVIDER_TIMEOUT, state.attempt, _stop_count(state), policy,
                              seed=state.task_id)
-
-
-def _decision(state: TaskState, policy: RetryPolicy) -> RetryDecision:
-    return _stop(state, policy).decision
 
 
 def resolve(
@@ -106,7 +106,7 @@ def resolve(
     if is_stale(state, now, lease_s):
         return TimeOut(state, lease_s, _stop(state, policy))
     if is_lease_failure(state):
-        decision = _decision(state, policy)
+        decision = _stop(state, policy).decision
         if decision.retry:
             retry = Retry(state, decision)
             if now >= retry.due_at:
@@ -119,7 +119,7 @@ def needs_watching(state: TaskState, policy: RetryPolicy) -> bool:
     """Will :func:`resolve` ever act on ``state`` (if nothing else happens to the task)?"""
     if state.status is TaskStatus.PROCESSING:
         return True
-    return is_lease_failure(state) and _decision(state, policy).retry
+    return is_lease_failure(state) and _stop(state, policy).decision.retry
 
 
 # --------------------------------------------------------------------------- the outputs
