@@ -20,10 +20,10 @@ from producers.errors import DeliveryError, TaskTooLargeError
 from producers.generations import GenerationCancelRequested, GenerationRequested
 from producers.submit import Origin, TaskProducer
 from schemas.codec import EventCodec
-from schemas.emit import event_headers, produce_record
+from schemas.emit import produce_event
 from schemas.enums import TaskStatus, TaskType
 from schemas.events import CancelRequested, Envelope, StatusChanged
-from schemas.headers import STATUS_WRITTEN_HEADER, Headers, new_traceparent
+from schemas.headers import STATUS_WRITTEN_HEADER, Headers
 from schemas.kafka_settings import KafkaSettings
 
 SOURCE = "api"
@@ -144,8 +144,8 @@ class TaskGateway:
                 failures.append((msg.topic() or "?", err.str()))
 
         for topic, event, extra in events:
-            produce_record(self._events, topic, self._codec.encode(event), event.envelope.task_id,
-                           [*event_headers(event, new_traceparent()), *extra], delivered)
+            produce_event(self._events, topic, event, codec=self._codec, on_delivery=delivered,
+                          extra_headers=extra)
         remaining = self._events.flush(self._ack_timeout_s)
         if remaining:
             failures.append(("(queue)", f"{remaining} record(s) undelivered"))
