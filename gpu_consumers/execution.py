@@ -55,6 +55,7 @@ from gpu_consumers.errors import (
     TaskCancelled,
     TaskFailure,
 )
+from gpu_consumers.fault_points import fault_point
 from gpu_consumers.handler import Handler, HandlerResult, TaskContext
 from gpu_consumers.settings import ContentPolicy, WorkerSettings
 from gpu_consumers.storage import OutputStore
@@ -208,8 +209,10 @@ class TaskRun:
             try:
                 if self._reason is not None:
                     raise _Stop(self._reason)
+                fault_point("before_processing")
                 self._emit(TaskStatus.PROCESSING, progress=0.0)
                 result, low_memory = self._attempt(low_memory)
+                fault_point("after_store")
                 if self._reason is CancelReason.USER:
                     raise _Stop(CancelReason.USER)  # stored, but the user no longer wants it
                 return self._terminal(Outcome.COMPLETED, TaskStatus.COMPLETED, result=result)
@@ -325,6 +328,7 @@ class TaskRun:
                               device=services.device, low_memory=low_memory)
             call = services.handler_thread.submit(
                 lambda: services.handler_for(self.task).run(self.task.params, ctx))
+        fault_point("mid_run")
         try:
             if not call.wait(self._settings.timeout_for(self.task.envelope.task_type)):
                 token.cancel(CancelReason.TIMEOUT)  # the handler stops at its next step
@@ -386,6 +390,7 @@ class TaskRun:
         ack = Ack()
         self._emit(status, ack=ack, **fields)
         acked = not self._abandoned and self._services.emitter.flush(ack)
+        fault_point("after_terminal")
         if not acked:
             log.error("task %s: the %s status was not acknowledged (%s); offset not committed",
                       self.task_id, status.value, ack.error, extra=self._log)

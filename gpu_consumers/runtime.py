@@ -51,6 +51,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from gpu_consumers.control import CancelledIds, CancelReason, ControlListener
 from gpu_consumers.emitter import Emitter
 from gpu_consumers.execution import Outcome, RunReport, Services, TaskRun
+from gpu_consumers.fault_points import fault_point
 from gpu_consumers.handlers.registry import HandlerFactory, HandlerSet, Providers
 from gpu_consumers.settings import ContentPolicy, WorkerSettings
 from gpu_consumers.storage import OutputStore
@@ -446,6 +447,7 @@ class Worker:
         offset = TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)
         try:
             lane.consumer.commit(offsets=[offset], asynchronous=True)
+            fault_point("during_commit")
         except KafkaException as exc:  # e.g. rebalanced away: the new owner redoes the record
             log.warning("commit of %s[%d]@%d failed: %s", msg.topic(), msg.partition(),
                         msg.offset(), exc)
