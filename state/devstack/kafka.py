@@ -70,23 +70,30 @@ TEST_BROKER_PROPS: dict[str, str] = {
     "num.io.threads": "4",
 }
 
-JVM_OPTS = [
-    # A fixed heap, as Kafka's operations guide asks (-Xms = -Xmx): a heap that starts small
-    # grows by full collections, and the first of them stopped the broker for ~120-150 ms about
-    # 20 s after it started, in the middle of whatever the tests or benchmarks were timing.
-    "-Xms1g",
-    "-Xmx1g",
-    # Half of it young: the broker makes ~70 MB of short-lived garbage a second under load
-    # (bench/bench_api_latency.py); with a 35 MB eden that was a 10-12 ms pause twice a second,
-    # with 512 MB one pause every ~6 s. The 128 MB log-cleaner buffer lives in the old half.
-    "-Xmn512m",
-    # Class metadata grows past the default 21 MB threshold at start: two full collections
-    # (~75 ms) before the broker answers. Start with room for it.
-    "-XX:MetaspaceSize=128m",
-    # Two cores: a single-threaded collector leaves the CPU to the broker and the tests.
-    "-XX:+UseSerialGC",
-    "-Djava.awt.headless=true",
-]
+DEFAULT_HEAP_MB = 1024
+
+
+def jvm_opts(heap_mb: int = DEFAULT_HEAP_MB) -> list[str]:
+    """The broker's JVM options; ``heap_mb`` is smaller for each node of a cluster."""
+    return [
+        # A fixed heap, as Kafka's operations guide asks (-Xms = -Xmx): a heap that starts small
+        # grows by full collections, and the first of them stopped the broker for ~120-150 ms
+        # about 20 s after it started, in the middle of whatever the tests were timing.
+        f"-Xms{heap_mb}m",
+        f"-Xmx{heap_mb}m",
+        # Half of it young: the broker makes ~70 MB of short-lived garbage a second under load
+        # (bench/bench_api_latency.py); with a 35 MB eden that was a 10-12 ms pause twice a
+        # second, with 512 MB one pause every ~6 s. The log-cleaner buffer lives in the old half.
+        f"-Xmn{heap_mb // 2}m",
+        # Class metadata grows past the default 21 MB threshold at start: two full collections
+        # (~75 ms) before the broker answers. Start with room for it.
+        "-XX:MetaspaceSize=128m",
+        # Two cores: a single-threaded collector leaves the CPU to the broker and the tests.
+        "-XX:+UseSerialGC",
+        "-Djava.awt.headless=true",
+    ]
+
+
 # StorageTool runs for a second: no optimizing compiler, small heap.
 TOOL_JVM_OPTS = ["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto"]
 
@@ -224,12 +231,22 @@ class KafkaBroker(ServerProcess):
         extra_props: dict[str, str] | None = None,
         detached: bool = False,
         base_dir: Path | str | None = None,
+        node_id: int = 1,
+        quorum: dict[int, int] | None = None,
+        cluster_id: str | None = None,
+        heap_mb: int = DEFAULT_HEAP_MB,
     ) -> None:
         self.repo_root = Path(repo_root) if repo_root is not None else default_repo_root()
         self.jars_dir = jars_dir
         self.port = port
         self.controller_port = controller_port
         self.extra_props = dict(extra_props or {})
+        # A node of a cluster (kafka_cluster.py): its id, every controller's port by node id
+        # (the static quorum) and the cluster id all nodes are formatted with.
+        self.node_id = node_id
+        self.quorum = dict(quorum) if quorum else None
+        self.cluster_id = cluster_id
+        self.heap_mb = heap_mb
         super().__init__(detached=detached, base_dir=base_dir)
         self.format_seconds: float | None = None
         self._java = ""
@@ -249,8 +266,11 @@ class KafkaBroker(ServerProcess):
         assert self.workdir is not None and self.port and self.controller_port
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@{self.host}:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": ",".join(
+                f"{node}@{self.host}:{port}"
+                for node, port in sorted((self.quorum or {self.node_id: self.controller_port}).items())
+            ),
             "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
             "controller.listener.names": "CONTROLLER",
@@ -291,7 +311,7 @@ class KafkaBroker(ServerProcess):
         config.write_text("".join(f"{k}={v}\n" for k, v in self.properties().items()))
         run_checked(
             [self._java, *TOOL_JVM_OPTS, *self._jvm_common(), "kafka.tools.StorageTool", "format",
-             "-t", random_cluster_id(), "-c", str(config)],
+             "-t", self.cluster_id or random_cluster_id(), "-c", str(config)],
             what="formatting the Kafka log directory (kafka.tools.StorageTool format)",
             timeout=max(30.0, timeout / 2),
         )
@@ -308,8 +328,11 @@ class KafkaBroker(ServerProcess):
         """Start the JVM. Call it from the thread that will outlive the broker (the main
         thread): the parent-death signal fires when the thread that spawned the child exits."""
         assert self.workdir is not None, "prepare() first"
+        # resume() of a broker read back from dev up's records: prepare() did not run here.
+        self._java = self._java or java_executable()
+        self.jars_dir = self.jars_dir or ensure_kafka_jars(self.repo_root)
         self._proc = spawn(
-            [self._java, *JVM_OPTS, *self._jvm_common(), "kafka.Kafka", str(self.workdir / "server.properties")],
+            [self._java, *jvm_opts(self.heap_mb), *self._jvm_common(), "kafka.Kafka", str(self.workdir / "server.properties")],
             log_path=self.workdir / "kafka.out",
             detached=self.detached,
             cwd=self.workdir,
@@ -361,11 +384,14 @@ class KafkaBroker(ServerProcess):
             "controller_port": self.controller_port,
             "bootstrap_servers": self.bootstrap_servers if self.port else None,
             "start_seconds": self.start_seconds,
+            "node_id": self.node_id,
+            "heap_mb": self.heap_mb,
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> KafkaBroker:
-        broker = cls(port=state.get("port"), controller_port=state.get("controller_port"), detached=True)
+        broker = cls(port=state.get("port"), controller_port=state.get("controller_port"), detached=True,
+                     node_id=state.get("node_id", 1), heap_mb=state.get("heap_mb", DEFAULT_HEAP_MB))
         broker.pid = state.get("pid")
         broker.start_ticks = state.get("start_ticks")
         broker.workdir = Path(state["workdir"]) if state.get("workdir") else None

@@ -166,6 +166,7 @@ class PostgresCluster(ServerProcess):
     def launch(self) -> None:
         """Start the postmaster. Call it from the thread that outlives the cluster (see spawn)."""
         assert self.workdir is not None and self.port is not None, "prepare() first"
+        self._postgres = self._postgres or _binary("postgres")  # resume() of a recorded cluster
         self._proc = spawn(
             [self._postgres, "-D", str(self.datadir), "-p", str(self.port), "-h", self.host,
              "-k", str(self.sockdir), "-F",
@@ -202,7 +203,9 @@ class PostgresCluster(ServerProcess):
         import psycopg
 
         with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.database}"')
+            # resume() starts a cluster whose database exists already.
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)).fetchone() is None:
+                conn.execute(f'CREATE DATABASE "{self.database}"')
         self.start_seconds = time.monotonic() - self._t0
 
     def cancel(self) -> None:
@@ -212,27 +215,27 @@ class PostgresCluster(ServerProcess):
     def ping(self, timeout: float = 2.0) -> bool:
         return self.port is not None and can_connect(self.url, timeout)
 
-    def stop(self, timeout: float = 30.0, *, keep_files: bool = False) -> None:
-        """``pg_ctl stop -m fast``; SIGINT/SIGKILL by pid if that fails; remove the temp dir."""
-        if self.pid is not None:
-            workdir = self.workdir
+    def _stop_graceful(self, timeout: float) -> None:
+        """``pg_ctl stop -m fast``; SIGINT/SIGKILL by pid if that fails (stop() and halt())."""
+        if self.pid is None:
+            return
+        workdir = self.workdir
 
-            def pg_ctl_stop() -> None:
-                if workdir is None or not (workdir / "data" / "postmaster.pid").exists():
-                    return
-                run_checked(
-                    [_binary("pg_ctl"), "stop", "-D", str(workdir / "data"), "-m", "fast", "-w",
-                     "-t", str(int(timeout))],
-                    what="pg_ctl stop",
-                    timeout=timeout + 5,
-                    env=self._env(),
-                    cwd=workdir,
-                    user=self.run_as,
-                )
+        def pg_ctl_stop() -> None:
+            if workdir is None or not (workdir / "data" / "postmaster.pid").exists():
+                return
+            run_checked(
+                [_binary("pg_ctl"), "stop", "-D", str(workdir / "data"), "-m", "fast", "-w",
+                 "-t", str(int(timeout))],
+                what="pg_ctl stop",
+                timeout=timeout + 5,
+                env=self._env(),
+                cwd=workdir,
+                user=self.run_as,
+            )
 
-            # Then SIGINT (PostgreSQL's "fast shutdown"): a no-op when pg_ctl stopped it.
-            self._stop_process(timeout, sig=signal.SIGINT, graceful=pg_ctl_stop)
-        self._remove_workdir(keep_files)
+        # Then SIGINT (PostgreSQL's "fast shutdown"): a no-op when pg_ctl stopped it.
+        self._stop_process(timeout, sig=signal.SIGINT, graceful=pg_ctl_stop)
 
     def to_state(self) -> dict[str, Any]:
         return {

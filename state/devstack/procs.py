@@ -238,6 +238,15 @@ def pid_alive(pid: int, start_ticks: int | None = None) -> bool:
     return start_ticks is None or int(rest[19]) == start_ticks
 
 
+def pid_state(pid: int) -> str | None:
+    """The kernel's one-letter state of ``pid`` (R, S, T = stopped, Z ...), None when gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()[0]
+
+
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)

@@ -7,14 +7,17 @@ The process helpers they use (spawning, stopping a tree, liveness by pid) are in
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from state.devstack.procs import pid_alive, stop_tree
+from state.devstack.procs import DevStackError, pid_alive, pid_state, stop_tree
 
 OWNER_FILE = "owner.json"
 
@@ -92,8 +95,65 @@ class ServerProcess:
         return self
 
     def stop(self, timeout: float = 30.0, *, keep_files: bool = False) -> None:
-        self._stop_process(timeout)
+        self._stop_graceful(timeout)
         self._remove_workdir(keep_files)
+
+    # ------------------------------------------------------------------ faults on the same data
+    # halt()/resume()/restart() keep the work folder (the data) and the ports: what a crashed or
+    # restarted server of a real deployment keeps. The new process is spawned by the caller's
+    # thread (see spawn: the parent-death signal is tied to it unless ``detached``).
+
+    def halt(self, timeout: float = 30.0, *, kill: bool = False) -> None:
+        """Stop the server process and keep its data: SIGTERM (a clean shutdown), or SIGKILL at
+        once with ``kill=True`` (a crash). A frozen process is thawed first so it can exit."""
+        if self.pid is None:
+            return
+        self.thaw()
+        if kill:
+            self._stop_process(timeout, sig=signal.SIGKILL)
+        else:
+            self._stop_graceful(timeout)
+
+    def _stop_graceful(self, timeout: float) -> None:
+        """A subclass with its own clean shutdown (pg_ctl) overrides this."""
+        self._stop_process(timeout)
+
+    def resume(self, timeout: float | None = None) -> None:
+        """Start the server again on the data and ports it had; return once it answers."""
+        self.relaunch()
+        self.wait_ready(self.START_TIMEOUT_S if timeout is None else timeout)
+
+    def relaunch(self) -> None:
+        """resume() without the wait: a new process on the kept folder (a cluster launches all
+        its nodes, then waits for them together)."""
+        if self.workdir is None or not self.workdir.is_dir():
+            raise DevStackError("nothing to start again: the server's work folder is gone")
+        if self.pid is not None and self.is_alive():
+            raise DevStackError(f"the server is still running (pid {self.pid})")
+        self._t0 = time.monotonic()  # wait_ready()'s timeout counts from here
+        self._cancelled.clear()
+        self.pid = None
+        self._proc = None
+        self.launch()
+
+    def restart(self, timeout: float | None = None, *, kill: bool = False) -> None:
+        """halt() then resume(): the same data, the same ports, a new pid."""
+        self.halt(kill=kill)
+        self.resume(timeout)
+
+    def freeze(self) -> None:
+        """SIGSTOP the server: it keeps its sockets open and answers nothing (a GC pause, a
+        hung host). thaw() (SIGCONT) lets it go on."""
+        if self.pid is None or not pid_alive(self.pid, self.start_ticks):
+            raise DevStackError("the server is not running")
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.pid is not None and pid_alive(self.pid, self.start_ticks):
+            os.kill(self.pid, signal.SIGCONT)
+
+    def is_frozen(self) -> bool:
+        return self.pid is not None and pid_state(self.pid) == "T"
 
     def is_alive(self) -> bool:
         if self._proc is not None:
@@ -102,6 +162,7 @@ class ServerProcess:
 
     def _stop_process(self, timeout: float, **stop_kwargs: Any) -> None:
         if self.pid is not None:
+            self.thaw()  # a SIGSTOPped server would sit on SIGTERM until the SIGKILL deadline
             stop_tree(self.pid, start_ticks=self.start_ticks, timeout=timeout, popen=self._proc,
                       **stop_kwargs)
             self.pid = None

@@ -7,6 +7,21 @@ Components start in parallel (threads; each is an external process) and any of t
 left out. If one fails to start, the others are stopped and the error names the one that
 failed. ``detached=True`` (``computectl dev up``) makes the processes outlive the caller;
 ``to_state()``/``from_state()`` let a later process (``dev down``) stop them.
+
+``brokers=3`` starts a three-node KRaft cluster (kafka_cluster.py) instead of one broker.
+
+Faults on the same data and ports (for tests and the fault suite; the CLI's ``dev restart`` /
+``stop`` / ``start`` / ``freeze`` do the same to a stack ``dev up`` started, see control.py):
+
+    stack.stop_broker(2)             # SIGTERM node 2 (kill=True: SIGKILL), keep its data
+    stack.start_broker(2)            # start it again; returns once it answers metadata
+    stack.freeze_broker(1); stack.thaw_broker(1)     # SIGSTOP / SIGCONT
+    stack.restart_kafka()            # every node: stop, start on the same data (kill=True too)
+    stack.restart_postgres()         # pg_ctl stop -m fast (kill=True: SIGKILL), start, same data
+    stack.restart_s3()               # moto keeps its data in memory: buckets/objects are lost
+
+Node numbers are 1..brokers (a single broker is node 1). A restarted process is spawned from
+the calling thread, like start()'s.
 """
 
 from __future__ import annotations
@@ -20,11 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from state.devstack.kafka import KafkaBroker
+from state.devstack.kafka_cluster import KafkaCluster
 from state.devstack.postgres import PostgresCluster
 from state.devstack.procs import DevStackError
 from state.devstack.s3 import S3Endpoint, s3_credentials_env
 
-Component = KafkaBroker | PostgresCluster | S3Endpoint
+Component = KafkaBroker | KafkaCluster | PostgresCluster | S3Endpoint
 
 
 class LocalStack:
@@ -38,9 +54,14 @@ class LocalStack:
         detached: bool = False,
         results_dir: Path | str | None = None,
         base_dir: Path | str | None = None,
+        brokers: int = 1,
     ) -> None:
         self.detached = detached
-        self.kafka = KafkaBroker(repo_root=repo_root, detached=detached, base_dir=base_dir) if kafka else None
+        self.kafka: KafkaBroker | KafkaCluster | None = None
+        if kafka and brokers == 1:
+            self.kafka = KafkaBroker(repo_root=repo_root, detached=detached, base_dir=base_dir)
+        elif kafka:
+            self.kafka = KafkaCluster(brokers, repo_root=repo_root, detached=detached, base_dir=base_dir)
         self.postgres = PostgresCluster(detached=detached, base_dir=base_dir) if postgres else None
         self.s3 = S3Endpoint(detached=detached, base_dir=base_dir) if s3 else None
         self.base_dir = Path(base_dir) if base_dir is not None else None
@@ -138,7 +159,9 @@ class LocalStack:
     def env(self) -> dict[str, str]:
         """The endpoints as environment variables for our processes and tests."""
         env: dict[str, str] = {}
-        if self.kafka is not None:
+        if isinstance(self.kafka, KafkaCluster):
+            env.update(self.kafka.env())  # every node, and the topics' RF / min ISR
+        elif self.kafka is not None:
             env["KAFKA_BOOTSTRAP_SERVERS"] = self.kafka.bootstrap_servers
         if self.postgres is not None:
             env["DATABASE_URL"] = self.postgres.url
@@ -156,13 +179,66 @@ class LocalStack:
     def status(self) -> dict[str, dict[str, Any]]:
         """Per component: its pid, whether the process is alive and whether it answers."""
         report: dict[str, dict[str, Any]] = {}
-        for name, c in self.components().items():
+        for name, c in self.processes().items():
             alive = c.is_alive()
-            report[name] = {"pid": c.pid, "alive": alive, "answering": bool(alive and c.ping())}
+            report[name] = {"pid": c.pid, "alive": alive, "answering": bool(alive and c.ping()),
+                            "frozen": c.is_frozen()}
         return report
 
+    def processes(self) -> dict[str, KafkaBroker | PostgresCluster | S3Endpoint]:
+        """Every server process by name: a cluster's nodes are ``kafka-1`` ... ``kafka-n``."""
+        found: dict[str, KafkaBroker | PostgresCluster | S3Endpoint] = {}
+        for name, c in self.components().items():
+            if isinstance(c, KafkaCluster):
+                found.update({f"kafka-{n.node_id}": n for n in c.nodes})
+            else:
+                found[name] = c
+        return found
+
     def pids(self) -> list[int]:
-        return [c.pid for c in self.components().values() if c.pid is not None]
+        return [c.pid for c in self.processes().values() if c.pid is not None]
+
+    # ------------------------------------------------------------------ faults (same data, same ports)
+    def broker(self, node: int = 1) -> KafkaBroker:
+        """Kafka node ``node`` (1..brokers; a single broker is node 1)."""
+        if isinstance(self.kafka, KafkaCluster):
+            return self.kafka.node(node)
+        if self.kafka is None or node != 1:
+            raise DevStackError(f"no Kafka node {node} in this stack")
+        return self.kafka
+
+    def stop_broker(self, node: int = 1, *, kill: bool = False) -> None:
+        """Stop one node, keep its data: SIGTERM (controlled shutdown) or SIGKILL (``kill``)."""
+        self.broker(node).halt(kill=kill)
+
+    def start_broker(self, node: int = 1, timeout: float | None = None) -> None:
+        """Start a stopped node again on its data and ports; returns once it answers metadata."""
+        self.broker(node).resume(timeout)
+
+    def freeze_broker(self, node: int = 1) -> None:
+        """SIGSTOP one node: its sockets stay open, nothing answers (thaw_broker ends it)."""
+        self.broker(node).freeze()
+
+    def thaw_broker(self, node: int = 1) -> None:
+        self.broker(node).thaw()
+
+    def _component(self, name: str) -> Component:
+        c = self.components().get(name)
+        if c is None:
+            raise DevStackError(f"this stack has no {name}")
+        return c
+
+    def restart_kafka(self, timeout: float | None = None, *, kill: bool = False) -> None:
+        """Every Kafka node: stop (SIGTERM, or SIGKILL with ``kill``) and start on its data."""
+        self._component("kafka").restart(timeout, kill=kill)
+
+    def restart_postgres(self, timeout: float | None = None, *, kill: bool = False) -> None:
+        """PostgreSQL: ``pg_ctl stop -m fast`` (or SIGKILL with ``kill``), start on its data."""
+        self._component("postgres").restart(timeout, kill=kill)
+
+    def restart_s3(self, timeout: float | None = None, *, kill: bool = False) -> None:
+        """The S3 endpoint on its port. moto keeps everything in memory: the data is lost."""
+        self._component("s3").restart(timeout, kill=kill)
 
     def __enter__(self) -> LocalStack:
         return self.start()
@@ -186,7 +262,9 @@ class LocalStack:
     def from_state(cls, state: dict[str, Any]) -> LocalStack:
         comps = state.get("components", {})
         stack = cls(kafka=False, postgres=False, s3=False, detached=True)
-        if "kafka" in comps:
+        if "kafka" in comps and "nodes" in comps["kafka"]:
+            stack.kafka = KafkaCluster.from_state(comps["kafka"])
+        elif "kafka" in comps:
             stack.kafka = KafkaBroker.from_state(comps["kafka"])
         if "postgres" in comps:
             stack.postgres = PostgresCluster.from_state(comps["postgres"])
