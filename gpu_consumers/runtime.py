@@ -12,8 +12,14 @@ One confluent-kafka consumer per served task type, in the group ``<group_prefix>
    assigned partition is paused: nothing more is fetched until the task ends. (Pausing up front
    would make every resume wait for a fetch round trip, up to ``fetch.wait.max.ms``, which is
    half a second per task when tasks are short.);
-3. when the run reports, commit the record's offset synchronously (only after its terminal status
-   was acknowledged by the broker), resume, repeat.
+3. when the run reports, commit the record's offset (only after its terminal status was
+   acknowledged by the broker), resume, repeat. A commit the broker rejects (a rebalance under
+   way) is sent again for as long as this worker owns the partition
+   (:class:`~gpu_consumers.offsets.CommitLedger`), and a revocation commits what it takes away.
+
+The first records of a partition this worker is assigned are checked against the status topic
+(:mod:`gpu_consumers.takeover`): one whose task already ended for good (its previous owner died
+between the terminal status and the commit) is committed without running again.
 
 A partition revoked while its task runs (a worker joined) waits up to ``rebalance_wait_s`` for
 the task, so its owner commits it; otherwise the new owner runs it again (at-least-once: the
@@ -53,9 +59,11 @@ from gpu_consumers.emitter import Emitter
 from gpu_consumers.execution import Outcome, RunReport, Services, TaskRun
 from gpu_consumers.fault_points import fault_point
 from gpu_consumers.handlers.registry import HandlerFactory, HandlerSet, Providers
+from gpu_consumers.offsets import CommitLedger, Partition
 from gpu_consumers.settings import ContentPolicy, WorkerSettings
 from gpu_consumers.storage import OutputStore
 from gpu_consumers.supervisor import ChildKit, Supervisor
+from gpu_consumers.takeover import StatusLookup
 from gpu_consumers.threads import Call, ReusableThread
 from schemas.codec import EventCodec
 from schemas.enums import TaskType
@@ -85,6 +93,7 @@ class WorkerStats:
     dead_lettered: int = 0
     aborted: int = 0  # stopped by shutdown, left to the group
     handled: int = 0  # records taken from the task topics
+    already_ended: int = 0  # taken over with a final status on the topic: committed, not run
 
 
 def new_worker_id() -> str:
@@ -99,7 +108,10 @@ class _Lane:
     topic: str
     consumer: Consumer
     assigned: bool = False  # the group has assigned this member (possibly nothing)
-    owned: set[tuple[str, int]] = field(default_factory=set)  # kept by the rebalance callbacks
+    owned: set[Partition] = field(default_factory=set)  # kept by the rebalance callbacks
+    commits: CommitLedger = field(default_factory=CommitLedger)
+    # Assigned partitions whose next record is checked against the status topic (takeover.py).
+    taken_over: set[Partition] = field(default_factory=set)
 
 
 @dataclass
@@ -113,14 +125,22 @@ class _InFlight:
     committed: bool = False
 
 
-def _log_commit(err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-    """The result of an asynchronous commit (served by the consumer's poll and close)."""
-    if err is not None:
-        log.warning("offset commit failed: %s", err)
-        return
-    for tp in partitions:
-        if tp.error is not None:
-            log.warning("commit of %s[%d]@%d failed: %s", tp.topic, tp.partition, tp.offset, tp.error)
+def _commit_result(ledger: CommitLedger) -> Callable[[KafkaError | None, list[TopicPartition]], None]:
+    """The on_commit callback of one lane (served by the consumer's poll and close): confirmed
+    offsets go into the ledger; a rejected commit stays pending and is sent again."""
+
+    def on_commit(err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if err is not None:
+            log.info("offset commit rejected (%s); retried while the partitions are owned", err)
+            return
+        for tp in partitions:
+            if tp.error is None:
+                ledger.confirm((tp.topic, tp.partition), tp.offset)
+            else:
+                log.info("commit of %s[%d]@%d rejected (%s); retried while owned",
+                         tp.topic, tp.partition, tp.offset, tp.error)
+
+    return on_commit
 
 
 class Worker:
@@ -176,6 +196,7 @@ class Worker:
         self._paused = False
         self._lanes: list[_Lane] = []
         self._next_lane = 0
+        self._lookup: StatusLookup | None = None
         self._last_activity = time.monotonic()
 
     @property
@@ -223,6 +244,10 @@ class Worker:
             supervisor=supervisor)
         control = ControlListener(self.kafka, self._on_cancel, codec=self._codec,
                                   client_id=f"{self.worker_id}-control")
+        if self.settings.takeover_lookback_s > 0:
+            self._lookup = StatusLookup(
+                self.kafka, self._codec, lookback_s=self.settings.takeover_lookback_s,
+                scan_max=self.settings.takeover_scan_max, client_id=f"{self.worker_id}-takeover")
         started = time.monotonic()
         try:
             control.start()
@@ -241,6 +266,8 @@ class Worker:
             for lane in self._lanes:
                 self._close_lane(lane)
             control.stop()
+            if self._lookup is not None:
+                self._lookup.close()
             self._task_thread.close()
             self._services.handler_thread.close()
             if supervisor is not None:
@@ -261,6 +288,7 @@ class Worker:
         n = len(self._lanes)
         for i in range(n):
             lane = self._lanes[(self._next_lane + i) % n]
+            self._retry_commits(lane)
             msg = lane.consumer.poll(_POLL_S / n)
             if msg is None:
                 continue
@@ -288,6 +316,10 @@ class Worker:
             self.stats.dead_lettered += 1
             if self._emitter.dead_letter(msg, exc, lane.task_type):
                 self._commit(lane, msg)
+            return
+        if self._ended_already(lane, msg, task):
+            self.stats.already_ended += 1
+            self._commit(lane, msg)
             return
         run = TaskRun(task, headers.get("traceparent"), self._services,
                       stops=stops_from_header(headers.get(STOPS_HEADER)))
@@ -377,7 +409,22 @@ class Worker:
 
     # ---- Kafka plumbing ---------------------------------------------------------------------------
 
+    def _group_config(self) -> dict[str, Any]:
+        s = self.settings
+        if s.group_protocol == "consumer":
+            # KIP-848: the broker assigns (incrementally) and its group.consumer.* configs set the
+            # session and heartbeat; the client may not set them nor an assignment strategy.
+            return {"group.protocol": "consumer"}
+        return {
+            # Cooperative rebalancing: a joining worker takes partitions without stopping the
+            # others' running tasks.
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": s.session_timeout_ms,
+            "heartbeat.interval.ms": max(100, s.session_timeout_ms // 3),
+        }
+
     def _open_lane(self, task_type: TaskType) -> _Lane:
+        ledger = CommitLedger()
         consumer = Consumer({
             **self.kafka.client_config(),
             "group.id": self.settings.group_id(task_type),
@@ -385,19 +432,20 @@ class Worker:
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",  # a new group starts with the oldest queued task
             "max.poll.interval.ms": self.settings.max_poll_interval_ms,
-            # Cooperative rebalancing: a joining worker takes partitions without stopping the
-            # others' running tasks.
-            "partition.assignment.strategy": "cooperative-sticky",
+            **self._group_config(),
             "enable.partition.eof": False,
-            "on_commit": _log_commit,
+            "on_commit": _commit_result(ledger),
             **({"group.instance.id": self.settings.group_instance_id}
                if self.settings.group_instance_id else {}),
         })
-        lane = _Lane(task_type, self.kafka.topics.task(task_type), consumer)
+        lane = _Lane(task_type, self.kafka.topics.task(task_type), consumer, commits=ledger)
 
         def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
             lane.assigned = True
-            lane.owned |= {(p.topic, p.partition) for p in partitions}
+            new = {(p.topic, p.partition) for p in partitions}
+            lane.owned |= new
+            lane.taken_over |= new
+            lane.commits.retry_now = True  # a rejoin: send the commits the rebalance rejected
             log.info("assigned %s: %s", lane.topic, sorted(p.partition for p in partitions))
             self._last_activity = time.monotonic()
             if self._paused:
@@ -406,27 +454,80 @@ class Worker:
         def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
             self._revoked(lane, {(p.topic, p.partition) for p in partitions})
 
-        consumer.subscribe([lane.topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
+        def on_lost(c: Consumer, partitions: list[TopicPartition]) -> None:
+            # Lost (session expired, fenced): a commit can no longer be made; the next owner's
+            # takeover check finds what this worker finished.
+            self._revoked(lane, {(p.topic, p.partition) for p in partitions}, lost=True)
+
+        consumer.subscribe([lane.topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
         return lane
 
-    def _revoked(self, lane: _Lane, gone: set[tuple[str, int]]) -> None:
+    def _retry_commits(self, lane: _Lane) -> None:
+        """Send again the commits the broker rejected, for the partitions still owned."""
+        due = lane.commits.due(lane.owned, time.monotonic())
+        if not due:
+            return
+        offsets = [TopicPartition(t, p, offset) for (t, p), offset in due]
+        log.info("committing again %s", ", ".join(f"{t}[{p}]@{o}" for (t, p), o in due))
+        try:
+            lane.consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            log.info("commit retry on %s failed: %s", lane.topic, exc)
+
+    def _ended_already(self, lane: _Lane, msg: Message, task: TaskSubmitted) -> bool:
+        """For the first records of a partition just taken over: whether the task already has
+        its final status (its previous owner died before committing it)."""
+        tp = (msg.topic(), msg.partition())
+        if tp not in lane.taken_over or self._lookup is None:
+            return False
+        env = task.envelope
+        ended = self._lookup.ended(env.task_id, env.attempt, msg.timestamp()[1])
+        if ended is None:
+            lane.taken_over.discard(tp)  # ran in order: no later record of it has ended
+            return False
+        log.info("task %s already ended %s (attempt %d): committing without running it again",
+                 env.task_id, ended.status.value, ended.envelope.attempt,
+                 extra={"task_id": env.task_id})
+        return True
+
+    def _revoked(self, lane: _Lane, gone: set[Partition], *, lost: bool = False) -> None:
         lane.owned -= gone
-        log.info("revoked %s: %s", lane.topic, sorted(p for _, p in gone))
+        lane.taken_over -= gone
+        log.info("%s %s: %s", "lost" if lost else "revoked", lane.topic, sorted(p for _, p in gone))
         self._buffer = deque(
             (ln, m) for ln, m in self._buffer if (m.topic(), m.partition()) not in gone)
         inflight = self._inflight
-        if inflight is None or inflight.lane is not lane or (
-                (inflight.msg.topic(), inflight.msg.partition()) not in gone):
+        if inflight is not None and inflight.lane is lane and (
+                (inflight.msg.topic(), inflight.msg.partition()) in gone):
+            if not lost:  # give the running task a moment to finish, so its owner commits it
+                inflight.call.wait(self.settings.rebalance_wait_s)
+            if not lost and inflight.report is not None and inflight.report.commit:
+                msg = inflight.msg
+                lane.commits.want((msg.topic(), msg.partition()), msg.offset() + 1,
+                                  time.monotonic())
+                inflight.committed = True  # by _commit_now, below
+            else:
+                inflight.lost = True
+                log.warning("task %s: partition %s while running; its new owner runs it again",
+                            inflight.run.task_id, "lost" if lost else "revoked")
+        if not lost:
+            self._commit_now(lane, gone)
+        lane.commits.forget(gone)
+
+    def _commit_now(self, lane: _Lane, gone: set[Partition]) -> None:
+        """Synchronously commit what is pending on partitions being revoked: the member still
+        belongs to the group's generation inside the revoke callback, afterwards it cannot."""
+        offsets = [TopicPartition(t, p, off) for (t, p) in gone
+                   if (off := lane.commits.pending((t, p))) is not None]
+        if not offsets:
             return
-        # Give the running task a moment to finish so its offset is committed by its owner.
-        inflight.call.wait(self.settings.rebalance_wait_s)
-        if inflight.report is not None and inflight.report.commit:
-            self._commit(lane, inflight.msg)
-            inflight.committed = True
-        else:
-            inflight.lost = True
-            log.warning("task %s: partition revoked while running; its new owner runs it again",
-                        inflight.run.task_id)
+        try:
+            for tp in lane.consumer.commit(offsets=offsets, asynchronous=False) or []:
+                if tp.error is None:
+                    lane.commits.confirm((tp.topic, tp.partition), tp.offset)
+        except KafkaException as exc:
+            log.warning("commit of revoked %s failed (%s); their next owner checks the status "
+                        "topic before running them", lane.topic, exc)
 
     def _pause(self, paused: bool) -> None:
         self._paused = paused
@@ -445,6 +546,7 @@ class Worker:
         is run again by whoever owns its partition. Closing the consumer waits for the commits
         still in flight."""
         offset = TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)
+        lane.commits.want((offset.topic, offset.partition), offset.offset, time.monotonic())
         try:
             lane.consumer.commit(offsets=[offset], asynchronous=True)
             fault_point("during_commit")

@@ -38,6 +38,24 @@ class WorkerSettings(RetrySettings, BaseSettings):
     # name) takes its partitions back at once, instead of after the broker's session timeout
     # (45 s) spent waiting for the killed one. Unique per worker process of a group.
     group_instance_id: str | None = None
+    # The consumer group protocol (docs/WORKERS.md, "Group membership"). classic: the client
+    # runs the rebalance (cooperative-sticky) and sets its own session timeout (below); works on
+    # any broker. consumer: KIP-848 (Kafka 4.x), the broker assigns and its group.consumer.*
+    # configs set the session timeout (45 s unless the operator lowers it): measured against
+    # classic in bench/bench_rebalance.py (docs/PERFORMANCE.md, "Rebalance storm").
+    group_protocol: Literal["classic", "consumer"] = "classic"
+    # classic only: how long a silent member (SIGKILLed, crash-looping, frozen) keeps its
+    # partitions before the broker gives them to the others. 10 s, not librdkafka's 45 s: a dead
+    # worker's queue waits that long (bench/bench_rebalance.py). The broker must allow it
+    # (group.min.session.timeout.ms, 6 s by default). Heartbeats go every third of it.
+    session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    # How far back (seconds) a worker taking over a partition looks on the status topic for the
+    # terminal status of the first records past the committed offset: a previous owner that
+    # died between its terminal status and its commit finished them already (docs/WORKERS.md,
+    # "Finished work is not run again"). 0 turns the check off.
+    takeover_lookback_s: float = Field(default=300.0, ge=0)
+    # The status records read at most for that check per partition taken over (then it runs).
+    takeover_scan_max: int = Field(default=200_000, ge=1)
     # The worker keeps polling (with its partitions paused) while a task runs, so this limit only
     # bounds a stuck main loop, not a long task: ten minutes, after which the broker hands this
     # worker's partitions to a live member of the group.
