@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from schemas.topic_admin import ensure_topics
+from state.api.console import install_console
 from state.api.deps import KeyCache
 from state.api.gateway import TaskGateway
 from state.api.metrics import ApiMetrics
@@ -86,4 +87,5 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(api_router, prefix=API_PREFIX)
     app.include_router(health_router)
     install_openapi(app, settings)
+    install_console(app)  # /console: the web console (docs/CONSOLE.md)
     return app

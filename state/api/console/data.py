@@ -1,0 +1,135 @@
+"""What the console shows that the REST routes do not answer as they are: the last hour per
+task type, the worker running each task, a task's webhook deliveries, and the bytes of a result.
+
+All of it comes from the same read model (the ``tasks`` / ``task_events`` / ``webhook_outbox``
+tables the projector writes) and the same results store the workers write: no second source of
+truth. Result bytes are only ever served for a URL that a task row of the caller's tenant names,
+and only from inside the configured results root (``RESULTS_URL``): a stored URL pointing
+elsewhere is refused, never followed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gpu_consumers.storage import default_results_url, file_url_path, make_s3_client, s3_location
+
+
+class ConsoleSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COMPUTE_CONSOLE_", frozen=True, extra="ignore")
+
+    # Where the workers write results: the console serves bytes from below it only.
+    results_url: str = Field(default_factory=default_results_url, validation_alias="RESULTS_URL")
+    s3_endpoint_url: str | None = Field(default=None, validation_alias="S3_ENDPOINT_URL")
+    # A signed-in browser stays signed in this long (the key's revocation ends it sooner).
+    session_s: float = Field(default=8 * 3600.0, gt=0)
+    # A one-time login link is good for one use within this long.
+    login_link_s: float = Field(default=600.0, gt=0)
+    # The overview stream re-reads the fleet's Kafka figures (operators) at most this often.
+    kafka_refresh_s: float = Field(default=2.0, gt=0)
+    # Cookies only over HTTPS (set it behind TLS; the local stack is plain HTTP).
+    secure_cookie: bool = False
+
+
+class OutputRefused(Exception):
+    """A result URL the console will not serve (outside the results root, or unreadable)."""
+
+
+@dataclass(frozen=True)
+class Output:
+    body: bytes | None
+    path: Path | None
+    media_type: str
+
+
+_MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
+          ".gif": "image/gif", ".mp4": "video/mp4", ".webm": "video/webm", ".txt": "text/plain",
+          ".json": "application/json"}
+
+
+def media_type(url: str) -> str:
+    return _MEDIA.get(Path(urlsplit(url).path).suffix.lower(), "application/octet-stream")
+
+
+def result_urls(result: dict[str, Any] | None) -> list[str]:
+    """A result's stored URLs in a fixed order (the console's output numbers), each once."""
+    if not result:
+        return []
+    urls = [result.get("result_image_url"), result.get("result_video_url"),
+            *(result.get("output_urls") or [])]
+    return list(dict.fromkeys(u for u in urls if u))
+
+
+def read_output(settings: ConsoleSettings, url: str) -> Output:
+    """The bytes (or the local file) of a stored result; blocking (S3)."""
+    root = urlsplit(settings.results_url)
+    if url.startswith("file:") and root.scheme == "file":
+        base = file_url_path(settings.results_url).resolve()
+        try:
+            path = file_url_path(url).resolve()
+        except ValueError as exc:
+            raise OutputRefused(str(exc)) from None
+        if not path.is_relative_to(base) or not path.is_file():
+            raise OutputRefused("not a file below the results root")
+        return Output(None, path, media_type(url))
+    if url.startswith("s3://") and root.scheme == "s3":
+        bucket, prefix = s3_location(settings.results_url)
+        got_bucket, key = url.removeprefix("s3://").partition("/")[::2]
+        if got_bucket.lower() != bucket or ".." in key.split("/") or (
+                prefix and not key.startswith(prefix + "/")):
+            raise OutputRefused("not an object below the results prefix")
+        try:
+            obj = make_s3_client(settings.s3_endpoint_url, timeout_s=10).get_object(Bucket=got_bucket, Key=key)
+            return Output(obj["Body"].read(), None, obj.get("ContentType") or media_type(url))
+        except Exception as exc:  # botocore errors: missing object, endpoint down
+            raise OutputRefused(f"the object could not be read: {type(exc).__name__}") from None
+    raise OutputRefused("not in the results store")
+
+
+async def last_hour(conn: psycopg.AsyncConnection, tenant_id: str) -> dict[str, dict[str, Any]]:
+    """Per task type of the tenant: queued and running now; completed, failed and p50/p95
+    duration (ms) of the tasks that ended in the last hour."""
+    cur = await conn.execute(
+        "SELECT task_type,"
+        " count(*) FILTER (WHERE status IN ('PENDING', 'QUEUED')) AS queued,"
+        " count(*) FILTER (WHERE status = 'PROCESSING') AS running,"
+        " count(*) FILTER (WHERE status = 'COMPLETED' AND completed_at > now() - interval '1 hour')"
+        "   AS completed,"
+        " count(*) FILTER (WHERE status = 'FAILED' AND updated_at > now() - interval '1 hour')"
+        "   AS failed,"
+        " percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE status = 'COMPLETED'"
+        "   AND completed_at > now() - interval '1 hour') AS p50,"
+        " percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE status = 'COMPLETED'"
+        "   AND completed_at > now() - interval '1 hour') AS p95"
+        " FROM tasks WHERE origin_tenant_id = %s GROUP BY 1 ORDER BY 1", (tenant_id,))
+    return {r["task_type"]: {k: (None if r[k] is None else round(float(r[k])))
+                             for k in ("queued", "running", "completed", "failed", "p50", "p95")}
+            for r in await cur.fetchall()}
+
+
+async def running_by_worker(conn: psycopg.AsyncConnection) -> dict[str, dict[str, str]]:
+    """Worker id -> the task it reported PROCESSING last, for tasks still PROCESSING (fleet-wide:
+    operators only)."""
+    cur = await conn.execute(
+        "SELECT DISTINCT ON (e.task_id) e.payload->>'worker_id' AS worker_id, e.task_id::text,"
+        " t.task_type FROM task_events e JOIN tasks t ON t.task_id = e.task_id"
+        " WHERE t.status = 'PROCESSING' AND e.status = 'PROCESSING'"
+        " ORDER BY e.task_id, e.seq DESC")
+    return {r["worker_id"]: {"task_id": r["task_id"], "task_type": r["task_type"]}
+            for r in await cur.fetchall() if r["worker_id"]}
+
+
+async def webhook_deliveries(conn: psycopg.AsyncConnection, task_id: str) -> list[dict[str, Any]]:
+    """The task's webhook deliveries, oldest first (the caller checked the task is its own)."""
+    cur = await conn.execute(
+        "SELECT url, state, attempts, last_status_code, last_error, created_at, updated_at"
+        " FROM webhook_outbox WHERE subject_kind = 'task' AND subject_id = %s"
+        " ORDER BY outbox_id LIMIT 100", (task_id,))
+    return list(await cur.fetchall())
