@@ -15,6 +15,7 @@ help:
 	@echo "make demo   - set up, start the local stack, run the main flow, stop cleanly"
 	@echo "make test   - set up, then run the whole test suite"
 	@echo "make bench  - set up, then run the benchmarks in bench/"
+	@echo "make browser - install Debian's Chromium for the console's browser tests (make test does)"
 	@echo "make clean  - remove the virtualenv and caches"
 
 $(PY):
@@ -44,3 +45,13 @@ bench: install jars
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .hypothesis
+
+# The console's browser tests (tests/console) drive Debian's Chromium through Playwright, which
+# cannot download a browser of its own here: install the distribution's package when missing.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+.PHONY: browser
+browser:
+	@test -x $(CHROMIUM) || $(SUDO) apt-get install -y chromium \
+		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+test: browser
