@@ -129,6 +129,8 @@ def _up(files: SystemFiles, types: list[TaskType], workers: int, tenant: str, ti
         raise
     click.echo(f"up: {', '.join(files.state()['services'])}; `computectl ps`, `computectl logs`,"
                " `computectl down`", err=True)
+    from state.api.console.link import console_login_line  # the web console (docs/CONSOLE.md)
+    click.echo(console_login_line(api_url, key), err=True)
     return {**dict(sorted(env.items())), "COMPUTE_API_URL": api_url, "COMPUTE_API_KEY": key}
 
 
