@@ -19,7 +19,12 @@ import psycopg
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gpu_consumers.storage import default_results_url, file_url_path, make_s3_client, s3_location
+from gpu_consumers.storage import (
+    default_results_url,
+    file_url_path,
+    make_s3_client,
+    s3_location,
+)
 
 
 class ConsoleSettings(BaseSettings):
@@ -85,10 +90,13 @@ def read_output(settings: ConsoleSettings, url: str) -> Output:
         if got_bucket.lower() != bucket or ".." in key.split("/") or (
                 prefix and not key.startswith(prefix + "/")):
             raise OutputRefused("not an object below the results prefix")
+        from botocore.exceptions import BotoCoreError, ClientError
+
         try:
-            obj = make_s3_client(settings.s3_endpoint_url, timeout_s=10).get_object(Bucket=got_bucket, Key=key)
+            client = make_s3_client(settings.s3_endpoint_url, timeout_s=10)
+            obj = client.get_object(Bucket=got_bucket, Key=key)
             return Output(obj["Body"].read(), None, obj.get("ContentType") or media_type(url))
-        except Exception as exc:  # botocore errors: missing object, endpoint down
+        except (BotoCoreError, ClientError) as exc:  # a missing object, the endpoint down
             raise OutputRefused(f"the object could not be read: {type(exc).__name__}") from None
     raise OutputRefused("not in the results store")
 

@@ -9,18 +9,32 @@ import asyncio
 import json
 import time
 import uuid
-from urllib.parse import urlencode
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from schemas.enums import ErrorCode, TaskStatus, TaskType
 from state.api.console.auth import check_csrf, session_caller
-from state.api.console.data import OutputRefused, last_hour, read_output, result_urls, running_by_worker, webhook_deliveries
+from state.api.console.data import (
+    OutputRefused,
+    last_hour,
+    media_type,
+    read_output,
+    result_urls,
+    running_by_worker,
+    webhook_deliveries,
+)
 from state.api.console.pages import ConsoleRoute, read_form, render
 from state.api.models.generations import GenerationListQuery
 from state.api.models.tasks import TaskListQuery, TaskSubmit
@@ -170,8 +184,6 @@ async def task_page(request: Request, task_id: str) -> Response:
 
 
 def _kind(url: str) -> str:
-    from state.api.console.data import media_type
-
     return media_type(url).split("/")[0]
 
 
