@@ -31,7 +31,11 @@ class KafkaSettings(BaseSettings):
     # Six partitions: enough for six workers of one type to share the load on day one;
     # raise it (topics are created once) for larger groups.
     partitions: int = Field(default=6, ge=1)
+    # The topics' replication: 1/1 on a single broker; on a cluster of three or more, 3 and 2
+    # (what `computectl dev up --brokers 3` exports), so one broker may be down while producers
+    # with acks=all still write. Unset min ISR: the broker's default (min.insync.replicas).
     replication_factor: int = Field(default=1, ge=1)
+    min_insync_replicas: int | None = Field(default=None, ge=1)
     # Confluent-compatible schema registry. Unset: Avro single-object framing (no registry).
     schema_registry_url: str | None = Field(default=None, validation_alias="SCHEMA_REGISTRY_URL")
 

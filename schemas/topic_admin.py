@@ -32,17 +32,27 @@ def ensure_topics(settings: KafkaSettings, admin: AdminClient | None = None) -> 
     admin = admin or AdminClient(settings.client_config())
     topics = settings.topics
     wanted = topics.all()
-    present = set(admin.list_topics(timeout=_TIMEOUT_S).topics)
+    metadata = admin.list_topics(timeout=_TIMEOUT_S)
+    present = set(metadata.topics)
     missing = [t for t in wanted if t not in present]
     created: list[str] = []
+    if missing and len(metadata.brokers) < settings.replication_factor:
+        raise TopicSetupError(
+            f"replication factor {settings.replication_factor} needs as many brokers; the cluster "
+            f"has {len(metadata.brokers)}: set KAFKA_REPLICATION_FACTOR (and KAFKA_MIN_INSYNC_REPLICAS)"
+        )
     if missing:
         compacted = topics.compacted()
+        replication = (
+            {} if settings.min_insync_replicas is None
+            else {"min.insync.replicas": str(settings.min_insync_replicas)}
+        )
         new = [
             NewTopic(
                 t,
                 num_partitions=settings.partitions,
                 replication_factor=settings.replication_factor,
-                config=dict(_COMPACTED) if t in compacted else {},
+                config={**replication, **(_COMPACTED if t in compacted else {})},
             )
             for t in missing
         ]

@@ -4,6 +4,9 @@
     computectl dev status
     computectl dev down             # stop all of it; no process is left behind
     computectl dev run -- pytest    # start, run one command with the endpoints, stop
+    computectl dev up --brokers 3   # a three-node KRaft cluster (topics RF 3, min ISR 2)
+    computectl dev restart kafka    # faults on the same data: restart, stop/start [--node N],
+                                    # freeze/thaw (control.py)
 
 ``computectl up`` / ``ps`` / ``logs`` / ``down`` (state/devstack/system_cli.py) add the services.
 
@@ -29,11 +32,20 @@ from typing import Any
 
 import click
 
+from state.devstack.control import COMMANDS as fault_commands
 from state.devstack.kafka import default_repo_root
 from state.devstack.procs import DevStackError, pid_alive, process_group_members
+from state.devstack.records import (
+    STATE_FILE,
+    alive,
+    read_state,
+    recorded_pids,
+    state_path,
+    write_state,
+)
 from state.devstack.stack import LocalStack
 
-STATE_FILE = "state.json"
+__all__ = ["STATE_FILE", "default_state_dir", "dev", "running_stack", "start_detached"]
 
 
 def default_state_dir() -> Path:
@@ -56,36 +68,26 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _state_path(state_dir: Path) -> Path:
-    return state_dir / STATE_FILE
+    return state_path(state_dir)
 
 
 def _read_state(state_dir: Path) -> dict[str, Any] | None:
-    path = _state_path(state_dir)
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except ValueError as exc:
-        raise click.ClickException(f"{path} is not valid JSON ({exc}); remove it after checking no stack runs")
+        return read_state(state_dir)
+    except DevStackError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _write_state(state_dir: Path, state: dict[str, Any]) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = _state_path(state_dir).with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-    tmp.replace(_state_path(state_dir))
+    write_state(state_dir, state)
 
 
 def _recorded_pids(state: dict[str, Any]) -> dict[str, tuple[int, int | None]]:
-    return {
-        name: (c["pid"], c.get("start_ticks"))
-        for name, c in state.get("components", {}).items()
-        if c.get("pid")
-    }
+    return recorded_pids(state)
 
 
 def _alive(state: dict[str, Any]) -> dict[str, bool]:
-    return {name: pid_alive(pid, ticks) for name, (pid, ticks) in _recorded_pids(state).items()}
+    return alive(state)
 
 
 def print_env(env: dict[str, str], as_json: bool) -> None:
@@ -123,6 +125,8 @@ component_options = [
     click.option("--kafka/--no-kafka", default=True, show_default=True, help="Start the Kafka broker."),
     click.option("--postgres/--no-postgres", default=True, show_default=True, help="Start PostgreSQL."),
     click.option("--s3/--no-s3", default=True, show_default=True, help="Start the S3 endpoint (moto)."),
+    click.option("--brokers", type=click.IntRange(1, 9), default=1, show_default=True,
+                 help="Kafka nodes: 3 starts a KRaft cluster (topics RF 3, min ISR 2)."),
     click.option("--timeout", type=float, default=120.0, show_default=True,
                  help="Seconds each component may take to answer."),
 ]
@@ -146,20 +150,21 @@ def dev() -> None:
 @json_option
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for RESULTS_URL (kept by `down`) [default: a temp folder `down` removes].")
-def up(kafka: bool, postgres: bool, s3: bool, timeout: float, state_dir: Path | None, as_json: bool,
-       results_dir: Path | None) -> None:
+def up(kafka: bool, postgres: bool, s3: bool, brokers: int, timeout: float, state_dir: Path | None,
+       as_json: bool, results_dir: Path | None) -> None:
     """Start the stack detached and print its endpoints as `export KEY=VALUE` lines.
 
     The processes outlive this command; stop them with `computectl dev down`.
     Use it as: eval "$(computectl dev up)".
     """
     env = start_detached(state_dir or default_state_dir(), kafka=kafka, postgres=postgres, s3=s3,
-                         timeout=timeout, results_dir=results_dir)
+                         timeout=timeout, results_dir=results_dir, brokers=brokers)
     print_env(env, as_json)
 
 
 def start_detached(state_dir: Path, *, kafka: bool = True, postgres: bool = True, s3: bool = True,
-                   timeout: float = 120.0, results_dir: Path | None = None) -> dict[str, str]:
+                   timeout: float = 120.0, results_dir: Path | None = None,
+                   brokers: int = 1) -> dict[str, str]:
     """Start the stack detached, recorded in ``state_dir``; return its endpoints (``dev up``)."""
     previous = _read_state(state_dir)
     if previous is not None:
@@ -169,7 +174,8 @@ def start_detached(state_dir: Path, *, kafka: bool = True, postgres: bool = True
             )
         _stop_from_state(previous)  # stale: clean its temp dirs
         _state_path(state_dir).unlink(missing_ok=True)
-    stack = LocalStack(kafka=kafka, postgres=postgres, s3=s3, detached=True, results_dir=results_dir)
+    stack = LocalStack(kafka=kafka, postgres=postgres, s3=s3, detached=True, results_dir=results_dir,
+                       brokers=brokers)
     try:
         with sigterm_as_interrupt():
             stack.start(timeout=timeout, on_launched=lambda s: _write_state(state_dir, s.to_state()))
@@ -243,8 +249,10 @@ def status(state_dir: Path | None, as_json: bool) -> None:
         click.echo(json.dumps({"up": ok, "components": report, "env": state.get("env", {})}, indent=2))
     else:
         for name, r in report.items():
-            what = "answering" if r["answering"] else ("alive, not answering" if r["alive"] else "DEAD")
-            click.echo(f"{name:9} pid {r['pid']:<8} {what}")
+            what = "answering" if r["answering"] else (
+                "FROZEN" if r["frozen"] else "alive, not answering" if r["alive"]
+                else "STOPPED" if r["pid"] is None else "DEAD")
+            click.echo(f"{name:9} pid {r['pid'] or '-'!s:<8} {what}")
     sys.exit(0 if ok else 1)
 
 
@@ -266,12 +274,12 @@ def env(state_dir: Path | None, as_json: bool) -> None:
 @dev.command(context_settings={"ignore_unknown_options": True})
 @with_component_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(kafka: bool, postgres: bool, s3: bool, timeout: float, command: tuple[str, ...]) -> None:
+def run(kafka: bool, postgres: bool, s3: bool, brokers: int, timeout: float, command: tuple[str, ...]) -> None:
     """Start the stack, run COMMAND with its endpoints in the environment, stop the stack.
 
     Exits with COMMAND's exit status. Example: computectl dev run -- pytest -q
     """
-    stack = LocalStack(kafka=kafka, postgres=postgres, s3=s3)
+    stack = LocalStack(kafka=kafka, postgres=postgres, s3=s3, brokers=brokers)
     code = 1
     with sigterm_as_interrupt():
         try:
@@ -295,6 +303,10 @@ def run(kafka: bool, postgres: bool, s3: bool, timeout: float, command: tuple[st
         finally:
             stack.stop()
     sys.exit(code)
+
+
+for _command in fault_commands:
+    dev.add_command(_command)
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from state.devstack.procs import (
     DevStackError,
     chown_tree,
     free_port,
+    pid_alive,
     proc_start_ticks,
     run_checked,
     running_as_root,
@@ -167,6 +168,7 @@ class PostgresCluster(ServerProcess):
         """Start the postmaster. Call it from the thread that outlives the cluster (see spawn)."""
         assert self.workdir is not None and self.port is not None, "prepare() first"
         self._postgres = self._postgres or _binary("postgres")  # resume() of a recorded cluster
+        self._drop_stale_lock()
         self._proc = spawn(
             [self._postgres, "-D", str(self.datadir), "-p", str(self.port), "-h", self.host,
              "-k", str(self.sockdir), "-F",
@@ -181,6 +183,19 @@ class PostgresCluster(ServerProcess):
         self.pid = self._proc.pid
         self.start_ticks = proc_start_ticks(self.pid)
         record_owner(self.workdir, self.pid, self.start_ticks)
+
+    def _drop_stale_lock(self) -> None:
+        """After a SIGKILL, postmaster.pid and the socket's lock file name a dead postmaster.
+        PostgreSQL ignores a lock whose pid is gone, but one still a zombie (not yet reaped:
+        ``dev up``'s postmaster is re-parented to init) passes its kill(pid, 0) check, and it
+        refuses to start. pid_alive() counts a zombie as gone."""
+        for lock in [self.datadir / "postmaster.pid", *self.sockdir.glob(".s.PGSQL.*.lock")]:
+            try:
+                pid = int(lock.read_text().split("\n", 1)[0])
+            except (OSError, ValueError):
+                continue
+            if not pid_alive(pid):
+                lock.unlink(missing_ok=True)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Poll until a connection succeeds, then create the database. Thread-safe."""
