@@ -120,6 +120,18 @@ def test_cancel_a_running_task_from_its_page(console: ConsoleStack, browser: Any
     expect(page.locator("#status")).to_have_text("CANCELLED", timeout=WAIT_MS)
     expect(page.get_by_role("button", name="Cancel task")).to_have_count(0)
     wait_for(lambda: console.handler.started(task_id).is_set(), what="the task to have run")
+
+    # Retry as a new task: the same parameters under a new id, which runs and is cancelled too.
+    page.get_by_role("button", name="Retry as a new task").click()
+    expect(page.locator("h1")).not_to_contain_text(task_id)
+    retried = page.url.rsplit("/", 1)[1]
+    expect(page.locator("#status")).to_have_text("PROCESSING", timeout=WAIT_MS)
+    wait_for(lambda: console.handler.started(retried).is_set(), what="the retried task to run")
+    page.get_by_role("button", name="Cancel task").click()
+    expect(page.locator("#status")).to_have_text("CANCELLED", timeout=WAIT_MS)
+    params = httpx.get(f"{console.base_url}/api/v1/tasks/{retried}", timeout=10,
+                       headers={"Authorization": f"Bearer {key}"}).json()["params"]
+    assert params["prompt"] == "steps:300:0.1"
     page.context.close()
 
 

@@ -51,6 +51,9 @@ from state.retry import decide
 router = APIRouter(prefix="/console", include_in_schema=False, route_class=ConsoleRoute)
 _SUBMIT = TypeAdapter(TaskSubmit)
 _PAGE_SIZE = 25
+# The overview stream ends after this long and the browser's EventSource reconnects (after the
+# `retry:` delay): an open tab never holds the server's graceful shutdown for longer.
+_STREAM_LIFETIME_S = 60.0
 
 
 def _app(request: Request) -> Any:
@@ -111,7 +114,8 @@ async def overview_stream(request: Request) -> StreamingResponse:
     async def frames() -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
         last, fleet, fleet_at = None, None, 0.0
-        while not await request.is_disconnected():
+        ends_at = time.monotonic() + _STREAM_LIFETIME_S
+        while time.monotonic() < ends_at and not await request.is_disconnected():
             if caller.operator and time.monotonic() - fleet_at >= state.console.settings.kafka_refresh_s:
                 fleet, fleet_at = await _fleet(request, caller), time.monotonic()
             data = await _overview(request, caller, fleet)
