@@ -32,16 +32,11 @@ def ensure_topics(settings: KafkaSettings, admin: AdminClient | None = None) -> 
     admin = admin or AdminClient(settings.client_config())
     topics = settings.topics
     wanted = topics.all()
-    metadata = admin.list_topics(timeout=_TIMEOUT_S)
-    present = set(metadata.topics)
+    present = set(admin.list_topics(timeout=_TIMEOUT_S).topics)
     missing = [t for t in wanted if t not in present]
     created: list[str] = []
-    if missing and len(metadata.brokers) < settings.replication_factor:
-        raise TopicSetupError(
-            f"replication factor {settings.replication_factor} needs as many brokers; the cluster "
-            f"has {len(metadata.brokers)}: set KAFKA_REPLICATION_FACTOR (and KAFKA_MIN_INSYNC_REPLICAS)"
-        )
     if missing:
+        _wait_for_brokers(admin, settings.replication_factor)
         compacted = topics.compacted()
         replication = (
             {} if settings.min_insync_replicas is None
@@ -67,6 +62,20 @@ def ensure_topics(settings: KafkaSettings, admin: AdminClient | None = None) -> 
     if created:
         _wait_until_serving(settings, created)
     return TopicReport(created=created, existing=[t for t in wanted if t not in created])
+
+
+def _wait_for_brokers(admin: AdminClient, needed: int) -> None:
+    """Return once the cluster has ``needed`` brokers (one per replica). A cluster that is
+    starting (docker compose starts the topics job once node 1 answers) may still lack some:
+    wait for them rather than fail; an RF above the cluster's size fails with a clear message."""
+    deadline = time.monotonic() + _TIMEOUT_S
+    while (count := len(admin.list_topics(timeout=_TIMEOUT_S).brokers)) < needed:
+        if time.monotonic() > deadline:
+            raise TopicSetupError(
+                f"replication factor {needed} needs {needed} brokers; the cluster has {count}: "
+                "set KAFKA_REPLICATION_FACTOR (and KAFKA_MIN_INSYNC_REPLICAS) to suit it"
+            )
+        time.sleep(_LEADER_POLL_S * 10)
 
 
 def _wait_until_led(admin: AdminClient, settings: KafkaSettings, names: list[str]) -> None:

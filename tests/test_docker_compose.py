@@ -27,6 +27,8 @@ from schemas.enums import TaskType
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SCHEMA_FILE = ROOT / "tests" / "data" / "compose-spec.json"
+CLUSTER_ENV_FILE = ROOT / "compose-cluster.env"
+KAFKA_NODES = ("kafka", "kafka-2", "kafka-3")
 
 # The services that run our image, and the computectl command each one runs.
 APP_COMMANDS: dict[str, list[str]] = {
@@ -98,12 +100,24 @@ def interpolate(value: str, env: dict[str, str] | None = None) -> str:
     return _VAR.sub(repl, value)
 
 
-def env_of(service: dict[str, Any]) -> dict[str, str]:
-    """A service's environment as a dict of interpolated strings (list or mapping form)."""
+def env_of(service: dict[str, Any], shell: dict[str, str] | None = None) -> dict[str, str]:
+    """A service's environment as a dict of interpolated strings (list or mapping form), with
+    ``shell`` as the variables Compose interpolates from (none unless given)."""
     raw = service.get("environment") or {}
     if isinstance(raw, list):
         raw = dict(item.split("=", 1) if "=" in item else (item, "") for item in raw)
-    return {k: interpolate(str(v)) if v is not None else "" for k, v in raw.items()}
+    return {k: interpolate(str(v), shell) if v is not None else "" for k, v in raw.items()}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """A Compose env file (KEY=VALUE lines, # comments)."""
+    pairs = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            pairs[key.strip()] = value.strip()
+    return pairs
 
 
 def depends_on_of(service: dict[str, Any]) -> dict[str, str]:
@@ -375,3 +389,76 @@ def test_named_volumes_are_declared_and_used(compose: dict, services: dict) -> N
                 used.add(source)
     assert {"kafka-data", "postgres-data", "minio-data"} <= used
     assert declared == used, f"declared but unused volumes: {declared - used}"
+
+
+# ------------------------------------------------------------------------------- cluster profile
+
+def active_services(services: dict, profiles: set[str]) -> set[str]:
+    """What `docker compose up` starts with ``profiles`` on: services without a profile, and
+    those with one of them."""
+    return {n for n, svc in services.items() if not svc.get("profiles") or set(svc["profiles"]) & profiles}
+
+
+def test_default_profile_is_one_broker(services: dict) -> None:
+    started = active_services(services, set())
+    assert {"kafka", "kafka-2", "kafka-3"} & started == {"kafka"}
+    kafka = env_of(services["kafka"])
+    assert kafka["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka:29093"
+    for key in ("KAFKA_DEFAULT_REPLICATION_FACTOR", "KAFKA_MIN_INSYNC_REPLICAS",
+                "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
+        assert kafka[key] == "1", key
+    app = env_of(services["api"])
+    assert (app["KAFKA_REPLICATION_FACTOR"], app["KAFKA_MIN_INSYNC_REPLICAS"]) == ("1", "1")
+
+
+def test_cluster_profile_is_three_kraft_nodes_rf3_min_isr2(compose: dict, services: dict) -> None:
+    shell = read_env_file(CLUSTER_ENV_FILE)
+    profiles = set(shell["COMPOSE_PROFILES"].split(","))
+    assert profiles == {"cluster"}
+    assert set(KAFKA_NODES) <= active_services(services, profiles)
+    for name in ("kafka-2", "kafka-3"):
+        assert services[name]["profiles"] == ["cluster"], name
+
+    nodes = {name: env_of(services[name], shell) for name in KAFKA_NODES}
+    assert sorted(int(env["KAFKA_NODE_ID"]) for env in nodes.values()) == [1, 2, 3]
+    assert len({env["CLUSTER_ID"] for env in nodes.values()}) == 1, "one cluster id"
+    controllers = {}
+    for name, env in nodes.items():
+        assert services[name]["image"] == "apache/kafka:4.1.1", name
+        assert services[name].get("hostname") == name, name
+        assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}, name
+        listeners = dict(item.split("://") for item in env["KAFKA_LISTENERS"].split(","))
+        controllers[int(env["KAFKA_NODE_ID"])] = f"{name}:{listeners['CONTROLLER'].lstrip(':')}"
+        assert f"INTERNAL://{name}:29092" in env["KAFKA_ADVERTISED_LISTENERS"].split(","), name
+        assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "3", name
+        assert env["KAFKA_MIN_INSYNC_REPLICAS"] == "2", name
+        for internal in ("OFFSETS_TOPIC", "TRANSACTION_STATE_LOG", "SHARE_COORDINATOR_STATE_TOPIC"):
+            assert env[f"KAFKA_{internal}_REPLICATION_FACTOR"] == "3", (name, internal)
+        for internal in ("TRANSACTION_STATE_LOG", "SHARE_COORDINATOR_STATE_TOPIC"):
+            assert env[f"KAFKA_{internal}_MIN_ISR"] == "2", (name, internal)
+        assert services[name]["healthcheck"]["test"], name
+    # The static quorum: every node names the same three voters, at their controller listeners.
+    voters = {env["KAFKA_CONTROLLER_QUORUM_VOTERS"] for env in nodes.values()}
+    assert voters == {",".join(f"{i}@{controllers[i]}" for i in (1, 2, 3))}
+
+    # Each node its own data volume and host port.
+    volumes = [services[n]["volumes"][0].split(":", 1)[0] for n in KAFKA_NODES]
+    assert len(set(volumes)) == 3 and set(volumes) <= set(compose["volumes"])
+    host_ports = [interpolate(str(services[n]["ports"][0]), shell).split(":")[0] for n in KAFKA_NODES]
+    assert len(set(host_ports)) == 3, host_ports
+
+    # The app reaches all three and creates its topics with RF 3 / min ISR 2.
+    for name in APP_COMMANDS:
+        app = env_of(services[name], shell)
+        assert sorted(app["KAFKA_BOOTSTRAP_SERVERS"].split(",")) == sorted(f"{n}:29092" for n in KAFKA_NODES), name
+        assert (app["KAFKA_REPLICATION_FACTOR"], app["KAFKA_MIN_INSYNC_REPLICAS"]) == ("3", "2"), name
+    registry = env_of(services["schema-registry"], shell)
+    assert registry["SCHEMA_REGISTRY_KAFKASTORE_TOPIC_REPLICATION_FACTOR"] == "3"
+
+
+def test_cluster_env_names_only_variables_the_file_uses() -> None:
+    """A typo in compose-cluster.env would silently leave the single-broker default."""
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    for key in read_env_file(CLUSTER_ENV_FILE):
+        if key != "COMPOSE_PROFILES":
+            assert "${" + key + ":-" in text, key

@@ -66,8 +66,19 @@ TEST_BROKER_PROPS: dict[str, str] = {
     "share.coordinator.state.topic.min.isr": "1",
     # The first consumer of a group gets its assignment at once, not after 3 s.
     "group.initial.rebalance.delay.ms": "0",
+    # A broker restarted after a crash (SIGKILL) cannot register until the controller fences its
+    # old incarnation when its session times out: 9 s by default, 4 s here (measured: a killed
+    # broker answered again 15 s after its restart began, ~10 s with this). It also shortens
+    # how long a dead node of a cluster stays in the ISRs. Heartbeats every 500 ms keep a live
+    # broker far from the deadline even on a loaded 2-core machine.
+    "broker.heartbeat.interval.ms": "500",
+    "broker.session.timeout.ms": "4000",
     "num.network.threads": "2",
     "num.io.threads": "4",
+    # Workers (issue 15, item 3; gpu_consumers/group_protocol.py): KIP-848 groups may set their
+    # own session timeout down to 10 s (the broker's floor is 45 s), so a dead worker's
+    # partitions move within ~10 s.
+    "group.consumer.min.session.timeout.ms": "10000",
 }
 
 DEFAULT_HEAP_MB = 1024
