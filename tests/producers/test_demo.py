@@ -120,6 +120,9 @@ def test_demo_runs_the_main_flow_and_stops_everything(demo_tmp):
         [row] = _rows(final, task_type)
         assert row[1:4] == [ids[task_type], "COMPLETED", "1"], row
         assert row[4].endswith("s") and row[5], row  # a duration, a result
+    # The web console's URL with a one-time login link for the demo tenant (docs/CONSOLE.md).
+    assert re.search(rf"^console: {re.escape(api_url)}/console/ - one-time login .*: "
+                     rf"{re.escape(api_url)}/console/login/[\w-]{{20,}} ", final, re.M), final
     # ...then everything stops cleanly.
     assert "stopped: worker (clean), processors (clean), api (clean)" in out
     assert "'healthy': True" in out
