@@ -58,6 +58,7 @@ from gpu_consumers.control import CancelledIds, CancelReason, ControlListener
 from gpu_consumers.emitter import Emitter
 from gpu_consumers.execution import Outcome, RunReport, Services, TaskRun
 from gpu_consumers.fault_points import fault_point
+from gpu_consumers.group_protocol import Protocol, choose_protocol
 from gpu_consumers.handlers.registry import HandlerFactory, HandlerSet, Providers
 from gpu_consumers.offsets import CommitLedger, Partition
 from gpu_consumers.settings import ContentPolicy, WorkerSettings
@@ -197,6 +198,7 @@ class Worker:
         self._lanes: list[_Lane] = []
         self._next_lane = 0
         self._lookup: StatusLookup | None = None
+        self.protocol: Protocol = "classic"  # the consumer-group protocol run() chose
         self._last_activity = time.monotonic()
 
     @property
@@ -251,9 +253,13 @@ class Worker:
         started = time.monotonic()
         try:
             control.start()
+            self.protocol = choose_protocol(
+                self.kafka, self.settings.group_protocol,
+                [self.settings.group_id(t) for t in self.settings.types],
+                self.settings.session_timeout_ms)
             self._lanes = [self._open_lane(t) for t in self.settings.types]
-            log.info("worker %s serving %s", self.worker_id,
-                     ", ".join(t.slug for t in self.settings.types))
+            log.info("worker %s serving %s (%s group protocol)", self.worker_id,
+                     ", ".join(t.slug for t in self.settings.types), self.protocol)
             while not self._stop.is_set() and self._healthy:
                 if max_tasks is not None and self.stats.handled >= max_tasks:
                     break
@@ -411,7 +417,7 @@ class Worker:
 
     def _group_config(self) -> dict[str, Any]:
         s = self.settings
-        if s.group_protocol == "consumer":
+        if self.protocol == "consumer":
             # KIP-848: the broker assigns (incrementally) and its group.consumer.* configs set the
             # session and heartbeat; the client may not set them nor an assignment strategy.
             return {"group.protocol": "consumer"}

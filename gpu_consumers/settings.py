@@ -38,16 +38,17 @@ class WorkerSettings(RetrySettings, BaseSettings):
     # name) takes its partitions back at once, instead of after the broker's session timeout
     # (45 s) spent waiting for the killed one. Unique per worker process of a group.
     group_instance_id: str | None = None
-    # The consumer group protocol (docs/WORKERS.md, "Group membership"). classic: the client
-    # runs the rebalance (cooperative-sticky) and sets its own session timeout (below); works on
-    # any broker. consumer: KIP-848 (Kafka 4.x), the broker assigns and its group.consumer.*
-    # configs set the session timeout (45 s unless the operator lowers it): measured against
-    # classic in bench/bench_rebalance.py (docs/PERFORMANCE.md, "Rebalance storm").
-    group_protocol: Literal["classic", "consumer"] = "classic"
-    # classic only: how long a silent member (SIGKILLed, crash-looping, frozen) keeps its
-    # partitions before the broker gives them to the others. 10 s, not librdkafka's 45 s: a dead
-    # worker's queue waits that long (bench/bench_rebalance.py). The broker must allow it
-    # (group.min.session.timeout.ms, 6 s by default). Heartbeats go every third of it.
+    # The consumer group protocol (docs/WORKERS.md, "Group membership"; gpu_consumers/
+    # group_protocol.py). consumer: KIP-848 (Kafka 4.x), the broker assigns incrementally;
+    # classic: the client rebalances (cooperative-sticky). auto: KIP-848 when the broker lets the
+    # groups' session timeout be session_timeout_ms, else classic: measured in
+    # bench/bench_rebalance.py (docs/PERFORMANCE.md, "Rebalance storm").
+    group_protocol: Literal["auto", "classic", "consumer"] = "auto"
+    # How long a silent member (SIGKILLed, crash-looping, frozen) keeps its partitions before
+    # the broker gives them to the others: 10 s, not the 45 s default of both protocols, for which
+    # a dead worker's queue stood still (issue 15). classic: the client's session.timeout.ms
+    # (the broker allows >= group.min.session.timeout.ms, 6 s by default), heartbeats every third
+    # of it; consumer: the group's consumer.session.timeout.ms, set on the broker by the worker.
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
     # How far back (seconds) a worker taking over a partition looks on the status topic for the
     # terminal status of the first records past the committed offset: a previous owner that

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,7 +199,9 @@ def _check_arguments(
 
 
 class TaskProducer:
-    """One per process; not thread-safe (confluent-kafka's producer is, this bookkeeping isn't)."""
+    """One per process; not thread-safe (confluent-kafka's producer is, this bookkeeping isn't),
+    except that with ``serve_reports=False`` one other thread may call :meth:`poll` while one
+    thread at a time submits (the API's gateway: its submits never wait on each other)."""
 
     def __init__(
         self,
@@ -211,8 +213,11 @@ class TaskProducer:
         dedupe_capacity: int = 100_000,
         producer_config: Mapping[str, Any] | None = None,
         idempotency_secret: bytes | None = None,
+        serve_reports: bool = True,
     ) -> None:
-        """``idempotency_secret``: keys Idempotency-Key task ids (default: ``IDEMPOTENCY_SECRET``)."""
+        """``idempotency_secret``: keys Idempotency-Key task ids (default: ``IDEMPOTENCY_SECRET``).
+        ``serve_reports=False``: :meth:`submit` never serves delivery reports itself; the owner
+        calls :meth:`poll` from a thread of its own (delivery callbacks then run only there)."""
         if not isinstance(source, str) or not source:
             raise ValueError(f"source must be non-empty text (got {source!r})")
         if not isinstance(origin, Origin):
@@ -234,6 +239,9 @@ class TaskProducer:
         self._acknowledged: list[tuple[str, bytes, bytes, tuple[tuple[bytes, ...], ...], bytes]] = []
         self._since_poll = 0
         self._polled_at = _monotonic()
+        # Never reached without serve_reports: the submit path's poll check stays one comparison.
+        self._poll_every = _POLL_EVERY if serve_reports else float("inf")
+        self._poll_interval_s = _POLL_INTERVAL_S if serve_reports else float("inf")
         self.stats = ProducerStats()
         # Record templates (producers/submit_records.py): those of plain submits by params model,
         # the others by (params model, attempt, origin, with a generation id).
@@ -264,9 +272,12 @@ class TaskProducer:
         origin: Origin | None = None,
         task_id: str | None = None,
         attempt: int = 1,
+        on_result: Callable[[KafkaError | None], None] | None = None,
     ) -> str:
         """Validate and produce one task; return its id. Delivery is asynchronous: call
-        :meth:`flush` to wait for the broker (it raises DeliveryError on failures). Raises
+        :meth:`flush` to wait for the broker (it raises DeliveryError on failures), or pass
+        ``on_result``, called with None once the broker acknowledged the task record or with the
+        KafkaError it failed with (a repeat already sent is not produced again: no call then). Raises
         TaskValidationError for an invalid task and TaskTooLargeError for one over the
         producer's ``message.max.bytes``: nothing is produced then."""
         valid = validate_params(task_type, params)
@@ -316,9 +327,13 @@ class TaskProducer:
                 if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:  # the broker's (topic's) limit
                     stats.too_large.append(task_id)
                 self._sent.pop(dedupe_key, None)
+                if on_result is not None:
+                    on_result(err)
                 return
             stats.acknowledged += 1
             self._acknowledged.append(acknowledged)
+            if on_result is not None:
+                on_result(None)
 
         topic = self._task_topics[task_type]
         try:
@@ -336,7 +351,7 @@ class TaskProducer:
         if len(sent) > self._dedupe_capacity:
             sent.popitem(last=False)
         self._since_poll += 1
-        if self._since_poll >= _POLL_EVERY or _monotonic() - self._polled_at >= _POLL_INTERVAL_S:
+        if self._since_poll >= self._poll_every or _monotonic() - self._polled_at >= self._poll_interval_s:
             self.poll(0)
         return task_id
 

@@ -2,12 +2,19 @@
 generation requests and cancels (GenerationRequested / GenerationCancelRequested records on the
 generations topic).
 
-Blocking calls: the routes run them in a worker thread. Submissions are serialised by a lock
-(``TaskProducer`` is not thread-safe) and acknowledged by the broker before the API answers 202.
+Blocking calls: the routes run them in a worker thread. A submission is acknowledged by the
+broker before the API answers 202, and submissions never wait for one another: producing one takes
+the producer's lock for microseconds (``TaskProducer``'s bookkeeping is not thread-safe), then
+each waits for its own delivery report, served by the gateway's reporter thread, with its own
+deadline. (Before, each submit held one lock while it flushed: during a broker outage every submit
+queued behind the previous one's 10 s wait, and clients saw 30 s timeouts and a 60 s submit; issue
+15, item 6.) A record not acknowledged by its deadline is also dropped by librdkafka then
+(``message.timeout.ms``), so a 503 does not become a task queued later behind the client's back.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from datetime import datetime, timezone
@@ -29,6 +36,22 @@ from schemas.kafka_settings import KafkaSettings
 SOURCE = "api"
 # linger.ms 0: the API waits for each acknowledgement, so batching would only add latency.
 _LOW_LATENCY = {"linger.ms": 0}
+# How long the reporter thread waits for delivery reports per turn (also how soon close() ends it).
+_REPORT_POLL_S = 0.1
+
+
+class _Delivery:
+    """One submit's delivery report, waited for by its own request thread."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: KafkaError | None = None
+
+    def __call__(self, err: KafkaError | None) -> None:  # from the reporter thread
+        self.error = err
+        self.done.set()
 
 
 class TaskGateway:
@@ -39,9 +62,18 @@ class TaskGateway:
         self._codec = codec or EventCodec()
         self._origin = Origin(instance=origin_instance, zone=origin_zone)
         self._ack_timeout_s = ack_timeout_s
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held only while a task is produced, never while waiting
+        # message.timeout.ms: librdkafka gives up on a record when the API does (503), so it is
+        # not delivered after the client was told it was not queued.
         self._tasks = TaskProducer(kafka, codec=self._codec, source=SOURCE, origin=self._origin,
-                                   producer_config=_LOW_LATENCY)
+                                   producer_config={**_LOW_LATENCY, "message.timeout.ms":
+                                                    max(1, int(ack_timeout_s * 1000))},
+                                   serve_reports=False)
+        self._pending: dict[str, _Delivery] = {}  # task id -> its report, until it came
+        self._closing = threading.Event()
+        self._reporter = threading.Thread(target=self._serve_reports, name="submit-reports",
+                                          daemon=True)
+        self._reporter.start()
         self._events = Producer({**kafka.client_config(), "enable.idempotence": True,
                                  **_LOW_LATENCY})
         self._admin = AdminClient(kafka.client_config())
@@ -62,19 +94,46 @@ class TaskGateway:
         Raises DeliveryError when the broker did not acknowledge in time, TaskTooLargeError when
         the producer or the broker refused the record as too large (nothing queued then)."""
         origin = Origin(self._origin.instance, self._origin.zone, tenant_id)
+        delivery = _Delivery()
         with self._lock:
             repeats = self._tasks.stats.deduplicated
             task_id = self._tasks.submit(task_type, params, idempotency_key=idempotency_key,
-                                         webhook_url=webhook_url, origin=origin)
-            # Answered once the task record is acknowledged: its PENDING/QUEUED are produced
-            # then but not waited for (the task is safe; they follow it within milliseconds).
+                                         webhook_url=webhook_url, origin=origin,
+                                         on_result=delivery)
+            repeat = self._tasks.stats.deduplicated > repeats
+            if repeat:  # sent before: answer with the first one's report (None: it came already)
+                delivery = self._pending.get(task_id)  # type: ignore[assignment]
+            else:
+                self._pending[task_id] = delivery
+        # Answered once the task record is acknowledged: its PENDING/QUEUED are produced then by
+        # the reporter thread but not waited for (the task is safe; they follow in milliseconds).
+        if delivery is not None:
+            self._wait(task_id, task_type, delivery)
+        return task_id, repeat
+
+    def _wait(self, task_id: str, task_type: TaskType, delivery: _Delivery) -> None:
+        # A little past message.timeout.ms, by when librdkafka has reported the record either way.
+        acked = delivery.done.wait(self._ack_timeout_s + 1.0)
+        with self._lock:
+            if self._pending.get(task_id) is delivery:  # unacknowledged: librdkafka drops it too
+                del self._pending[task_id]
+        if not acked:
+            raise DeliveryError([(task_id, f"not acknowledged within {self._ack_timeout_s:g}s")])
+        err = delivery.error
+        if err is None:
+            return
+        if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:  # the topic's max.message.bytes
+            raise TaskTooLargeError(f"the {task_type.value} task's record", None, None)
+        raise DeliveryError([(task_id, err.str())])
+
+    def _serve_reports(self) -> None:
+        """The one thread that serves the task producer's delivery reports (and produces each
+        acknowledged task's PENDING/QUEUED), so no submit waits on another's flush."""
+        while not self._closing.is_set():
             try:
-                self._tasks.flush(self._ack_timeout_s, statuses=False)
-            except DeliveryError as exc:
-                if task_id in exc.too_large:  # the topic's max.message.bytes: not worth a retry
-                    raise TaskTooLargeError(f"the {task_type.value} task's record", None, None) from None
-                raise
-            return task_id, self._tasks.stats.deduplicated > repeats
+                self._tasks.poll(_REPORT_POLL_S)
+            except Exception:  # a bug in a report callback must not end delivery for everyone
+                logging.getLogger("state.api").exception("serving delivery reports")
 
     def cancel(self, row: dict[str, Any], *, requested_by: str, reason: str | None) -> None:
         """Ask for the task in ``row`` to be cancelled (control topic); a task that has not
@@ -161,6 +220,8 @@ class TaskGateway:
         return None if meta.brokers else "Kafka: no broker in the metadata"
 
     def close(self) -> None:
+        self._closing.set()
+        self._reporter.join(timeout=_REPORT_POLL_S * 10)
         with self._lock:
             try:
                 self._tasks.close(self._ack_timeout_s)
