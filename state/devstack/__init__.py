@@ -4,6 +4,8 @@ Public names (imported lazily, so ``python -m state.devstack.kafka`` and friends
 
 - :class:`LocalStack` (stack.py): the three together; ``env()`` gives the endpoints.
 - :class:`KafkaBroker`, :func:`ensure_kafka_jars` (kafka.py)
+- :class:`KafkaCluster` (kafka_cluster.py): ``dev up --brokers 3``, three KRaft nodes
+- control.py: faults on a recorded stack (``dev restart`` / ``stop`` / ``start`` / ``freeze``)
 - :class:`PostgresCluster` (postgres.py)
 - :class:`S3Endpoint`, :func:`create_bucket` (s3.py)
 - :data:`dev` (cli.py): the ``computectl dev`` click group.
@@ -25,6 +27,7 @@ _EXPORTS = {
     "KafkaBroker": "state.devstack.kafka",
     "ensure_kafka_jars": "state.devstack.kafka",
     "KAFKA_VERSION": "state.devstack.kafka",
+    "KafkaCluster": "state.devstack.kafka_cluster",
     "PostgresCluster": "state.devstack.postgres",
     "S3Endpoint": "state.devstack.s3",
     "create_bucket": "state.devstack.s3",

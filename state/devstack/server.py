@@ -17,7 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from state.devstack.procs import DevStackError, pid_alive, pid_state, stop_tree
+from state.devstack.procs import (
+    DevStackError,
+    pid_alive,
+    pid_state,
+    proc_start_ticks,
+    stop_tree,
+)
 
 OWNER_FILE = "owner.json"
 
@@ -27,12 +33,32 @@ def record_owner(workdir: Path, pid: int, start_ticks: int | None) -> None:
     (workdir / OWNER_FILE).write_text(json.dumps({"pid": pid, "start_ticks": start_ticks}))
 
 
+def record_halted(workdir: Path, *, detached: bool) -> None:
+    """Note in ``workdir`` that its server was stopped on purpose and its data is kept (halt()).
+
+    Without it, any other server's start would sweep the folder as stale while the server is
+    down, or between halt() and the next launch(). A detached stack's folder is kept until
+    ``dev down``; an in-process one's while the process that halted it lives (it is the one
+    that will start it again).
+    """
+    holder = None if detached else {"pid": os.getpid(), "start_ticks": proc_start_ticks(os.getpid())}
+    (workdir / OWNER_FILE).write_text(json.dumps({"halted": True, "holder": holder}))
+
+
+def _stale(owner: dict[str, Any]) -> bool:
+    if owner.get("halted"):
+        holder = owner.get("holder")
+        return holder is not None and not pid_alive(int(holder["pid"]), holder.get("start_ticks"))
+    return not pid_alive(int(owner["pid"]), owner.get("start_ticks"))
+
+
 def sweep_stale_workdirs(prefix: str, base_dir: Path | None = None) -> list[Path]:
     """Remove ``<tmp>/<prefix>*`` folders whose server is gone.
 
     Normally stop() removes its folder; this catches the ones left when the process that
     started a server was SIGKILLed (the server itself died with it: parent-death signal).
-    Only folders with an owner record naming a dead process are touched.
+    Only folders with an owner record naming a dead process are touched (for a halted server,
+    see record_halted).
     """
     base = base_dir if base_dir is not None else Path(tempfile.gettempdir())
     removed = []
@@ -41,7 +67,7 @@ def sweep_stale_workdirs(prefix: str, base_dir: Path | None = None) -> list[Path
             owner = json.loads((folder / OWNER_FILE).read_text())
         except (OSError, ValueError):
             continue
-        if not pid_alive(int(owner["pid"]), owner.get("start_ticks")):
+        if _stale(owner):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
@@ -108,6 +134,8 @@ class ServerProcess:
         once with ``kill=True`` (a crash). A frozen process is thawed first so it can exit."""
         if self.pid is None:
             return
+        if self.workdir is not None:
+            record_halted(self.workdir, detached=self.detached)
         self.thaw()
         if kill:
             self._stop_process(timeout, sig=signal.SIGKILL)
