@@ -69,9 +69,12 @@ def _parse_types(text: str) -> list[TaskType]:
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for RESULTS_URL, kept by `down` (when `up` starts the stack) "
                    "[default: a temp folder `down` removes].")
+@click.option("--brokers", type=click.IntRange(1, 9), default=1, show_default=True,
+              help="Kafka nodes when `up` starts the stack: 3 is a KRaft cluster (topics RF 3, "
+                   "min ISR 2), as `computectl dev up --brokers 3`.")
 @state_dir_option
 def up(types_text: str, workers: int, tenant: str, timeout: float, results_dir: Path | None,
-       state_dir: Path | None) -> None:
+       brokers: int, state_dir: Path | None) -> None:
     """Start the local stack (if it is not up), create the topics, migrate the database, create
     an API key, and start the services detached under a supervisor: the worker(s), the
     processors, the projector and the API (on a free port). Returns once the API is ready, and
@@ -86,7 +89,7 @@ def up(types_text: str, workers: int, tenant: str, timeout: float, results_dir: 
     files = SystemFiles(state_dir)
     try:
         with sigterm_as_interrupt():
-            exports = _up(files, types, workers, tenant, timeout, results_dir)
+            exports = _up(files, types, workers, tenant, timeout, results_dir, brokers)
     except DevStackError as exc:
         raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:
@@ -95,7 +98,7 @@ def up(types_text: str, workers: int, tenant: str, timeout: float, results_dir: 
 
 
 def _up(files: SystemFiles, types: list[TaskType], workers: int, tenant: str, timeout: float,
-        results_dir: Path | None) -> dict[str, str]:
+        results_dir: Path | None, brokers: int = 1) -> dict[str, str]:
     stack = running_stack(files.state_dir)
     state = files.state()
     if stack is not None and supervisor_alive(state):
@@ -107,7 +110,7 @@ def _up(files: SystemFiles, types: list[TaskType], workers: int, tenant: str, ti
         if problems:
             raise DevStackError("; ".join(problems))
         click.echo("starting the local stack (Kafka, PostgreSQL, S3)...", err=True)
-        env = start_detached(files.state_dir, timeout=timeout, results_dir=results_dir)
+        env = start_detached(files.state_dir, timeout=timeout, results_dir=results_dir, brokers=brokers)
     else:
         env = stack["env"]
     missing = {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"} - set(env)
