@@ -9,6 +9,8 @@ queued before them (the lock held across each flush made the fifth submit wait f
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import uuid
@@ -37,8 +39,14 @@ def broker() -> Iterator[KafkaBroker]:
     try:
         yield broker
     finally:
-        broker.thaw()
+        _signal(broker, signal.SIGCONT)
         broker.stop()
+
+
+def _signal(broker: KafkaBroker, sig: int) -> None:
+    """SIGSTOP freezes the broker (it keeps its connections and answers nothing); SIGCONT thaws."""
+    if broker.pid is not None:
+        os.kill(broker.pid, sig)
 
 
 def _submit(gateway: TaskGateway, results: list, i: int) -> None:
@@ -62,7 +70,7 @@ def test_concurrent_submits_to_a_frozen_broker_each_fail_within_one_deadline(bro
         _submit(gateway, healthy, -1)  # the broker answers: accepted, and the client is warm
         assert healthy[0][0] == "accepted", healthy
 
-        broker.freeze()
+        _signal(broker, signal.SIGSTOP)
         results: list = []
         started = time.monotonic()
         threads = [threading.Thread(target=_submit, args=(gateway, results, i)) for i in range(SUBMITS)]
@@ -80,12 +88,12 @@ def test_concurrent_submits_to_a_frozen_broker_each_fail_within_one_deadline(bro
         assert max(took for _, took in results) < bound, results
         assert elapsed < bound, elapsed
 
-        broker.thaw()  # the outage ends: submits are accepted again
+        _signal(broker, signal.SIGCONT)  # the outage ends: submits are accepted again
         after: list = []
         deadline = time.monotonic() + 30
         while not (after and after[-1][0] == "accepted") and time.monotonic() < deadline:
             _submit(gateway, after, 100 + len(after))
         assert after[-1][0] == "accepted", after
     finally:
-        broker.thaw()
+        _signal(broker, signal.SIGCONT)
         gateway.close()
