@@ -1,0 +1,59 @@
+"""The commit ledger (pure): what a rebalance rejected is sent again while the partition is owned."""
+
+from __future__ import annotations
+
+from gpu_consumers.offsets import CommitLedger
+from gpu_consumers.takeover import final_end, status_partition
+from schemas.enums import ErrorCode, TaskStatus, TaskType
+from schemas.events import Envelope, StatusChanged, TaskError
+
+TP, OTHER = ("t", 0), ("t", 1)
+
+
+def test_a_rejected_commit_is_due_again_after_an_assignment_and_then_every_retry_interval():
+    ledger = CommitLedger(retry_s=1.0)
+    ledger.want(TP, 5, now=0.0)  # sent; the broker rejects it (no confirm)
+    assert ledger.due([TP], now=0.5) == []  # not yet: it may still be answered
+    ledger.retry_now = True  # the rejoin
+    assert ledger.due([TP], now=0.6) == [(TP, 5)]
+    assert ledger.due([TP], now=1.0) == []
+    assert ledger.due([TP], now=1.7) == [(TP, 5)]
+    ledger.confirm(TP, 5)
+    assert ledger.due([TP], now=9.0) == []
+    assert ledger.retried == 2
+
+
+def test_only_owned_partitions_are_retried_and_a_later_offset_supersedes():
+    ledger = CommitLedger(retry_s=1.0)
+    ledger.want(TP, 5, now=0.0)
+    ledger.want(TP, 7, now=0.1)
+    ledger.want(OTHER, 3, now=0.0)
+    ledger.confirm(TP, 5)  # the older commit's answer: 7 is still pending
+    assert ledger.pending(TP) == 7
+    assert ledger.due([TP], now=5.0) == [(TP, 7)]  # OTHER is no longer owned
+    ledger.forget([TP, OTHER])
+    assert ledger.pending(TP) is None and ledger.pending(OTHER) is None
+
+
+def _status(status: TaskStatus, attempt: int, retryable: bool | None = None) -> StatusChanged:
+    env = Envelope.new("6f1c1f0e-0000-4000-8000-000000000001", TaskType.IMAGE_ADJUSTER,
+                       source="worker").model_copy(update={"attempt": attempt})
+    error = None if retryable is None else TaskError(code=ErrorCode.PROVIDER_ERROR, message="x",
+                                                     retryable=retryable)
+    return StatusChanged(envelope=env, status=status, error=error)
+
+
+def test_final_end_is_a_completed_cancelled_or_last_failed_status_of_the_attempt_or_later():
+    processing, retried = _status(TaskStatus.PROCESSING, 1), _status(TaskStatus.FAILED, 1, True)
+    assert final_end([processing, retried], attempt=1) is None  # another attempt follows
+    done = _status(TaskStatus.COMPLETED, 2)
+    assert final_end([processing, retried, done], attempt=1) is done
+    assert final_end([_status(TaskStatus.COMPLETED, 1)], attempt=2) is None  # an older attempt
+    last = _status(TaskStatus.FAILED, 3, False)
+    assert final_end([last], attempt=3) is last
+
+
+def test_the_status_partition_is_librdkafkas_default_for_the_key():
+    # consistent_random: CRC-32 of the key modulo the partition count (zlib's CRC-32)
+    assert status_partition("6f1c1f0e-0000-4000-8000-000000000001", 1) == 0
+    assert {status_partition(f"task-{i}", 6) for i in range(100)} == set(range(6))
