@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from confluent_kafka import (
-    Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition,
-)
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.codec import EventCodec
 from schemas.errors import DecodeError
@@ -62,6 +62,8 @@ from state.db.projection import apply_events, flatten
 from state.db.task_row_cache import TaskRowCache
 from state.api.webhook_delivery import WebhookDispatcher
 from state.api.webhooks import WebhookSettings
+from state.consumer_watchdog import ConsumerStalled, WatchdogSettings
+from state.healing_consumer import HealingConsumer
 from state.errors import LifecycleError
 from state.lifecycle import view_event
 from state.salvage import salvage_task
@@ -81,6 +83,18 @@ _ERROR_MESSAGE_MAX = 2000
 METADATA_TIMEOUT_S = 10.0
 
 Event = StatusChanged | TaskSubmitted
+
+
+class ProjectorSettings(BaseSettings):
+    """``PROJECTOR_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="PROJECTOR_", frozen=True, extra="ignore")
+
+    # Static membership (group.instance.id, e.g. the service's name): a restarted projector
+    # takes its partitions back at once instead of after the old member's session timed out.
+    group_instance_id: str | None = None
+    # librdkafka's default (45 s); a shorter one moves a dead member's partitions sooner.
+    session_timeout_ms: int = Field(default=45_000, ge=1_000)
 
 
 @dataclass
@@ -176,11 +190,15 @@ class Projector:
         on_batch: Callable[[ProjectedBatch], None] | None = None,
         in_transaction: Callable[[psycopg.Connection, ProjectedBatch], object] | None = None,
         create_topics: bool = True,
+        settings: ProjectorSettings | None = None,
+        watchdog: WatchdogSettings | None = None,
     ) -> None:
         # ``in_transaction(conn, result)`` runs inside the batch's transaction, after its
         # writes (generations, then tasks): what it writes (the webhook outbox) commits with the
         # batch or not at all. ``result`` is a ProjectedBatch: the tasks' transitions and the
         # generations' status changes. ``on_batch(result)`` runs after the offsets are committed.
+        # ``watchdog``: judge the consumer's progress and heal it (state/healing_consumer.py);
+        # None: no watchdog.
         self._in_transaction = in_transaction
         self.database_url = database_url
         self.kafka = kafka
@@ -193,9 +211,13 @@ class Projector:
         if create_topics:
             ensure_topics(kafka)
         self.group_id = f"{kafka.topic_prefix}-projector"
-        self._consumer = Consumer({
+        settings = settings or ProjectorSettings()
+        instance = settings.group_instance_id
+        self._consumer = HealingConsumer({
             **kafka.client_config(),
             "group.id": self.group_id,
+            **({"group.instance.id": instance} if instance else {}),
+            "session.timeout.ms": settings.session_timeout_ms,
             # Offsets are stored by poll_once once their batch is in the database; librdkafka
             # commits what is stored every COMMIT_INTERVAL_MS, on a rebalance and at close.
             "enable.auto.commit": True,
@@ -203,8 +225,8 @@ class Projector:
             "auto.commit.interval.ms": COMMIT_INTERVAL_MS,
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
-        })
-        self._consumer.subscribe(projector_topics(kafka))
+        }, projector_topics(kafka), name=instance or self.group_id, kafka=kafka,
+            settings=watchdog)
         self._producer: Producer | None = Producer(
             {**kafka.client_config(), "enable.idempotence": True, "linger.ms": 0})
         self._conn: psycopg.Connection | None = None
@@ -216,18 +238,28 @@ class Projector:
 
     def run(self, stop: threading.Event | None = None) -> ProjectorStats:
         stop = stop or threading.Event()
+        self._consumer.start_watchdog()
+        gave_up = False
         try:
             while not stop.is_set():
                 self.poll_once(stop)
+        except ConsumerStalled:
+            gave_up = True
+            raise
         finally:
-            self.close()
+            self.close(gave_up=gave_up)
         return self.stats
+
+    @property
+    def consumer(self) -> HealingConsumer:
+        return self._consumer
 
     def poll_once(self, stop: threading.Event | None = None) -> int:
         """Consume, write and commit one batch; return how many records it had."""
         # Wait for one record, then take what is already fetched: consume(n, timeout) alone would
         # wait out the whole timeout on a quiet topic (50 ms added to every status change seen
         # through the API; bench/bench_api_latency.py).
+        self._consumer.heal()  # what the watchdog asked for, if anything
         first = self._consumer.poll(self._poll_timeout_s)
         if first is None:
             return 0
@@ -243,7 +275,7 @@ class Projector:
         if batch.offsets:
             try:
                 self._consumer.store_offsets(
-                    offsets=[TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()])
+                    [TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()])
             except KafkaException as exc:  # revoked meanwhile: its new owner replays the batch
                 log.warning("could not store the batch's offsets: %s", exc)
         self.stats.batches += 1
@@ -254,11 +286,8 @@ class Projector:
             self._on_batch(result)
         return len(messages)
 
-    def close(self) -> None:
-        try:
-            self._consumer.close()
-        except RuntimeError:
-            pass  # already closed
+    def close(self, *, gave_up: bool = False) -> None:
+        self._consumer.close(gave_up=gave_up)
         if self._producer is not None:
             self._producer.flush(METADATA_TIMEOUT_S)
             self._producer = None  # destroyed now, not at garbage collection
@@ -323,6 +352,7 @@ class Projector:
                     result = self._project(events, generations, self._rows)
                 if result.pending_rows is not None:
                     self._rows.store(result.pending_rows.entries())
+                self._consumer.signals.waiting_on = None
                 return result
             except psycopg.errors.SerializationFailure as exc:
                 # A remembered row changed under us (projection_claim): nothing was written.
@@ -331,6 +361,7 @@ class Projector:
                 self._rows.clear()
             except psycopg.OperationalError as exc:
                 self.stats.db_retries += 1
+                self._consumer.signals.waiting_on = "PostgreSQL"  # not the consumer's fault
                 log.warning("PostgreSQL unavailable (%s); retrying the batch in %.1fs", exc, delay)
                 if self._conn is not None:
                     self._conn.close()
@@ -380,9 +411,12 @@ def run_projector(database_url: str, kafka: KafkaSettings, stop: threading.Event
                   *, webhooks: WebhookSettings | None = None, **kwargs: Any) -> ProjectorStats:
     """Migrate, then project until ``stop`` is set (``computectl projector``); with
     ``webhooks``, also queue each status change in the webhook outbox (in the batch's
-    transaction) and deliver the outbox's due rows."""
+    transaction) and deliver the outbox's due rows. The consumer is watched (``watchdog``,
+    default ``WatchdogSettings()`` from the environment); raises ConsumerStalled when it made no
+    progress even after it was recreated: the process should exit non-zero."""
     migrate(database_url)
     dispatcher = None if webhooks is None else WebhookDispatcher(database_url, webhooks)
+    kwargs.setdefault("watchdog", WatchdogSettings())
     try:
         return Projector(database_url, kafka,
                          on_batch=None if dispatcher is None else dispatcher.on_batch,

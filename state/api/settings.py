@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.kafka_settings import KafkaSettings
 
 
 class ApiSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="COMPUTE_API_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="COMPUTE_API_", frozen=True, extra="ignore",
+                                      populate_by_name=True)
 
     database_url: str = Field(default="postgresql://127.0.0.1:5432/compute",
                               validation_alias="DATABASE_URL")
@@ -43,6 +45,17 @@ class ApiSettings(BaseSettings):
     worker_group_prefix: str = "compute-workers"
     # Run the projector inside the API process (one command for small deployments and tests).
     embedded_projector: bool = False
+    # The folder where the projector and the processors write their health reports
+    # (state/consumer_watchdog.py; COMPUTE_HEALTH_DIR, shared by every process of a stack):
+    # /readyz is not ready while one of them is not making progress. None: only the consumers
+    # in this process (the embedded projector) are checked.
+    health_dir: Path | None = Field(default=None, validation_alias=AliasChoices(
+        "COMPUTE_HEALTH_DIR", "health_dir"))
+    # A report older than this means its process hung or died: not ready. Reports are written
+    # every few seconds (CONSUMER_WATCHDOG_CHECK_INTERVAL_S, 5 s), slower while the broker is away.
+    consumer_stale_after_s: float = Field(default=45.0, gt=0)
+    # ...and one older than this is left out: a consumer removed for good, not one to wait for.
+    consumer_forget_after_s: float = Field(default=600.0, gt=0)
 
 
 def load_settings(**overrides: Any) -> ApiSettings:

@@ -87,7 +87,8 @@ def service_specs(types: Sequence[TaskType], workers: int, api_port: int) -> lis
             # `up` has created the topics.
             ServiceSpec("processors", [*COMPUTECTL, "processors", "--no-create-topics"],
                         {"PROCESSORS_GROUP_INSTANCE_ID": "processors"}),
-            ServiceSpec("projector", [*COMPUTECTL, "projector"]),
+            ServiceSpec("projector", [*COMPUTECTL, "projector"],
+                        {"PROJECTOR_GROUP_INSTANCE_ID": "projector"}),
             ServiceSpec("api", [*COMPUTECTL, "api", "--host", "127.0.0.1", "--port", str(api_port)])]
 
 
@@ -96,7 +97,9 @@ def services_env(stack_env: dict[str, str], files: SystemFiles) -> dict[str, str
     older stack's) and the local defaults under it."""
     defaults = {**_LOCAL_DEFAULTS,
                 "COMPUTE_MODEL_CACHE_DIR": str(default_repo_root() / ".cache" / "models"),
-                "PROCESSORS_DATADIR": str(files.processors_data)}
+                "PROCESSORS_DATADIR": str(files.processors_data),
+                # the consumers' health reports, read by the API's /readyz (docs/RELIABILITY.md)
+                "COMPUTE_HEALTH_DIR": str(files.state_dir / "health")}
     return {**defaults, **os.environ, **stack_env}
 
 

@@ -1,0 +1,186 @@
+"""The projector notices when it stops making progress and heals (issue 15 item 1).
+
+On the real broker and PostgreSQL. Seen in issue 15: after a 60 s broker freeze the projector sat
+idle in ``poll()`` with no assignment (its group EMPTY) while the status backlog stood still, and
+its health said nothing. The first test puts the consumer in that state directly (it leaves the
+group and polls on); the freeze test SIGSTOPs a broker of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from schemas.consumer_health import Action
+from schemas.enums import TaskStatus
+from schemas.kafka_settings import KafkaSettings
+from schemas.topic_admin import ensure_topics
+from state.consumer_watchdog import LOCAL, ConsumerStalled, WatchdogSettings, gave_up, read_reports
+from state.db.migrate import migrate
+from state.devstack.kafka import KafkaBroker
+from state.healing_consumer import HealingConsumer
+from state.projector import Projector, ProjectorSettings
+from tests.state.db.helpers import T0, fresh_database, lifecycle, produce, task_row, wait_for
+
+# Short enough for tests that run in seconds; the defaults are minutes' worth of patience.
+FAST = dict(stall_after_s=3.0, check_interval_s=0.3, probe_timeout_s=1.5)
+
+
+@pytest.fixture
+def db_url(database_url: str) -> Iterator[str]:
+    with fresh_database(database_url) as url:
+        migrate(url)
+        yield url
+
+
+@pytest.fixture
+def health_dir(tmp_path: Path) -> Path:
+    return tmp_path / "health"
+
+
+class Running:
+    def __init__(self, projector: Projector, thread: threading.Thread) -> None:
+        self.projector, self.thread = projector, thread
+        self.error: BaseException | None = None
+        self.leave = threading.Event()  # set: the consumer leaves its group after a batch
+        self.left = threading.Event()  # ...and it has left
+
+    def on_batch(self, _result: object) -> None:
+        """In the projector's own thread (the consumer is not to be driven from another): the
+        state issue 15 saw, a member gone from its group that polls on, idle."""
+        if self.leave.is_set():
+            self.leave.clear()
+            self.projector.consumer.consumer.unsubscribe()
+            self.left.set()
+
+    def leave_group(self, kafka: KafkaSettings) -> None:
+        """Leave after the next batch (one task's records, written here), and wait until it has."""
+        self.leave.set()
+        submit(kafka, 1)
+        assert self.left.wait(30), "the projector did not project the trigger task"
+
+
+@contextmanager
+def running(db_url: str, kafka: KafkaSettings, health_dir: Path, *,
+            session_timeout_ms: int = 6000, **watchdog: float) -> Iterator[Running]:
+    settings = ProjectorSettings(group_instance_id=f"projector-{uuid.uuid4().hex[:6]}",
+                                 session_timeout_ms=session_timeout_ms)
+    hook: list[Running] = []
+    projector = Projector(db_url, kafka, create_topics=False, settings=settings,
+                          watchdog=WatchdogSettings(**{**FAST, **watchdog}, health_dir=health_dir),
+                          on_batch=lambda result: hook[0].on_batch(result))
+    stop = threading.Event()
+    run = Running(projector, threading.Thread(daemon=True, target=lambda: None))
+    hook.append(run)
+
+    def target() -> None:
+        try:
+            projector.run(stop)
+        except BaseException as exc:  # the test reads it
+            run.error = exc
+
+    run.thread = threading.Thread(target=target, daemon=True)
+    run.thread.start()
+    try:
+        yield run
+    finally:
+        stop.set()
+        run.thread.join(30)
+        assert not run.thread.is_alive()
+        LOCAL.pop(projector.consumer.watchdog.name, None)  # a report a give-up left behind
+
+
+def submit(kafka: KafkaSettings, count: int) -> list[str]:
+    """``count`` tasks through their whole lifecycle (5 status events each), acknowledged."""
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    produce(kafka, [e for i, t in enumerate(ids) for e in lifecycle(t, start=T0 + timedelta(minutes=i))])
+    return ids
+
+
+def all_completed(db_url: str, ids: list[str]) -> bool:
+    rows = [task_row(db_url, t) for t in ids]
+    return all(r is not None and r["status"] == TaskStatus.COMPLETED.value for r in rows)
+
+
+def test_a_consumer_left_without_assignment_is_recreated_and_catches_up(
+        kafka_settings: KafkaSettings, db_url: str, health_dir: Path) -> None:
+    ensure_topics(kafka_settings)
+    with running(db_url, kafka_settings, health_dir) as run:
+        first = submit(kafka_settings, 5)
+        wait_for(lambda: all_completed(db_url, first), what="the first tasks projected")
+        run.leave_group(kafka_settings)
+        later = submit(kafka_settings, 5)
+        wait_for(lambda: all_completed(db_url, later), timeout_s=30,
+                 what="the later tasks projected without anyone restarting the projector")
+        assert run.projector.consumer.recreations >= 1
+        assert run.thread.is_alive() and run.error is None
+        wait_for(lambda: read_reports(health_dir, 30, 600) == {run.projector.consumer.watchdog.name: "ok"},
+                 what="the health report back to ok")
+
+
+def test_a_consumer_that_recreating_does_not_heal_gives_up_and_says_so(
+        kafka_settings: KafkaSettings, db_url: str, health_dir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ensure_topics(kafka_settings)
+    with running(db_url, kafka_settings, health_dir) as run:
+        first = submit(kafka_settings, 3)
+        wait_for(lambda: all_completed(db_url, first), what="the first tasks projected")
+        # every new consumer subscribes to nothing: recreating cannot help
+        monkeypatch.setattr(run.projector.consumer, "_topics", [f"{kafka_settings.topic_prefix}.none"])
+        run.leave_group(kafka_settings)
+        name = run.projector.consumer.watchdog.name
+        submit(kafka_settings, 3)
+        run.thread.join(30)
+        assert not run.thread.is_alive(), "the projector should have given up"
+        assert isinstance(run.error, ConsumerStalled)
+        assert run.projector.consumer.recreations == 1
+        checks = read_reports(health_dir, 30, 600)
+        assert checks[name].startswith("not-ready: ") and "did not move" in checks[name]
+        assert name in gave_up()  # an embedded projector makes its process's /healthz fail
+
+
+def test_after_a_broker_freeze_the_projector_catches_up_and_is_not_ready_while_frozen(
+        db_url: str, health_dir: Path) -> None:
+    """A broker of its own, SIGSTOPped for longer than the session timeout and the stall bound
+    (issue 15: 60 s against librdkafka's 45 s session; here 12 s against 6 s)."""
+    with KafkaBroker() as broker:
+        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers,
+                              topic_prefix=f"t{uuid.uuid4().hex[:8]}", partitions=2)
+        ensure_topics(kafka)
+        with running(db_url, kafka, health_dir) as run:
+            name = run.projector.consumer.watchdog.name
+            first = submit(kafka, 5)
+            wait_for(lambda: all_completed(db_url, first), what="the first tasks projected")
+            assert broker.pid is not None
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                wait_for(lambda: read_reports(health_dir, 30, 600).get(name, "").startswith(
+                    "not-ready"), timeout_s=12, what="not ready while the broker is frozen")
+                assert run.projector.consumer.watchdog.verdict.action is Action.NONE
+                time.sleep(12 - FAST["stall_after_s"])  # the fault's length, not a synchronisation
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+            later = submit(kafka, 5)
+            wait_for(lambda: all_completed(db_url, later), timeout_s=45,
+                     what="the tasks written after the freeze projected, with no manual action")
+            wait_for(lambda: read_reports(health_dir, 30, 600) == {name: "ok"},
+                     what="ready again after the freeze")
+            assert run.thread.is_alive() and run.error is None
+
+
+def test_a_healing_consumer_without_watchdog_is_a_plain_consumer(kafka_settings: KafkaSettings) -> None:
+    consumer = HealingConsumer({**kafka_settings.client_config(), "group.id": "g"},
+                               [kafka_settings.topics.status], name="n", kafka=kafka_settings,
+                               settings=None)
+    consumer.heal()  # nothing asked: nothing done
+    assert consumer.watchdog is None and consumer.recreations == 0
+    consumer.close()
