@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from state.devstack.kafka import KafkaBroker
-from state.devstack.kafka_cluster import KafkaCluster
+from state.devstack.kafka_cluster import KafkaCluster, topic_env
 from state.devstack.postgres import PostgresCluster
 from state.devstack.procs import DevStackError
 from state.devstack.s3 import S3Endpoint, s3_credentials_env
@@ -163,6 +163,9 @@ class LocalStack:
             env.update(self.kafka.env())  # every node, and the topics' RF / min ISR
         elif self.kafka is not None:
             env["KAFKA_BOOTSTRAP_SERVERS"] = self.kafka.bootstrap_servers
+            # 1/1, said explicitly: a shell that still exports a cluster's 3/2 must not reach
+            # `topics create` or the services of this one-broker stack.
+            env.update(topic_env(1))
         if self.postgres is not None:
             env["DATABASE_URL"] = self.postgres.url
         if self.s3 is not None:

@@ -143,7 +143,11 @@ def _prepare(files: SystemFiles, env: dict[str, str], tenant: str) -> str:
     from schemas.topic_admin import ensure_topics
     from state.db.migrate import migrate
 
-    report = ensure_topics(KafkaSettings(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"]))
+    # The stack's replication (3/2 on a cluster, 1/1 on one broker), not the caller's shell's.
+    replication = {field: env[var] for field, var in (("replication_factor", "KAFKA_REPLICATION_FACTOR"),
+                                                      ("min_insync_replicas", "KAFKA_MIN_INSYNC_REPLICAS"))
+                   if env.get(var)}
+    report = ensure_topics(KafkaSettings(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"], **replication))
     applied = migrate(env["DATABASE_URL"])
     click.echo(f"topics: {len(report.created)} created, {len(report.existing)} there; "
                f"migrations: {len(applied)} applied", err=True)
