@@ -1,6 +1,7 @@
 """The read side of the model, for the API: one task, a filtered page of tasks, task events.
 
-Every query is scoped to a tenant: a task of another tenant does not exist for the caller.
+Every query is scoped to a tenant: a task of another tenant does not exist for the caller. An
+operator key's reads pass ``tenant_id=None`` (every tenant): state/api/routes/overview.py.
 """
 
 from __future__ import annotations
@@ -56,18 +57,25 @@ class TaskFilter:
     search: str | None = None  # task id prefix
 
 
-async def get_task(conn: psycopg.AsyncConnection, task_id: str, tenant_id: str) -> dict[str, Any] | None:
-    cur = await conn.execute(
-        _SELECT + sql.SQL(" WHERE task_id = %s AND origin_tenant_id = %s"), (task_id, tenant_id)
-    )
+async def get_task(conn: psycopg.AsyncConnection, task_id: str, tenant_id: str | None) -> dict[str, Any] | None:
+    """The task, if it is ``tenant_id``'s; ``None`` reads any tenant's (operator keys only)."""
+    if tenant_id is None:
+        cur = await conn.execute(_SELECT + sql.SQL(" WHERE task_id = %s"), (task_id,))
+    else:
+        cur = await conn.execute(
+            _SELECT + sql.SQL(" WHERE task_id = %s AND origin_tenant_id = %s"), (task_id, tenant_id)
+        )
     return await cur.fetchone()
 
 
-def tenant_where(tenant_id: str, f: Any, columns: tuple[str, ...]) -> tuple[list[sql.Composable], list[Any]]:
-    """The WHERE clauses (and their arguments) of a tenant's list: each of ``columns`` that ``f``
-    sets must be equal, ``f.created_after`` <= created_at < ``f.created_before``."""
-    clauses: list[sql.Composable] = [sql.SQL("origin_tenant_id = %s")]
-    args: list[Any] = [tenant_id]
+def tenant_where(tenant_id: str | None, f: Any, columns: tuple[str, ...]) -> tuple[list[sql.Composable], list[Any]]:
+    """The WHERE clauses (and their arguments) of a tenant's list (``None``: every tenant's, for
+    operator keys): each of ``columns`` that ``f`` sets must be equal, ``f.created_after`` <=
+    created_at < ``f.created_before``."""
+    clauses: list[sql.Composable] = [sql.SQL("TRUE")]
+    args: list[Any] = []
+    if tenant_id is not None:
+        clauses, args = [sql.SQL("origin_tenant_id = %s")], [tenant_id]
     for column in columns:
         value = getattr(f, column)
         if value is not None:
@@ -82,7 +90,7 @@ def tenant_where(tenant_id: str, f: Any, columns: tuple[str, ...]) -> tuple[list
     return clauses, args
 
 
-def _where(tenant_id: str, f: TaskFilter) -> tuple[sql.Composable, list[Any]]:
+def _where(tenant_id: str | None, f: TaskFilter) -> tuple[sql.Composable, list[Any]]:
     clauses, args = tenant_where(tenant_id, f, ("status", "task_type", "provider_type", "origin_instance",
                                                 "origin_zone", "origin_tenant_id"))
     if f.search:
@@ -93,7 +101,7 @@ def _where(tenant_id: str, f: TaskFilter) -> tuple[sql.Composable, list[Any]]:
 
 
 async def list_tasks(
-    conn: psycopg.AsyncConnection, tenant_id: str, f: TaskFilter, *, page: int, page_size: int,
+    conn: psycopg.AsyncConnection, tenant_id: str | None, f: TaskFilter, *, page: int, page_size: int,
     sort_by: str = "created_at", sort_order: str = "desc",
 ) -> tuple[list[dict[str, Any]], int]:
     """One page of the tenant's tasks matching ``f`` and the total count."""

@@ -183,6 +183,9 @@ class TaskListQuery(BaseModel):
     origin_instance: str | None = Field(default=None, max_length=200, pattern=_NO_CONTROL)
     origin_zone: str | None = Field(default=None, max_length=200, pattern=_NO_CONTROL)
     origin_tenant_id: str | None = Field(default=None, max_length=200, pattern=_NO_CONTROL)
+    tenant: str | None = Field(default=None, max_length=200, pattern=_NO_CONTROL, description=(
+        "operator keys only (403 for a tenant key): this tenant's tasks; without it an operator "
+        "key lists every tenant's"))
     created_after: QueryDatetime | None = Field(default=None, description="inclusive")
     created_before: QueryDatetime | None = Field(default=None, description="exclusive")
     search: str | None = Field(default=None, min_length=1, max_length=36,

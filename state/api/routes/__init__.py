@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from state.api.routes import catalog, events, generations, monitoring, tasks
+from state.api.routes import catalog, events, generations, monitoring, overview, tasks
 
 api_router = APIRouter()
 api_router.include_router(tasks.router)
@@ -12,3 +12,4 @@ api_router.include_router(events.router)
 api_router.include_router(monitoring.router)
 api_router.include_router(generations.router)
 api_router.include_router(catalog.router)
+api_router.include_router(overview.router)

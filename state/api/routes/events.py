@@ -24,6 +24,7 @@ from state.api.notifier import EventNotifier
 from state.api.problems import ApiProblem
 from state.api.routing import ApiRoute
 from state.api.routes.common import UuidPath, finished, not_found, problem_responses, task_uuid
+from state.api.routes.overview import fleet_scope
 from state.api.settings import ApiSettings
 from state.db.pool import AsyncPool
 from state.db.queries import events_after, get_task
@@ -43,7 +44,7 @@ def _frame(task_id: str, row: dict) -> str:
 
 
 async def stream_events(pool: AsyncPool, notifier: EventNotifier, settings: ApiSettings,
-                        task_id: str, tenant_id: str, after: int) -> AsyncIterator[str]:
+                        task_id: str, tenant_id: str | None, after: int) -> AsyncIterator[str]:
     yield f"retry: {_RETRY_MS}\n\n"
     idle_s = 0.0
     with notifier.subscribe(task_id) as wake:
@@ -86,7 +87,8 @@ async def follow_task(
         "description": "the id of the last event received: resume after it (400 otherwise)"})] = None,
     after: Annotated[int | None, Query(ge=0, description="resume after this event id")] = None,
 ) -> StreamingResponse:
-    """Follow a task live: every status change and progress report, resumable."""
+    """Follow a task live: every status change and progress report, resumable. An operator key
+    follows any tenant's task."""
     tid = task_uuid(task_id)
     start = after or 0
     if last_event_id is not None:
@@ -94,11 +96,12 @@ async def follow_task(
             raise ApiProblem(400, "bad-last-event-id",
                              "Last-Event-ID must be the id of an event this stream sent")
         start = max(start, int(last_event_id))
+    scope = fleet_scope(caller)  # an operator key follows any tenant's task
     async with pool.connection() as conn:
-        if await get_task(conn, tid, caller.tenant_id) is None:
+        if await get_task(conn, tid, scope) is None:
             raise not_found(tid, caller.tenant_id)
     return StreamingResponse(
-        stream_events(pool, notifier, settings, tid, caller.tenant_id, start),
+        stream_events(pool, notifier, settings, tid, scope, start),
         media_type=SSE_MEDIA_TYPE,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -34,6 +34,7 @@ from state.api.routes.common import (
     problem_responses,
     task_uuid,
 )
+from state.api.routes.overview import fleet_scope
 from state.db.queries import TaskFilter, get_task, list_tasks
 
 router = APIRouter(prefix="/tasks", tags=["tasks"], route_class=ApiRoute)
@@ -93,10 +94,15 @@ def _accepted(response: Response, task_id: str, task_type: TaskType, status: Tas
                         idempotent_replay=replay, links=links)
 
 
-@router.get("", response_model=TasksPublic, responses=problem_responses(401, 422))
+@router.get("", response_model=TasksPublic, responses=problem_responses(401, 403, 422))
 async def list_tasks_route(query: Annotated[TaskListQuery, Query()], caller: CallerDep,
                            db: DbDep) -> TasksPublic:
-    """The caller's tenant's tasks, filtered, sorted and paged; ``total`` counts every match."""
+    """The caller's tenant's tasks, filtered, sorted and paged; ``total`` counts every match.
+    An operator key lists every tenant's tasks, or one tenant's with ``tenant``."""
+    if query.tenant is not None and not caller.operator:
+        raise ApiProblem(403, "operator-only", "tenant: only an operator key lists other "
+                         "tenants' tasks; a tenant key lists its own without it")
+    scope = query.tenant if query.tenant is not None else fleet_scope(caller)
     f = TaskFilter(
         status=None if query.status is None else query.status.value,
         task_type=None if query.task_type is None else query.task_type.value,
@@ -105,7 +111,7 @@ async def list_tasks_route(query: Annotated[TaskListQuery, Query()], caller: Cal
         created_after=query.created_after, created_before=query.created_before,
         search=query.search,
     )
-    rows, total = await list_tasks(db, caller.tenant_id, f, page=query.page,
+    rows, total = await list_tasks(db, scope, f, page=query.page,
                                    page_size=query.page_size, sort_by=query.sort_by,
                                    sort_order=query.sort_order)
     return TasksPublic(items=[TaskPublic.from_row(r) for r in rows], total=total,
@@ -117,16 +123,17 @@ async def read_task(task_id: UuidPath, caller: CallerDep, pool: PoolDep, notifie
                     settings: SettingsDep, wait: WaitQuery = 0.0) -> TaskPublic:
     """Status, progress, attempt, result, error and timestamps of one task; with ``wait``, a
     long poll that answers when the task has ended (COMPLETED, CANCELLED, or FAILED with no
-    retry to come)."""
+    retry to come). An operator key reads any tenant's task."""
     tid = task_uuid(task_id)
     check_wait(wait, settings)
+    scope = fleet_scope(caller)
 
     async def read() -> dict | None:
         async with pool.connection() as conn:  # not held while waiting
-            return await get_task(conn, tid, caller.tenant_id)
+            return await get_task(conn, tid, scope)
 
-    def accept(row: dict) -> dict | None:  # a notified row: only the caller's own task
-        return row if row["origin_tenant_id"] == caller.tenant_id else None
+    def accept(row: dict) -> dict | None:  # a notified row: only a task the caller may read
+        return row if scope is None or row["origin_tenant_id"] == scope else None
 
     row = await (notifier.long_poll(tid, read, finished, wait, settings.sse_poll_s,
                                     may_end=may_have_finished, accept=accept) if wait else read())
@@ -138,9 +145,10 @@ async def read_task(task_id: UuidPath, caller: CallerDep, pool: PoolDep, notifie
 @router.get("/{task_id}/result", response_model=TaskResultPublic,
             responses=problem_responses(401, 404, 409))
 async def read_result(task_id: UuidPath, caller: CallerDep, db: DbDep) -> TaskResultPublic:
-    """The result of a COMPLETED task; 409 while it has none (not finished, failed, cancelled)."""
+    """The result of a COMPLETED task; 409 while it has none (not finished, failed, cancelled).
+    An operator key reads any tenant's."""
     tid = task_uuid(task_id)
-    row = await get_task(db, tid, caller.tenant_id)
+    row = await get_task(db, tid, fleet_scope(caller))
     if row is None:
         raise not_found(tid, caller.tenant_id)
     if row["status"] != TaskStatus.COMPLETED.value or row["result"] is None:

@@ -62,7 +62,10 @@ def test_every_operation_answers_as_documented(api: ApiStack, client: httpx.Clie
             url = re.sub(r"\{(\w+)\}", lambda m: path_values[m[1]], url)
             body = bodies.get(path, GOOD) if method == "post" and "requestBody" in op else None
             needs_key = "security" in op
-            operator_only = "403" in op["responses"]  # fleet-wide: an operator key
+            # Fleet-wide routes: an operator key. GET /tasks documents 403 for its operator-only
+            # `tenant` filter, checked below; without it a tenant key lists its own tasks.
+            fleet_filter = (method, path) == ("get", "/api/v1/tasks")
+            operator_only = "403" in op["responses"] and not fleet_filter
             headers = (operator if operator_only else tenant).headers if needs_key else {}
             resp = client.request(method.upper(), url, json=body, headers=headers)
             documented = {int(code) for code in op["responses"] if code.isdigit()}
@@ -76,6 +79,9 @@ def test_every_operation_answers_as_documented(api: ApiStack, client: httpx.Clie
             if operator_only:  # and a tenant key
                 assert client.request(method.upper(), url, json=body,
                                       headers=tenant.headers).status_code == 403
+            if fleet_filter:
+                assert client.get(url, params={"tenant": operator.name},
+                                  headers=tenant.headers).status_code == 403
             visited.add((method, path))
     assert visited == {(m, p) for p, ops in doc["paths"].items() for m in ops}
     assert {p for _, p in visited} >= {"/api/v1/tasks", "/api/v1/tasks/{task_id}",
