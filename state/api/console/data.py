@@ -1,11 +1,10 @@
-"""What the console shows that the REST routes do not answer as they are: the last hour per
-task type, the worker running each task, a task's webhook deliveries, and the bytes of a result.
+"""The console's settings and the one thing it serves that the REST routes do not: the bytes of
+a result, read from the same results store the workers write (no second source of truth).
 
-All of it comes from the same read model (the ``tasks`` / ``task_events`` / ``webhook_outbox``
-tables the projector writes) and the same results store the workers write: no second source of
-truth. Result bytes are only ever served for a URL that a task row of the caller's tenant names,
-and only from inside the configured results root (``RESULTS_URL``): a stored URL pointing
-elsewhere is refused, never followed.
+Result bytes are only ever served for a URL that a task the caller may read names (its own
+tenant's; any tenant's for an operator key, as GET /tasks/{id} answers), and only from inside
+the configured results root (``RESULTS_URL``): a stored URL pointing elsewhere is refused, never
+followed.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import psycopg
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -99,45 +97,3 @@ def read_output(settings: ConsoleSettings, url: str) -> Output:
         except (BotoCoreError, ClientError) as exc:  # a missing object, the endpoint down
             raise OutputRefused(f"the object could not be read: {type(exc).__name__}") from None
     raise OutputRefused("not in the results store")
-
-
-async def last_hour(conn: psycopg.AsyncConnection, tenant_id: str) -> dict[str, dict[str, Any]]:
-    """Per task type of the tenant: queued and running now; completed, failed and p50/p95
-    duration (ms) of the tasks that ended in the last hour."""
-    cur = await conn.execute(
-        "SELECT task_type,"
-        " count(*) FILTER (WHERE status IN ('PENDING', 'QUEUED')) AS queued,"
-        " count(*) FILTER (WHERE status = 'PROCESSING') AS running,"
-        " count(*) FILTER (WHERE status = 'COMPLETED' AND completed_at > now() - interval '1 hour')"
-        "   AS completed,"
-        " count(*) FILTER (WHERE status = 'FAILED' AND updated_at > now() - interval '1 hour')"
-        "   AS failed,"
-        " percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE status = 'COMPLETED'"
-        "   AND completed_at > now() - interval '1 hour') AS p50,"
-        " percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE status = 'COMPLETED'"
-        "   AND completed_at > now() - interval '1 hour') AS p95"
-        " FROM tasks WHERE origin_tenant_id = %s GROUP BY 1 ORDER BY 1", (tenant_id,))
-    return {r["task_type"]: {k: (None if r[k] is None else round(float(r[k])))
-                             for k in ("queued", "running", "completed", "failed", "p50", "p95")}
-            for r in await cur.fetchall()}
-
-
-async def running_by_worker(conn: psycopg.AsyncConnection) -> dict[str, dict[str, str]]:
-    """Worker id -> the task it reported PROCESSING last, for tasks still PROCESSING (fleet-wide:
-    operators only)."""
-    cur = await conn.execute(
-        "SELECT DISTINCT ON (e.task_id) e.payload->>'worker_id' AS worker_id, e.task_id::text,"
-        " t.task_type FROM task_events e JOIN tasks t ON t.task_id = e.task_id"
-        " WHERE t.status = 'PROCESSING' AND e.status = 'PROCESSING'"
-        " ORDER BY e.task_id, e.seq DESC")
-    return {r["worker_id"]: {"task_id": r["task_id"], "task_type": r["task_type"]}
-            for r in await cur.fetchall() if r["worker_id"]}
-
-
-async def webhook_deliveries(conn: psycopg.AsyncConnection, task_id: str) -> list[dict[str, Any]]:
-    """The task's webhook deliveries, oldest first (the caller checked the task is its own)."""
-    cur = await conn.execute(
-        "SELECT url, state, attempts, last_status_code, last_error, created_at, updated_at"
-        " FROM webhook_outbox WHERE subject_kind = 'task' AND subject_id = %s"
-        " ORDER BY outbox_id LIMIT 100", (task_id,))
-    return list(await cur.fetchall())

@@ -26,21 +26,14 @@ from starlette.concurrency import run_in_threadpool
 
 from schemas.enums import ErrorCode, TaskStatus, TaskType
 from state.api.console.auth import check_csrf, session_caller
-from state.api.console.data import (
-    OutputRefused,
-    last_hour,
-    media_type,
-    read_output,
-    result_urls,
-    running_by_worker,
-    webhook_deliveries,
-)
+from state.api.console.data import OutputRefused, media_type, read_output, result_urls
 from state.api.console.pages import ConsoleRoute, read_form, render
 from state.api.models.generations import GenerationListQuery
 from state.api.models.tasks import TaskListQuery, TaskSubmit
 from state.api.problems import ApiProblem
 from state.api.routes import generations as gen_routes
 from state.api.routes import monitoring as mon_routes
+from state.api.routes import overview as overview_routes
 from state.api.routes import tasks as task_routes
 from state.api.routes.common import finished, task_uuid
 from state.api.routes.events import SSE_MEDIA_TYPE, stream_events
@@ -64,10 +57,13 @@ def _app(request: Request) -> Any:
 
 
 async def _overview(request: Request, caller: Caller, fleet: dict[str, Any] | None) -> dict[str, Any]:
-    state = _app(request)
-    async with state.pool.connection() as conn:
-        per_type = await last_hour(conn, caller.tenant_id)
-        running = await running_by_worker(conn) if caller.operator else {}
+    async with _app(request).pool.connection() as conn:
+        figures = await overview_routes.overview(caller, conn)  # GET /monitoring/overview
+    per_type = {t.task_type.value: {
+        "queued": t.queued, "running": t.running, "completed": t.completed_last_hour,
+        "failed": t.failed_last_hour, "p50": t.p50_ms, "p95": t.p95_ms} for t in figures.types}
+    running = {r.worker_id: {"task_id": r.task_id, "task_type": r.task_type.value}
+               for r in figures.running}
     types = []
     backlog = (fleet or {}).get("backlog", {})
     for t in TaskType:
@@ -77,8 +73,8 @@ async def _overview(request: Request, caller: Caller, fleet: dict[str, Any] | No
     workers = None
     if fleet is not None:
         workers = [{**w, "current": running.get(w["client_id"])} for w in fleet["workers"]]
-    return {"tenant": caller.tenant_id, "operator": caller.operator, "types": types,
-            "workers": workers, "at": time.strftime("%H:%M:%S")}
+    return {"tenant": caller.tenant_id, "operator": caller.operator, "scope": figures.scope,
+            "types": types, "workers": workers, "at": time.strftime("%H:%M:%S")}
 
 
 async def _fleet(request: Request, caller: Caller) -> dict[str, Any] | None:
@@ -135,10 +131,12 @@ async def overview_stream(request: Request) -> StreamingResponse:
 @router.get("/tasks", response_class=HTMLResponse)
 async def tasks(request: Request, status: str = "", task_type: str = "", origin_instance: str = "",
                 created_after: str = "", created_before: str = "", search: str = "",
-                page: Annotated[int, Query(ge=1)] = 1) -> Response:
+                tenant: str = "", page: Annotated[int, Query(ge=1)] = 1) -> Response:
     caller, session = await session_caller(request)
     filters = {"status": status, "task_type": task_type, "origin_instance": origin_instance,
-               "created_after": created_after, "created_before": created_before, "search": search}
+               "created_after": created_after, "created_before": created_before, "search": search,
+               # GET /tasks?tenant= is an operator's filter (a tenant key gets 403 from the API).
+               "tenant": tenant if caller.operator else ""}
     try:
         query = TaskListQuery(**{k: v for k, v in filters.items() if v}, page=page,
                               page_size=_PAGE_SIZE)
@@ -173,13 +171,16 @@ async def _task(request: Request, caller: Caller, task_id: str) -> Any:
 async def task_page(request: Request, task_id: str) -> Response:
     caller, session = await session_caller(request)
     task = await _task(request, caller, task_id)
+    own = task.origin.tenant_id == caller.tenant_id
     async with _app(request).pool.connection() as conn:
         events = await events_after(conn, task.task_id, 0)
-        deliveries = await webhook_deliveries(conn, task.task_id)
+        # GET /tasks/{id}/webhook-deliveries: the task's own tenant only (an operator's too).
+        deliveries = (await overview_routes.task_webhook_deliveries(task.task_id, caller, conn)
+                      ).items if own else None
     outputs = [{"n": n, "url": f"/console/tasks/{task.task_id}/output/{n}",
                 "kind": _kind(u)} for n, u in enumerate(result_urls(task.result))]
     return render(request, "task.html", {
-        "caller": caller, "csrf": session.csrf, "page": "tasks", "task": task,
+        "caller": caller, "csrf": session.csrf, "page": "tasks", "task": task, "own": own,
         "events": events, "deliveries": deliveries, "outputs": outputs,
         "retryable": _retryable(task), "finished": finished({
             "status": task.status.value, "error_code": None if task.error is None else task.error.code.value,
@@ -199,7 +200,8 @@ async def task_events(request: Request, task_id: str, after: Annotated[int, Quer
     task = await _task(request, caller, task_id)
     state = _app(request)
     return StreamingResponse(
-        stream_events(state.pool, state.notifier, state.settings, task.task_id, caller.tenant_id, after),
+        stream_events(state.pool, state.notifier, state.settings, task.task_id,
+                      overview_routes.fleet_scope(caller), after),
         media_type=SSE_MEDIA_TYPE, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -247,6 +249,8 @@ async def retry_as_new(request: Request, task_id: str) -> Response:
     """Submit a new task with the same type and parameters (POST /api/v1/tasks)."""
     caller = await _form_csrf(request)
     task = await _task(request, caller, task_id)
+    if task.origin.tenant_id != caller.tenant_id:  # an operator reads the fleet, acts on its own
+        raise ApiProblem(403, "not-own-task", "only the task's own tenant can retry it")
     if task.params is None:
         raise ApiProblem(409, "no-params", "the task's parameters are not known yet")
     body = _SUBMIT.validate_python({**task.params, "task_type": task.task_type.value,
