@@ -29,6 +29,7 @@ from processors.lease_timer import LeaseTimer
 from processors.evaluators.base import EvaluatorRegistry, EvaluatorSettings, default_registry
 from processors.leases import LeaseBook
 from processors.orchestrator import FetchImage, Orchestrator, Outbox, install
+from processors.progress import install as install_progress_watch
 from processors.settings import ProcessorSettings
 from processors.transport import ProcessorsApp
 from schemas.codec import EventCodec
@@ -279,4 +280,9 @@ def create_app(
         evaluator_settings or EvaluatorSettings.from_env(), fetch_image or _default_fetch_image())
     install(app, kafka, orchestrator, dead_letter_headers=_dead_letter_headers,
             on_delivered=on_state_delivered)
+    # Committed offsets of the fold's sources must move while they have records to commit
+    # (processors/progress.py: rejoin, then crash for the supervisor; issue 15 item 2).
+    app.progress = install_progress_watch(
+        app, kafka, app_id, [topics.status, *topics.task_topics()],
+        name=settings.group_instance_id or app_id)
     return app
