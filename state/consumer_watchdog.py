@@ -29,13 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.consumer_health import (
-    Action, Observation, Offsets, PartitionKey, ProgressWatch, Verdict,
+    Action,
+    Observation,
+    Offsets,
+    PartitionKey,
+    ProgressWatch,
+    Verdict,
 )
 from schemas.errors import ComputeError
 from schemas.kafka_settings import KafkaSettings
@@ -115,7 +120,7 @@ class OffsetProbe:
         """None when the broker does not answer in time, or answers with an error."""
         try:
             return self._read()
-        except Exception as exc:  # KafkaException, TimeoutError of a future, ...
+        except (KafkaException, TimeoutError) as exc:  # a future's TimeoutError too
             log.info("offsets unreadable: %r", exc)
             # A new client next time: after a broker freeze librdkafka's admin client kept
             # sending a stale leader epoch (FENCED_LEADER_EPOCH at every ListOffsets, measured

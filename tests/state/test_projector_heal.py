@@ -24,15 +24,28 @@ from schemas.consumer_health import Action
 from schemas.enums import TaskStatus
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
-from state.consumer_watchdog import LOCAL, ConsumerStalled, WatchdogSettings, gave_up, read_reports
+from state.consumer_watchdog import (
+    LOCAL,
+    ConsumerStalled,
+    WatchdogSettings,
+    gave_up,
+    read_reports,
+)
 from state.db.migrate import migrate
 from state.devstack.kafka import KafkaBroker
 from state.healing_consumer import HealingConsumer
 from state.projector import Projector, ProjectorSettings
-from tests.state.db.helpers import T0, fresh_database, lifecycle, produce, task_row, wait_for
+from tests.state.db.helpers import (
+    T0,
+    fresh_database,
+    lifecycle,
+    produce,
+    task_row,
+    wait_for,
+)
 
 # Short enough for tests that run in seconds; the defaults are minutes' worth of patience.
-FAST = dict(stall_after_s=3.0, check_interval_s=0.3, probe_timeout_s=1.5)
+FAST = {"stall_after_s": 3.0, "check_interval_s": 0.3, "probe_timeout_s": 1.5}
 
 
 @pytest.fixture
