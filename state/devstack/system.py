@@ -103,6 +103,19 @@ def services_env(stack_env: dict[str, str], files: SystemFiles) -> dict[str, str
     return {**defaults, **os.environ, **stack_env}
 
 
+def stack_kafka_settings(stack_env: dict[str, str], **extra: Any) -> Any:
+    """KafkaSettings for the stack's Kafka: its bootstrap servers and its topics' replication
+    (3/2 on a cluster, 1/1 on one broker), not the caller's shell's; the rest as usual."""
+    from schemas.kafka_settings import KafkaSettings
+
+    fields = {field: stack_env[var] for field, var in (
+        ("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS"),
+        ("replication_factor", "KAFKA_REPLICATION_FACTOR"),
+        ("min_insync_replicas", "KAFKA_MIN_INSYNC_REPLICAS"),
+    ) if stack_env.get(var)}
+    return KafkaSettings(**fields, **extra)
+
+
 # --------------------------------------------------------------------------- the API key
 
 def ensure_key(files: SystemFiles, database_url: str, tenant: str) -> str:

@@ -36,6 +36,7 @@ from state.devstack.system import (
     ensure_key,
     service_specs,
     services_env,
+    stack_kafka_settings,
     start_supervisor,
     stop_services,
     wait_ready,
@@ -139,15 +140,10 @@ def _up(files: SystemFiles, types: list[TaskType], workers: int, tenant: str, ti
 
 def _prepare(files: SystemFiles, env: dict[str, str], tenant: str) -> str:
     """The topics (idempotent), the migrations (idempotent), the tenant's key (once)."""
-    from schemas.kafka_settings import KafkaSettings
     from schemas.topic_admin import ensure_topics
     from state.db.migrate import migrate
 
-    # The stack's replication (3/2 on a cluster, 1/1 on one broker), not the caller's shell's.
-    replication = {field: env[var] for field, var in (("replication_factor", "KAFKA_REPLICATION_FACTOR"),
-                                                      ("min_insync_replicas", "KAFKA_MIN_INSYNC_REPLICAS"))
-                   if env.get(var)}
-    report = ensure_topics(KafkaSettings(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"], **replication))
+    report = ensure_topics(stack_kafka_settings(env))
     applied = migrate(env["DATABASE_URL"])
     click.echo(f"topics: {len(report.created)} created, {len(report.existing)} there; "
                f"migrations: {len(applied)} applied", err=True)

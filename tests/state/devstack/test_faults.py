@@ -23,7 +23,6 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
 from state.devstack import control
 from state.devstack.procs import pid_alive, process_group_members, wait_until
@@ -34,6 +33,7 @@ from state.devstack.server import (
     sweep_stale_workdirs,
 )
 from state.devstack.stack import LocalStack
+from state.devstack.system import stack_kafka_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -200,9 +200,8 @@ def test_cluster_topics_get_rf3_and_min_isr2(cluster: tuple[Path, dict[str, str]
     _, env = cluster
     assert len(env["KAFKA_BOOTSTRAP_SERVERS"].split(",")) == 3
     assert (env["KAFKA_REPLICATION_FACTOR"], env["KAFKA_MIN_INSYNC_REPLICAS"]) == ("3", "2")
-    settings = KafkaSettings(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"], topic_prefix=f"c{uuid.uuid4().hex[:6]}",
-                             replication_factor=int(env["KAFKA_REPLICATION_FACTOR"]),
-                             min_insync_replicas=int(env["KAFKA_MIN_INSYNC_REPLICAS"]), partitions=2)
+    # What `computectl up` creates its topics with (it once passed the bootstrap alone: RF 1).
+    settings = stack_kafka_settings(env, topic_prefix=f"c{uuid.uuid4().hex[:6]}", partitions=2)
     ensure_topics(settings)
 
     admin = AdminClient(settings.client_config())
