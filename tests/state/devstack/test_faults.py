@@ -168,9 +168,7 @@ def test_stack_methods_crash_freeze_and_restart_a_broker_on_its_data() -> None:
         stack.start_broker(1)
         assert stack.broker(1).pid not in (None, first)
         assert read_back(bootstrap, topic, 1, expect=2) == [b"one", b"two"]
-
-        stack.restart_kafka()
-        assert read_back(bootstrap, topic, 1, expect=2) == [b"one", b"two"]
+        # (restart_kafka() is the same halt + resume as `dev restart kafka`, tested above.)
         pids = stack.pids()
     assert all(not pid_alive(p) for p in pids)
 
