@@ -19,7 +19,12 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from schemas.consumer_health import Action, Verdict
 from schemas.kafka_settings import KafkaSettings
 from state.consumer_watchdog import (
-    ConsumerSignals, ConsumerStalled, OffsetProbe, Watchdog, WatchdogSettings, WatchdogThread,
+    ConsumerSignals,
+    ConsumerStalled,
+    OffsetProbe,
+    Watchdog,
+    WatchdogSettings,
+    WatchdogThread,
 )
 
 log = logging.getLogger("state.healing_consumer")
