@@ -215,7 +215,9 @@ def standard_specs(api_port: int) -> dict[str, tuple[list[str], dict[str, str]]]
 
 
 def new_state_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="fault-suite-"))
+    path = Path(tempfile.mkdtemp(prefix="fault-suite-"))
+    path.chmod(0o755)  # the stack's base folder: PostgreSQL runs as 'nobody' when we are root
+    return path
 
 
 def api_port() -> int:

@@ -48,12 +48,18 @@ class System:
     @classmethod
     def start(cls, brokers: int = 1) -> System:
         state_dir = new_state_dir()
-        stack = LocalStack(brokers=brokers, base_dir=None) if brokers > 1 else LocalStack()
+        # Its own base folder: another stack starting on this machine sweeps the work folders of
+        # dead brokers under /tmp, and a broker the suite has killed is one until it restarts.
+        stack = LocalStack(brokers=brokers, base_dir=state_dir)
         stack.start(timeout=240)
         system = None
         try:
             env = stack.env()
-            kafka = KafkaSettings(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+            # The stack's replication (3/2 on the cluster, 1/1 on one broker), as `computectl up`.
+            replication = {f: env[v] for f, v in (("replication_factor", "KAFKA_REPLICATION_FACTOR"),
+                                                  ("min_insync_replicas", "KAFKA_MIN_INSYNC_REPLICAS"))
+                           if env.get(v)}
+            kafka = KafkaSettings(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"], **replication)
             from schemas.topic_admin import ensure_topics
             from state.db.apikeys import create_key
             from state.db.migrate import migrate
@@ -62,7 +68,7 @@ class System:
             migrate(env["DATABASE_URL"])
             key, _ = create_key(env["DATABASE_URL"], "fault-suite", name="fault suite")
             port = api_port()
-            (state_dir / "logs").mkdir()
+            (state_dir / "logs").mkdir(exist_ok=True)
             services = Services(service_env(env, state_dir), state_dir / "logs",
                                 standard_specs(port))
             history = History()
