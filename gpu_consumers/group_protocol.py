@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 from confluent_kafka.admin import (
     AdminClient,
@@ -32,6 +32,10 @@ from schemas.kafka_settings import KafkaSettings
 log = logging.getLogger("gpu_consumers.worker")
 
 _TIMEOUT_S = 10.0
+# Client settings KIP-848 refuses (the broker's group.consumer.* configs govern): librdkafka will
+# not create the consumer with them.
+_CLASSIC_ONLY = ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy",
+                 "group.protocol.type")
 
 Protocol = Literal["classic", "consumer"]
 
@@ -66,3 +70,17 @@ def choose_protocol(kafka: KafkaSettings, wanted: str, groups: list[str], sessio
     log.info("consumer-group protocol: classic with a %d ms session (KIP-848 not used: the "
              "broker did not take the groups' session timeout: %s)", session_ms, why)
     return "classic"
+
+
+def client_config_for(protocol: Protocol, config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (KafkaSettings.client_config(), with KAFKA_CLIENT_EXTRA) without the settings
+    the KIP-848 protocol refuses; a dropped one is logged (WORKER_SESSION_TIMEOUT_MS sets the
+    group's session timeout instead)."""
+    if protocol != "consumer":
+        return config
+    dropped = [k for k in _CLASSIC_ONLY if k in config]
+    if dropped:
+        log.warning("group.protocol=consumer: ignoring %s from the client settings (the broker "
+                    "governs them; WORKER_SESSION_TIMEOUT_MS sets the group's session timeout)",
+                    ", ".join(dropped))
+    return {k: v for k, v in config.items() if k not in _CLASSIC_ONLY}

@@ -58,7 +58,7 @@ from gpu_consumers.control import CancelledIds, CancelReason, ControlListener
 from gpu_consumers.emitter import Emitter
 from gpu_consumers.execution import Outcome, RunReport, Services, TaskRun
 from gpu_consumers.fault_points import fault_point
-from gpu_consumers.group_protocol import Protocol, choose_protocol
+from gpu_consumers.group_protocol import Protocol, choose_protocol, client_config_for
 from gpu_consumers.handlers.registry import HandlerFactory, HandlerSet, Providers
 from gpu_consumers.offsets import CommitLedger, Partition
 from gpu_consumers.settings import ContentPolicy, WorkerSettings
@@ -432,7 +432,7 @@ class Worker:
     def _open_lane(self, task_type: TaskType) -> _Lane:
         ledger = CommitLedger()
         consumer = Consumer({
-            **self.kafka.client_config(),
+            **client_config_for(self.protocol, self.kafka.client_config()),
             "group.id": self.settings.group_id(task_type),
             "client.id": self.worker_id,
             "enable.auto.commit": False,

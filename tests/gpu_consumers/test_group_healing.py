@@ -31,7 +31,14 @@ from schemas.topic_admin import ensure_topics
 from state.api.monitoring import KafkaMonitor
 from gpu_consumers.runtime import Worker
 from gpu_consumers.storage import FileStore
-from tests.gpu_consumers.runtime_helpers import TYPE, Running, Scripted, submit, worker_settings
+from tests.gpu_consumers.runtime_helpers import (
+    TYPE,
+    Running,
+    Scripted,
+    committed,
+    submit,
+    worker_settings,
+)
 from tests.kafka_helpers import StatusLog, wait_for
 
 pytestmark = pytest.mark.integration
@@ -135,6 +142,10 @@ def test_a_task_finished_before_its_worker_died_uncommitted_is_not_run_again(
 
     successor = Running(_worker(kafka, tmp_path, "successor"))
     statuses.wait_terminal(*more)
+    # Every record committed: the successor has been through both partitions (the uncommitted
+    # record may sit on one that none of ``more`` went to).
+    wait_for(lambda: committed(kafka) == len(first) + len(more), "every record committed",
+             HEAL_BOUND_S)
     successor.worker.stop()
     stats = successor.join()
 
