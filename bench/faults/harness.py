@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,23 @@ class Services:
                          env={**self.env, **env, **(extra_env or {})}, cwd=default_repo_root())
             self.running[name] = Running(name, proc, time.time())
             self.wanted.add(name)
+
+    def wait_assigned(self, name: str, since: int, timeout: float = 90.0) -> bool:
+        """Whether the worker ``name`` logged a non-empty assignment past byte ``since`` of its log
+        within ``timeout``: it has partitions, so it will take tasks."""
+        log = self.logs / f"{name}.log"
+
+        def assigned() -> bool:
+            with open(log, "rb") as f:
+                f.seek(since)
+                return any(b"assigned compute.tasks." in line and not line.rstrip().endswith(b"[]")
+                           for line in f)
+
+        return wait_until(assigned, timeout, interval=0.25)
+
+    def log_size(self, name: str) -> int:
+        path = self.logs / f"{name}.log"
+        return path.stat().st_size if path.exists() else 0
 
     def pid(self, name: str) -> int:
         return self.running[name].proc.pid
@@ -167,14 +185,18 @@ class Load:
         self.history.add_submit(sub)
         return sub
 
-    def run(self, tag: str, count: int, over_s: float) -> list[Submit]:
-        """``count`` submits spread evenly over ``over_s`` seconds; returns once all answered."""
-        t0, futures = time.monotonic(), []
-        for i in range(count):
-            delay = t0 + i * over_s / max(count, 1) - time.monotonic()
+    def run(self, tag: str, count: int, over_s: float,
+            until: Callable[[], bool] | None = None) -> list[Submit]:
+        """``count`` submits spread evenly over ``over_s`` seconds, and at the same rate after
+        that while ``until`` is false; returns once all answered."""
+        t0, futures, interval = time.monotonic(), [], over_s / max(count, 1)
+        i = 0
+        while i < count or (until is not None and not until()):
+            delay = t0 + i * interval - time.monotonic()
             if delay > 0:
                 time.sleep(delay)  # pacing the load, not waiting for a condition
             futures.append(self.pool.submit(self.submit_one, tag))
+            i += 1
         return [f.result() for f in futures]
 
     def cancel(self, task_id: str) -> int | None:

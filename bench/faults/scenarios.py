@@ -50,11 +50,21 @@ def under_load(system: System, plan: Plan, tag: str, fault: Callable[[], list[Fa
     """Run the load in a thread; ``fault_at_s`` into it, inject the fault (in this thread: a
     restarted server's parent-death signal is tied to the thread that spawns it)."""
     result: list[Submit] = []
+    ended: list[float] = []  # the load goes on tail_s past the last fault's end
+
+    def done() -> bool:
+        return bool(ended) and time.time() >= ended[0] + plan.tail_s
+
     load = threading.Thread(target=lambda: result.extend(
-        system.load.run(tag, tasks or plan.tasks, load_s or plan.load_s)), name=f"load-{tag}")
+        system.load.run(tag, tasks or plan.tasks, load_s or plan.load_s, until=done)),
+        name=f"load-{tag}")
     load.start()
-    time.sleep(plan.fault_at_s)  # the fault lands in the middle of the load, by design
-    faults = fault()
+    faults: list[Fault] = []
+    try:
+        time.sleep(plan.fault_at_s)  # the fault lands in the middle of the load, by design
+        faults = fault()
+    finally:  # also when the fault failed: the load stops tail_s from now
+        ended.append(max((f.ended_at for f in faults), default=time.time()))
     load.join()
     return result, faults
 
@@ -74,14 +84,17 @@ def _service_kill(name: str, progress: str = "topic") -> Scenario:
 
 def worker_fault_point(point: str) -> Scenario:
     """worker-1 restarted with the fault point armed: it SIGKILLs itself at ``point`` of its
-    third task there; the suite restarts it without (as its supervisor would)."""
+    second task there; the suite restarts it without (as its supervisor would)."""
     name = WORKERS[0]
 
     def run(system: System, plan: Plan) -> Outcome:
         services = system.services
         services.stop(name)
-        services.start(name, {"WORKER_FAULT_POINT": point, "WORKER_FAULT_AFTER": "2"})
+        since = services.log_size(name)
+        services.start(name, {"WORKER_FAULT_POINT": point, "WORKER_FAULT_AFTER": "1"})
         armed_at = time.time()
+        # Load only once it has partitions: else the other worker may run every task.
+        services.wait_assigned(name, since)
         plan_now = Plan(**{**plan.__dict__, "fault_at_s": 0.0})
 
         def fault() -> list[Fault]:

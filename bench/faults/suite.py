@@ -179,7 +179,9 @@ def run_suite(names: list[str], plan: Plan, *, brokers: int = 1, quiet_s: float 
             verdict.notes += outcome.notes or []
             unacked = sum(1 for s in outcome.submits if not s.acked)
             if unacked:
-                verdict.notes.append(f"{unacked} submits not acknowledged")
+                first = next(s for s in outcome.submits if not s.acked)
+                verdict.notes.append(f"{unacked} submits not acknowledged (first: "
+                                     f"{first.http_status} {first.error})")
             verdicts.append(verdict)
             scenario_ids[name] = ids
             print(f"[faults] {name}: {time.monotonic() - t0:.0f} s, "
