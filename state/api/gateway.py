@@ -8,8 +8,9 @@ the producer's lock for microseconds (``TaskProducer``'s bookkeeping is not thre
 each waits for its own delivery report, served by the gateway's reporter thread, with its own
 deadline. (Before, each submit held one lock while it flushed: during a broker outage every submit
 queued behind the previous one's 10 s wait, and clients saw 30 s timeouts and a 60 s submit; issue
-15, item 6.) A record not acknowledged by its deadline is also dropped by librdkafka then
-(``message.timeout.ms``), so a 503 does not become a task queued later behind the client's back.
+15, item 6.) A task not acknowledged by its deadline is answered 503 but stays in librdkafka's
+queue (its statuses must not be dropped on a short ``message.timeout.ms``): a retry with the same
+Idempotency-Key names the same task and waits for that record's report, with its own deadline.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import threading
 import uuid
 from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -41,17 +43,21 @@ _REPORT_POLL_S = 0.1
 
 
 class _Delivery:
-    """One submit's delivery report, waited for by its own request thread."""
+    """One task record's delivery report, waited for by the request threads that submitted it
+    (the first, and any repeat of it while it is in flight)."""
 
-    __slots__ = ("done", "error")
+    __slots__ = ("done", "error", "task_id", "_forget")
 
-    def __init__(self) -> None:
+    def __init__(self, forget: Callable[["_Delivery"], None]) -> None:
         self.done = threading.Event()
         self.error: KafkaError | None = None
+        self.task_id: str | None = None  # set under the gateway's lock, before _forget can run
+        self._forget = forget
 
     def __call__(self, err: KafkaError | None) -> None:  # from the reporter thread
         self.error = err
         self.done.set()
+        self._forget(self)
 
 
 class TaskGateway:
@@ -62,14 +68,12 @@ class TaskGateway:
         self._codec = codec or EventCodec()
         self._origin = Origin(instance=origin_instance, zone=origin_zone)
         self._ack_timeout_s = ack_timeout_s
-        self._lock = threading.Lock()  # held only while a task is produced, never while waiting
-        # message.timeout.ms: librdkafka gives up on a record when the API does (503), so it is
-        # not delivered after the client was told it was not queued.
+        # Held only while a task is produced, never while waiting. Reentrant: a full librdkafka
+        # queue makes submit serve reports itself, whose callbacks take it again.
+        self._lock = threading.RLock()
         self._tasks = TaskProducer(kafka, codec=self._codec, source=SOURCE, origin=self._origin,
-                                   producer_config={**_LOW_LATENCY, "message.timeout.ms":
-                                                    max(1, int(ack_timeout_s * 1000))},
-                                   serve_reports=False)
-        self._pending: dict[str, _Delivery] = {}  # task id -> its report, until it came
+                                   producer_config=_LOW_LATENCY, serve_reports=False)
+        self._pending: dict[str, _Delivery] = {}  # task id -> its report, until it comes
         self._closing = threading.Event()
         self._reporter = threading.Thread(target=self._serve_reports, name="submit-reports",
                                           daemon=True)
@@ -94,7 +98,7 @@ class TaskGateway:
         Raises DeliveryError when the broker did not acknowledge in time, TaskTooLargeError when
         the producer or the broker refused the record as too large (nothing queued then)."""
         origin = Origin(self._origin.instance, self._origin.zone, tenant_id)
-        delivery = _Delivery()
+        delivery = _Delivery(self._forget)
         with self._lock:
             repeats = self._tasks.stats.deduplicated
             task_id = self._tasks.submit(task_type, params, idempotency_key=idempotency_key,
@@ -104,6 +108,7 @@ class TaskGateway:
             if repeat:  # sent before: answer with the first one's report (None: it came already)
                 delivery = self._pending.get(task_id)  # type: ignore[assignment]
             else:
+                delivery.task_id = task_id
                 self._pending[task_id] = delivery
         # Answered once the task record is acknowledged: its PENDING/QUEUED are produced then by
         # the reporter thread but not waited for (the task is safe; they follow in milliseconds).
@@ -111,12 +116,14 @@ class TaskGateway:
             self._wait(task_id, task_type, delivery)
         return task_id, repeat
 
-    def _wait(self, task_id: str, task_type: TaskType, delivery: _Delivery) -> None:
-        # A little past message.timeout.ms, by when librdkafka has reported the record either way.
-        acked = delivery.done.wait(self._ack_timeout_s + 1.0)
+    def _forget(self, delivery: _Delivery) -> None:
+        """The record was reported: a later repeat of its task needs no wait."""
         with self._lock:
-            if self._pending.get(task_id) is delivery:  # unacknowledged: librdkafka drops it too
-                del self._pending[task_id]
+            if delivery.task_id is not None and self._pending.get(delivery.task_id) is delivery:
+                del self._pending[delivery.task_id]
+
+    def _wait(self, task_id: str, task_type: TaskType, delivery: _Delivery) -> None:
+        acked = delivery.done.wait(self._ack_timeout_s)
         if not acked:
             raise DeliveryError([(task_id, f"not acknowledged within {self._ack_timeout_s:g}s")])
         err = delivery.error
