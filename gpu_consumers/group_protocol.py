@@ -16,7 +16,8 @@ then still costs one session timeout, not the 45 s both protocols default to.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from confluent_kafka.admin import (
@@ -32,12 +33,19 @@ from schemas.kafka_settings import KafkaSettings
 log = logging.getLogger("gpu_consumers.worker")
 
 _TIMEOUT_S = 10.0
+_RETRY_S = 2.0
+# Errors that say the broker did not answer (rather than refused): worth asking again.
+_UNREACHABLE = ("_TRANSPORT", "_TIMED_OUT", "_ALL_BROKERS_DOWN", "TimeoutError", "_RESOLVE")
 # Client settings KIP-848 refuses (the broker's group.consumer.* configs govern): librdkafka will
 # not create the consumer with them.
 _CLASSIC_ONLY = ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy",
                  "group.protocol.type")
 
 Protocol = Literal["classic", "consumer"]
+
+
+def _unreachable(why: str) -> bool:
+    return any(marker in why for marker in _UNREACHABLE)
 
 
 def set_group_session(kafka: KafkaSettings, groups: Iterable[str], session_ms: int) -> str | None:
@@ -54,12 +62,22 @@ def set_group_session(kafka: KafkaSettings, groups: Iterable[str], session_ms: i
     return None
 
 
-def choose_protocol(kafka: KafkaSettings, wanted: str, groups: list[str], session_ms: int) -> Protocol:
+def choose_protocol(kafka: KafkaSettings, wanted: str, groups: list[str], session_ms: int,
+                    *, unreachable_wait_s: float = 60.0,
+                    stop: Callable[[], bool] = lambda: False) -> Protocol:
     """``classic`` or ``consumer`` for ``wanted`` (``auto``, ``classic``, ``consumer``); for
-    ``consumer`` (chosen or asked for) the groups' session timeout is set on the broker."""
+    ``consumer`` (chosen or asked for) the groups' session timeout is set on the broker.
+
+    A broker that does not answer is asked again for up to ``unreachable_wait_s`` (a worker
+    started with its broker restarting would otherwise settle on classic beside KIP-848 peers)."""
     if wanted == "classic":
         return "classic"
-    why = set_group_session(kafka, groups, session_ms)
+    deadline = time.monotonic() + unreachable_wait_s
+    while True:
+        why = set_group_session(kafka, groups, session_ms)
+        if why is None or not _unreachable(why) or time.monotonic() >= deadline or stop():
+            break
+        time.sleep(_RETRY_S)
     if why is None:
         return "consumer"
     if wanted == "consumer":
@@ -84,3 +102,18 @@ def client_config_for(protocol: Protocol, config: dict[str, Any]) -> dict[str, A
                     "governs them; WORKER_SESSION_TIMEOUT_MS sets the group's session timeout)",
                     ", ".join(dropped))
     return {k: v for k, v in config.items() if k not in _CLASSIC_ONLY}
+
+
+def group_config(protocol: Protocol, session_timeout_ms: int) -> dict[str, Any]:
+    """The consumer settings of a worker group's member under ``protocol``."""
+    if protocol == "consumer":
+        # KIP-848: the broker assigns (incrementally); its group.consumer.* configs and the
+        # group's own consumer.session.timeout.ms (choose_protocol) set session and heartbeat.
+        return {"group.protocol": "consumer"}
+    return {
+        # Cooperative rebalancing: a joining worker takes partitions without stopping the
+        # others' running tasks.
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": session_timeout_ms,
+        "heartbeat.interval.ms": max(100, session_timeout_ms // 3),
+    }

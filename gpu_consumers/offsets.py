@@ -7,13 +7,19 @@ the same worker after a restart) ran the finished tasks again: 48 of 800 after a
 (issue 15, item 4). The ledger remembers, per partition, the offset wanted and the offset the
 broker confirmed; the runtime sends again what is wanted but unconfirmed for the partitions it
 still owns (at once after an assignment, else every ``retry_s``), and commits synchronously what a
-revocation takes away. Pure bookkeeping: no Kafka calls here.
+revocation takes away. Bookkeeping only: no Kafka calls here (:func:`on_commit` is the consumer's
+callback that feeds the ledger).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, TopicPartition
+
+log = logging.getLogger("gpu_consumers.worker")
 
 Partition = tuple[str, int]
 
@@ -71,3 +77,21 @@ class CommitLedger:
             self.wanted.pop(tp, None)
             self.confirmed.pop(tp, None)
             self.sent_at.pop(tp, None)
+
+
+def on_commit(ledger: CommitLedger) -> Callable[[KafkaError | None, list[TopicPartition]], None]:
+    """The on_commit callback of one lane (served by the consumer's poll and close): confirmed
+    offsets go into the ledger; a rejected commit stays pending and is sent again."""
+
+    def callback(err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if err is not None:
+            log.info("offset commit rejected (%s); retried while the partitions are owned", err)
+            return
+        for tp in partitions:
+            if tp.error is None:
+                ledger.confirm((tp.topic, tp.partition), tp.offset)
+            else:
+                log.info("commit of %s[%d]@%d rejected (%s); retried while owned",
+                         tp.topic, tp.partition, tp.offset, tp.error)
+
+    return callback

@@ -58,9 +58,14 @@ from gpu_consumers.control import CancelledIds, CancelReason, ControlListener
 from gpu_consumers.emitter import Emitter
 from gpu_consumers.execution import Outcome, RunReport, Services, TaskRun
 from gpu_consumers.fault_points import fault_point
-from gpu_consumers.group_protocol import Protocol, choose_protocol, client_config_for
+from gpu_consumers.group_protocol import (
+    Protocol,
+    choose_protocol,
+    client_config_for,
+    group_config,
+)
 from gpu_consumers.handlers.registry import HandlerFactory, HandlerSet, Providers
-from gpu_consumers.offsets import CommitLedger, Partition
+from gpu_consumers.offsets import CommitLedger, Partition, on_commit
 from gpu_consumers.settings import ContentPolicy, WorkerSettings
 from gpu_consumers.storage import OutputStore
 from gpu_consumers.supervisor import ChildKit, Supervisor
@@ -124,24 +129,6 @@ class _InFlight:
     report: RunReport | None = None
     lost: bool = False  # its partition was revoked before it finished: never commit it
     committed: bool = False
-
-
-def _commit_result(ledger: CommitLedger) -> Callable[[KafkaError | None, list[TopicPartition]], None]:
-    """The on_commit callback of one lane (served by the consumer's poll and close): confirmed
-    offsets go into the ledger; a rejected commit stays pending and is sent again."""
-
-    def on_commit(err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        if err is not None:
-            log.info("offset commit rejected (%s); retried while the partitions are owned", err)
-            return
-        for tp in partitions:
-            if tp.error is None:
-                ledger.confirm((tp.topic, tp.partition), tp.offset)
-            else:
-                log.info("commit of %s[%d]@%d rejected (%s); retried while owned",
-                         tp.topic, tp.partition, tp.offset, tp.error)
-
-    return on_commit
 
 
 class Worker:
@@ -256,7 +243,7 @@ class Worker:
             self.protocol = choose_protocol(
                 self.kafka, self.settings.group_protocol,
                 [self.settings.group_id(t) for t in self.settings.types],
-                self.settings.session_timeout_ms)
+                self.settings.session_timeout_ms, stop=self._stop.is_set)
             self._lanes = [self._open_lane(t) for t in self.settings.types]
             log.info("worker %s serving %s (%s group protocol)", self.worker_id,
                      ", ".join(t.slug for t in self.settings.types), self.protocol)
@@ -415,20 +402,6 @@ class Worker:
 
     # ---- Kafka plumbing ---------------------------------------------------------------------------
 
-    def _group_config(self) -> dict[str, Any]:
-        s = self.settings
-        if self.protocol == "consumer":
-            # KIP-848: the broker assigns (incrementally) and its group.consumer.* configs set the
-            # session and heartbeat; the client may not set them nor an assignment strategy.
-            return {"group.protocol": "consumer"}
-        return {
-            # Cooperative rebalancing: a joining worker takes partitions without stopping the
-            # others' running tasks.
-            "partition.assignment.strategy": "cooperative-sticky",
-            "session.timeout.ms": s.session_timeout_ms,
-            "heartbeat.interval.ms": max(100, s.session_timeout_ms // 3),
-        }
-
     def _open_lane(self, task_type: TaskType) -> _Lane:
         ledger = CommitLedger()
         consumer = Consumer({
@@ -438,9 +411,9 @@ class Worker:
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",  # a new group starts with the oldest queued task
             "max.poll.interval.ms": self.settings.max_poll_interval_ms,
-            **self._group_config(),
+            **group_config(self.protocol, self.settings.session_timeout_ms),
             "enable.partition.eof": False,
-            "on_commit": _commit_result(ledger),
+            "on_commit": on_commit(ledger),
             **({"group.instance.id": self.settings.group_instance_id}
                if self.settings.group_instance_id else {}),
         })

@@ -28,4 +28,4 @@ def test_auto_takes_kip848_where_the_broker_accepts_the_groups_session_timeout(k
 
 def test_an_unreachable_broker_falls_back_to_classic():
     nowhere = KafkaSettings(bootstrap_servers="127.0.0.1:1", topic_prefix="t")
-    assert choose_protocol(nowhere, "auto", ["g"], 10_000) == "classic"
+    assert choose_protocol(nowhere, "auto", ["g"], 10_000, unreachable_wait_s=0) == "classic"
