@@ -462,3 +462,15 @@ def test_cluster_env_names_only_variables_the_file_uses() -> None:
     for key in read_env_file(CLUSTER_ENV_FILE):
         if key != "COMPOSE_PROFILES":
             assert "${" + key + ":-" in text, key
+
+
+def test_kafka_nodes_let_workers_use_kip848_as_the_local_stack_does(services: dict) -> None:
+    # WORKER_GROUP_PROTOCOL=auto takes KIP-848 only where the broker accepts the workers' 10 s
+    # session (gpu_consumers/group_protocol.py); compose's brokers must allow what the local
+    # stack's broker allows, or the compose workers fall back to classic at 45 s.
+    from state.devstack.kafka import TEST_BROKER_PROPS
+
+    floor = TEST_BROKER_PROPS["group.consumer.min.session.timeout.ms"]
+    for node in KAFKA_NODES:
+        env = env_of(services[node])
+        assert env.get("KAFKA_GROUP_CONSUMER_MIN_SESSION_TIMEOUT_MS") == floor, node
