@@ -52,7 +52,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from gpu_consumers.control import CancelledIds, CancelReason, ControlListener
 from gpu_consumers.emitter import Emitter
@@ -69,7 +76,7 @@ from gpu_consumers.offsets import CommitLedger, Partition, on_commit
 from gpu_consumers.settings import ContentPolicy, WorkerSettings
 from gpu_consumers.storage import OutputStore
 from gpu_consumers.supervisor import ChildKit, Supervisor
-from gpu_consumers.takeover import StatusLookup
+from gpu_consumers.takeover import Answer, StatusLookup, Step, recheck_delay, step_for
 from gpu_consumers.threads import Call, ReusableThread
 from schemas.codec import EventCodec
 from schemas.enums import TaskType
@@ -100,6 +107,7 @@ class WorkerStats:
     aborted: int = 0  # stopped by shutdown, left to the group
     handled: int = 0  # records taken from the task topics
     already_ended: int = 0  # taken over with a final status on the topic: committed, not run
+    takeover_waits: int = 0  # takeover checks that could not read the status topic (then waited)
 
 
 def new_worker_id() -> str:
@@ -310,7 +318,10 @@ class Worker:
             if self._emitter.dead_letter(msg, exc, lane.task_type):
                 self._commit(lane, msg)
             return
-        if self._ended_already(lane, msg, task):
+        step = self._takeover_step(lane, msg, task)
+        if step is Step.WAIT:  # stopping, or the partition went while the check waited
+            return
+        if step is Step.SKIP:
             self.stats.already_ended += 1
             self._commit(lane, msg)
             return
@@ -453,20 +464,60 @@ class Worker:
         except KafkaException as exc:
             log.info("commit retry on %s failed: %s", lane.topic, exc)
 
-    def _ended_already(self, lane: _Lane, msg: Message, task: TaskSubmitted) -> bool:
-        """For the first records of a partition just taken over: whether the task already has
-        its final status (its previous owner died before committing it)."""
+    def _takeover_step(self, lane: _Lane, msg: Message, task: TaskSubmitted) -> Step:
+        """For the first records of a partition just taken over: SKIP if the task already has
+        its final status (its previous owner died before committing it), RUN if not. While the
+        status topic cannot be read, every partition stays paused and the check is asked again
+        (takeover.recheck_delay apart); WAIT comes back only if the worker stops or loses the
+        partition meanwhile: the record is then neither run nor committed."""
         tp = (msg.topic(), msg.partition())
         if tp not in lane.taken_over or self._lookup is None:
-            return False
+            return Step.RUN
         env = task.envelope
-        ended = self._lookup.ended(env.task_id, env.attempt, msg.timestamp()[1])
-        if ended is None:
+        check = self._lookup.check(env.task_id, env.attempt, msg.timestamp()[1])
+        unknown = 0
+        while step_for(check) is Step.WAIT:
+            unknown += 1
+            self.stats.takeover_waits += 1
+            delay = recheck_delay(unknown)
+            log.warning("task %s: cannot tell whether it already ended (%s); not running it, "
+                        "asking again in %.1f s", env.task_id, check.error, delay,
+                        extra={"task_id": env.task_id})
+            if not self._hold(lane, msg, delay):
+                return Step.WAIT
+            check = self._lookup.check(env.task_id, env.attempt, msg.timestamp()[1])
+        if unknown and self._paused:
+            self._pause(False)
+        if check.answer is Answer.NOT_ENDED:
             lane.taken_over.discard(tp)  # ran in order: no later record of it has ended
-            return False
+            return Step.RUN
+        assert check.ended is not None
         log.info("task %s already ended %s (attempt %d): committing without running it again",
-                 env.task_id, ended.status.value, ended.envelope.attempt,
+                 env.task_id, check.ended.status.value, check.ended.envelope.attempt,
                  extra={"task_id": env.task_id})
+        return Step.SKIP
+
+    def _hold(self, lane: _Lane, msg: Message, delay_s: float) -> bool:
+        """Keep the members alive for ``delay_s`` with every partition paused; False if the
+        worker stops or ``msg``'s partition is no longer this worker's (revoked, or revoked and
+        assigned again: its position went back, so the record will be fetched and checked
+        again)."""
+        self._pause(True)
+        until = time.monotonic() + delay_s
+        tp = TopicPartition(msg.topic(), msg.partition())
+        while time.monotonic() < until:
+            if self._stop.wait(_POLL_S):
+                return False
+            self._poll_while_busy()
+            self._last_activity = time.monotonic()
+            if (msg.topic(), msg.partition()) not in lane.owned:
+                return False
+            try:
+                position = lane.consumer.position([tp])[0].offset
+            except KafkaException:
+                return False
+            if position <= msg.offset():
+                return False
         return True
 
     def _revoked(self, lane: _Lane, gone: set[Partition], *, lost: bool = False) -> None:
