@@ -129,6 +129,7 @@ class ProgressWatch:
     _recovering_commits: bool = False  # commits were failing at the last recreate
     _unknown_since: float | None = None
     _commit_failing_since: float | None = None
+    _gave_up: str | None = None
     last: Verdict = field(default_factory=lambda: Verdict(ready=True))
 
     def __post_init__(self) -> None:
@@ -139,12 +140,23 @@ class ProgressWatch:
         self.last = self._judge(obs)
         return self.last
 
-    def recreated(self, at: float) -> None:
-        """The caller recreated the consumer (or forced a rejoin): the stalled partitions must
-        now move, or the next stall is an exit."""
-        self._recovering = set(self.last.stalled)
+    def recreated(self, at: float, verdict: Verdict | None = None) -> None:
+        """The caller recreated the consumer (or forced a rejoin) on ``verdict`` (default: the
+        last one): its stalled partitions must now move, or the next stall is an exit. Pass the
+        verdict that asked for the recreate: a recreate takes time, and a verdict judged
+        meanwhile (offsets unreadable) names no stalled partition - with it, the next stall
+        would be another recreate instead of the exit."""
+        asked = verdict if verdict is not None else self.last
+        self._recovering = set(asked.stalled)
         self._recovering_commits = self._commit_failing_since is not None
         self._restart(at)
+
+    def give_up(self, reason: str) -> Verdict:
+        """The caller cannot carry out a verdict (its consumer's thread is stuck): from now on
+        every verdict is this exit."""
+        self._gave_up = reason
+        self.last = Verdict(False, Action.EXIT, reason)
+        return self.last
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -154,6 +166,8 @@ class ProgressWatch:
         self._commit_failing_since = None
 
     def _judge(self, obs: Observation) -> Verdict:
+        if self._gave_up is not None:
+            return Verdict(False, Action.EXIT, self._gave_up)
         if obs.fatal:
             return Verdict(False, Action.EXIT, f"fatal consumer error: {obs.fatal}")
         if obs.offsets is None:

@@ -69,6 +69,10 @@ class WatchdogSettings(BaseSettings):
     check_interval_s: float = Field(default=5.0, gt=0)
     # How long one read of the offsets may take (a frozen broker: it fails after this).
     probe_timeout_s: float = Field(default=5.0, gt=0)
+    # How long closing a stalled consumer may take before the process gives up on it: a close
+    # normally commits and leaves in well under a second; after a 60 s broker freeze
+    # librdkafka's close never returned (issue 15).
+    close_timeout_s: float = Field(default=15.0, gt=0)
     # Where health reports are written; None: nowhere (the local registry still has them).
     health_dir: Path | None = Field(default=None, validation_alias=AliasChoices(
         "COMPUTE_HEALTH_DIR", "health_dir"))
@@ -200,8 +204,17 @@ class Watchdog:
         self.report(verdict)
         return verdict
 
-    def recreated(self) -> None:
-        self.watch.recreated(self._clock())
+    def recreated(self, verdict: Verdict | None = None) -> None:
+        """The consumer was recreated on ``verdict`` (the one that asked for it: the latest
+        verdict may be another, e.g. offsets unreadable while the old consumer closed)."""
+        self.watch.recreated(self._clock(), verdict)
+
+    def give_up(self, reason: str) -> None:
+        """The consumer cannot be healed in this process: report ``Action.EXIT`` (read by
+        /readyz and :func:`gave_up`), from any thread."""
+        verdict = self.watch.give_up(reason)
+        self._log(verdict)
+        self.report(verdict)
 
     def report(self, verdict: Verdict) -> None:
         report = Report(self.name, verdict)

@@ -35,6 +35,7 @@ it writes the same rows as the live projection.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -42,7 +43,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -51,6 +58,9 @@ from schemas.errors import DecodeError
 from schemas.events import StatusChanged, TaskSubmitted
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
+from state.api.webhook_delivery import WebhookDispatcher
+from state.api.webhooks import WebhookSettings
+from state.consumer_watchdog import ConsumerStalled, WatchdogSettings
 from state.db.generation_projection import (
     ProjectedBatch,
     decode_generation_record,
@@ -60,11 +70,8 @@ from state.db.migrate import migrate
 from state.db.pipelined import pipelined_transaction
 from state.db.projection import apply_events, flatten
 from state.db.task_row_cache import TaskRowCache
-from state.api.webhook_delivery import WebhookDispatcher
-from state.api.webhooks import WebhookSettings
-from state.consumer_watchdog import ConsumerStalled, WatchdogSettings
-from state.healing_consumer import HealingConsumer
 from state.errors import LifecycleError
+from state.healing_consumer import HealingConsumer
 from state.lifecycle import view_event
 from state.salvage import salvage_task
 
@@ -192,13 +199,15 @@ class Projector:
         create_topics: bool = True,
         settings: ProjectorSettings | None = None,
         watchdog: WatchdogSettings | None = None,
+        on_stuck: Callable[[str], None] | None = None,
     ) -> None:
         # ``in_transaction(conn, result)`` runs inside the batch's transaction, after its
         # writes (generations, then tasks): what it writes (the webhook outbox) commits with the
         # batch or not at all. ``result`` is a ProjectedBatch: the tasks' transitions and the
         # generations' status changes. ``on_batch(result)`` runs after the offsets are committed.
         # ``watchdog``: judge the consumer's progress and heal it (state/healing_consumer.py);
-        # None: no watchdog.
+        # None: no watchdog. ``on_stuck(reason)``: the watchdog found this projector's thread
+        # stuck inside the Kafka client (HealingConsumer); called from the watchdog thread.
         self._in_transaction = in_transaction
         self.database_url = database_url
         self.kafka = kafka
@@ -226,7 +235,7 @@ class Projector:
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
         }, projector_topics(kafka), name=instance or self.group_id, kafka=kafka,
-            settings=watchdog)
+            settings=watchdog, on_stuck=on_stuck)
         self._producer: Producer | None = Producer(
             {**kafka.client_config(), "enable.idempotence": True, "linger.ms": 0})
         self._conn: psycopg.Connection | None = None
@@ -407,6 +416,17 @@ class Projector:
                 raise RuntimeError(f"dead-letter produce failed: {'; '.join(failures)}")
 
 
+STUCK_EXIT_CODE = 70  # EX_SOFTWARE
+
+
+def exit_stuck(reason: str) -> None:
+    """End the process at once, non-zero (from the watchdog thread; the main thread is stuck in
+    a call that neither an exception nor a signal handler can interrupt)."""
+    log.critical("exiting: %s", reason)
+    logging.shutdown()
+    os._exit(STUCK_EXIT_CODE)
+
+
 def run_projector(database_url: str, kafka: KafkaSettings, stop: threading.Event | None = None,
                   *, webhooks: WebhookSettings | None = None, **kwargs: Any) -> ProjectorStats:
     """Migrate, then project until ``stop`` is set (``computectl projector``); with
@@ -417,6 +437,11 @@ def run_projector(database_url: str, kafka: KafkaSettings, stop: threading.Event
     migrate(database_url)
     dispatcher = None if webhooks is None else WebhookDispatcher(database_url, webhooks)
     kwargs.setdefault("watchdog", WatchdogSettings())
+    if threading.current_thread() is threading.main_thread():
+        # The process is this projector's (``computectl projector``; the API's embedded one runs
+        # in a thread and fails /healthz instead): a thread stuck in librdkafka cannot be
+        # interrupted, so the process ends and its supervisor starts a fresh one.
+        kwargs.setdefault("on_stuck", exit_stuck)
     try:
         return Projector(database_url, kafka,
                          on_batch=None if dispatcher is None else dispatcher.on_batch,
