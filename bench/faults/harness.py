@@ -231,7 +231,9 @@ def standard_specs(api_port: int) -> dict[str, tuple[list[str], dict[str, str]]]
     specs = {name: worker_spec(name) for name in WORKERS}
     specs["processors"] = ([*COMPUTECTL, "processors", "--no-create-topics"],
                            {"PROCESSORS_GROUP_INSTANCE_ID": "processors"})
-    specs["projector"] = ([*COMPUTECTL, "projector"], {})
+    # static membership, as computectl up (state/devstack/system.py): a restarted projector
+    # takes its partitions back at once instead of after the dead member's 45 s session
+    specs["projector"] = ([*COMPUTECTL, "projector"], {"PROJECTOR_GROUP_INSTANCE_ID": "projector"})
     specs["api"] = ([*COMPUTECTL, "api", "--host", "127.0.0.1", "--port", str(api_port)], {})
     return specs
 
