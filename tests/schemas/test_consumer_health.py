@@ -194,28 +194,29 @@ steps = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.booleans()),
 @given(steps)
 def test_no_action_without_a_partition_stuck_behind_for_stall_after_s(history):
     """Whatever the history: RECREATE/EXIT only if some judged partition had records to commit
-    and an unchanged committed offset for at least stall_after_s; EXIT only after a RECREATE."""
+    and an unchanged committed offset for at least stall_after_s since it was last seen caught
+    up or moving (the record may have come any time after that: the rule of
+    test_the_timer_starts_when_the_partition_was_last_seen_caught_up); EXIT only after a
+    RECREATE."""
     watch = ProgressWatch(10.0)
     committed, end = 0, 0
-    behind_since: float | None = None
+    last_ok = 0.0  # when the partition was last seen caught up, or its committed offset moved
     recreated = False
     for t, (commit_step, produce_step, recreate_now) in zip(itertools.count(0, 2.5), history):
         before = committed
         end += produce_step
         committed = min(end, committed + commit_step)
         if committed != before or committed == end:
-            behind_since = None if committed == end else t
-        elif behind_since is None:
-            behind_since = t
+            last_ok = t
         verdict = watch.observe(obs(t, {A: Offsets(committed, end)}, {A}))
         if verdict.action is not Action.NONE:
-            assert behind_since is not None and t - behind_since >= 10.0
+            assert committed != end and t - last_ok >= 10.0
             assert not verdict.ready
         if verdict.action is Action.EXIT:
             assert recreated
         if verdict.action is Action.RECREATE and recreate_now:
             watch.recreated(t)
             recreated = True
-            behind_since = t if committed != end else None
+            last_ok = t
         if verdict.ready:
             assert verdict.action is Action.NONE
