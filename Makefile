@@ -29,8 +29,8 @@ $(INSTALLED): pyproject.toml | $(PY)
 
 install: $(INSTALLED)
 
-$(JARS): state/devstack/pom.xml | $(INSTALLED)
-	$(PY) -m state.devstack.kafka --resolve-jars
+$(JARS): devstack/pom.xml | $(INSTALLED)
+	$(PY) -m devstack.kafka --resolve-jars
 
 jars: $(JARS)
 

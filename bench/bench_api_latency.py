@@ -65,9 +65,9 @@ from schemas.codec import EventCodec  # noqa: E402
 from schemas.events import StatusChanged  # noqa: E402
 from schemas.kafka_settings import KafkaSettings  # noqa: E402
 from schemas.topic_admin import ensure_topics  # noqa: E402
-from state.db.apikeys import create_key  # noqa: E402
-from state.db.migrate import migrate  # noqa: E402
-from state.devstack.procs import free_port, spawn, stop_pid, tail, wait_until  # noqa: E402
+from projection.db.apikeys import create_key  # noqa: E402
+from projection.db.migrate import migrate  # noqa: E402
+from devstack.procs import free_port, spawn, stop_pid, tail, wait_until  # noqa: E402
 
 TARGET_P99_MS, TARGET_FLOOR_RATIO = 25.0, 5.0
 COMPUTECTL = str(Path(sys.executable).with_name("computectl"))
@@ -120,7 +120,7 @@ def deploy(stack: ExitStack, workdir: Path, args: argparse.Namespace) -> tuple[
     Returns the Kafka settings, the services, the API's URL, an API key and the input image."""
     bootstrap, db_url = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("DATABASE_URL")
     if not (bootstrap and db_url):
-        from state.devstack.stack import LocalStack
+        from devstack.stack import LocalStack
 
         say("starting the local stack (Kafka, PostgreSQL)...")
         local = LocalStack(s3=False, results_dir=workdir / "results")

@@ -286,7 +286,7 @@ def main() -> None:
     with ExitStack() as stack:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         if not bootstrap:
-            from state.devstack.kafka import KafkaBroker
+            from devstack.kafka import KafkaBroker
 
             broker = KafkaBroker()
             stack.callback(broker.stop)

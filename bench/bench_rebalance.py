@@ -63,7 +63,7 @@ REPO = Path(__file__).resolve().parents[1]
 # ---------------------------------------------------------------------------- worker process
 
 def _worker_main(args: argparse.Namespace) -> int:
-    from gpu_consumers.handler import HandlerResult, OutputFile
+    from gpu_consumers.handlers.base import HandlerResult, OutputFile
     from gpu_consumers.runtime import Worker
     from gpu_consumers.settings import WorkerSettings
     from gpu_consumers.storage import FileStore
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return _worker_main(args)
 
-    from state.devstack.kafka import KafkaBroker
+    from devstack.kafka import KafkaBroker
 
     # The KIP-848 group session may go down to --session-ms (the broker's floor is 45 s).
     broker = KafkaBroker(extra_props={

@@ -219,7 +219,7 @@ def main() -> None:
     with ExitStack() as stack:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         if not bootstrap:
-            from state.devstack.kafka import KafkaBroker
+            from devstack.kafka import KafkaBroker
 
             broker = stack.enter_context(KafkaBroker())
             report["broker_start_s"] = round(broker.start_seconds, 2)

@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from gpu_consumers.handler import CancelToken, HandlerResult, TaskContext  # noqa: E402
+from gpu_consumers.handlers.base import CancelToken, HandlerResult, TaskContext  # noqa: E402
 from gpu_consumers.inputs import InputFetcher, InputSettings  # noqa: E402
 from gpu_consumers.runtime import Worker  # noqa: E402
 from gpu_consumers.settings import WorkerSettings  # noqa: E402
@@ -268,7 +268,7 @@ def main() -> None:
         started = time.perf_counter()
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         if not bootstrap:
-            from state.devstack.kafka import KafkaBroker
+            from devstack.kafka import KafkaBroker
 
             bootstrap = stack.enter_context(KafkaBroker()).bootstrap_servers
         broker_s = time.perf_counter() - started

@@ -15,7 +15,7 @@ Then, at ``--size`` x ``--size`` (1024) with ``--steps`` denoising steps:
 2. **worker**: ``--images`` GENERATION tasks submitted with the producer and run by a
    :class:`~gpu_consumers.runtime.Worker` in burst mode (the GENERATION handler through the same
    warm ModelCache, PNG outputs to a file:// folder) on the broker at KAFKA_BOOTSTRAP_SERVERS,
-   else a local one (``state.devstack``: needs Java and the Kafka jars); images/s from the first
+   else a local one (``devstack``: needs Java and the Kafka jars); images/s from the first
    PROCESSING to the last COMPLETED, and the worker's time around the handler per task.
 
     python bench/gpu_real_size.py [--model sdxl|flux] [--steps 30] [--images 8] [--size 1024]
@@ -275,7 +275,7 @@ def through_worker(cache: Any, args: argparse.Namespace, device: str, stack: Exi
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not bootstrap:
-        from state.devstack.kafka import KafkaBroker
+        from devstack.kafka import KafkaBroker
 
         bootstrap = stack.enter_context(KafkaBroker()).bootstrap_servers
     kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"gpubench{uuid.uuid4().hex[:8]}",

@@ -45,7 +45,7 @@ def build_worker(types: list[TaskType] | None) -> Worker:
     """The Worker with the store, fetcher, model registry and handlers from the environment.
 
     Without ``types`` (and no ``WORKER_TYPES``), it serves every type that has a handler."""
-    from gpu_consumers.handlers.registry import registry
+    from gpu_consumers.handlers.handler_set import registry
     from gpu_consumers.inputs import InputSettings
     from gpu_consumers.models import ModelRegistry
     from gpu_consumers.runtime import Worker
@@ -86,7 +86,7 @@ def build_worker(types: list[TaskType] | None) -> Worker:
         fetcher, models = kit.fetcher, kit.models
     registry_client = None
     if kafka.schema_registry_url:
-        from schemas.registry import HttpSchemaRegistry
+        from schemas.schema_registry import HttpSchemaRegistry
 
         registry_client = HttpSchemaRegistry(kafka.schema_registry_url)
     codec = EventCodec(registry=registry_client, lookup_fingerprint=SchemaStoreReader(kafka))
@@ -97,7 +97,7 @@ def child_kit(types: list[TaskType], input_settings: Any, registry_env: dict[str
               device: str) -> Any:
     """The handlers, input fetcher and model cache of a worker, built where they run (the
     handler process, or the worker itself when inline). Module-level: pickled by reference."""
-    from gpu_consumers.handlers.registry import registry
+    from gpu_consumers.handlers.handler_set import registry
     from gpu_consumers.inputs import InputFetcher
     from gpu_consumers.model_cache import ModelCache
     from gpu_consumers.models import ModelRegistry

@@ -1,6 +1,6 @@
 """Cancellation: why a running task is being stopped, and who asked (the control topic).
 
-Three reasons stop a running handler through its :class:`~gpu_consumers.handler.CancelToken`,
+Three reasons stop a running handler through its :class:`~gpu_consumers.handlers.base.CancelToken`,
 and the runtime keeps them apart because they end differently:
 
 * ``user``: a CancelRequested event on the control topic -> the task ends CANCELLED, outputs
@@ -25,7 +25,7 @@ from enum import StrEnum
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from gpu_consumers.handler import CancelToken
+from gpu_consumers.handlers.base import CancelToken
 from schemas.codec import EventCodec
 from schemas.errors import DecodeError
 from schemas.events import CancelRequested

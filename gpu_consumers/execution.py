@@ -56,7 +56,7 @@ from gpu_consumers.errors import (
     TaskFailure,
 )
 from gpu_consumers.fault_points import fault_point
-from gpu_consumers.handler import Handler, HandlerResult, TaskContext
+from gpu_consumers.handlers.base import Handler, HandlerResult, TaskContext
 from gpu_consumers.settings import ContentPolicy, WorkerSettings
 from gpu_consumers.storage import OutputStore
 from gpu_consumers.supervisor import ChildOutOfMemory, HardStop, Supervisor, free_gpu_cache

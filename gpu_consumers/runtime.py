@@ -71,7 +71,7 @@ from gpu_consumers.group_protocol import (
     client_config_for,
     group_config,
 )
-from gpu_consumers.handlers.registry import HandlerFactory, HandlerSet, Providers
+from gpu_consumers.handlers.handler_set import HandlerFactory, HandlerSet, Providers
 from gpu_consumers.offsets import CommitLedger, Partition, on_commit
 from gpu_consumers.settings import ContentPolicy, WorkerSettings
 from gpu_consumers.storage import OutputStore

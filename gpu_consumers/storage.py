@@ -36,7 +36,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gpu_consumers.errors import InvalidInput, StorageFailure
-from gpu_consumers.handler import OutputFile
+from gpu_consumers.handlers.base import OutputFile
 
 _SAFE_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _SAFE_SUFFIX = re.compile(r"(\.[A-Za-z0-9]{1,16})?")

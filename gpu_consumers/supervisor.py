@@ -43,8 +43,8 @@ from typing import Any
 from gpu_consumers import errors
 from gpu_consumers.control import CancelReason, ReasonToken
 from gpu_consumers.errors import ProviderError, TaskCancelled, TaskFailure
-from gpu_consumers.handler import CancelToken, HandlerResult, TaskContext
-from gpu_consumers.handlers.registry import HandlerFactory, HandlerSet, Providers
+from gpu_consumers.handlers.base import CancelToken, HandlerResult, TaskContext
+from gpu_consumers.handlers.handler_set import HandlerFactory, HandlerSet, Providers
 from schemas.enums import TaskType
 from schemas.events import TaskSubmitted
 

@@ -35,7 +35,7 @@ def build_app():  # settings read once, here
     kafka = KafkaSettings()
     registry = None
     if kafka.schema_registry_url:
-        from schemas.registry import HttpSchemaRegistry
+        from schemas.schema_registry import HttpSchemaRegistry
 
         registry = HttpSchemaRegistry(kafka.schema_registry_url)
     codec = EventCodec(registry=registry, lookup_fingerprint=SchemaStoreReader(kafka))

@@ -5,29 +5,29 @@
       └─ final task states (fold_status)        └─> effects: tasks (TaskProducer), evaluations
                                                     (<prefix>.evaluations), evaluators
 
-Every decision is :mod:`processors.generation_flow`'s (pure functions returning ``(record,
+Every decision is :mod:`generations.flow`'s (pure functions returning ``(record,
 effects)``); this module only decodes what arrives (:mod:`processors.generation_messages`),
 calls them, and carries out the effects:
 
-* :class:`~processors.generation_flow.SubmitTask` → ``producers.submit.TaskProducer.submit``
+* :class:`~generations.flow.SubmitTask` → ``producers.submit.TaskProducer.submit``
   (its id and orchestration; the generation's origin);
-* :class:`~processors.generation_flow.Evaluate` → the evaluator ``provider`` names in the
+* :class:`~generations.flow.Evaluate` → the evaluator ``provider`` names in the
   :class:`~processors.evaluators.EvaluatorRegistry`. An in-process :class:`Evaluator`: fetch the
   image (``gpu_consumers.inputs.InputFetcher``: limits, private-address rule) and score it in a
   thread → ``on_evaluation``. A :class:`TaskEvaluator` (``vlm``, ``clip``, ``quality+clip``):
   ``request(image_url, context)`` → ``start_judging`` (its judge task is one more SubmitTask);
   a :class:`CombinedEvaluator` that does not ``apply`` to the attempt: its ``local`` part
   in-process, as above;
-* :class:`~processors.generation_flow.ParseJudgement` → ``evaluator.parse`` → ``on_evaluation``.
+* :class:`~generations.flow.ParseJudgement` → ``evaluator.parse`` → ``on_evaluation``.
   A :class:`CombinedEvaluator`: the image is fetched and scored by its ``local`` part in a
   thread, and ``combine`` makes the evaluation. An answer with no score
   (:class:`UnparseableJudgement`): the image is scored by the weight-free evaluator (the
   combined one's ``local``, else ``quality``) with a first reason saying why;
-* :class:`~processors.generation_flow.EmitEvaluation` → ``schemas.emit.produce_event`` to the
+* :class:`~generations.flow.EmitEvaluation` → ``schemas.emit.produce_event`` to the
   evaluations topic (Avro, CloudEvents headers), keyed by the attempt's task id;
-* :class:`~processors.generation_flow.CancelTask` → a ``CancelRequested`` (event id
+* :class:`~generations.flow.CancelTask` → a ``CancelRequested`` (event id
   ``cancel_event_id(task id)``, the request's reason and requested_by) to the control topic,
-  which the workers act on. A :class:`~producers.generations.GenerationCancelRequested` on the
+  which the workers act on. A :class:`~generations.plan.GenerationCancelRequested` on the
   generations topic leads to these (``flow.cancel``); one for an unknown generation is ignored.
 
 The effects of ``on_evaluation`` / ``start_judging`` are carried out right after the effect that
@@ -55,15 +55,15 @@ from typing import Any, TypeVar
 from confluent_kafka import Producer
 from PIL import Image
 
-from processors import generation_flow as flow
+from generations import flow
 from processors.evaluators.base import (WEIGHT_FREE, CombinedEvaluator, Evaluation, EvaluationContext,
                                         Evaluator, EvaluatorRegistry, EvaluatorSettings, TaskEvaluator,
                                         UnparseableJudgement)
-from processors.generation_flow import CancelTask, EmitEvaluation, Evaluate, ParseJudgement, SubmitTask
+from generations.flow import CancelTask, EmitEvaluation, Evaluate, ParseJudgement, SubmitTask
 from processors.generation_messages import BadGenerationRecord, read_generation_message, record_headers
-from processors.generation_record import GenerationRecord, decode_record, encode_record
+from generations.record import GenerationRecord, decode_record, encode_record
 from producers.errors import DeliveryError
-from producers.generations import GenerationCancelRequested, GenerationRequested
+from generations.plan import GenerationCancelRequested, GenerationRequested
 from schemas.codec import EventCodec
 from schemas.emit import produce_event
 from schemas.events import CancelRequested, Envelope, EvaluationRecorded
@@ -154,7 +154,7 @@ def failed_evaluation(provider: str, error: BaseException) -> Evaluation:
 
 
 class Orchestrator:
-    """Carries out the effects of :mod:`processors.generation_flow` (see the module doc).
+    """Carries out the effects of :mod:`generations.flow` (see the module doc).
 
     ``io`` runs a blocking call of the outbox (one thread: the producers are not thread-safe);
     evaluations run in ``evaluate_in`` (the loop's default executor when None)."""

@@ -1,7 +1,7 @@
 """Encode events to framed Avro bytes and decode any framed record back to its event model.
 
 Writers frame with Avro single-object encoding by default, or with the Confluent schema-registry
-framing when a :class:`~schemas.registry.SchemaRegistry` is given. Readers accept both. A record
+framing when a :class:`~schemas.schema_registry.SchemaRegistry` is given. Readers accept both. A record
 written with another version of a schema is resolved against the reader's current schema by
 Avro's rules (see docs/SCHEMA_EVOLUTION.md); its writer schema is found by fingerprint (in this
 process's catalogue or the schema-store topic) or by registry id.

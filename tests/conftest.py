@@ -5,7 +5,7 @@ Each component is chosen on its own, the first time a test asks for it, in this 
 1. an endpoint given in the environment: ``KAFKA_BOOTSTRAP_SERVERS``, ``DATABASE_URL``,
    ``S3_ENDPOINT_URL`` (with ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_DEFAULT_REGION``);
 2. testcontainers, when a Docker engine answers a ping (a ``docker`` client alone is not enough);
-3. the local processes of ``computectl dev`` (state/devstack): a KRaft broker on the JVM, a
+3. the local processes of ``computectl dev`` (devstack): a KRaft broker on the JVM, a
    throw-away PostgreSQL cluster, moto's S3 server.
 
 A session that only uses Kafka never starts PostgreSQL. Nothing is skipped: if no source can
@@ -45,7 +45,7 @@ class S3Config:
     region: str
 
     def client(self) -> Any:
-        from state.devstack.s3 import s3_client
+        from devstack.s3 import s3_client
 
         return s3_client(self.endpoint_url, access_key=self.access_key, secret_key=self.secret_key,
                          region=self.region)
@@ -63,7 +63,7 @@ class S3Config:
 class _Provided:
     value: Any
     source: str  # "environment" | "testcontainers" | "local"
-    local: Any = None  # the state.devstack object when source == "local"
+    local: Any = None  # the devstack object when source == "local"
 
 
 @dataclass
@@ -96,7 +96,7 @@ class TestStack:
         return provided.source if provided else None
 
     def local(self, name: str) -> Any:
-        """The state.devstack object (KafkaBroker, PostgresCluster, S3Endpoint) when local."""
+        """The devstack object (KafkaBroker, PostgresCluster, S3Endpoint) when local."""
         provided = self._provided.get(name)
         return provided.local if provided else None
 
@@ -143,7 +143,7 @@ class TestStack:
                 else:
                     reasons.append(f"testcontainers: {self._docker_reason}")
                 if provided is None:
-                    stage = "local processes (state/devstack)"
+                    stage = "local processes (devstack)"
                     provided = from_local()
         except Exception as exc:
             reasons.append(f"{stage}: {type(exc).__name__}: {exc}")
@@ -184,7 +184,7 @@ class TestStack:
     # ------------------------------------------------------------------ Kafka
     @staticmethod
     def _kafka_env(bootstrap: str) -> str:
-        from state.devstack.kafka import metadata_round_trip
+        from devstack.kafka import metadata_round_trip
 
         deadline = time.monotonic() + ENDPOINT_TIMEOUT_S
         while not metadata_round_trip(bootstrap):
@@ -205,7 +205,7 @@ class TestStack:
         return self._container(container).get_bootstrap_server()
 
     def _kafka_local(self) -> _Provided:
-        from state.devstack.kafka import KafkaBroker
+        from devstack.kafka import KafkaBroker
 
         broker = self._local(KafkaBroker())
         return _Provided(broker.bootstrap_servers, "local", broker)
@@ -213,7 +213,7 @@ class TestStack:
     # ------------------------------------------------------------------ PostgreSQL
     @staticmethod
     def _postgres_env(url: str) -> str:
-        from state.devstack.postgres import can_connect
+        from devstack.postgres import can_connect
 
         deadline = time.monotonic() + ENDPOINT_TIMEOUT_S
         while not can_connect(url):
@@ -232,7 +232,7 @@ class TestStack:
         return self._container(container).get_connection_url(driver=None)
 
     def _postgres_local(self) -> _Provided:
-        from state.devstack.postgres import PostgresCluster
+        from devstack.postgres import PostgresCluster
 
         cluster = self._local(PostgresCluster())
         return _Provided(cluster.url, "local", cluster)
@@ -240,7 +240,7 @@ class TestStack:
     # ------------------------------------------------------------------ S3
     @staticmethod
     def _s3_env(endpoint_url: str) -> S3Config:
-        from state.devstack.s3 import ACCESS_KEY, REGION, SECRET_KEY, http_answers
+        from devstack.s3 import ACCESS_KEY, REGION, SECRET_KEY, http_answers
 
         deadline = time.monotonic() + ENDPOINT_TIMEOUT_S
         while not http_answers(endpoint_url):
@@ -255,7 +255,7 @@ class TestStack:
         )
 
     def _s3_docker(self) -> S3Config:
-        from state.devstack.s3 import REGION
+        from devstack.s3 import REGION
 
         try:  # testcontainers' MinioContainer needs the `minio` package
             from testcontainers.community.minio import MinioContainer
@@ -275,7 +275,7 @@ class TestStack:
         return S3Config(url, container.access_key, container.secret_key, REGION)
 
     def _s3_local(self) -> _Provided:
-        from state.devstack.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Endpoint
+        from devstack.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Endpoint
 
         endpoint = self._local(S3Endpoint())
         return _Provided(S3Config(endpoint.endpoint_url, ACCESS_KEY, SECRET_KEY, REGION), "local", endpoint)

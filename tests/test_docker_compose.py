@@ -468,7 +468,7 @@ def test_kafka_nodes_let_workers_use_kip848_as_the_local_stack_does(services: di
     # WORKER_GROUP_PROTOCOL=auto takes KIP-848 only where the broker accepts the workers' 10 s
     # session (gpu_consumers/group_protocol.py); compose's brokers must allow what the local
     # stack's broker allows, or the compose workers fall back to classic at 45 s.
-    from state.devstack.kafka import TEST_BROKER_PROPS
+    from devstack.kafka import TEST_BROKER_PROPS
 
     floor = TEST_BROKER_PROPS["group.consumer.min.session.timeout.ms"]
     for node in KAFKA_NODES:

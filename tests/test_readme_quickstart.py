@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from state.devstack.system import COMPUTECTL
+from devstack.system import COMPUTECTL
 
 pytestmark = pytest.mark.integration
 

@@ -1,9 +1,9 @@
 """The fault suite's system: a private local stack (Kafka, PostgreSQL, S3 through
-state/devstack), the services as real processes started the way ``computectl up`` starts them
-(state/devstack/system.py: the same command lines and environment), and a steady load of
+devstack), the services as real processes started the way ``computectl up`` starts them
+(devstack/system.py: the same command lines and environment), and a steady load of
 IMAGE_ADJUSTER tasks through the API.
 
-:class:`Services` is a small supervisor of its own, not state/devstack/services.py: the suite must
+:class:`Services` is a small supervisor of its own, not devstack/services.py: the suite must
 SIGKILL, SIGSTOP and restart one service at a chosen moment, and start a worker once with a fault
 point armed (gpu_consumers/fault_points.py) but restart it without. A service that dies is started
 again after :data:`RESTART_DELAY_S`, like the real supervisor's first backoff; each death and
@@ -27,11 +27,11 @@ from pathlib import Path
 import httpx
 
 from bench.faults.history import History, Submit
-from state.devstack.kafka import default_repo_root
-from state.devstack.procs import free_port, kill_group_leftovers, spawn, stop_tree, wait_until
-from state.devstack.system import COMPUTECTL
+from devstack.kafka import default_repo_root
+from devstack.procs import free_port, kill_group_leftovers, spawn, stop_tree, wait_until
+from devstack.system import COMPUTECTL
 
-RESTART_DELAY_S = 0.5  # the supervisor's first backoff (state/devstack/services.py)
+RESTART_DELAY_S = 0.5  # the supervisor's first backoff (devstack/services.py)
 WORKERS = ("worker-1", "worker-2")
 _LOCAL_DEFAULTS = {"COMPUTE_MODEL_PROFILE": "offline", "HF_HUB_OFFLINE": "1",
                    "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
@@ -70,7 +70,7 @@ class Services:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         # The supervision thread lives as long as the suite: the children's parent-death signal
-        # is tied to the thread that spawned them (state/devstack/procs.spawn).
+        # is tied to the thread that spawned them (devstack/procs.spawn).
         self._watch = threading.Thread(target=self._watch_loop, name="services", daemon=True)
         self._watch.start()
 
@@ -231,7 +231,7 @@ def standard_specs(api_port: int) -> dict[str, tuple[list[str], dict[str, str]]]
     specs = {name: worker_spec(name) for name in WORKERS}
     specs["processors"] = ([*COMPUTECTL, "processors", "--no-create-topics"],
                            {"PROCESSORS_GROUP_INSTANCE_ID": "processors"})
-    # static membership, as computectl up (state/devstack/system.py): a restarted projector
+    # static membership, as computectl up (devstack/system.py): a restarted projector
     # takes its partitions back at once instead of after the dead member's 45 s session
     specs["projector"] = ([*COMPUTECTL, "projector"], {"PROJECTOR_GROUP_INSTANCE_ID": "projector"})
     specs["api"] = ([*COMPUTECTL, "api", "--host", "127.0.0.1", "--port", str(api_port)], {})

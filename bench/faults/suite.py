@@ -26,8 +26,8 @@ from bench.faults.harness import Load, Services, api_port, image_in, new_state_d
 from bench.faults.history import History, ReadModelSampler, StatusRecorder
 from bench.faults.scenarios import SCENARIOS, SHORT, SHORT_PLAN, Plan
 from schemas.kafka_settings import KafkaSettings
-from state.devstack.procs import tail, wait_until
-from state.devstack.stack import LocalStack
+from devstack.procs import tail, wait_until
+from devstack.stack import LocalStack
 
 log = logging.getLogger("faults")
 QUIET_S = 60.0  # after a scenario's load: every task must have ended within this
@@ -61,8 +61,8 @@ class System:
                            if env.get(v)}
             kafka = KafkaSettings(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"], **replication)
             from schemas.topic_admin import ensure_topics
-            from state.db.apikeys import create_key
-            from state.db.migrate import migrate
+            from projection.db.apikeys import create_key
+            from projection.db.migrate import migrate
 
             ensure_topics(kafka)
             migrate(env["DATABASE_URL"])
@@ -129,7 +129,7 @@ class System:
     def read_model_mismatches(self, ids: set[str], timeout: float = 60.0) -> set[str]:
         """Task ids whose live read-model row differs from a rebuild from the topics; waits
         (up to ``timeout``) for the projector to catch up with the topics first."""
-        from state.rebuild import rebuild
+        from projection.rebuild import rebuild
 
         def rows(url: str) -> dict[str, tuple]:
             with psycopg.connect(url) as conn:

@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from gpu_consumers.handler import HandlerResult, TaskContext
+from gpu_consumers.handlers.base import HandlerResult, TaskContext
 from gpu_consumers.handlers.classical import (
     GRABCUT_ITERATIONS,
     StepCounter,

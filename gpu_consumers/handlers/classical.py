@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from gpu_consumers.errors import InvalidInput, ProviderError
-from gpu_consumers.handler import OutputFile, TaskContext
+from gpu_consumers.handlers.base import OutputFile, TaskContext
 
 # Below 8 px a side there is no subject to segment or enhance (and GrabCut has too few samples).
 MIN_SIDE_PX = 8

@@ -38,7 +38,7 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
-from gpu_consumers.handler import HandlerResult, TaskContext
+from gpu_consumers.handlers.base import HandlerResult, TaskContext
 from gpu_consumers.handlers.classical import StepCounter, encode_image, load_picture, to_uint8, unsharp
 from gpu_consumers.handlers.model_common import (
     DIFFUSION_OPTIONS,

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from gpu_consumers.errors import InvalidInput
-from gpu_consumers.handler import HandlerResult, TaskContext
+from gpu_consumers.handlers.base import HandlerResult, TaskContext
 from gpu_consumers.handlers.classical import encode_image, load_picture, to_picture, to_uint8
 from gpu_consumers.handlers.model_common import (
     DIFFUSION_OPTIONS,

@@ -41,7 +41,7 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
-from gpu_consumers.handler import HandlerResult, TaskContext
+from gpu_consumers.handlers.base import HandlerResult, TaskContext
 from gpu_consumers.handlers.classical import (
     StepCounter,
     encode_image,

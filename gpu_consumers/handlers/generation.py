@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from gpu_consumers.errors import InvalidInput
-from gpu_consumers.handler import HandlerResult, TaskContext
+from gpu_consumers.handlers.base import HandlerResult, TaskContext
 from gpu_consumers.handlers.classical import encode_image, to_picture
 from gpu_consumers.handlers.model_common import (
     DIFFUSION_OPTIONS,

@@ -25,7 +25,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from gpu_consumers.handler import HandlerResult, TaskContext
+from gpu_consumers.handlers.base import HandlerResult, TaskContext
 from gpu_consumers.handlers.classical import StepCounter, encode_image, load_picture, to_uint8
 from schemas.enums import TaskType
 from schemas.task_params import ImageAdjusterParams

@@ -46,7 +46,7 @@ from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from gpu_consumers.errors import InvalidInput
-from gpu_consumers.handler import HandlerResult, OutputFile, TaskContext
+from gpu_consumers.handlers.base import HandlerResult, OutputFile, TaskContext
 from gpu_consumers.handlers.model_common import (
     ModelProgress,
     float_in,

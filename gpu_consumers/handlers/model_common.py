@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from gpu_consumers.errors import InvalidInput
-from gpu_consumers.handler import TaskContext
+from gpu_consumers.handlers.base import TaskContext
 from gpu_consumers.handlers.classical import to_uint8
 from gpu_consumers.handlers.face_detection import Box, feather_mask
 from schemas.task_params import SEED_MAX, STEPS_MAX, STEPS_MIN

@@ -61,7 +61,7 @@ import numpy as np
 from PIL import Image
 
 from gpu_consumers.errors import InvalidInput
-from gpu_consumers.handler import HandlerResult, TaskContext
+from gpu_consumers.handlers.base import HandlerResult, TaskContext
 from gpu_consumers.handlers.classical import (
     StepCounter,
     encode_image,

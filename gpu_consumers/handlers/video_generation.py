@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from gpu_consumers.errors import ProviderError
-from gpu_consumers.handler import HandlerResult, OutputFile, TaskContext
+from gpu_consumers.handlers.base import HandlerResult, OutputFile, TaskContext
 from gpu_consumers.handlers.classical import to_picture
 from gpu_consumers.handlers.model_common import (
     ModelProgress,

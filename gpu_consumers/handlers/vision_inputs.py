@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpu_consumers.errors import InvalidInput
-from gpu_consumers.handler import TaskContext
+from gpu_consumers.handlers.base import TaskContext
 from gpu_consumers.handlers.model_common import Check
 from gpu_consumers.inputs import redact
 from gpu_consumers.model_cache import ModelCache

@@ -12,7 +12,7 @@ from gpu_consumers.models.loras import (
     LoraSource,
     ResolvedLora,
 )
-from gpu_consumers.models.registry import (
+from gpu_consumers.models.model_registry import (
     IpAdapterSource,
     ModelProfile,
     ModelRegistry,

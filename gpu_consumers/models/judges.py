@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from gpu_consumers.models.registry import ModelProfile, ModelRegistry, Role
+from gpu_consumers.models.model_registry import ModelProfile, ModelRegistry, Role
 
 log = logging.getLogger("gpu_consumers.models")
 

@@ -27,16 +27,16 @@ from PIL import Image, ImageChops
 
 from gpu_consumers.storage import FileStore
 from schemas.kafka_settings import KafkaSettings
-from state.api import create_app, load_settings
-from state.api.console import install_console
-from state.api.console.data import ConsoleSettings
-from state.db.apikeys import create_key
-from state.db.migrate import migrate
-from state.devstack.procs import die_with_parent_fn
-from state.devstack.system import COMPUTECTL
-from state.projector import Projector
+from api import create_app, load_settings
+from api.console import install_console
+from api.console.data import ConsoleSettings
+from projection.db.apikeys import create_key
+from projection.db.migrate import migrate
+from devstack.procs import die_with_parent_fn
+from devstack.system import COMPUTECTL
+from projection.projector import Projector
 from tests.gpu_consumers.runtime_helpers import Running, Scripted, make_worker
-from tests.state.db.helpers import fresh_database, wait_for
+from tests.projection.db.helpers import fresh_database, wait_for
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (`make browser` installs it)
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ SCREENSHOTS = REPO / "docs" / "console"
 # The demo's offline model folder (built once, under a file lock, by whichever process needs it
 # first): on a machine that ran `make demo` or the demo test, the worker starts without building.
 MODEL_CACHE = REPO / ".cache" / "models"
-# What the demo asks (producers/demo_generation.py), one prediction: up to three attempts.
+# What the demo asks (cli/demo_generation.py), one prediction: up to three attempts.
 AGENTIC = {"shot_type_string": "full-body shot", "width": 64, "height": 96, "seed": 7,
            "generation_type": "AGENTIC", "max_attempts": 3, "min_confidence_score": 0.7,
            "evaluation_provider": "quality"}

@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 
 from gpu_consumers.storage import tenant_segment
 from tests.console.conftest import ConsoleStack, save_screenshot
-from tests.state.db.helpers import wait_for
+from tests.projection.db.helpers import wait_for
 
 WAIT_MS = 30_000
 TASK = {"task_type": "IMAGE_ADJUSTER", "base_image_url": "file:///nowhere.png"}

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from state.api.console.auth import SessionStore
-from state.api.console.data import (
+from api.console.auth import SessionStore
+from api.console.data import (
     ConsoleSettings,
     OutputRefused,
     read_output,
     result_urls,
 )
-from state.db.apikeys import Caller
+from projection.db.apikeys import Caller
 from tests.gpu_consumers.runtime_helpers import PNG
 
 

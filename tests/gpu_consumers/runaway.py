@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from gpu_consumers.handler import HandlerResult, OutputFile, TaskContext
+from gpu_consumers.handlers.base import HandlerResult, OutputFile, TaskContext
 from schemas.enums import TaskType
 from tests.gpu_consumers.runtime_helpers import PNG
 

@@ -13,7 +13,7 @@ from confluent_kafka import Producer
 from PIL import Image
 
 from gpu_consumers.errors import InvalidInput, ProviderError, StorageFailure
-from gpu_consumers.handler import HandlerResult, OutputFile, TaskContext
+from gpu_consumers.handlers.base import HandlerResult, OutputFile, TaskContext
 from gpu_consumers.runtime import Worker, WorkerStats
 from gpu_consumers.settings import WorkerSettings
 from gpu_consumers.storage import FileStore, tenant_segment

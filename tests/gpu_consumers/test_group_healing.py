@@ -28,7 +28,7 @@ from confluent_kafka.admin import AdminClient
 from schemas.enums import TaskStatus
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
-from state.api.monitoring import KafkaMonitor
+from api.monitoring import KafkaMonitor
 from gpu_consumers.runtime import Worker
 from gpu_consumers.storage import FileStore
 from tests.gpu_consumers.runtime_helpers import (

@@ -109,7 +109,7 @@ def test_offline_profile_ships_its_demo_loras(tmp_path):
     each demo reference is built on first use under the LoRA root (then read as any file), and
     any other name is still refused. Production builds nothing."""
     from gpu_consumers.models import LORA_WEIGHT_NAME, LoraRefError, ModelRegistry
-    from gpu_consumers.models.registry import OFFLINE_DEMO_LORAS
+    from gpu_consumers.models.model_registry import OFFLINE_DEMO_LORAS
 
     registry = ModelRegistry("offline", tmp_path / "models")
     anna = registry.resolve_lora_ref("demo/anna")

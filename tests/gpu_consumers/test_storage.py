@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gpu_consumers.errors import InvalidInput, StorageFailure
-from gpu_consumers.handler import OutputFile
+from gpu_consumers.handlers.base import OutputFile
 from gpu_consumers.storage import (
     UNTENANTED,
     FileStore,
@@ -196,7 +196,7 @@ def test_s3_store_missing_bucket_is_a_storage_failure(s3_config: Any) -> None:
 def test_s3_store_unreachable_endpoint_is_a_storage_failure() -> None:
     import socket
 
-    from state.devstack.s3 import s3_client
+    from devstack.s3 import s3_client
 
     with socket.socket() as closed:  # bound, never listening
         closed.bind(("127.0.0.1", 0))

@@ -19,7 +19,7 @@ from confluent_kafka import Producer
 from fastavro import schemaless_writer
 from PIL import Image
 
-from gpu_consumers.handlers.registry import registry
+from gpu_consumers.handlers.handler_set import registry
 from gpu_consumers.inputs import InputFetcher, InputSettings
 from gpu_consumers.model_cache import ModelCache
 from gpu_consumers.models import ModelProfile, ModelRegistry

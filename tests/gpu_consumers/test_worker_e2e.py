@@ -53,7 +53,7 @@ DEADLINE_S = 180.0
 LONG_STEPS = 150
 # The kill test's task: long enough to be killed mid-way, short enough to be re-run.
 KILL_STEPS = 30
-WORKER_COMMAND = [sys.executable, "-c", "from producers.cli import main; main()", "worker"]
+WORKER_COMMAND = [sys.executable, "-c", "from cli.main import main; main()", "worker"]
 # Environment variables of the test process that must not leak into a worker's configuration.
 _OWN_PREFIXES = ("KAFKA_", "WORKER_", "INPUT_", "COMPUTE_MODEL_", "S3_", "AWS_", "RESULTS_URL",
                  "SCHEMA_REGISTRY_URL")

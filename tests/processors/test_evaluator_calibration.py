@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from processors.agentic import ShotSettings
+from generations.agentic import ShotSettings
 from processors.evaluators import QualityEvaluator
 from processors.evaluators.calibration import FAMILIES, Report, auc, build_set, evaluate, spearman
 

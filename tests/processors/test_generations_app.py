@@ -28,9 +28,9 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from PIL import Image, ImageFilter
 
-from processors.generation_flow import cancel_event_id
-from processors.generation_record import GenerationRecord, GenerationStatus, decode_record
-from processors.agentic import attempt_task_id
+from generations.flow import cancel_event_id
+from generations.record import GenerationRecord, GenerationStatus, decode_record
+from generations.agentic import attempt_task_id
 from processors.app import evaluator_registry, librdkafka_partition
 from processors.evaluators.base import EvaluationContext, EvaluatorSettings, default_registry
 from processors.evaluators.calibration import load_photo
@@ -40,8 +40,8 @@ from processors.folding import STATE_CONTENT_TYPE, decode_state, encode_state, s
 from processors.generation_messages import BadGenerationRecord, read_generation_message
 from processors.orchestrator import Orchestrator
 from processors.settings import ProcessorSettings
-from producers.catalog import InMemoryCatalog, PostgresCatalog
-from producers.generations import (GENERATION_CANCEL_CONTENT_TYPE, GENERATION_REQUEST_CONTENT_TYPE,
+from generations.catalog import InMemoryCatalog, PostgresCatalog
+from generations.plan import (GENERATION_CANCEL_CONTENT_TYPE, GENERATION_REQUEST_CONTENT_TYPE,
                                    GenerationCancelRequested, GenerationRequested, plan_generation)
 from schemas.emit import produce_event
 from schemas.enums import ErrorCode, EvaluationDecision, TaskStatus, TaskType
@@ -50,7 +50,7 @@ from schemas.events import (CancelRequested, EvaluationRecorded, ResultMetadata,
 from schemas.headers import header_dict
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
-from state.db.migrate import migrate
+from projection.db.migrate import migrate
 from state.lifecycle import fold_all
 from tests.processors.scripted import T0, status
 from tests.processors.test_lifecycle_app import CODEC, App, read_all, wait_for
@@ -445,7 +445,7 @@ def computectl_generate(kafka: KafkaSettings, database_url: str, subject_id: str
             "generated_prompt=cli: a shot", "-p", f"subject_id={subject_id}", "-p",
             "evaluation_provider=scripted", "--agentic", "--wait", "120", "--output", "json"]
     with open(out, "wb") as stdout, open(out.with_suffix(".err"), "wb") as stderr:
-        return subprocess.Popen([sys.executable, "-c", "from producers.cli import main; main()", *args],
+        return subprocess.Popen([sys.executable, "-c", "from cli.main import main; main()", *args],
                                 env=env, stdout=stdout, stderr=stderr)
 
 

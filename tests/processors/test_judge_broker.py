@@ -36,12 +36,12 @@ from gpu_consumers.handlers.llm_interaction import ClipLlmInteraction, Transform
 from gpu_consumers.model_cache import ModelCache
 from gpu_consumers.models import ModelProfile, ModelRegistry, Role, production_specs
 from gpu_consumers.storage import file_url_path
-from processors.agentic import OrchestratedShot
+from generations.agentic import OrchestratedShot
 from processors.evaluators import EvaluatorSettings, QualityEvaluator, UnparseableJudgement, VlmJudge
-from processors.generation_flow import _context, judge_task_id
-from processors.generation_record import GenerationStatus
-from producers.catalog import InMemoryCatalog
-from producers.generations import GenerationRequested, plan_generation
+from generations.flow import _context, judge_task_id
+from generations.record import GenerationStatus
+from generations.catalog import InMemoryCatalog
+from generations.plan import GenerationRequested, plan_generation
 from schemas.enums import TaskStatus, TaskType
 from schemas.events import StatusChanged, TaskSubmitted
 from schemas.kafka_settings import KafkaSettings

@@ -18,9 +18,9 @@ from processors.evaluators import (
     ClipAlignment, CombinedEvaluator, Evaluation, EvaluationContext, EvaluatorError, EvaluatorSettings,
     QualityAndAlignment, QualityEvaluator, UnparseableJudgement, VlmJudge, default_registry, parse_alignment,
 )
-from processors.agentic import revise_prompt
+from generations.agentic import revise_prompt
 from processors.evaluators.scripted import PromptScriptedEvaluator
-from processors.generation_flow import Evaluate, ParseJudgement, judge_task_id, on_task_final
+from generations.flow import Evaluate, ParseJudgement, judge_task_id, on_task_final
 from processors.orchestrator import Orchestrator
 from schemas.enums import EvaluationDecision, TaskType
 from tests.processors.scripted import T0

@@ -40,7 +40,7 @@ from schemas.events import StatusChanged, TaskSubmitted
 from schemas.headers import header_dict
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
-from state.devstack.procs import die_with_parent_fn
+from devstack.procs import die_with_parent_fn
 from state.lifecycle import TaskState, fold_all
 from state.stops import STOPS_HEADER, lease_event_id
 from tests.processors.scripted import T0, lifecycle, shuffled_with_duplicates, status, submitted

@@ -12,7 +12,7 @@ from pydantic import TypeAdapter
 
 from producers.submit import validate_params
 from schemas.enums import TaskType
-from state.api.models.tasks import TaskSubmit
+from api.models.tasks import TaskSubmit
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # The field each type reads its input image from, where it has one (examples/README.md).

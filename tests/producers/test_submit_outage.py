@@ -22,8 +22,8 @@ from producers.errors import DeliveryError
 from schemas.enums import TaskType
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
-from state.api.gateway import TaskGateway
-from state.devstack.kafka import KafkaBroker
+from api.gateway import TaskGateway
+from devstack.kafka import KafkaBroker
 
 pytestmark = pytest.mark.integration
 

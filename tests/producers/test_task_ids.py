@@ -44,7 +44,7 @@ def test_the_secret_comes_from_the_environment_and_reaches_the_producer(
 
 
 def test_a_generations_seed_is_keyed_with_the_same_secret() -> None:
-    from state.api.routes.generations import generation_seed
+    from api.routes.generations import generation_seed
 
     keyed = generation_seed("acme", "look-17", SECRET)
     assert keyed == generation_seed("acme", "look-17", SECRET)

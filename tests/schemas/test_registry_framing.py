@@ -19,7 +19,7 @@ from schemas.enums import TaskStatus, TaskType
 from schemas.errors import UnknownSchemaError
 from schemas.events import Envelope, StatusChanged
 from schemas.framing import Framing, read_header
-from schemas.registry import HttpSchemaRegistry, SchemaRegistryError
+from schemas.schema_registry import HttpSchemaRegistry, SchemaRegistryError
 
 
 class InMemoryRegistry:

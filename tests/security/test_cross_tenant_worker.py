@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from gpu_consumers.handlers.registry import registry
+from gpu_consumers.handlers.handler_set import registry
 from gpu_consumers.inputs import InputFetcher, InputSettings
 from gpu_consumers.runtime import Worker
 from gpu_consumers.storage import FileStore, S3Store, file_url_path

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from gpu_consumers.errors import InvalidInput
-from gpu_consumers.handler import OutputFile
+from gpu_consumers.handlers.base import OutputFile
 from gpu_consumers.input_scope import InputScope, clean_segments
 from gpu_consumers.inputs import InputSettings
 from gpu_consumers.storage import FileStore, S3Store

@@ -33,11 +33,11 @@ from state.consumer_watchdog import (
     gave_up,
     read_reports,
 )
-from state.db.migrate import migrate
-from state.devstack.kafka import KafkaBroker
+from projection.db.migrate import migrate
+from devstack.kafka import KafkaBroker
 from state.healing_consumer import HealingConsumer
-from state.projector import Projector, ProjectorSettings
-from tests.state.db.helpers import (
+from projection.projector import Projector, ProjectorSettings
+from tests.projection.db.helpers import (
     T0,
     fresh_database,
     lifecycle,

@@ -23,9 +23,9 @@ from bench.faults.harness import standard_specs
 from schemas.enums import TaskType
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
-from state.db.migrate import migrate
-from state.devstack.system import COMPUTECTL, service_specs
-from tests.state.db.helpers import fresh_database, wait_for
+from projection.db.migrate import migrate
+from devstack.system import COMPUTECTL, service_specs
+from tests.projection.db.helpers import fresh_database, wait_for
 from tests.state.test_projector_heal import all_completed, submit
 
 RESUME_TARGET_S = 10.0  # docs/RELIABILITY.md: progress resumed <= 10 s after the fault ended

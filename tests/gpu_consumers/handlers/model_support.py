@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from gpu_consumers.handler import TaskContext  # noqa: E402
+from gpu_consumers.handlers.base import TaskContext  # noqa: E402
 from gpu_consumers.model_cache import ModelCache  # noqa: E402
 from gpu_consumers.models import ModelProfile, ModelRegistry  # noqa: E402
 from tests.gpu_consumers.handlers.support import Harness  # noqa: E402

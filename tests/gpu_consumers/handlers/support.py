@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from gpu_consumers.handler import CancelToken, HandlerResult, TaskContext
+from gpu_consumers.handlers.base import CancelToken, HandlerResult, TaskContext
 
 
 class FakeFetcher:

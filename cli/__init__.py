@@ -1,0 +1,1 @@
+"""``computectl``: the root (``main.py``), the server-side and API-client commands, the demo."""

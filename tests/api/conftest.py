@@ -1,0 +1,115 @@
+"""The API under test: a real uvicorn server in a thread, a real projector, real Kafka and
+PostgreSQL. One stack per test module (its own database and topic prefix); each test gets its
+own tenant, so tests never see each other's tasks."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import uvicorn
+
+from schemas.kafka_settings import KafkaSettings
+from api import create_app, load_settings
+from projection.db.apikeys import create_key
+from projection.db.migrate import migrate
+from projection.projector import Projector
+from tests.projection.db.helpers import fresh_database, wait_for
+
+
+@dataclass
+class ApiStack:
+    base_url: str
+    db_url: str
+    kafka: KafkaSettings
+    app: object
+    projector: Projector
+    worker_group_prefix: str
+
+
+@dataclass
+class Tenant:
+    name: str
+    key: str
+    key_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # not the main thread
+        pass
+
+
+@pytest.fixture(scope="module")
+def api(request: pytest.FixtureRequest, database_url: str, kafka_bootstrap: str) -> Iterator[ApiStack]:
+    """The stack; a test module's ``API_SETTINGS`` dict overrides settings of its API."""
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap,
+                          topic_prefix=f"api{uuid.uuid4().hex[:10]}", partitions=2)
+    with fresh_database(database_url) as db_url:
+        migrate(db_url)
+        settings = load_settings(database_url=db_url, kafka=kafka, sse_poll_s=0.2,
+                                 sse_keepalive_s=0.4,
+                                 worker_group_prefix=f"{kafka.topic_prefix}-workers",
+                                 **getattr(request.module, "API_SETTINGS", {}))
+        app = create_app(settings)
+        server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                        lifespan="on"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        wait_for(lambda: server.started or not thread.is_alive(), what="uvicorn to start")
+        assert server.started, "the API server did not start"
+        port = server.servers[0].sockets[0].getsockname()[1]
+        projector = Projector(db_url, kafka, create_topics=False)
+        stop = threading.Event()
+        projecting = threading.Thread(target=projector.run, args=(stop,), daemon=True)
+        projecting.start()
+        try:
+            yield ApiStack(f"http://127.0.0.1:{port}", db_url, kafka, app, projector,
+                           settings.worker_group_prefix)
+        finally:
+            stop.set()
+            projecting.join(30)
+            server.should_exit = True
+            thread.join(30)
+
+
+@pytest.fixture
+def client(api: ApiStack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api.base_url, timeout=30) as c:
+        yield c
+
+
+def new_tenant(api: ApiStack, *, operator: bool = False) -> Tenant:
+    name = f"{'operator' if operator else 'tenant'}-{uuid.uuid4().hex[:8]}"
+    key, record = create_key(api.db_url, name, operator=operator)
+    return Tenant(name, key, record.key_id)
+
+
+@pytest.fixture
+def tenant(api: ApiStack) -> Tenant:
+    return new_tenant(api)
+
+
+@pytest.fixture
+def other_tenant(api: ApiStack) -> Tenant:
+    return new_tenant(api)
+
+
+@pytest.fixture
+def operator(api: ApiStack) -> Tenant:
+    """A key with the operator scope: /metrics and the fleet-wide monitoring routes."""
+    return new_tenant(api, operator=True)
+
+
+@pytest.fixture
+def db_url(database_url: str) -> Iterator[str]:
+    """An empty database of its own for one test (tests that run their own projector)."""
+    with fresh_database(database_url) as url:
+        yield url
