@@ -51,7 +51,7 @@ from pydantic import BaseModel
 
 from generations.agentic import (_KNOBS, Action, ActionKind, Completed, Failed, OrchestratedShot, ShotAttempt,
                                 ShotSettings, on_attempt_finished)
-from processors.evaluators.base import Evaluation, EvaluationContext
+from generations.evaluation import Evaluation, EvaluationContext
 from generations.record import GenerationRecord, GenerationStatus, PredictionRecord
 from generations.plan import (GenerationCancelRequested, GenerationPlan, GenerationRequested, PendingTask,
                                    PlannedTask, continue_after_edit, continue_after_prompt)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from generations.agentic import OrchestratedShot, attempt_task_id
-from processors.evaluators.base import Evaluation
+from generations.evaluation import Evaluation
 from generations.flow import (
     NO_IMAGE_REASON, CancelTask, EmitEvaluation, Evaluate, ParseJudgement, SubmitTask, cancel, judge_task_id,
     on_evaluation, on_task_final, start, start_judging,
