@@ -54,7 +54,7 @@ def _submit_model(task_type: TaskType) -> type[BaseModel]:
 
 
 SUBMIT_MODELS: dict[TaskType, type[BaseModel]] = {t: _submit_model(t) for t in TaskType}
-TaskSubmit = Annotated[Union[tuple(SUBMIT_MODELS.values())], Field(discriminator="task_type")]  # type: ignore[valid-type]
+TaskSubmit = Annotated[Union[tuple(SUBMIT_MODELS.values())], Field(discriminator="task_type")]  # type: ignore[valid-type]  # noqa: UP007
 
 
 class TaskLinks(BaseModel):
