@@ -13,13 +13,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from schemas.topic_admin import ensure_topics
 from api.console import install_console
 from api.deps import KeyCache
 from api.gateway import TaskGateway
 from api.metrics import ApiMetrics
-from api.monitoring import KafkaMonitor
 from api.models.tasks import API_PREFIX
+from api.monitoring import KafkaMonitor
 from api.notifier import EventNotifier
 from api.openapi_contract import install_openapi
 from api.problems import BodySizeLimit, install_problem_handlers
@@ -28,6 +27,7 @@ from api.routes.health import router as health_router
 from api.settings import ApiSettings, load_settings
 from projection.db.migrate import migrate
 from projection.db.pool import AsyncPool
+from schemas.topic_admin import ensure_topics
 
 _STOP_TIMEOUT_S = 30.0
 
@@ -50,8 +50,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app.state.notifier.start()
         stop, thread = threading.Event(), None
         if settings.embedded_projector:
-            from projection.webhooks import webhook_settings_from_env
             from projection.projector import run_projector
+            from projection.webhooks import webhook_settings_from_env
 
             thread = threading.Thread(
                 target=run_projector, args=(settings.database_url, settings.kafka, stop),

@@ -20,7 +20,6 @@ from api.settings import ApiSettings
 from projection.db.apikeys import Caller, verify_key
 from projection.db.pool import AsyncPool
 
-
 # The accessors below are ``async def`` although they never await: FastAPI runs a plain ``def``
 # dependency in its thread pool, and a hop to a worker thread and back for each of them cost
 # every request a thread wake-up or two (GET /tasks/{id} had three; docs/PERFORMANCE.md).

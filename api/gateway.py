@@ -18,15 +18,15 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 
-from producers.errors import DeliveryError, TaskTooLargeError
 from generations.plan import GenerationCancelRequested, GenerationRequested
+from producers.errors import DeliveryError, TaskTooLargeError
 from producers.submit import Origin, TaskProducer
 from schemas.codec import EventCodec
 from schemas.emit import produce_event
@@ -48,7 +48,7 @@ class _Delivery:
 
     __slots__ = ("done", "error", "task_id", "_forget")
 
-    def __init__(self, forget: Callable[["_Delivery"], None]) -> None:
+    def __init__(self, forget: Callable[[_Delivery], None]) -> None:
         self.done = threading.Event()
         self.error: KafkaError | None = None
         self.task_id: str | None = None  # set under the gateway's lock, before _forget can run
@@ -148,7 +148,7 @@ class TaskGateway:
         def envelope() -> Envelope:
             return Envelope(event_id=str(uuid.uuid4()), task_id=str(row["task_id"]),
                             task_type=TaskType(row["task_type"]), attempt=row["attempt"],
-                            occurred_at=datetime.now(timezone.utc), source=SOURCE,
+                            occurred_at=datetime.now(UTC), source=SOURCE,
                             origin_instance=row.get("origin_instance"),
                             origin_zone=row.get("origin_zone"),
                             origin_tenant_id=row.get("origin_tenant_id"))

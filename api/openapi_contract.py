@@ -25,9 +25,9 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from schemas.records import AVRO_LONG_MAX
 from api.problems import PROBLEM_MEDIA_TYPE, Problem
 from api.settings import ApiSettings
+from schemas.records import AVRO_LONG_MAX
 
 _REF = "#/components/schemas/{model}"
 _PROBLEM_CONTENT = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": _REF.format(model="Problem")}}}

@@ -27,7 +27,6 @@ from fastapi.routing import APIRoute
 
 from api.deps import authenticate, get_caller
 
-
 # Integral JSON numbers up to this size are read as ints (beyond it, they are out of every range).
 _EXACT_INTEGRAL = 2.0**64
 

@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import http.client
 import json
 import os
 import platform
-import http.client
 import shutil
 import statistics
 import subprocess
@@ -61,13 +61,13 @@ from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition  # no
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from devstack.procs import free_port, spawn, stop_pid, tail, wait_until  # noqa: E402
+from projection.db.apikeys import create_key  # noqa: E402
+from projection.db.migrate import migrate  # noqa: E402
 from schemas.codec import EventCodec  # noqa: E402
 from schemas.events import StatusChanged  # noqa: E402
 from schemas.kafka_settings import KafkaSettings  # noqa: E402
 from schemas.topic_admin import ensure_topics  # noqa: E402
-from projection.db.apikeys import create_key  # noqa: E402
-from projection.db.migrate import migrate  # noqa: E402
-from devstack.procs import free_port, spawn, stop_pid, tail, wait_until  # noqa: E402
 
 TARGET_P99_MS, TARGET_FLOOR_RATIO = 25.0, 5.0
 COMPUTECTL = str(Path(sys.executable).with_name("computectl"))
@@ -260,7 +260,7 @@ class LeanClient:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> "LeanClient":
+    def __enter__(self) -> LeanClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -20,7 +20,7 @@ import platform
 import timeit
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import fastavro
 
@@ -36,7 +36,7 @@ from schemas.task_params import GenerationParams
 def sample_events() -> dict[str, AvroRecord]:
     env = Envelope(
         event_id=str(uuid.uuid4()), task_id=str(uuid.uuid4()), task_type=TaskType.GENERATION,
-        occurred_at=datetime.now(timezone.utc), source="producer",
+        occurred_at=datetime.now(UTC), source="producer",
     )
     result = TaskResult(
         result_image_url="s3://outputs/look-001.png", output_urls=["s3://outputs/look-001.png"], seed=42,

@@ -23,7 +23,7 @@ import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -67,7 +67,7 @@ def main() -> int:
     clean = list(report.clean_scores.values())
     cutouts = list(report.cutout_scores.values())
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": platform.machine(), "nproc": os.cpu_count(), "python": platform.python_version(),
         "photos": list(PHOTOS[:args.images]), "seed": args.seed, "samples": len(samples),
         "build_s": round(built_s, 2), "auc": round(report.auc, 4), "passed": report.passed,

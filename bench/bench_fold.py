@@ -34,7 +34,7 @@ import sys
 import time
 import uuid
 from contextlib import ExitStack
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
@@ -75,7 +75,7 @@ def task_events(task_id: str, start: datetime) -> list[StatusChanged]:
 def encode_events(count: int, in_flight: int) -> list[tuple[bytes, bytes]]:
     """``count`` encoded status events as (key, value), ``in_flight`` tasks interleaved."""
     codec = EventCodec()
-    start = datetime.now(timezone.utc)
+    start = datetime.now(UTC)
     out: list[tuple[bytes, bytes]] = []
     tasks = count // EVENTS_PER_TASK
     for first in range(0, tasks, in_flight):
@@ -278,7 +278,7 @@ def main() -> None:
     events = args.events // EVENTS_PER_TASK * EVENTS_PER_TASK
     report: dict = {"events": events, "partitions": PARTITIONS, "in_flight": args.in_flight,
                     "python": platform.python_version(), "cpus": os.cpu_count(),
-                    "overrides": overrides, "started": datetime.now(timezone.utc).isoformat(),
+                    "overrides": overrides, "started": datetime.now(UTC).isoformat(),
                     "load_average": [round(os.getloadavg()[0], 2)]}
     t0 = time.perf_counter()
     encoded = cached_events(events, args.in_flight)

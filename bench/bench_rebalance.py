@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps(result), flush=True)
     finally:
         broker.stop()
-    out = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    out = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
            "rate": args.rate, "storm_s": args.storm, "every_s": args.every,
            "workers": args.workers, "session_ms": args.session_ms, "results": results}

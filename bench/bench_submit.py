@@ -34,7 +34,7 @@ import statistics
 import time
 import uuid
 from contextlib import ExitStack
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from confluent_kafka import Producer
 
@@ -56,7 +56,7 @@ def _rate(count: int, seconds: float) -> float:
 class _Timed:
     """Wall time, this thread's CPU time and the process's (librdkafka's threads included)."""
 
-    def __enter__(self) -> "_Timed":
+    def __enter__(self) -> _Timed:
         self.wall, self.thread, self.process = time.perf_counter(), time.thread_time(), time.process_time()
         return self
 
@@ -186,7 +186,7 @@ def sample_events() -> list[AvroRecord]:
     """A GENERATION task and its PENDING and QUEUED, built the way TaskProducer builds them."""
     env = Envelope(
         event_id=str(uuid.uuid4()), task_id=str(uuid.uuid4()), task_type=TaskType.GENERATION,
-        attempt=1, occurred_at=datetime.now(timezone.utc), source="producer",
+        attempt=1, occurred_at=datetime.now(UTC), source="producer",
     )
     params = validate_params(TaskType.GENERATION, SEED_EXAMPLES[TaskType.GENERATION])
     task = TASK_SUBMITTED_MODELS[TaskType.GENERATION](envelope=env, params=params)

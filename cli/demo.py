@@ -32,11 +32,11 @@ from cli.demo_children import Children
 from cli.demo_generation import run_generation
 from cli.demo_tasks import demo_tasks
 from cli.tail import tail
+from devstack.procs import free_port
 from schemas.codec import EventCodec
 from schemas.enums import ErrorCode, TaskType
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
-from devstack.procs import free_port
 from state.retry import decide
 
 # A record written a moment ago is readable within well under a second on a local broker; the

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import click
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from pydantic import ValidationError
 
 from generations.catalog import InMemoryCatalog, PostgresCatalog
@@ -157,7 +157,7 @@ def _straight_to_kafka(strategy: str, fields: dict[str, Any], tenant: str | None
         raise GenerationRequestError(f"invalid {strategy} generation: {problems}") from None
     kafka = KafkaSettings()
     produce_request(kafka, GenerationRequested(
-        plan=plan, requested_at=datetime.now(timezone.utc).isoformat(),
+        plan=plan, requested_at=datetime.now(UTC).isoformat(),
         origin_tenant_id=tenant, webhook_url=webhook_url))
     waiting = plan.prompt_step.waiting if plan.prompt_step else plan.tasks
     summary: dict[str, Any] = {"generation_id": plan.generation_id,

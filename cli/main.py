@@ -174,8 +174,8 @@ def submit(task_type: str, params: tuple[str, ...], json_file: Any, idempotency_
 def _submit_through_api(api_url: str, api_key: str, task_type: str, values: dict[str, Any],
                         idempotency_key: str | None, webhook_url: str | None) -> tuple[str, str]:
     """POST /api/v1/tasks; (task id, task type) of the accepted task."""
-    from schemas.enums import TaskType
     from cli.api_client import api_client, check
+    from schemas.enums import TaskType
 
     try:
         kind = TaskType.parse(task_type).value
@@ -203,7 +203,8 @@ def tail(topic: str, from_beginning: bool, max_records: int | None, idle_timeout
     Without --max or --idle-timeout it follows the topic and never ends on its own: Ctrl-C
     stops it. Example: computectl tail status --from-beginning --idle-timeout 2
     """
-    from cli.tail import resolve_topic, tail as tail_records
+    from cli.tail import resolve_topic
+    from cli.tail import tail as tail_records
 
     settings = _settings()
     name = resolve_topic(settings, topic)

@@ -145,8 +145,8 @@ def db_migrate(database_url: str | None) -> None:
 def db_rebuild(database_url: str | None) -> None:
     """Replay the status, task and generations-state topics from the beginning into an EMPTY
     database (tasks, task_events, generations and their predictions, shots, attempts, refines)."""
-    from schemas.kafka_settings import KafkaSettings
     from projection.rebuild import rebuild
+    from schemas.kafka_settings import KafkaSettings
 
     report = rebuild(_database_url(database_url), KafkaSettings())
     click.echo(f"replayed {report.records} records: {report.tasks} tasks, {report.events} events,"
@@ -160,10 +160,9 @@ def db_rebuild(database_url: str | None) -> None:
 def projector(database_url: str | None) -> None:
     """Project the status, task and generations-state topics into PostgreSQL until
     SIGINT/SIGTERM; deliver webhooks when COMPUTE_WEBHOOK_SECRET is set."""
-    from schemas.kafka_settings import KafkaSettings
     from projection.projector import run_projector
-
     from projection.webhooks import webhook_settings_from_env
+    from schemas.kafka_settings import KafkaSettings
 
     stats = run_projector(_database_url(database_url), KafkaSettings(), _stop_on_signals(),
                           webhooks=webhook_settings_from_env())

@@ -25,7 +25,6 @@ from typing import Any
 
 import httpx
 
-from schemas.enums import TaskType
 from devstack.kafka import default_repo_root
 from devstack.procs import DevStackError, pid_alive, spawn, tail
 from devstack.services import (
@@ -35,6 +34,7 @@ from devstack.services import (
     stop_supervisor,
     supervisor_alive,
 )
+from schemas.enums import TaskType
 
 # What `computectl` runs, without relying on the console script being on PATH.
 COMPUTECTL = (sys.executable, "-c", "from cli.main import main; main()")

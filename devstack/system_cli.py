@@ -19,7 +19,6 @@ from typing import Any
 
 import click
 
-from schemas.enums import TaskType
 from devstack.cli import (
     default_state_dir,
     print_env,
@@ -41,6 +40,7 @@ from devstack.system import (
     stop_services,
     wait_ready,
 )
+from schemas.enums import TaskType
 
 _FOLLOW_POLL_S = 0.25
 
@@ -140,8 +140,8 @@ def _up(files: SystemFiles, types: list[TaskType], workers: int, tenant: str, ti
 
 def _prepare(files: SystemFiles, env: dict[str, str], tenant: str) -> str:
     """The topics (idempotent), the migrations (idempotent), the tenant's key (once)."""
-    from schemas.topic_admin import ensure_topics
     from projection.db.migrate import migrate
+    from schemas.topic_admin import ensure_topics
 
     report = ensure_topics(stack_kafka_settings(env))
     applied = migrate(env["DATABASE_URL"])

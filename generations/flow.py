@@ -49,12 +49,28 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from generations.agentic import (_KNOBS, Action, ActionKind, Completed, Failed, OrchestratedShot, ShotAttempt,
-                                ShotSettings, on_attempt_finished)
+from generations.agentic import (
+    _KNOBS,
+    Action,
+    ActionKind,
+    Completed,
+    Failed,
+    OrchestratedShot,
+    ShotAttempt,
+    ShotSettings,
+    on_attempt_finished,
+)
 from generations.evaluation import Evaluation, EvaluationContext
+from generations.plan import (
+    GenerationCancelRequested,
+    GenerationPlan,
+    GenerationRequested,
+    PendingTask,
+    PlannedTask,
+    continue_after_edit,
+    continue_after_prompt,
+)
 from generations.record import GenerationRecord, GenerationStatus, PredictionRecord
-from generations.plan import (GenerationCancelRequested, GenerationPlan, GenerationRequested, PendingTask,
-                                   PlannedTask, continue_after_edit, continue_after_prompt)
 from schemas.enums import ErrorCode, GenerationType, TaskStatus, TaskType
 from schemas.events import Envelope, EvaluationRecorded, Orchestration
 from schemas.task_params import LlmInteractionParams, TaskParams

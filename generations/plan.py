@@ -25,10 +25,19 @@ from pydantic import Field, JsonValue, SerializeAsAny, model_validator
 
 from generations.agentic import attempt_task_id, shot_id_for
 from generations.catalog import Catalog, CatalogEntry, CatalogKind, UnknownCatalogEntry
-from generations.requests import (EditingRequest, EditingTool, FrozenModel, GenerateRequest,
-                                           GenerationRequest, GenerationRequestBase, RefineRequest,
-                                           RefineSettings, parse_request)
-from schemas.enums import GenerationStrategy as S, GenerationType, TaskType
+from generations.requests import (
+    EditingRequest,
+    EditingTool,
+    FrozenModel,
+    GenerateRequest,
+    GenerationRequest,
+    GenerationRequestBase,
+    RefineRequest,
+    RefineSettings,
+    parse_request,
+)
+from schemas.enums import GenerationStrategy as S
+from schemas.enums import GenerationType, TaskType
 from schemas.events import Orchestration
 from schemas.task_params import PARAMS_MODELS, SEED_MAX, LlmInteractionParams, TaskParams
 

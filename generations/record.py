@@ -13,8 +13,8 @@ from enum import StrEnum
 
 from pydantic import JsonValue
 
-from generations.requests import FrozenModel
 from generations.plan import GenerationPlan
+from generations.requests import FrozenModel
 from schemas.enums import TaskStatus
 
 GENERATION_RECORD_FORMAT = 1

@@ -12,11 +12,26 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
-from schemas.enums import GenerationStrategy as S, GenerationType
+from schemas.enums import GenerationStrategy as S
+from schemas.enums import GenerationType
 from schemas.records import Url, UuidStr
-from schemas.task_params import (DURATION_MAX_S, FPS_MAX, FPS_MIN, MASK_EXPANSION_MAX, MASK_EXPANSION_MIN,
-                                 MOTION_BUCKET_MAX, MOTION_BUCKET_MIN, Adjust, Dim, Prompt, ReferenceImage,
-                                 RefineDim, Seed, Steps, Unit)
+from schemas.task_params import (
+    DURATION_MAX_S,
+    FPS_MAX,
+    FPS_MIN,
+    MASK_EXPANSION_MAX,
+    MASK_EXPANSION_MIN,
+    MOTION_BUCKET_MAX,
+    MOTION_BUCKET_MIN,
+    Adjust,
+    Dim,
+    Prompt,
+    ReferenceImage,
+    RefineDim,
+    Seed,
+    Steps,
+    Unit,
+)
 
 # A batch beyond 64 predictions is a bulk job: submit several generations.
 MAX_BATCH = 64

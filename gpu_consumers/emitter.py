@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Message, Producer
@@ -62,7 +62,7 @@ class Emitter:
         """A status event of the task ``env`` describes, for ``attempt``, from this worker (with
         a given ``event_id``: a deterministic one, as a worker stop's FAILED)."""
         envelope = env.model_copy(update={
-            "event_id": event_id or str(uuid.uuid4()), "occurred_at": datetime.now(timezone.utc),
+            "event_id": event_id or str(uuid.uuid4()), "occurred_at": datetime.now(UTC),
             "attempt": attempt, "source": self.source})
         return StatusChanged(envelope=envelope, status=status, worker_id=self.worker_id,
                              generation_id=generation_id, **fields)

@@ -40,7 +40,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -407,7 +407,7 @@ class TaskRun:
         if self.attempt == self._first_attempt or self._abandoned:
             return RunReport(outcome, commit=False, retried=self.retried, healthy=self._healthy)
         env = self.task.envelope.model_copy(update={
-            "event_id": str(uuid.uuid4()), "occurred_at": datetime.now(timezone.utc),
+            "event_id": str(uuid.uuid4()), "occurred_at": datetime.now(UTC),
             "attempt": self.attempt})
         emitter, ack = self._services.emitter, Ack()
         emitter.send(emitter.topics.task(env.task_type), self.task.model_copy(update={"envelope": env}),

@@ -27,7 +27,8 @@ import ssl
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote, urlsplit
@@ -40,8 +41,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gpu_consumers.errors import InvalidInput
 from gpu_consumers.input_scope import InputScope, TaskInputs
-from schemas.address_policy import IPAddress, forbidden_reason
 from gpu_consumers.storage import default_results_url, make_s3_client, s3_location
+from schemas.address_policy import IPAddress, forbidden_reason
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG includes MPO
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})

@@ -24,9 +24,9 @@ from typing import Any
 
 import faust
 
+from processors.evaluators.base import EvaluatorRegistry, EvaluatorSettings, default_registry
 from processors.folding import STATE_CONTENT_TYPE, decode_state, fold_batch
 from processors.lease_timer import LeaseTimer
-from processors.evaluators.base import EvaluatorRegistry, EvaluatorSettings, default_registry
 from processors.leases import LeaseBook
 from processors.orchestrator import FetchImage, Orchestrator, Outbox, install
 from processors.progress import install as install_progress_watch

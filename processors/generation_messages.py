@@ -16,10 +16,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from processors.folding import STATE_CONTENT_TYPE, decode_state
+from generations.plan import GENERATION_CANCEL_CONTENT_TYPE, GENERATION_REQUEST_CONTENT_TYPE, GenerationCancelRequested, GenerationRequested
 from generations.record import GENERATION_RECORD_CONTENT_TYPE, GenerationRecord
-from generations.plan import (GENERATION_CANCEL_CONTENT_TYPE, GENERATION_REQUEST_CONTENT_TYPE,
-                                   GenerationCancelRequested, GenerationRequested)
+from processors.folding import STATE_CONTENT_TYPE, decode_state
 from schemas.errors import ComputeError
 from state.lifecycle import TaskState
 

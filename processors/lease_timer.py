@@ -14,7 +14,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
@@ -62,7 +62,7 @@ class LeaseTimer:
         self._book.keep_partitions(partitions)
         if not partitions or not len(self._book):
             return
-        at = datetime.now(timezone.utc)
+        at = datetime.now(UTC)
         try:
             ends, committed = await asyncio.to_thread(self._read_offsets, partitions)
         except KafkaException as exc:
@@ -79,7 +79,7 @@ class LeaseTimer:
         except KafkaException as exc:
             log.warning("lease outputs not acknowledged; repeated at the next check: %s", exc)
             return
-        done_at = datetime.now(timezone.utc)
+        done_at = datetime.now(UTC)
         for action, _ in sent:
             self._book.sent(action, done_at)
 

@@ -49,21 +49,29 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from confluent_kafka import Producer
 from PIL import Image
 
 from generations import flow
-from processors.evaluators.base import (WEIGHT_FREE, CombinedEvaluator, Evaluation, EvaluationContext,
-                                        Evaluator, EvaluatorRegistry, EvaluatorSettings, TaskEvaluator,
-                                        UnparseableJudgement)
 from generations.flow import CancelTask, EmitEvaluation, Evaluate, ParseJudgement, SubmitTask
-from processors.generation_messages import BadGenerationRecord, read_generation_message, record_headers
-from generations.record import GenerationRecord, decode_record, encode_record
-from producers.errors import DeliveryError
 from generations.plan import GenerationCancelRequested, GenerationRequested
+from generations.record import GenerationRecord, decode_record, encode_record
+from processors.evaluators.base import (
+    WEIGHT_FREE,
+    CombinedEvaluator,
+    Evaluation,
+    EvaluationContext,
+    Evaluator,
+    EvaluatorRegistry,
+    EvaluatorSettings,
+    TaskEvaluator,
+    UnparseableJudgement,
+)
+from processors.generation_messages import BadGenerationRecord, read_generation_message, record_headers
+from producers.errors import DeliveryError
 from schemas.codec import EventCodec
 from schemas.emit import produce_event
 from schemas.events import CancelRequested, Envelope, EvaluationRecorded
@@ -161,7 +169,7 @@ class Orchestrator:
 
     def __init__(self, outbox: Outbox | Any, registry: EvaluatorRegistry,
                  evaluator_settings: EvaluatorSettings, fetch_image: FetchImage, *,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._outbox = outbox
         self._registry = registry
         self._evaluator_settings = evaluator_settings

@@ -34,10 +34,10 @@ from producers.submit_records import SubmitRecords
 from producers.task_ids import IdempotencySettings, task_id_for
 from schemas.avro_writer import micros_varint
 from schemas.codec import EventCodec
+from schemas.emit import produce_record
 from schemas.enums import TaskType
 from schemas.errors import TaskValidationError
 from schemas.events import Orchestration, PositiveInt, StatusChanged, all_event_models
-from schemas.emit import produce_record
 from schemas.headers import (
     new_trace_id,
     new_traceparent_bytes,
@@ -387,7 +387,7 @@ class TaskProducer:
     def close(self, timeout_s: float = 30.0) -> None:
         self.flush(timeout_s)
 
-    def __enter__(self) -> "TaskProducer":
+    def __enter__(self) -> TaskProducer:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -17,7 +17,7 @@ of the equivalent validated models, for every task type, framing and optional fi
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas import avro_files
@@ -33,7 +33,7 @@ _EVENT_ID = "5e5e5e5e-e1d0-4e1d-8e1d-5e5e5e5e5e5e"
 _TASK_ID = "7a5c7a5c-1d1d-4d1d-9d1d-7a5c7a5c7a5c"
 _GENERATION_ID = "6e6e6e6e-9d9d-4d9d-ad9d-6e6e6e6e6e6e"
 _TIME_MICROS = 1_000_000_000_123_457  # 2001-09-09T01:46:40.123457Z
-_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=_TIME_MICROS)
+_TIME = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=_TIME_MICROS)
 _TASK_FIELDS = ("params", "idempotency_key", "orchestration", "webhook_url")  # after "envelope"
 STATUSES = (TaskStatus.PENDING, TaskStatus.QUEUED)
 

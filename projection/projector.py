@@ -53,14 +53,6 @@ from confluent_kafka import (
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.codec import EventCodec
-from schemas.errors import DecodeError
-from schemas.events import StatusChanged, TaskSubmitted
-from schemas.kafka_settings import KafkaSettings
-from schemas.topic_admin import ensure_topics
-from projection.webhook_delivery import WebhookDispatcher
-from projection.webhooks import WebhookSettings
-from state.consumer_watchdog import ConsumerStalled, WatchdogSettings
 from projection.db.generation_projection import (
     ProjectedBatch,
     decode_generation_record,
@@ -70,10 +62,18 @@ from projection.db.migrate import migrate
 from projection.db.pipelined import pipelined_transaction
 from projection.db.projection import apply_events, flatten
 from projection.db.task_row_cache import TaskRowCache
+from projection.salvage import salvage_task
+from projection.webhook_delivery import WebhookDispatcher
+from projection.webhooks import WebhookSettings
+from schemas.codec import EventCodec
+from schemas.errors import DecodeError
+from schemas.events import StatusChanged, TaskSubmitted
+from schemas.kafka_settings import KafkaSettings
+from schemas.topic_admin import ensure_topics
+from state.consumer_watchdog import ConsumerStalled, WatchdogSettings
 from state.errors import LifecycleError
 from state.healing_consumer import HealingConsumer
 from state.lifecycle import view_event
-from projection.salvage import salvage_task
 
 log = logging.getLogger("projection.projector")
 

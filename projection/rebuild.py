@@ -17,8 +17,6 @@ from dataclasses import dataclass
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from schemas.codec import EventCodec
-from schemas.kafka_settings import KafkaSettings
 from projection.db.errors import NotEmptyError
 from projection.db.generation_projection import apply_generation_records
 from projection.db.migrate import migrate
@@ -31,6 +29,8 @@ from projection.projector import (
     collect_batch,
     projector_topics,
 )
+from schemas.codec import EventCodec
+from schemas.kafka_settings import KafkaSettings
 
 
 @dataclass

@@ -17,18 +17,18 @@ import time
 import httpx
 import psycopg
 
+from projection.db.projection import BatchResult
 from projection.webhooks import (
-    EVENT_ID_HEADER,
-    SIGNATURE_HEADER,
     DELIVERED,
+    EVENT_ID_HEADER,
     FAILED,
     PENDING,
+    SIGNATURE_HEADER,
     WebhookSettings,
     address_problem,
     enqueue,
     sign,
 )
-from projection.db.projection import BatchResult
 
 log = logging.getLogger("state.webhooks")
 

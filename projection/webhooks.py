@@ -52,10 +52,10 @@ from typing import Any
 
 import psycopg
 
-from schemas.address_policy import forbidden_reason
-from schemas.events import StatusChanged
 from projection.db.generation_projection import GenerationChange
 from projection.db.projection import BatchResult, Transition, flatten
+from schemas.address_policy import forbidden_reason
+from schemas.events import StatusChanged
 from state.lifecycle import fold
 
 SIGNATURE_HEADER = "X-Compute-Signature"

@@ -8,7 +8,7 @@ inlined once, docs and defaults kept) that we register, publish and hand to othe
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from fastavro.schema import load_schema, to_parsing_canonical_form
 SCHEMA_DIR = Path(__file__).parent / "avro"
 
 
-@lru_cache(maxsize=None)
+@cache
 def schema_json(avro_name: str) -> dict[str, Any]:
     """The self-contained schema of a top-level record, e.g. ``compute.events.StatusChanged``."""
     path = SCHEMA_DIR / f"{avro_name}.avsc"
@@ -34,7 +34,7 @@ def parse(schema: dict[str, Any]) -> dict[str, Any]:
     return fastavro.parse_schema(schema, named_schemas={})
 
 
-@lru_cache(maxsize=None)
+@cache
 def parsed_schema(avro_name: str) -> dict[str, Any]:
     return parse(schema_json(avro_name))
 

@@ -21,7 +21,7 @@ import linecache
 import struct
 import typing
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 # _dumps: the JSON encoder to_avro() uses for logicalType json (compact, ensure_ascii=False), so the
@@ -32,7 +32,7 @@ __all__ = ["UnsupportedSchemaError", "compile_writer", "micros_varint", "split_t
 
 Writer = Callable[..., bytes]
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # fastavro's epoch for timestamp-micros
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # fastavro's epoch for timestamp-micros
 _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 
 

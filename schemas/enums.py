@@ -31,7 +31,7 @@ class TaskType(str, Enum):
         return self.value.lower()
 
     @classmethod
-    def parse(cls, name: str) -> "TaskType":
+    def parse(cls, name: str) -> TaskType:
         """Accept ``GENERATION``, ``generation`` or ``video-generation``; raise ValueError otherwise."""
         key = name.strip().upper().replace("-", "_")
         try:

@@ -10,7 +10,7 @@ with :func:`load_avro_schema`.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import Field, model_validator
@@ -100,7 +100,7 @@ class Envelope(AvroRecord):
             task_id=task_id,
             task_type=task_type,
             attempt=attempt,
-            occurred_at=datetime.now(timezone.utc),
+            occurred_at=datetime.now(UTC),
             source=source,
             origin_instance=origin_instance,
             origin_zone=origin_zone,

@@ -14,12 +14,12 @@ import re
 import types
 import typing
 import uuid
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Self
 
-from schemas import avro_files  # the one loader of .avsc files
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, JsonValue, WithJsonSchema
+
+from schemas import avro_files  # the one loader of .avsc files
 
 AVRO_NAMESPACE = "compute.events"
 AVRO_DIR = avro_files.SCHEMA_DIR
@@ -94,11 +94,11 @@ def _json_object_text(value: Any) -> Any:
 
 
 def _as_utc(value: datetime) -> datetime:
-    if value.tzinfo is timezone.utc:
+    if value.tzinfo is UTC:
         return value
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("must be timezone-aware (e.g. 2024-05-17T12:30:00Z); naive times are ambiguous")
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 Url = Annotated[str, AfterValidator(_url_checker(URL_SCHEMES)), _url_schema(URL_SCHEMES)]

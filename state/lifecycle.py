@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol
 
 from schemas.enums import TERMINAL_STATUSES, ErrorCode, TaskStatus, TaskType
@@ -167,7 +167,7 @@ def view_event(event: object) -> EventView:
         raise InvalidStatusEvent(f"{where}: progress must lie in [0, 1], got {progress!r}")
     return EventView(
         event_id=event_id, task_id=task_id, attempt=attempt,
-        occurred_at=occurred_at.astimezone(timezone.utc), task_type=task_type, status=status,
+        occurred_at=occurred_at.astimezone(UTC), task_type=task_type, status=status,
         progress=None if progress is None else float(progress),
         message=getattr(event, "message", None), result=getattr(event, "result", None),
         error_code=code, error_message=err_msg, generation_id=generation_id or None,

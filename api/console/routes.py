@@ -24,7 +24,6 @@ from fastapi.responses import (
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from schemas.enums import ErrorCode, TaskStatus, TaskType
 from api.console.auth import check_csrf, session_caller
 from api.console.data import OutputRefused, media_type, read_output, result_urls
 from api.console.pages import ConsoleRoute, read_form, render
@@ -39,6 +38,7 @@ from api.routes.common import finished, task_uuid
 from api.routes.events import SSE_MEDIA_TYPE, stream_events
 from projection.db.apikeys import Caller
 from projection.db.queries import events_after
+from schemas.enums import ErrorCode, TaskStatus, TaskType
 from state.retry import decide
 
 router = APIRouter(prefix="/console", include_in_schema=False, route_class=ConsoleRoute)

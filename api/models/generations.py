@@ -18,6 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, create_model, model_v
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
+from api.models.strict import strict_fields
+from api.models.tasks import (
+    API_PREFIX,
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE,
+    MAX_PAGE_SIZE,
+    QueryDatetime,
+    TaskOrigin,
+)
 from generations.catalog import CatalogEntry, CatalogKind
 from generations.requests import (
     BackgroundFixingRequest,
@@ -30,15 +39,6 @@ from generations.requests import (
 )
 from schemas.enums import GenerationStrategy, GenerationType, TaskStatus
 from schemas.records import UuidStr, WebhookUrl
-from api.models.strict import strict_fields
-from api.models.tasks import (
-    API_PREFIX,
-    DEFAULT_PAGE_SIZE,
-    MAX_PAGE,
-    MAX_PAGE_SIZE,
-    QueryDatetime,
-    TaskOrigin,
-)
 
 S = GenerationStrategy
 

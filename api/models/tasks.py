@@ -14,11 +14,11 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, create_model, field_validator
 from pydantic_core import PydanticCustomError
 
+from api.models.strict import strict_fields
+from projection.db.queries import SORTABLE
 from schemas.enums import ErrorCode, TaskStatus, TaskType
 from schemas.records import WebhookUrl
 from schemas.task_params import PARAMS_MODELS
-from api.models.strict import strict_fields
-from projection.db.queries import SORTABLE
 
 API_PREFIX = "/api/v1"
 # The bounds: 50 a page unless asked, never more than 200 (a page stays one quick query).

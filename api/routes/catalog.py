@@ -15,7 +15,6 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Response
 from starlette.concurrency import run_in_threadpool
 
-from generations.catalog import CatalogEntry, CatalogError, PostgresCatalog, UnknownCatalogEntry
 from api.deps import CallerDep, SettingsDep
 from api.models.generations import (
     CatalogEntriesPublic,
@@ -24,8 +23,9 @@ from api.models.generations import (
     CatalogKindPath,
 )
 from api.problems import ApiProblem
-from api.routing import ApiRoute
 from api.routes.common import UuidPath, problem_responses
+from api.routing import ApiRoute
+from generations.catalog import CatalogEntry, CatalogError, PostgresCatalog, UnknownCatalogEntry
 
 log = logging.getLogger("api.catalog")
 

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 from fastapi import Path, Query
 
-from schemas.enums import ErrorCode, TaskStatus
-from schemas.records import UUID_PATTERN
 from api.problems import PROBLEM_MEDIA_TYPE, ApiProblem, Problem
 from api.settings import ApiSettings
+from schemas.enums import ErrorCode, TaskStatus
+from schemas.records import UUID_PATTERN
 from state.retry import decide
 
 

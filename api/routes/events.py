@@ -22,9 +22,9 @@ from api.deps import CallerDep, NotifierDep, PoolDep, SettingsDep
 from api.models.tasks import TaskEventPublic
 from api.notifier import EventNotifier
 from api.problems import ApiProblem
-from api.routing import ApiRoute
 from api.routes.common import UuidPath, finished, not_found, problem_responses, task_uuid
 from api.routes.overview import fleet_scope
+from api.routing import ApiRoute
 from api.settings import ApiSettings
 from projection.db.pool import AsyncPool
 from projection.db.queries import events_after, get_task

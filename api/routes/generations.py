@@ -16,7 +16,7 @@ import json
 import logging
 import random
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Response
@@ -24,14 +24,6 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from generations.catalog import CatalogError, PostgresCatalog, UnknownCatalogEntry
-from producers.errors import DeliveryError, TaskTooLargeError
-from generations.requests import parse_request
-from producers.task_ids import keyed_uuid
-from generations.plan import (GenerationCancelRequested, GenerationPlan, GenerationRequested,
-                                   plan_generation)
-from generations.record import GenerationStatus
-from schemas.enums import GenerationStrategy
 from api.deps import CallerDep, DbDep, MetricsDep, NotifierDep, PoolDep, ProducerDep, SettingsDep
 from api.models.generations import (
     STRATEGY_ROUTES,
@@ -48,9 +40,16 @@ from api.models.generations import (
 )
 from api.models.tasks import API_PREFIX
 from api.problems import ApiProblem
-from api.routing import ApiRoute
 from api.routes.common import WaitQuery, check_wait, problem_responses
+from api.routing import ApiRoute
+from generations.catalog import CatalogError, PostgresCatalog, UnknownCatalogEntry
+from generations.plan import GenerationCancelRequested, GenerationPlan, GenerationRequested, plan_generation
+from generations.record import GenerationStatus
+from generations.requests import parse_request
+from producers.errors import DeliveryError, TaskTooLargeError
+from producers.task_ids import keyed_uuid
 from projection.db.generation_projection import GenerationFilter, get_generation, list_generations
+from schemas.enums import GenerationStrategy
 
 log = logging.getLogger("api.generations")
 
@@ -130,7 +129,7 @@ async def _submit(strategy: GenerationStrategy, body: BaseModel, caller: Any, db
     async def plan_and_send(rng: random.Random) -> dict[str, Any]:
         plan = await run_in_threadpool(_plan, strategy, body, settings.database_url, rng)
         requested = GenerationRequested(
-            plan=plan, requested_at=datetime.now(timezone.utc).isoformat(),
+            plan=plan, requested_at=datetime.now(UTC).isoformat(),
             origin_instance=settings.origin_instance, origin_zone=settings.origin_zone,
             origin_tenant_id=caller.tenant_id, webhook_url=webhook_url)
         try:
@@ -258,7 +257,7 @@ async def cancel_generation(generation_id: uuid.UUID, caller: CallerDep, db: DbD
         raise ApiProblem(409, "generation-finished",
                          f"generation {gid} already ended {row['status']}; there is nothing to cancel")
     requested = GenerationCancelRequested(
-        generation_id=gid, requested_at=datetime.now(timezone.utc).isoformat(),
+        generation_id=gid, requested_at=datetime.now(UTC).isoformat(),
         reason=body.reason if body is not None else None, requested_by=f"api-key:{caller.key_id}")
     try:
         await run_in_threadpool(producer.cancel_generation, requested)

@@ -10,7 +10,6 @@ from collections import defaultdict
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from schemas.enums import TaskType
 from api.deps import CallerDep, DbDep, MonitorDep, OperatorDep
 from api.models.monitoring import (
     QueuePublic,
@@ -23,8 +22,9 @@ from api.models.monitoring import (
 )
 from api.monitoring import oldest_queued_s, task_stats
 from api.problems import ApiProblem
-from api.routing import ApiRoute
 from api.routes.common import problem_responses
+from api.routing import ApiRoute
+from schemas.enums import TaskType
 
 router = APIRouter(prefix="/monitoring", tags=["monitoring"], route_class=ApiRoute)
 

@@ -18,8 +18,8 @@ from api.models.overview import (
     WebhookDeliveriesPublic,
     WebhookDeliveryPublic,
 )
-from api.routing import ApiRoute
 from api.routes.common import UuidPath, not_found, problem_responses, task_uuid
+from api.routing import ApiRoute
 from projection.db.apikeys import Caller
 from projection.db.overview import last_hour, running_by_worker, webhook_deliveries
 from projection.db.queries import get_task

@@ -7,10 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from producers.errors import DeliveryError, TaskTooLargeError
-from producers.submit import validate_params
-from schemas.enums import TERMINAL_STATUSES, TaskStatus, TaskType
-from schemas.errors import TaskValidationError
 from api.deps import CallerDep, DbDep, MetricsDep, NotifierDep, PoolDep, ProducerDep, SettingsDep
 from api.models.tasks import (
     CancelAccepted,
@@ -23,7 +19,6 @@ from api.models.tasks import (
     TaskSubmit,
 )
 from api.problems import ApiProblem
-from api.routing import ApiRoute
 from api.routes.common import (
     UuidPath,
     WaitQuery,
@@ -35,7 +30,12 @@ from api.routes.common import (
     task_uuid,
 )
 from api.routes.overview import fleet_scope
+from api.routing import ApiRoute
+from producers.errors import DeliveryError, TaskTooLargeError
+from producers.submit import validate_params
 from projection.db.queries import TaskFilter, get_task, list_tasks
+from schemas.enums import TERMINAL_STATUSES, TaskStatus, TaskType
+from schemas.errors import TaskValidationError
 
 router = APIRouter(prefix="/tasks", tags=["tasks"], route_class=ApiRoute)
 

@@ -21,13 +21,12 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from bench.faults.checker import Verdict, check
-from bench.faults.harness import Load, Services, api_port, image_in, new_state_dir, service_env, \
-    standard_specs
+from bench.faults.harness import Load, Services, api_port, image_in, new_state_dir, service_env, standard_specs
 from bench.faults.history import History, ReadModelSampler, StatusRecorder
 from bench.faults.scenarios import SCENARIOS, SHORT, SHORT_PLAN, Plan
-from schemas.kafka_settings import KafkaSettings
 from devstack.procs import tail, wait_until
 from devstack.stack import LocalStack
+from schemas.kafka_settings import KafkaSettings
 
 log = logging.getLogger("faults")
 QUIET_S = 60.0  # after a scenario's load: every task must have ended within this
@@ -60,9 +59,9 @@ class System:
                                                   ("min_insync_replicas", "KAFKA_MIN_INSYNC_REPLICAS"))
                            if env.get(v)}
             kafka = KafkaSettings(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"], **replication)
-            from schemas.topic_admin import ensure_topics
             from projection.db.apikeys import create_key
             from projection.db.migrate import migrate
+            from schemas.topic_admin import ensure_topics
 
             ensure_topics(kafka)
             migrate(env["DATABASE_URL"])

@@ -310,8 +310,12 @@ def build_ip_adapter(out_dir: Path, cfg: dict[str, Any]) -> None:
 
 def build_image_to_video(out_dir: Path, cfg: dict[str, Any]) -> None:
     """A StableVideoDiffusionPipeline (image -> N frames), as in diffusers' SVD fast tests."""
-    from diffusers import (AutoencoderKLTemporalDecoder, EulerDiscreteScheduler,
-                           StableVideoDiffusionPipeline, UNetSpatioTemporalConditionModel)
+    from diffusers import (
+        AutoencoderKLTemporalDecoder,
+        EulerDiscreteScheduler,
+        StableVideoDiffusionPipeline,
+        UNetSpatioTemporalConditionModel,
+    )
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     seed = cfg["seed"]
@@ -341,7 +345,6 @@ def _clip_image_processor(size: int):
     # with a warning (even on attribute access); use the PIL class directly in that case.
     try:
         import torchvision  # noqa: F401
-
         from transformers import CLIPImageProcessor as cls
     except ImportError:
         from transformers import CLIPImageProcessorPil as cls

@@ -72,8 +72,7 @@ def default_configs() -> dict[str, dict[str, Any]]:
 
 def build_vlm(out_dir: Path, cfg: dict[str, Any]) -> None:
     """A LlavaForConditionalGeneration + LlavaProcessor (see the module doc)."""
-    from transformers import (CLIPVisionConfig, GenerationConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor, Qwen2Config)
+    from transformers import CLIPVisionConfig, GenerationConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, Qwen2Config
 
     from gpu_consumers.models.offline import _clip_image_processor
 

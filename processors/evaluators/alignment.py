@@ -30,8 +30,15 @@ import json
 import math
 from typing import Any
 
-from processors.evaluators.base import (Evaluation, EvaluationContext, Evaluator, EvaluatorError,
-                                        EvaluatorSettings, UnparseableJudgement, task_config)
+from processors.evaluators.base import (
+    Evaluation,
+    EvaluationContext,
+    Evaluator,
+    EvaluatorError,
+    EvaluatorSettings,
+    UnparseableJudgement,
+    task_config,
+)
 from processors.evaluators.quality import QualityEvaluator
 from schemas.task_params import LlmInteractionParams
 

@@ -26,8 +26,7 @@ import json
 import re
 from typing import Any
 
-from processors.evaluators.base import (Evaluation, EvaluationContext, EvaluatorError, EvaluatorSettings,
-                                        UnparseableJudgement, task_config)
+from processors.evaluators.base import Evaluation, EvaluationContext, EvaluatorError, EvaluatorSettings, UnparseableJudgement, task_config
 from schemas.task_params import LlmInteractionParams
 
 SYSTEM_PROMPT = (

@@ -46,10 +46,10 @@ from generations.record import (
     PredictionRecord,
     decode_record,
 )
-from schemas.errors import DecodeError
 from projection.db.pg_values import jsonb, without_nul
 from projection.db.projection import NOTIFY_CHANNEL, BatchResult, notify_payload
 from projection.db.queries import tenant_where
+from schemas.errors import DecodeError
 
 # Advisory-lock hash seed of generation ids ("gens"), apart from the tasks' locks.
 _LOCK_SEED = 0x67656E73

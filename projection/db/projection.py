@@ -32,11 +32,11 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from schemas.enums import ErrorCode, TaskStatus, TaskType
-from schemas.events import StatusChanged, TaskError, TaskSubmitted
 from projection.db.pg_values import jsonb, without_nul
 from projection.db.queries import TASK_COLUMNS
 from projection.db.task_row_cache import CachedTask, PendingRows, TaskRowCache
+from schemas.enums import ErrorCode, TaskStatus, TaskType
+from schemas.events import StatusChanged, TaskError, TaskSubmitted
 from state.lifecycle import TaskState, fold
 
 NOTIFY_CHANNEL = "task_events"

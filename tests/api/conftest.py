@@ -13,11 +13,11 @@ import httpx
 import pytest
 import uvicorn
 
-from schemas.kafka_settings import KafkaSettings
 from api import create_app, load_settings
 from projection.db.apikeys import create_key
 from projection.db.migrate import migrate
 from projection.projector import Projector
+from schemas.kafka_settings import KafkaSettings
 from tests.projection.db.helpers import fresh_database, wait_for
 
 

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-from psycopg.rows import dict_row
-import uuid
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-
-from schemas.kafka_settings import KafkaSettings
+from psycopg.rows import dict_row
 
 from schemas.enums import TaskStatus, TaskType
+from schemas.kafka_settings import KafkaSettings
 from tests.api.conftest import ApiStack, Tenant
 from tests.projection.db.helpers import produce, status, wait_for
 
@@ -27,7 +26,7 @@ def assert_problem(resp: httpx.Response, code: int) -> dict[str, Any]:
     assert resp.status_code == code, (resp.status_code, resp.text)
     assert resp.headers["content-type"].startswith("application/problem+json"), resp.headers
     body = resp.json()
-    assert PROBLEM_KEYS <= body.keys(), body
+    assert body.keys() >= PROBLEM_KEYS, body
     assert body["status"] == code and body["type"].startswith("urn:compute-server:problem:")
     assert "Traceback" not in resp.text
     return body
@@ -57,7 +56,7 @@ def wait_status(client: httpx.Client, tenant: Tenant, task_id: str, *statuses: s
 
 
 def now(offset_s: float = 0.0) -> datetime:
-    return datetime.now(timezone.utc) + timedelta(seconds=offset_s)
+    return datetime.now(UTC) + timedelta(seconds=offset_s)
 
 
 def run_task(api: ApiStack, tenant: Tenant, task_id: str, task_type: TaskType,
@@ -129,8 +128,8 @@ def webhook_deliveries(db_url: str, kind: str, subject_id: str) -> list[tuple]:
 def crash_before_commit(db_url: str, kafka: KafkaSettings, settings: Any, what: str) -> None:
     """A projector whose first batch that queues webhook deliveries dies right after queueing
     them, before its transaction commits (a batch that queues nothing commits)."""
-    from projection.webhooks import enqueue
     from projection.projector import Projector
+    from projection.webhooks import enqueue
 
     def crash_after_enqueue(conn: psycopg.Connection, result: Any) -> None:
         if enqueue(conn, result, settings):
@@ -146,8 +145,8 @@ def crash_before_commit(db_url: str, kafka: KafkaSettings, settings: Any, what: 
 
 def project_until(db_url: str, kafka: KafkaSettings, settings: Any, done: Any, what: str) -> None:
     """A projector queueing webhook deliveries in its batches, polled until ``done()``."""
-    from projection.webhooks import enqueue
     from projection.projector import Projector
+    from projection.webhooks import enqueue
 
     projector = Projector(db_url, kafka, create_topics=False,
                           in_transaction=lambda conn, result: enqueue(conn, result, settings))

@@ -10,10 +10,10 @@ from gpu_consumers.storage import FileStore
 from schemas.codec import EventCodec
 from schemas.enums import TaskStatus
 from schemas.events import StatusChanged
-from tests.gpu_consumers.runtime_helpers import Running, Scripted, make_worker
-from tests.kafka_helpers import read_topic, record_count
 from tests.api.conftest import ApiStack, Tenant
 from tests.api.helpers import submit, wait_status
+from tests.gpu_consumers.runtime_helpers import Running, Scripted, make_worker
+from tests.kafka_helpers import read_topic, record_count
 
 TASK = {"task_type": "IMAGE_ADJUSTER", "base_image_url": "file:///nowhere.png", "prompt": "ok"}
 

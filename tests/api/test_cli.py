@@ -9,12 +9,12 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from cli.server import add_state_commands
 from generations.plan import GenerationRequested
 from schemas.enums import TaskStatus, TaskType
-from cli.server import add_state_commands
-from tests.kafka_helpers import read_topic, wait_for
 from tests.api.conftest import ApiStack, Tenant
 from tests.api.helpers import run_task, submit, wait_status
+from tests.kafka_helpers import read_topic, wait_for
 from tests.projection.db.helpers import fresh_database, table
 
 pytestmark = pytest.mark.integration

@@ -13,10 +13,10 @@ import httpx
 import pytest
 import uvicorn
 
-from schemas.kafka_settings import KafkaSettings
 from api import create_app, load_settings
-from projection.db.apikeys import create_key
 from devstack.postgres import PostgresCluster
+from projection.db.apikeys import create_key
+from schemas.kafka_settings import KafkaSettings
 from tests.api.conftest import _Server
 from tests.projection.db.helpers import wait_for
 

@@ -11,9 +11,9 @@ import psycopg
 import pytest
 
 from projection.db.apikeys import revoke_key
-from tests.kafka_helpers import wait_for
 from tests.api.conftest import ApiStack, Tenant, new_tenant
 from tests.api.helpers import assert_problem, record_counts
+from tests.kafka_helpers import wait_for
 
 pytestmark = pytest.mark.integration
 

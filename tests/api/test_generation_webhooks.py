@@ -16,9 +16,9 @@ import pytest
 from psycopg.rows import dict_row
 
 from generations.record import GenerationRecord, GenerationStatus
-from schemas.enums import TaskStatus
-from schemas.kafka_settings import KafkaSettings
-from schemas.topic_admin import ensure_topics
+from projection.db.migrate import migrate
+from projection.projector import Projector
+from projection.rebuild import rebuild
 from projection.webhooks import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
@@ -27,9 +27,9 @@ from projection.webhooks import (
     generation_event_id,
     verify,
 )
-from projection.db.migrate import migrate
-from projection.projector import Projector
-from projection.rebuild import rebuild
+from schemas.enums import TaskStatus
+from schemas.kafka_settings import KafkaSettings
+from schemas.topic_admin import ensure_topics
 from tests.api.helpers import (
     crash_before_commit,
     project_until,

@@ -12,13 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from generations.catalog import PostgresCatalog
-from generations.plan import (GENERATION_CANCEL_CONTENT_TYPE, GENERATION_REQUEST_CONTENT_TYPE,
-                                   GenerationCancelRequested, GenerationRequested)
 from generations.agentic import attempt_task_id
-from tests.kafka_helpers import read_topic, record_count
+from generations.catalog import PostgresCatalog
+from generations.plan import GENERATION_CANCEL_CONTENT_TYPE, GENERATION_REQUEST_CONTENT_TYPE, GenerationCancelRequested, GenerationRequested
 from tests.api.conftest import ApiStack, Tenant, new_tenant
 from tests.api.helpers import assert_problem
+from tests.kafka_helpers import read_topic, record_count
 from tests.projection.db import generation_helpers as gh
 from tests.projection.db.helpers import wait_for
 

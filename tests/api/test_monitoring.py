@@ -10,9 +10,9 @@ import pytest
 from confluent_kafka import Consumer
 
 from schemas.enums import ErrorCode, TaskStatus, TaskType
-from tests.kafka_helpers import record_count
 from tests.api.conftest import ApiStack, Tenant
 from tests.api.helpers import submit, wait_status
+from tests.kafka_helpers import record_count
 from tests.projection.db.helpers import T0, produce, status, submitted, task_row, wait_for
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -109,7 +109,7 @@ def test_a_long_poll_answers_with_the_notified_row_without_reading_again(db_url:
                 if tenant == "acme":  # typed as a read would give it
                     assert answer["task_id"] == uuid.UUID(tid) and type(answer["progress"]) is float
                     assert answer["completed_at"] == datetime(2026, 12, 6, 5, 0, 0, 500000,
-                                                              tzinfo=timezone.utc)
+                                                              tzinfo=UTC)
                 else:
                     assert answer == {"status": "COMPLETED"}
         finally:

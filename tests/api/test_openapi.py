@@ -108,9 +108,9 @@ def test_health_readiness_and_metrics(api: ApiStack, client: httpx.Client, tenan
     wait_status(client, tenant, failed, "QUEUED")
     run_task(api, tenant, tid, TaskType.IMAGE_ADJUSTER, (TaskStatus.PROCESSING, 0.1),
              (TaskStatus.COMPLETED, None))
-    from tests.projection.db.helpers import produce, status
-    from tests.api.helpers import now
     from schemas.enums import ErrorCode
+    from tests.api.helpers import now
+    from tests.projection.db.helpers import produce, status
 
     produce(api.kafka, [status(failed, TaskStatus.FAILED, at=now(), task_type=TaskType.IMAGE_ADJUSTER,
                                code=ErrorCode.CONTENT_POLICY, tenant=tenant.name)])

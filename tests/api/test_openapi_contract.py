@@ -24,10 +24,10 @@ import pytest
 import schemathesis
 from schemathesis.config import SchemathesisConfig
 
-from schemas.kafka_settings import KafkaSettings
 from api import create_app, load_settings
 from api.problems import PROBLEM_MEDIA_TYPE
 from projection.db.apikeys import create_key
+from schemas.kafka_settings import KafkaSettings
 from tests.api.conftest import ApiStack, new_tenant
 from tests.api.contract_hooks import CATALOG_FIELDS, name_real_catalog_entries
 

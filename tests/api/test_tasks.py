@@ -12,7 +12,6 @@ import pytest
 from schemas.codec import EventCodec
 from schemas.enums import TaskStatus, TaskType
 from schemas.events import CancelRequested
-from tests.kafka_helpers import read_topic, record_count, wait_for
 from tests.api.conftest import ApiStack, Tenant
 from tests.api.helpers import (
     assert_problem,
@@ -22,6 +21,7 @@ from tests.api.helpers import (
     submit,
     wait_status,
 )
+from tests.kafka_helpers import read_topic, record_count, wait_for
 
 pytestmark = pytest.mark.integration
 

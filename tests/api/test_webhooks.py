@@ -14,9 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psycopg
 import pytest
 
-from schemas.enums import TaskStatus
-from schemas.kafka_settings import KafkaSettings
-from schemas.topic_admin import ensure_topics
+from projection.db.migrate import migrate
+from projection.db.projection import apply_batch
+from projection.projector import run_projector
 from projection.webhook_delivery import WebhookDispatcher
 from projection.webhooks import (
     EVENT_ID_HEADER,
@@ -25,9 +25,9 @@ from projection.webhooks import (
     verify,
     webhook_settings_from_env,
 )
-from projection.db.migrate import migrate
-from projection.db.projection import apply_batch
-from projection.projector import run_projector
+from schemas.enums import TaskStatus
+from schemas.kafka_settings import KafkaSettings
+from schemas.topic_admin import ensure_topics
 from tests.api.helpers import (
     crash_before_commit,
     project_until,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from generations.catalog import CatalogKind, PostgresCatalog
 from cli.main import cli
+from generations.catalog import CatalogKind, PostgresCatalog
 from projection.db.migrate import migrate
 from tests.projection.db.helpers import fresh_database
 

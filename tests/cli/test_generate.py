@@ -7,20 +7,20 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from generations.record import GenerationRecord, GenerationStatus, PredictionRecord
-from generations.catalog import PostgresCatalog
 from cli.main import cli
+from generations.catalog import PostgresCatalog
 from generations.plan import GENERATION_REQUEST_CONTENT_TYPE, GenerationRequested
+from generations.record import GenerationRecord, GenerationStatus, PredictionRecord
+from projection.db.migrate import migrate
 from schemas.enums import GenerationType, TaskStatus, TaskType
 from schemas.headers import header_dict
 from schemas.topic_admin import ensure_topics
-from projection.db.migrate import migrate
 from tests.kafka_helpers import read_topic, record_count
 from tests.projection.db.generation_helpers import produce_records
 
@@ -103,7 +103,7 @@ def test_wait_exits_non_zero_unless_the_generation_completed(kafka, final, exit_
     try:
         [msg] = read_topic(kafka, kafka.topics.generations, expect=1)
         plan = GenerationRequested.model_validate_json(msg.value()).plan
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         produce_records(kafka, [GenerationRecord(
             generation_id=plan.generation_id, plan=plan, status=GenerationStatus(final),
             predictions=tuple(PredictionRecord(index=i, task_id=t.task_id, status=TaskStatus(final))

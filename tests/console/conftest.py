@@ -25,16 +25,16 @@ import pytest
 import uvicorn
 from PIL import Image, ImageChops
 
-from gpu_consumers.storage import FileStore
-from schemas.kafka_settings import KafkaSettings
 from api import create_app, load_settings
 from api.console import install_console
 from api.console.data import ConsoleSettings
-from projection.db.apikeys import create_key
-from projection.db.migrate import migrate
 from devstack.procs import die_with_parent_fn
 from devstack.system import COMPUTECTL
+from gpu_consumers.storage import FileStore
+from projection.db.apikeys import create_key
+from projection.db.migrate import migrate
 from projection.projector import Projector
+from schemas.kafka_settings import KafkaSettings
 from tests.gpu_consumers.runtime_helpers import Running, Scripted, make_worker
 from tests.projection.db.helpers import fresh_database, wait_for
 

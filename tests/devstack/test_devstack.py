@@ -28,16 +28,16 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from devstack import kafka as devkafka
 from devstack.kafka import KafkaBroker
 from devstack.postgres import PostgresCluster
-from devstack.stack import LocalStack
-from devstack.procs import die_with_parent_fn as die_with_parent
 from devstack.procs import (
     DevStackError,
     pid_alive,
     process_group_members,
     wait_until,
 )
-from devstack.server import sweep_stale_workdirs
+from devstack.procs import die_with_parent_fn as die_with_parent
 from devstack.s3 import S3Endpoint, s3_client
+from devstack.server import sweep_stale_workdirs
+from devstack.stack import LocalStack
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration

@@ -23,7 +23,6 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from schemas.topic_admin import ensure_topics
 from devstack import control
 from devstack.procs import pid_alive, process_group_members, wait_until
 from devstack.server import (
@@ -34,6 +33,7 @@ from devstack.server import (
 )
 from devstack.stack import LocalStack
 from devstack.system import stack_kafka_settings
+from schemas.topic_admin import ensure_topics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

@@ -5,11 +5,23 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from generations.agentic import (
-    GUIDANCE_FALLBACK, STEPS_FALLBACK, ActionKind, Completed, Failed, OrchestratedShot, ShotSettings,
-    UnknownAttemptError, adjust, attempt_task_id, on_attempt_finished, revise_prompt, shot_id_for,
+    GUIDANCE_FALLBACK,
+    STEPS_FALLBACK,
+    ActionKind,
+    Completed,
+    Failed,
+    OrchestratedShot,
+    ShotSettings,
+    UnknownAttemptError,
+    adjust,
+    attempt_task_id,
+    on_attempt_finished,
+    revise_prompt,
+    shot_id_for,
 )
 from processors.evaluators import ScriptedEvaluator
 from schemas.enums import ErrorCode, EvaluationDecision, GenerationType, TaskStatus

@@ -6,28 +6,43 @@ import dataclasses
 import random
 import uuid
 from collections import deque
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from generations.agentic import OrchestratedShot, attempt_task_id
+from generations.catalog import InMemoryCatalog
 from generations.evaluation import Evaluation
 from generations.flow import (
-    NO_IMAGE_REASON, CancelTask, EmitEvaluation, Evaluate, ParseJudgement, SubmitTask, cancel, judge_task_id,
-    on_evaluation, on_task_final, start, start_judging,
+    NO_IMAGE_REASON,
+    CancelTask,
+    EmitEvaluation,
+    Evaluate,
+    ParseJudgement,
+    SubmitTask,
+    cancel,
+    judge_task_id,
+    on_evaluation,
+    on_task_final,
+    start,
+    start_judging,
 )
-from generations.record import (
-    GENERATION_RECORD_CONTENT_TYPE, GenerationRecord, GenerationStatus, decode_record, encode_record,
-)
-from generations.catalog import InMemoryCatalog
 from generations.plan import GenerationCancelRequested, GenerationRequested, plan_generation
+from generations.record import (
+    GENERATION_RECORD_CONTENT_TYPE,
+    GenerationRecord,
+    GenerationStatus,
+    decode_record,
+    encode_record,
+)
 from schemas.enums import ErrorCode, EvaluationDecision, TaskStatus, TaskType
 from schemas.events import ResultMetadata, TaskResult
 from schemas.task_params import DetailEnhancerParams, LlmInteractionParams
 from state.lifecycle import TaskState
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1, T2, T3 = (T0 + timedelta(seconds=s) for s in (1, 2, 3))
 S = TaskStatus
 

@@ -13,11 +13,16 @@ from pydantic import ValidationError
 
 from generations.agentic import adjust, attempt_task_id, shot_id_for
 from generations.catalog import CatalogError, CatalogKind, InMemoryCatalog, PostgresCatalog, UnknownCatalogEntry, catalog
-from generations.requests import GenerateRequest, parse_request
 from generations.plan import (
-    DETAIL_FOLLOW_UP, GenerationPlan, clean_prompt, continue_after_edit, continue_after_prompt, plan_generation,
+    DETAIL_FOLLOW_UP,
+    GenerationPlan,
+    clean_prompt,
+    continue_after_edit,
+    continue_after_prompt,
+    plan_generation,
     submit_plan,
 )
+from generations.requests import GenerateRequest, parse_request
 from producers.submit import TaskProducer
 from schemas.codec import EventCodec
 from schemas.enums import GenerationStrategy, GenerationType, TaskType

@@ -25,12 +25,12 @@ import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from schemas.enums import TaskStatus
-from schemas.kafka_settings import KafkaSettings
-from schemas.topic_admin import ensure_topics
 from api.monitoring import KafkaMonitor
 from gpu_consumers.runtime import Worker
 from gpu_consumers.storage import FileStore
+from schemas.enums import TaskStatus
+from schemas.kafka_settings import KafkaSettings
+from schemas.topic_admin import ensure_topics
 from tests.gpu_consumers.runtime_helpers import (
     TYPE,
     Running,

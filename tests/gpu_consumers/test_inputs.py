@@ -296,7 +296,7 @@ def test_image_over_max_pixels_is_refused_before_decoding(
     default = Image.MAX_IMAGE_PIXELS
     with pytest.raises(InvalidInput, match="INPUT_MAX_IMAGE_PIXELS.*49000000"):
         decode_image(_png_header_only(7000, 7000), "x.png", max_pixels=40_000_000)
-    assert loads == [] and Image.MAX_IMAGE_PIXELS == default
+    assert loads == [] and default == Image.MAX_IMAGE_PIXELS
 
 
 def _tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -306,7 +306,7 @@ def _tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from producers.examples import SEED_EXAMPLES
 from schemas.enums import ErrorCode, TaskStatus, TaskType
 from schemas.events import Envelope, ResultMetadata, StatusChanged, TaskError, TaskResult, TaskSubmitted
 from schemas.task_params import PARAMS_MODELS
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def status(task_id: str, st: TaskStatus, at: datetime, *, attempt: int = 1,

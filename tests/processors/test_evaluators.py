@@ -9,14 +9,24 @@ import math
 import cv2
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from processors.evaluators import (
-    EvaluationContext, EvaluatorRegistry, EvaluatorSettings, QualityEvaluator, ScriptedEvaluator,
-    ScriptExhausted, TaskEvaluator, UnknownEvaluator, UnparseableJudgement, VlmJudge,
-    default_registry, parse_judgement,
+    EvaluationContext,
+    EvaluatorRegistry,
+    EvaluatorSettings,
+    QualityEvaluator,
+    ScriptedEvaluator,
+    ScriptExhausted,
+    TaskEvaluator,
+    UnknownEvaluator,
+    UnparseableJudgement,
+    VlmJudge,
+    default_registry,
+    parse_judgement,
 )
 from processors.evaluators.calibration import load_photo
 from schemas.enums import TaskType

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import os
+import random
 import signal
 import subprocess
 import sys
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,17 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from PIL import Image, ImageFilter
 
-from generations.flow import cancel_event_id
-from generations.record import GenerationRecord, GenerationStatus, decode_record
 from generations.agentic import attempt_task_id
+from generations.catalog import InMemoryCatalog, PostgresCatalog
+from generations.flow import cancel_event_id
+from generations.plan import (
+    GENERATION_CANCEL_CONTENT_TYPE,
+    GENERATION_REQUEST_CONTENT_TYPE,
+    GenerationCancelRequested,
+    GenerationRequested,
+    plan_generation,
+)
+from generations.record import GenerationRecord, GenerationStatus, decode_record
 from processors.app import evaluator_registry, librdkafka_partition
 from processors.evaluators.base import EvaluationContext, EvaluatorSettings, default_registry
 from processors.evaluators.calibration import load_photo
@@ -40,17 +48,13 @@ from processors.folding import STATE_CONTENT_TYPE, decode_state, encode_state, s
 from processors.generation_messages import BadGenerationRecord, read_generation_message
 from processors.orchestrator import Orchestrator
 from processors.settings import ProcessorSettings
-from generations.catalog import InMemoryCatalog, PostgresCatalog
-from generations.plan import (GENERATION_CANCEL_CONTENT_TYPE, GENERATION_REQUEST_CONTENT_TYPE,
-                                   GenerationCancelRequested, GenerationRequested, plan_generation)
+from projection.db.migrate import migrate
 from schemas.emit import produce_event
 from schemas.enums import ErrorCode, EvaluationDecision, TaskStatus, TaskType
-from schemas.events import (CancelRequested, EvaluationRecorded, ResultMetadata, StatusChanged, TaskError,
-                            TaskResult, TaskSubmitted)
+from schemas.events import CancelRequested, EvaluationRecorded, ResultMetadata, StatusChanged, TaskError, TaskResult, TaskSubmitted
 from schemas.headers import header_dict
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
-from projection.db.migrate import migrate
 from state.lifecycle import fold_all
 from tests.processors.scripted import T0, status
 from tests.processors.test_lifecycle_app import CODEC, App, read_all, wait_for
@@ -60,7 +64,7 @@ SUBJECT = CATALOG.add_subject("Anna", "lora/anna", 0.8)
 
 
 def cancel_request(gid: str, reason: str | None = "changed my mind") -> GenerationCancelRequested:
-    return GenerationCancelRequested(generation_id=gid, requested_at=datetime.now(timezone.utc).isoformat(),
+    return GenerationCancelRequested(generation_id=gid, requested_at=datetime.now(UTC).isoformat(),
                                      reason=reason, requested_by="api-key:test")
 
 
@@ -72,11 +76,11 @@ def request(prompt: str, **fields: Any) -> GenerationRequested:
                             "width": 256, "height": 256, "generation_type": "AGENTIC",
                             "evaluation_provider": "scripted", **fields},
                            CATALOG, random.Random(prompt))
-    return GenerationRequested(plan=plan, requested_at=datetime.now(timezone.utc).isoformat())
+    return GenerationRequested(plan=plan, requested_at=datetime.now(UTC).isoformat())
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 # --------------------------------------------------------------------------- pure pieces

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +32,16 @@ import torch
 from confluent_kafka import Producer
 from PIL import Image, ImageOps
 
+from generations.agentic import OrchestratedShot
+from generations.catalog import InMemoryCatalog
+from generations.flow import _context, judge_task_id
+from generations.plan import GenerationRequested, plan_generation
+from generations.record import GenerationStatus
 from gpu_consumers.handlers.llm_interaction import ClipLlmInteraction, TransformersLlmInteraction
 from gpu_consumers.model_cache import ModelCache
 from gpu_consumers.models import ModelProfile, ModelRegistry, Role, production_specs
 from gpu_consumers.storage import file_url_path
-from generations.agentic import OrchestratedShot
 from processors.evaluators import EvaluatorSettings, QualityEvaluator, UnparseableJudgement, VlmJudge
-from generations.flow import _context, judge_task_id
-from generations.record import GenerationStatus
-from generations.catalog import InMemoryCatalog
-from generations.plan import GenerationRequested, plan_generation
 from schemas.enums import TaskStatus, TaskType
 from schemas.events import StatusChanged, TaskSubmitted
 from schemas.kafka_settings import KafkaSettings
@@ -65,7 +65,7 @@ def agentic_request(prompt: str, provider: str) -> GenerationRequested:
     plan = plan_generation({"strategy": "GENERATE", "subject_id": SUBJECT.id, "shot_type_string": "full-body shot",
                             "generated_prompt": prompt, "width": 64, "height": 64, "generation_type": "AGENTIC",
                             "evaluation_provider": provider, "max_attempts": 1}, CATALOG, random.Random(prompt))
-    return GenerationRequested(plan=plan, requested_at=datetime.now(timezone.utc).isoformat())
+    return GenerationRequested(plan=plan, requested_at=datetime.now(UTC).isoformat())
 
 
 def judge_record(kafka: KafkaSettings, judge_id: str) -> TaskSubmitted:

@@ -14,13 +14,23 @@ from typing import Any, TypeVar
 import pytest
 from PIL import Image
 
-from processors.evaluators import (
-    ClipAlignment, CombinedEvaluator, Evaluation, EvaluationContext, EvaluatorError, EvaluatorSettings,
-    QualityAndAlignment, QualityEvaluator, UnparseableJudgement, VlmJudge, default_registry, parse_alignment,
-)
 from generations.agentic import revise_prompt
-from processors.evaluators.scripted import PromptScriptedEvaluator
 from generations.flow import Evaluate, ParseJudgement, judge_task_id, on_task_final
+from processors.evaluators import (
+    ClipAlignment,
+    CombinedEvaluator,
+    Evaluation,
+    EvaluationContext,
+    EvaluatorError,
+    EvaluatorSettings,
+    QualityAndAlignment,
+    QualityEvaluator,
+    UnparseableJudgement,
+    VlmJudge,
+    default_registry,
+    parse_alignment,
+)
+from processors.evaluators.scripted import PromptScriptedEvaluator
 from processors.orchestrator import Orchestrator
 from schemas.enums import EvaluationDecision, TaskType
 from tests.processors.scripted import T0

@@ -24,13 +24,14 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from devstack.procs import die_with_parent_fn
 from processors.folding import state_to_json
 from schemas.codec import EventCodec
 from schemas.emit import produce_event
@@ -40,7 +41,6 @@ from schemas.events import StatusChanged, TaskSubmitted
 from schemas.headers import header_dict
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
-from devstack.procs import die_with_parent_fn
 from state.lifecycle import TaskState, fold_all
 from state.stops import STOPS_HEADER, lease_event_id
 from tests.processors.scripted import T0, lifecycle, shuffled_with_duplicates, status, submitted
@@ -161,7 +161,7 @@ def straight_fold(kafka: KafkaSettings) -> dict[str, TaskState]:
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def produce(kafka: KafkaSettings, events: list[Any], topic: str | None = None) -> None:

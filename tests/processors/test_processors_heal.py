@@ -13,10 +13,10 @@ import sys
 import uuid
 from pathlib import Path
 
+from devstack.procs import die_with_parent_fn
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
 from state.consumer_watchdog import read_reports
-from devstack.procs import die_with_parent_fn
 from tests.kafka_helpers import committed_total, record_count
 from tests.processors.scripted import T0, lifecycle
 from tests.processors.test_lifecycle_app import App, produce, wait_for

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from pydantic import TypeAdapter
 
+from api.models.tasks import TaskSubmit
 from producers.submit import validate_params
 from schemas.enums import TaskType
-from api.models.tasks import TaskSubmit
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # The field each type reads its input image from, where it has one (examples/README.md).

@@ -10,7 +10,7 @@ from producers.submit import TaskProducer, task_id_for, validate_params
 from schemas.codec import EventCodec
 from schemas.enums import TaskStatus, TaskType
 from schemas.errors import DecodeError, TaskValidationError
-from schemas.events import StatusChanged, TASK_SUBMITTED_MODELS
+from schemas.events import TASK_SUBMITTED_MODELS, StatusChanged
 from schemas.headers import header_dict
 from schemas.topic_admin import ensure_topics
 from tests.kafka_helpers import read_topic, record_count

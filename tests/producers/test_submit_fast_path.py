@@ -15,16 +15,16 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 import producers.submit as submit_module
-from producers.examples import SEED_EXAMPLES
 from producers.errors import DeliveryError, TaskTooLargeError
+from producers.examples import SEED_EXAMPLES
 from producers.submit import _POLL_EVERY, Origin, TaskProducer, task_id_for, validate_params
 from schemas.codec import EventCodec
 from schemas.enums import GenerationStrategy, GenerationType, TaskStatus, TaskType
 from schemas.errors import TaskValidationError
 from schemas.events import TASK_SUBMITTED_MODELS, Envelope, Orchestration, StatusChanged
-from tests.schemas.test_registry_framing import InMemoryRegistry
 from schemas.headers import header_dict, new_uuid4, trace_id_of
 from schemas.kafka_settings import KafkaSettings
+from tests.schemas.test_registry_framing import InMemoryRegistry
 
 
 class FakeMessage:

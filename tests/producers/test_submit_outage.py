@@ -18,12 +18,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from api.gateway import TaskGateway
+from devstack.kafka import KafkaBroker
 from producers.errors import DeliveryError
 from schemas.enums import TaskType
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
-from api.gateway import TaskGateway
-from devstack.kafka import KafkaBroker
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ join; tests/producers/test_submit_fast_path.py checks the producer's own records
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -26,7 +26,7 @@ from schemas.events import TASK_SUBMITTED_MODELS, Envelope, Orchestration, Statu
 from schemas.headers import new_uuid4
 from tests.schemas.test_registry_framing import InMemoryRegistry
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TIMES = [1_795_446_321_123_456, 1_795_446_321_000_000, 0, 1, -1, 8191, -62_135_596_800_000_000,
          253_402_300_799_999_999, submit_records._TIME_MICROS]
 KINDS = [  # attempt, origin (instance, zone, tenant), with a generation id

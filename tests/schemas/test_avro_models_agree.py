@@ -14,7 +14,7 @@ import json
 import types
 import typing
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -281,7 +281,7 @@ def _sample(name: str, annotation: Any, info: FieldInfo | None = None) -> Any:
     if isinstance(base, type) and issubclass(base, BaseModel):
         return _populate(base)
     if base is datetime:
-        return datetime(2024, 5, 17, 12, 30, 45, 123456, tzinfo=timezone.utc)
+        return datetime(2024, 5, 17, 12, 30, 45, 123456, tzinfo=UTC)
     if base is bool:
         return True
     bounds = _bounds(annotation, info)
@@ -350,11 +350,11 @@ def test_to_avro_is_plain_values():
     assert type(data["envelope"]["task_type"]) is str
     assert type(data["orchestration"]["generation_type"]) is str
     assert json.loads(data["params"]["provider_config"]) == event.params.provider_config
-    assert data["envelope"]["occurred_at"].tzinfo is timezone.utc
+    assert data["envelope"]["occurred_at"].tzinfo is UTC
     hinted = event.to_avro(union_hints=True)
     assert hinted["orchestration"][0] == "compute.events.Orchestration"
 
 
 def test_schema_files_are_the_package_data_path():
     # pyproject ships schemas/avro/*.avsc as package data; the loader must read from there.
-    assert AVRO_DIR == Path(__file__).resolve().parents[2] / "schemas" / "avro"
+    assert Path(__file__).resolve().parents[2] / "schemas" / "avro" == AVRO_DIR

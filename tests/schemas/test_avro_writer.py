@@ -16,7 +16,7 @@ import struct
 import types
 import typing
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from functools import cache
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -46,7 +46,7 @@ from schemas.records import URL_SCHEMES, WEBHOOK_SCHEMES, AvroRecord, JsonObject
 from schemas.task_params import Prompt, ProviderConfig, ReferenceImage
 
 MODELS = all_event_models()
-UTC = timezone.utc
+UTC = UTC
 # Text without lone surrogates (neither writer can UTF-8 encode those; see the test below).
 TEXT = st.characters(exclude_categories=("Cs",))
 UNICODE = "Grüße, 世界! 🎉 e\u0301 \u00a0\t\n"

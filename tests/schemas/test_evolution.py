@@ -7,7 +7,7 @@ import copy
 import io
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,8 +18,8 @@ from schemas import avro_files
 from schemas.codec import EventCodec
 from schemas.enums import ErrorCode, TaskStatus, TaskType
 from schemas.errors import UnknownSchemaError
-from schemas.evolution import full_compatibility_problems
 from schemas.events import Envelope, StatusChanged, TaskError, all_event_models
+from schemas.evolution import full_compatibility_problems
 from schemas.framing import single_object_prefix
 from schemas.schema_store import SchemaStoreReader, publish_schema
 from schemas.topic_admin import ensure_topics
@@ -31,7 +31,7 @@ HISTORY = Path(avro_files.SCHEMA_DIR) / "history"
 def _status_event() -> StatusChanged:
     env = Envelope(
         event_id=str(uuid.uuid4()), task_id=str(uuid.uuid4()), task_type=TaskType.REFINE, attempt=2,
-        occurred_at=datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc), source="worker/refine",
+        occurred_at=datetime(2026, 11, 23, 12, 0, tzinfo=UTC), source="worker/refine",
     )
     return StatusChanged(
         envelope=env, status=TaskStatus.FAILED, message="out of memory",

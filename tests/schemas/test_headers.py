@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -126,7 +126,7 @@ def test_header_builder_is_cached_per_type_and_source():
 
 def test_event_headers_describe_the_event():
     env = Envelope(event_id=new_uuid4(), task_id=new_uuid4(), task_type=TaskType.EDITING,
-                   occurred_at=datetime.now(timezone.utc), source="worker")
+                   occurred_at=datetime.now(UTC), source="worker")
     event = StatusChanged(envelope=env, status=TaskStatus.QUEUED)
     traceparent = new_traceparent()
     headers = event_headers(event, traceparent)

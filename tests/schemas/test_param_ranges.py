@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import fastavro
@@ -253,7 +253,7 @@ def test_seed_examples_validate_and_travel(example: dict[str, Any]):
 
 def _envelope(**over: Any) -> dict[str, Any]:
     base = {"event_id": str(uuid.uuid4()), "task_id": str(uuid.uuid4()), "task_type": "GENERATION",
-            "occurred_at": datetime.now(timezone.utc), "source": "producer"}
+            "occurred_at": datetime.now(UTC), "source": "producer"}
     return {**base, **over}
 
 
@@ -279,11 +279,11 @@ def test_envelope_new_and_normalisation():
     env = Envelope.new(task_id, TaskType.REFINE, "producer", attempt=2, origin_zone="eu-west-1a")
     assert env.task_id == str(task_id) and env.attempt == 2 and env.origin_zone == "eu-west-1a"
     assert uuid.UUID(env.event_id).version == 4
-    assert env.occurred_at.tzinfo is timezone.utc
-    assert datetime.now(timezone.utc) - env.occurred_at < timedelta(seconds=5)
+    assert env.occurred_at.tzinfo is UTC
+    assert datetime.now(UTC) - env.occurred_at < timedelta(seconds=5)
     shifted = datetime(2024, 5, 17, 14, 0, tzinfo=timezone(timedelta(hours=2)))
     other = Envelope(**_envelope(occurred_at=shifted, task_id=str(task_id).upper()))
-    assert other.occurred_at == shifted and other.occurred_at.tzinfo is timezone.utc
+    assert other.occurred_at == shifted and other.occurred_at.tzinfo is UTC
     assert other.task_id == str(task_id)  # canonical lower-case text
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -43,7 +43,7 @@ class InMemoryRegistry:
 
 def _event() -> StatusChanged:
     env = Envelope(event_id=str(uuid.uuid4()), task_id=str(uuid.uuid4()), task_type=TaskType.EDITING,
-                   occurred_at=datetime(2026, 11, 23, tzinfo=timezone.utc), source="test")
+                   occurred_at=datetime(2026, 11, 23, tzinfo=UTC), source="test")
     return StatusChanged(envelope=env, status=TaskStatus.QUEUED)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -35,7 +35,7 @@ from state.lifecycle import (
 P, Q, R = TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.PROCESSING
 C, F, X = TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED
 
-T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 def at(seconds: float) -> datetime:
@@ -331,7 +331,7 @@ def test_enveloped_and_flat_events_fold_alike() -> None:
 def test_timestamps_are_normalised_to_utc() -> None:
     plus2 = timezone(timedelta(hours=2))
     e = Flat("e1", "task-1", 1, datetime(2025, 1, 1, 2, tzinfo=plus2), P)
-    assert fold(None, e).created_at.tzinfo is timezone.utc
+    assert fold(None, e).created_at.tzinfo is UTC
 
 
 @pytest.mark.parametrize(

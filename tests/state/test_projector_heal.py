@@ -22,6 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from devstack.kafka import KafkaBroker
+from projection.db.migrate import migrate
+from projection.projector import Projector, ProjectorSettings
 from schemas.consumer_health import Action
 from schemas.enums import TaskStatus
 from schemas.kafka_settings import KafkaSettings
@@ -33,10 +36,7 @@ from state.consumer_watchdog import (
     gave_up,
     read_reports,
 )
-from projection.db.migrate import migrate
-from devstack.kafka import KafkaBroker
 from state.healing_consumer import HealingConsumer
-from projection.projector import Projector, ProjectorSettings
 from tests.projection.db.helpers import (
     T0,
     fresh_database,

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from bench.faults.harness import standard_specs
+from devstack.system import COMPUTECTL, service_specs
+from projection.db.migrate import migrate
 from schemas.enums import TaskType
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
-from projection.db.migrate import migrate
-from devstack.system import COMPUTECTL, service_specs
 from tests.projection.db.helpers import fresh_database, wait_for
 from tests.state.test_projector_heal import all_completed, submit
 

@@ -16,9 +16,9 @@ from gpu_consumers.models import (
     ModelProfile,
     ModelRegistry,
     Role,
+    offline,
     production_specs,
 )
-from gpu_consumers.models import offline
 
 
 def test_path_for_builds_into_role_hash_folder_and_reuses_it(registry):

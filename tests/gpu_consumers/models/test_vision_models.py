@@ -12,8 +12,7 @@ import torch
 from PIL import Image
 
 from gpu_consumers.model_cache import ModelCache
-from gpu_consumers.models import ModelRegistry, Role, production_specs
-from gpu_consumers.models import offline
+from gpu_consumers.models import ModelRegistry, Role, offline, production_specs
 from gpu_consumers.models.judges import JudgeModelError, check_judge_models
 
 

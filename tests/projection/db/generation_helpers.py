@@ -11,6 +11,8 @@ from typing import Any
 from confluent_kafka import Producer
 
 from generations.agentic import Completed, OrchestratedShot, ShotSettings, on_attempt_finished
+from generations.catalog import Catalog, InMemoryCatalog
+from generations.plan import GenerationPlan, plan_generation
 from generations.record import (
     GENERATION_RECORD_CONTENT_TYPE,
     GenerationRecord,
@@ -18,8 +20,6 @@ from generations.record import (
     PredictionRecord,
     encode_record,
 )
-from generations.catalog import Catalog, InMemoryCatalog
-from generations.plan import GenerationPlan, plan_generation
 from schemas.enums import TaskStatus
 from schemas.kafka_settings import KafkaSettings
 from tests.projection.db.helpers import T0

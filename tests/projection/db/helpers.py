@@ -7,13 +7,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
 from confluent_kafka import Producer
 from psycopg.conninfo import make_conninfo
 
+from projection.db.migrate import migrate
+from projection.projector import Projector
 from schemas.codec import EventCodec
 from schemas.emit import produce_event
 from schemas.enums import ErrorCode, TaskStatus, TaskType
@@ -27,12 +29,10 @@ from schemas.events import (
     TaskSubmitted,
 )
 from schemas.kafka_settings import KafkaSettings
-from projection.db.migrate import migrate
-from projection.projector import Projector
 from schemas.task_params import PARAMS_MODELS
 
 T = TypeVar("T")
-T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
 
 @contextmanager

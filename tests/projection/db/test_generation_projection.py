@@ -4,14 +4,13 @@ orchestrated_shots, shot_attempts, refines. Guarded by the version; live and reb
 from __future__ import annotations
 
 import uuid
+from datetime import UTC
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
 from generations.record import encode_record
-from schemas.errors import DecodeError
-from schemas.kafka_settings import KafkaSettings
 from projection.db.errors import NotEmptyError
 from projection.db.generation_projection import (
     apply_generation_records,
@@ -20,6 +19,8 @@ from projection.db.generation_projection import (
 )
 from projection.db.migrate import migrate
 from projection.rebuild import rebuild
+from schemas.errors import DecodeError
+from schemas.kafka_settings import KafkaSettings
 from tests.projection.db import generation_helpers as gh
 from tests.projection.db.helpers import fresh_database, lifecycle, produce, running_projector, table, wait_for
 
@@ -177,14 +178,14 @@ def test_live_projection_and_rebuild_give_the_same_generation_rows(
 @pytest.mark.integration
 def test_the_orchestrators_first_records_project(db_url: str) -> None:
     """What ``generation_flow.start`` publishes (not hand-built records) projects as well."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from generations import flow as generation_flow
-    from generations.record import decode_record
     from generations.plan import GenerationRequested
+    from generations.record import decode_record
 
     migrate(db_url)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     records = []
     for request in ({**AGENTIC, "batch_size": 2}, REFINE,
                     {"strategy": "GENERATE", "subject_id": gh.SUBJECT_ID, "shot_type_string": "x",

@@ -11,12 +11,17 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from schemas.enums import ErrorCode, TaskStatus, TaskType
 from projection.db.migrate import migrate
 from projection.db.projection import (
-    NOTIFY_CHANNEL, _read_rows, apply_batch, flatten, parse_notify_payload, state_from_row,
+    NOTIFY_CHANNEL,
+    _read_rows,
+    apply_batch,
+    flatten,
+    parse_notify_payload,
+    state_from_row,
 )
 from projection.db.queries import TASK_COLUMNS, task_row_from_json
+from schemas.enums import ErrorCode, TaskStatus, TaskType
 from state.lifecycle import RANK, fold_all
 from tests.projection.db.helpers import T0, lifecycle, status, submitted, task_row
 

@@ -9,17 +9,17 @@ from datetime import timedelta
 import pytest
 from confluent_kafka import Producer
 
-from schemas.enums import ErrorCode, TaskStatus
-from schemas.kafka_settings import KafkaSettings
 from projection.db.errors import NotEmptyError
 from projection.rebuild import rebuild
+from schemas.enums import ErrorCode, TaskStatus
+from schemas.kafka_settings import KafkaSettings
 from tests.kafka_helpers import read_topic
 from tests.projection.db.helpers import (
-    running_projector,
     T0,
     fresh_database,
     lifecycle,
     produce,
+    running_projector,
     status,
     submitted,
     table,

@@ -13,15 +13,23 @@ import psycopg
 import pytest
 
 import projection.db.projection as projection
-from schemas.enums import ErrorCode, TaskStatus
-from schemas.kafka_settings import KafkaSettings
 from projection.db.migrate import migrate
 from projection.db.pipelined import pipelined_transaction
 from projection.db.projection import apply_batch, apply_events
 from projection.db.task_row_cache import CachedTask, TaskRowCache
+from schemas.enums import ErrorCode, TaskStatus
+from schemas.kafka_settings import KafkaSettings
 from tests.projection.db.helpers import (
-    T0, fresh_database, lifecycle, produce, running_projector, status, submitted, table,
-    task_row, wait_for,
+    T0,
+    fresh_database,
+    lifecycle,
+    produce,
+    running_projector,
+    status,
+    submitted,
+    table,
+    task_row,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration
