@@ -38,7 +38,7 @@ def _with_strict_models(annotation: Any) -> Any:
         inner, *metadata = typing.get_args(annotation)
         return Annotated[(_with_strict_models(inner), *metadata)]  # type: ignore[misc]
     if origin in (typing.Union, types.UnionType):
-        return typing.Union[tuple(_with_strict_models(a) for a in typing.get_args(annotation))]
+        return typing.Union[tuple(_with_strict_models(a) for a in typing.get_args(annotation))]  # noqa: UP007 (built at run time)
     if origin is list:
         return list[_with_strict_models(typing.get_args(annotation)[0])]  # type: ignore[misc]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):

@@ -220,9 +220,9 @@ def _unet_attention_linears(unet_cfg: dict[str, Any], targets: list[str]):
         unet = UNet2DConditionModel(**unet_cfg)
     found = []
     for name, module in unet.named_modules():
-        if isinstance(module, torch.nn.Linear) and any(name.endswith("." + t) for t in targets):
-            if ".attn1." in name or ".attn2." in name:
-                found.append((name, module.in_features, module.out_features))
+        if (isinstance(module, torch.nn.Linear) and any(name.endswith("." + t) for t in targets)
+                and (".attn1." in name or ".attn2." in name)):
+            found.append((name, module.in_features, module.out_features))
     return found
 
 

@@ -145,7 +145,7 @@ class EvaluatorRegistry:
         registration order, else the first weight-free one."""
         if provider == AUTO:
             ranked = sorted(self._entries.items(), key=lambda kv: not kv[1].model_based)
-            for name, entry in ranked:
+            for _name, entry in ranked:
                 if entry.available(settings):
                     return entry.factory(settings)
             raise UnknownEvaluator("no evaluator is available; register one")

@@ -172,7 +172,7 @@ class WorkerProcess:
         try:
             code = self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"{self.name} still running after {timeout_s:.0f}s:\n{self.logs()}")
+            raise AssertionError(f"{self.name} still running after {timeout_s:.0f}s:\n{self.logs()}") from None
         assert code == 0, f"{self.name} exited with {code}:\n{self.logs()}"
         lines = self.out.read_text().strip().splitlines()
         assert lines, f"{self.name} printed no summary:\n{self.logs()}"

@@ -91,7 +91,7 @@ def test_a_worker_with_a_text_only_judge_refuses_to_start(workers, model_cache_d
     try:
         code = blind.proc.wait(DEADLINE_S)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"the worker started with a text-only judge:\n{blind.logs()}")
+        raise AssertionError(f"the worker started with a text-only judge:\n{blind.logs()}") from None
     assert code == 1
     last_line = blind.err.read_text().strip().splitlines()[-1]
     assert last_line == (f"Error: the judge model {llm} is text-only (Qwen2ForCausalLM): configure "

@@ -120,7 +120,7 @@ def test_records_are_the_codecs_encoding_of_the_validated_events(monkeypatch, ta
     tasks = [codec.decode(value, expect=model) for topic, value, _, _ in records if topic != "fake.tasks.status"]
     statuses = [codec.decode(value, expect=StatusChanged) for topic, value, _, _ in records if topic == "fake.tasks.status"]
     assert tasks[0].envelope.task_id == task_id_for("key-1", "acme") if extras else task_id
-    for topic, value, key, headers in records:
+    for _topic, value, _key, headers in records:
         event = codec.decode(value)
         assert codec.encode(event) == value  # byte for byte the encoder of record (= fastavro)
         assert header_dict(headers)["ce_id"] == event.envelope.event_id
@@ -223,7 +223,7 @@ def test_each_task_gives_three_records_in_its_trace(producer):
         assert headers["ce_source"] == "/compute/producer" and headers["ce_specversion"] == "1.0"
         by_task.setdefault(key, []).append((topic, event, headers))
     assert set(by_task) == set(ids)
-    for task_id, ((t0, task, h0), (t1, pending, h1), (t2, queued, h2)) in by_task.items():
+    for _task_id, ((t0, _task, h0), (t1, pending, h1), (t2, queued, h2)) in by_task.items():
         assert t0 == "fake.tasks.generation" and t1 == t2 == "fake.tasks.status"
         assert pending.status is TaskStatus.PENDING and queued.status is TaskStatus.QUEUED
         assert trace_id_of(h0["traceparent"]) == trace_id_of(h1["traceparent"]) == trace_id_of(h2["traceparent"])
