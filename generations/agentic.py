@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from schemas.enums import ErrorCode, EvaluationDecision, GenerationType, TaskStatus, TaskType
 from schemas.events import Orchestration
@@ -351,7 +351,7 @@ def _decide(shot: OrchestratedShot, finished: ShotAttempt) -> tuple[ActionKind, 
     completed = finished.status is TaskStatus.COMPLETED
     if not shot.evaluates:  # BASE: no evaluation, no retry
         return (ActionKind.ACCEPT, finished) if completed else (ActionKind.GIVE_UP, None)
-    if completed and finished.score >= shot.settings.min_confidence_score:
+    if completed and cast(float, finished.score) >= shot.settings.min_confidence_score:  # a COMPLETED attempt is scored
         return ActionKind.ACCEPT, finished
     if len(shot.attempts) < shot.settings.max_attempts:
         return ActionKind.RETRY, None

@@ -18,9 +18,12 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import click
+
+if TYPE_CHECKING:
+    import psycopg
 
 from producers.errors import ProducerError
 
@@ -155,14 +158,14 @@ class PostgresCatalog(_Named):
     def __init__(self, database_url: str) -> None:
         self._url = database_url
 
-    def _connect(self):
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         import psycopg
 
         try:
             conn = psycopg.connect(self._url, autocommit=True)
         except psycopg.OperationalError as exc:
             raise CatalogError(f"cannot reach the catalog database: {exc}; check DATABASE_URL") from exc
-        if conn.execute("SELECT to_regclass('subjects')").fetchone()[0] is None:
+        if cast(tuple[Any, ...], conn.execute("SELECT to_regclass('subjects')").fetchone())[0] is None:
             conn.close()
             raise CatalogError("the catalog tables are missing: run `computectl db migrate` first")
         return conn
@@ -185,10 +188,10 @@ class PostgresCatalog(_Named):
         entry = CatalogEntry(entry_id or str(uuid.uuid4()), kind, name, lora_ref, _weight(default_weight))
         with self._connect() as conn:
             try:
-                created = conn.execute(
+                created = cast(tuple[Any, ...], conn.execute(
                     f"INSERT INTO {kind.table} (id, name, lora_ref, default_weight) "
                     f"VALUES (%s, %s, %s, %s) RETURNING created_at",
-                    (entry.id, entry.name, entry.lora_ref, entry.default_weight)).fetchone()[0]
+                    (entry.id, entry.name, entry.lora_ref, entry.default_weight)).fetchone())[0]
             except psycopg.errors.UniqueViolation:
                 raise CatalogError(f"{kind.value} {entry.id} already exists") from None
         return CatalogEntry(entry.id, kind, entry.name, entry.lora_ref, entry.default_weight, created)

@@ -45,7 +45,7 @@ import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel
 
@@ -67,13 +67,14 @@ from generations.plan import (
     GenerationRequested,
     PendingTask,
     PlannedTask,
+    PromptStep,
     continue_after_edit,
     continue_after_prompt,
 )
 from generations.record import GenerationRecord, GenerationStatus, PredictionRecord
 from schemas.enums import ErrorCode, GenerationType, TaskStatus, TaskType
 from schemas.events import Envelope, EvaluationRecorded, Orchestration
-from schemas.task_params import LlmInteractionParams, TaskParams
+from schemas.task_params import GenerationParams, LlmInteractionParams, TaskParams
 from state.lifecycle import TaskState
 
 # Fixed namespace of the ids derived here (judge tasks, evaluation events); changing it would make
@@ -150,7 +151,7 @@ Step = tuple[GenerationRecord, list[Effect]]
 
 def start(request: GenerationRequested, *, now: datetime) -> Step:
     plan = request.plan
-    common = dict(generation_id=plan.generation_id, plan=plan, created_at=now, updated_at=now,
+    common: dict[str, Any] = dict(generation_id=plan.generation_id, plan=plan, created_at=now, updated_at=now,
                   origin_instance=request.origin_instance, origin_zone=request.origin_zone,
                   origin_tenant_id=request.origin_tenant_id, webhook_url=request.webhook_url)
     if plan.prompt_step is not None:  # the GENERATION tasks wait for their prompt
@@ -279,12 +280,12 @@ def _on_prompt(record: GenerationRecord, state: TaskState, now: datetime) -> Ste
     completed = state.status is _S.COMPLETED
     # A failed prompt step is no reason to fail the generation: the template prompt still works.
     tasks = continue_after_prompt(record.plan, _result(state).get("result_text") if completed else None)
-    prompt = tasks[0].params.prompt
+    prompt = cast(GenerationParams, tasks[0].params).prompt
     message = None
     if not completed:
         message = (f"the prompt task failed ({_code(state)}: {state.error_message or 'no message'}); "
                    f"the template prompt was used")
-    elif prompt == record.plan.prompt_step.fallback_prompt:
+    elif prompt == cast(PromptStep, record.plan.prompt_step).fallback_prompt:
         message = "the prompt task gave no usable prompt; the template prompt was used"
     predictions = tuple(_submitted(p, t) for p, t in zip(record.predictions, tasks))
     return (_commit(record, now, predictions=predictions, prompt=prompt, message=message),
@@ -351,6 +352,7 @@ def _on_attempt(record: GenerationRecord, p: PredictionRecord, state: TaskState,
         return _commit(record, now, _ended(_with(p, shot=shot.to_dict()), state)), []
     code = state.error_code or ErrorCode.PROVIDER_ERROR
     shot, action = on_attempt_finished(shot, task_id, Failed(code, state.error_message or ""))
+    assert action is not None  # the shot was not done: the attempt was its open one
     p, effects = _act(record.plan, p, shot, action, last_error=state.error_message)
     return _commit(record, now, p), effects
 
@@ -362,6 +364,7 @@ def _evaluated(record: GenerationRecord, p: PredictionRecord, shot: Orchestrated
                evaluation: Evaluation, now: datetime) -> tuple[PredictionRecord, list[Effect]]:
     """Decide on a scored attempt: the evaluation event, then the action's effects."""
     shot, action = on_attempt_finished(shot, attempt.task_id, Completed(evaluation.score, evaluation.reasons))
+    assert action is not None  # the shot was not done: the attempt was its open one
     accepted = action.task_id if action.kind in (ActionKind.ACCEPT, ActionKind.ACCEPT_BEST) else None
     envelope = Envelope(
         # uuid5: a replayed decision writes the same event, which consumers can drop as a duplicate.
@@ -383,7 +386,8 @@ def _act(plan: GenerationPlan, p: PredictionRecord, shot: OrchestratedShot, acti
     """Carry out the shot's action on the prediction (scored or FAILED attempts alike)."""
     p = _with(p, shot=shot.to_dict())
     if action.kind is ActionKind.RETRY:
-        retry = PlannedTask(task_id=action.task_id, task_type=action.params.task_type, params=action.params,
+        params = cast(TaskParams, action.params)  # a RETRY carries its task's id and parameters
+        retry = PlannedTask(task_id=cast(str, action.task_id), task_type=params.task_type, params=params,
                             orchestration=_orchestration(plan, p.index))
         return _with(p, task_id=retry.task_id, task_ids=(*p.task_ids, retry.task_id)), [SubmitTask(retry)]
     if action.kind is ActionKind.GIVE_UP:  # only a FAILED attempt can end a shot with no result
@@ -392,7 +396,7 @@ def _act(plan: GenerationPlan, p: PredictionRecord, shot: OrchestratedShot, acti
         return _with(p, status=_S.FAILED, error_code=code,
                      error_message=f"every attempt failed ({len(shot.attempts)} of {shot.settings.max_attempts}); "
                                    f"the last: {code}: {last_error or 'no message'}"), []
-    return _accept(plan, p, action.task_id)
+    return _accept(plan, p, cast(str, action.task_id))  # ACCEPT / ACCEPT_BEST name the task
 
 
 def _accept(plan: GenerationPlan, p: PredictionRecord, task_id: str) -> tuple[PredictionRecord, list[Effect]]:
@@ -444,7 +448,7 @@ def _planned(plan: GenerationPlan, index: int) -> PlannedTask | PendingTask:
 
 def _orchestration(plan: GenerationPlan, index: int) -> Orchestration:
     """Prediction ``index``'s orchestration."""
-    return _planned(plan, index).orchestration
+    return cast(Orchestration, _planned(plan, index).orchestration)  # every planned task has one
 
 
 def _context(record: GenerationRecord, shot: OrchestratedShot, attempt: ShotAttempt) -> EvaluationContext:
@@ -477,8 +481,8 @@ def _image_url(result: dict[str, Any]) -> str | None:
 def _code(state: TaskState) -> str:
     """The error code a FAILED state names (CANCELLED for a cancel)."""
     if state.status is _S.FAILED:
-        return (state.error_code or ErrorCode.PROVIDER_ERROR).value
-    return state.status.value
+        return str((state.error_code or ErrorCode.PROVIDER_ERROR).value)
+    return str(state.status.value)
 
 
 def _ended(p: PredictionRecord, state: TaskState) -> PredictionRecord:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 import re
 import uuid
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from pydantic import Field, JsonValue, SerializeAsAny, model_validator
 
@@ -39,7 +39,7 @@ from generations.requests import (
 from schemas.enums import GenerationStrategy as S
 from schemas.enums import GenerationType, TaskType
 from schemas.events import Orchestration
-from schemas.task_params import PARAMS_MODELS, SEED_MAX, LlmInteractionParams, TaskParams
+from schemas.task_params import PARAMS_MODELS, SEED_MAX, LlmInteractionParams, ReferenceImage, TaskParams
 
 # Fixed namespace of generation-derived ids; changing it would break replayed continuations.
 _NS = uuid.UUID("9a3e55c1-0f7b-4c2e-b6d8-41f2a7c3e905")
@@ -197,7 +197,7 @@ def plan_generation(request: GenerationRequest | dict[str, Any], catalog: Catalo
         # No shot_id: a follow-up is part of its prediction, never an attempt of the shot.
         extra["follow_ups"] = tuple(PendingTask(
             task_id=_id(generation_id, f"detail/{i}"), task_type=TaskType.DETAIL_ENHANCER,
-            template=dict(DETAIL_FOLLOW_UP), orchestration=orchestration(i).model_copy(update={"shot_id": None}))
+            template=dict[str, Any](DETAIL_FOLLOW_UP), orchestration=orchestration(i).model_copy(update={"shot_id": None}))
             for i in range(n))
     return GenerationPlan(generation_id=generation_id, request=request, tasks=tasks, **extra)
 
@@ -220,7 +220,7 @@ def _template(request: Any, entries: dict[CatalogKind, CatalogEntry], i: int, rn
             who=subject.name if subject else "the person in the reference images",
             what=product.name if product else "the product")
         return _some(base_image_url=request.base_img_path, prompt=prompt, width=request.width, height=request.height,
-                     reference_images=[r.model_dump() for r in request.reference_images])
+                     reference_images=[cast(ReferenceImage, r).model_dump() for r in request.reference_images])  # made by _urls
     if isinstance(request, RefineRequest):  # its own seed per variation (provider_config.seed)
         fields = request.model_dump(exclude=set(GenerationRequestBase.model_fields) | {"strategy", "batch_size"})
         return _some(**fields, provider_config={"seed": rng.randint(0, SEED_MAX)})
@@ -252,7 +252,7 @@ def continue_after_prompt(plan: GenerationPlan, llm_result_text: str | None) -> 
 
 def continue_after_edit(plan: GenerationPlan, prediction_index: int, result_image_url: str) -> PlannedTask | None:
     """The follow-up task of prediction ``prediction_index`` on its accepted result, if any."""
-    step = next((f for f in plan.follow_ups if f.orchestration.prediction_index == prediction_index), None)
+    step = next((f for f in plan.follow_ups if cast(Orchestration, f.orchestration).prediction_index == prediction_index), None)
     return step.complete(base_image_url=result_image_url) if step else None
 
 

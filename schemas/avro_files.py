@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 from fastavro.schema import fingerprint as _fingerprint
@@ -25,13 +25,13 @@ def schema_json(avro_name: str) -> dict[str, Any]:
     path = SCHEMA_DIR / f"{avro_name}.avsc"
     if not path.exists():
         raise FileNotFoundError(f"no Avro schema file {path.name} in {SCHEMA_DIR}")
-    return load_schema(str(path), _write_hint=False)
+    return cast(dict[str, Any], load_schema(str(path), _write_hint=False))
 
 
 def parse(schema: dict[str, Any]) -> dict[str, Any]:
     """Parse a self-contained schema in isolation (its own named-type scope), so two versions
     of one record never clash."""
-    return fastavro.parse_schema(schema, named_schemas={})
+    return cast(dict[str, Any], fastavro.parse_schema(schema, named_schemas={}))
 
 
 @cache

@@ -352,6 +352,6 @@ def compile_writer(
         namespace = dict(gen.globals)
         exec(compile(src, filename, "exec"), namespace)  # noqa: S102 - code generated just above
         writer = namespace[fname]
-        writer.__avro_source__ = src  # type: ignore[attr-defined]
+        writer.__avro_source__ = src
         _CACHE[key] = writer
     return writer

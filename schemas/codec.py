@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from fastavro import schemaless_reader
 
@@ -117,7 +117,7 @@ class EventCodec:
             )
         except Exception as exc:  # fastavro raises several types for bad bodies
             raise DecodeError(f"body of a {name} record is not valid Avro: {exc}") from exc
-        return name, record
+        return name, cast(dict[str, Any], record)
 
     def decode(self, data: bytes, expect: type[E] | None = None) -> E | AvroRecord:
         name, record = self.decode_dict(data)

@@ -7,7 +7,7 @@ the same headers (``schemas/headers.py``) and framing (``schemas/codec.py``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Producer
 
@@ -59,12 +59,12 @@ def produce_record(
     """``producer.produce`` of an encoded record, serving delivery reports while librdkafka's
     local queue is full instead of failing (the queue-full policy of :func:`produce_event`)."""
     try:
-        producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+        producer.produce(topic, value, key, headers=cast(Any, headers), on_delivery=on_delivery)
     except BufferError:
         while True:
             producer.poll(_QUEUE_FULL_WAIT_S)
             try:
-                producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+                producer.produce(topic, value, key, headers=cast(Any, headers), on_delivery=on_delivery)
                 return
             except BufferError:
                 continue

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self, cast
 
 from pydantic import Field, model_validator
 
@@ -97,7 +97,7 @@ class Envelope(AvroRecord):
         """An envelope for a new event: a fresh event_id, occurred_at = now (UTC)."""
         return cls(
             event_id=str(uuid.uuid4()),
-            task_id=task_id,
+            task_id=cast(str, task_id),  # pydantic checks it
             task_type=task_type,
             attempt=attempt,
             occurred_at=datetime.now(UTC),

@@ -79,7 +79,7 @@ def _compare(old: Any, new: Any, path: str) -> list[str]:
     return []
 
 
-def _record_problems(old: dict, new: dict, path: str) -> list[str]:
+def _record_problems(old: dict[str, Any], new: dict[str, Any], path: str) -> list[str]:
     problems: list[str] = []
     old_fields = {f["name"]: f for f in old["fields"]}
     new_fields = {f["name"]: f for f in new["fields"]}

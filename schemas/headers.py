@@ -101,9 +101,9 @@ def raw_header_builder(avro_name: str, source: str) -> RawHeaderBuilder:
     version, source, type) are encoded once here. Cached: one builder per combination. The one
     place that lays the headers out."""
     key = (avro_name, source)
-    build = _RAW_BUILDERS.get(key)
-    if build is not None:
-        return build
+    cached = _RAW_BUILDERS.get(key)
+    if cached is not None:
+        return cached
     spec = ("ce_specversion", SPEC_VERSION)
     ce_source = ("ce_source", f"/compute/{source}".encode())
     ce_type = ("ce_type", avro_name.encode())
@@ -117,9 +117,9 @@ def raw_header_builder(avro_name: str, source: str) -> RawHeaderBuilder:
 def header_builder(avro_name: str, source: str) -> HeaderBuilder:
     """``build(event_id, traceparent)``: :func:`raw_header_builder` taking text. Cached like it."""
     key = (avro_name, source)
-    build = _BUILDERS.get(key)
-    if build is not None:
-        return build
+    cached_text = _BUILDERS.get(key)
+    if cached_text is not None:
+        return cached_text
     raw = raw_header_builder(avro_name, source)
 
     def build(event_id: str, traceparent: str) -> Headers:

@@ -14,6 +14,7 @@ import re
 import types
 import typing
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Self
 
@@ -38,7 +39,7 @@ AVRO_LONG_MAX = 2**63 - 1
 # --------------------------------------------------------------------------- field types
 
 
-def _url_checker(schemes: tuple[str, ...]):
+def _url_checker(schemes: tuple[str, ...]) -> Callable[[str], str]:
     allowed = frozenset(schemes)
     listed = ", ".join(schemes)
 

@@ -8,7 +8,7 @@ travel on several topics (a task topic and its DLQ).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -34,7 +34,7 @@ class HttpSchemaRegistry:
 
     def schema_by_id(self, schema_id: int) -> dict[str, Any]:
         body = self._call("GET", f"/schemas/ids/{schema_id}")
-        return json.loads(body["schema"])
+        return cast(dict[str, Any], json.loads(body["schema"]))
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:
@@ -47,4 +47,4 @@ class HttpSchemaRegistry:
             raise SchemaRegistryError(
                 f"schema registry {method} {path}: HTTP {response.status_code} {response.text[:200]}"
             )
-        return response.json()
+        return cast(dict[str, Any], response.json())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -73,10 +73,11 @@ class SchemaStoreReader:
                 msg = consumer.poll(0.2)
                 if msg is None or msg.error():
                     continue
-                if msg.value():
-                    found[bytes.fromhex(msg.key().decode())] = json.loads(msg.value())
-                if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                    ends.pop(msg.partition(), None)
+                key, value, offset, partition = msg.key(), msg.value(), msg.offset(), msg.partition()
+                if value:
+                    found[bytes.fromhex(cast(bytes, key).decode())] = json.loads(value)
+                if cast(int, offset) + 1 >= ends.get(cast(int, partition), 0):
+                    ends.pop(cast(int, partition), None)
         finally:
             consumer.close()
         return found

@@ -10,7 +10,7 @@ raises pydantic's ValidationError naming the field and the rule.
 from __future__ import annotations
 
 import math
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints, WithJsonSchema, model_validator
 
@@ -69,7 +69,7 @@ Prompt = Annotated[str, StringConstraints(min_length=1), AfterValidator(_not_bla
 """A required prompt: at least one non-blank character."""
 
 
-def _json_safe(value: dict) -> dict:
+def _json_safe(value: dict[str, Any]) -> dict[str, Any]:
     """Refuse what JSON text cannot carry: NaN and the infinities (``1e400`` parses as one),
     which the Avro ``json`` field would write as bare ``NaN``/``Infinity`` that no JSON reader
     (the projector's PostgreSQL included) accepts; and text no UTF-8 writer can encode (lone

@@ -45,7 +45,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from schemas.enums import TERMINAL_STATUSES, ErrorCode, TaskStatus, TaskType
 from state.errors import IllegalNewAttempt, IllegalTransition, InvalidStatusEvent, TaskIdMismatch
@@ -134,12 +134,13 @@ def view_event(event: object) -> EventView:
     """Read a status event of either shape: flat (:class:`StatusEventLike`) or with ``event_id``,
     ``task_id``, ``attempt``, ``occurred_at`` and ``task_type`` under ``.envelope`` (as
     ``schemas.events.StatusChanged``). Raise :class:`InvalidStatusEvent` on a bad value."""
-    head = getattr(event, "envelope", None) or event
+    flat: Any = event  # either shape: its attributes are checked below
+    head: Any = getattr(event, "envelope", None) or flat
     try:
         event_id, task_id = head.event_id, head.task_id
         attempt, occurred_at = head.attempt, head.occurred_at
         raw_type = getattr(head, "task_type", None)
-        status = TaskStatus(event.status)
+        status = TaskStatus(flat.status)
         progress = getattr(event, "progress", None)
         error = getattr(event, "error", None)
         code = None if error is None else ErrorCode(error.code)
