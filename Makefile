@@ -9,11 +9,12 @@ INSTALLED := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-1
 JARS := .cache/kafka-jars/.resolved.json
 PYTEST_ARGS ?=
 
-.PHONY: help install jars demo test bench clean
+.PHONY: help install jars demo lint test bench clean
 
 help:
 	@echo "make demo   - set up, start the local stack, run the main flow, stop cleanly"
-	@echo "make test   - set up, then run the whole test suite"
+	@echo "make lint   - set up, then ruff and mypy (make test runs it first)"
+	@echo "make test   - set up, then lint and run the whole test suite"
 	@echo "make bench  - set up, then run the benchmarks in bench/"
 	@echo "make browser - install Debian's Chromium for the console's browser tests (make test does)"
 	@echo "make clean  - remove the virtualenv and caches"
@@ -37,7 +38,12 @@ jars: $(JARS)
 demo: install jars
 	$(VENV)/bin/computectl demo
 
-test: install jars
+# The rules are in pyproject.toml ([tool.ruff], [tool.mypy]); docs/DECISIONS.md says why.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: lint jars
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install jars
