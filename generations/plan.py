@@ -39,6 +39,7 @@ from generations.requests import (
 from schemas.enums import GenerationStrategy as S
 from schemas.enums import GenerationType, TaskType
 from schemas.events import Orchestration
+from schemas.headers import json_record_headers
 from schemas.task_params import PARAMS_MODELS, SEED_MAX, LlmInteractionParams, ReferenceImage, TaskParams
 
 # Fixed namespace of generation-derived ids; changing it would break replayed continuations.
@@ -332,8 +333,7 @@ class GenerationCancelRequested(FrozenModel):
 def _generations_record(record: FrozenModel, gid: str, what: str, content_type: bytes
                         ) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     """A JSON record of the generations topic: keyed by generation id, CloudEvents headers."""
-    headers = [("ce_specversion", b"1.0"), ("ce_id", f"{gid}/{what}".encode()),
-               ("ce_source", b"/compute/producers"),
-               ("ce_type", f"compute.generations.{type(record).__name__}".encode()),
-               ("ce_subject", gid.encode()), ("content-type", content_type)]
+    headers = json_record_headers(event_id=f"{gid}/{what}", source="producers",
+                                  ce_type=f"compute.generations.{type(record).__name__}", subject=gid,
+                                  content_type=content_type)
     return gid.encode(), record.model_dump_json().encode(), headers

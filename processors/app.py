@@ -34,6 +34,7 @@ from processors.settings import ProcessorSettings
 from processors.transport import ProcessorsApp
 from schemas.codec import EventCodec
 from schemas.enums import TaskStatus
+from schemas.headers import json_record_headers
 from schemas.kafka_settings import KafkaSettings
 from state.lifecycle import TaskState
 from state.retry import decide
@@ -109,12 +110,9 @@ def _dead_letter_headers(message: Any, error: Exception) -> list[tuple[str, byte
 
 
 def _state_headers(state: TaskState) -> list[tuple[str, bytes]]:
-    return [("ce_specversion", b"1.0"),
-            ("ce_id", f"{state.task_id}/{state.version}".encode()),
-            ("ce_source", b"/compute/processors"),
-            ("ce_type", b"compute.state.TaskState"),
-            ("ce_subject", state.task_id.encode()),
-            ("content-type", STATE_CONTENT_TYPE)]
+    return json_record_headers(event_id=f"{state.task_id}/{state.version}", source="processors",
+                               ce_type="compute.state.TaskState", subject=state.task_id,
+                               content_type=STATE_CONTENT_TYPE)
 
 
 def librdkafka_partition(key: bytes, partitions: int) -> int:

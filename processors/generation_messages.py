@@ -20,6 +20,7 @@ from generations.plan import GENERATION_CANCEL_CONTENT_TYPE, GENERATION_REQUEST_
 from generations.record import GENERATION_RECORD_CONTENT_TYPE, GenerationRecord
 from processors.folding import STATE_CONTENT_TYPE, decode_state
 from schemas.errors import ComputeError
+from schemas.headers import json_record_headers
 from state.lifecycle import TaskState
 
 
@@ -97,9 +98,6 @@ def read_generation_message(key: bytes | str | None, value: bytes | None, header
 def record_headers(record: GenerationRecord) -> list[tuple[str, bytes]]:
     """CloudEvents binary-mode headers of a generation record on the generations.state topic."""
     gid = record.generation_id
-    return [("ce_specversion", b"1.0"),
-            ("ce_id", f"{gid}/{record.version}".encode()),
-            ("ce_source", b"/compute/processors"),
-            ("ce_type", b"compute.generations.GenerationRecord"),
-            ("ce_subject", gid.encode()),
-            ("content-type", GENERATION_RECORD_CONTENT_TYPE)]
+    return json_record_headers(event_id=f"{gid}/{record.version}", source="processors",
+                               ce_type="compute.generations.GenerationRecord", subject=gid,
+                               content_type=GENERATION_RECORD_CONTENT_TYPE)

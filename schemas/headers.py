@@ -95,6 +95,15 @@ _BUILDERS: dict[tuple[str, str], HeaderBuilder] = {}
 _RAW_BUILDERS: dict[tuple[str, str], RawHeaderBuilder] = {}
 
 
+def json_record_headers(*, event_id: str, source: str, ce_type: str, subject: str, content_type: bytes) -> Headers:
+    """CloudEvents binary-mode headers of a JSON record (the state and generations topics): the
+    required attributes, the key as ``ce_subject``, and the ``content-type`` that tells the
+    topic's record kinds apart. No trace: these records are state, not events of a task."""
+    return [("ce_specversion", SPEC_VERSION), ("ce_id", event_id.encode()),
+            ("ce_source", f"/compute/{source}".encode()), ("ce_type", ce_type.encode()),
+            ("ce_subject", subject.encode()), ("content-type", content_type)]
+
+
 def raw_header_builder(avro_name: str, source: str) -> RawHeaderBuilder:
     """``build(event_id, traceparent)``, each value already encoded as the header carries it: the
     headers of :func:`cloudevent_headers` for one record type and source. The constant ones (spec

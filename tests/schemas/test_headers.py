@@ -17,6 +17,7 @@ from schemas.headers import (
     cloudevent_headers,
     header_builder,
     header_dict,
+    json_record_headers,
     new_trace_id,
     new_traceparent,
     new_traceparent_bytes,
@@ -122,6 +123,16 @@ def test_header_builder_is_cached_per_type_and_source():
     assert build is not header_builder("compute.events.CancelRequested", "producer")
     first, second = build("a", "t1"), build("b", "t2")
     assert first is not second and header_dict(first)["ce_id"] == "a" and header_dict(second)["ce_id"] == "b"
+
+
+def test_json_record_headers_are_the_state_and_generations_layout():
+    # byte for byte what the processors' state and generation records and the generations
+    # topic's requests carried before the three builders became this one
+    assert json_record_headers(event_id="t-1/3", source="processors", ce_type="compute.state.TaskState",
+                               subject="t-1", content_type=b"application/vnd.compute.state+json") == [
+        ("ce_specversion", b"1.0"), ("ce_id", b"t-1/3"), ("ce_source", b"/compute/processors"),
+        ("ce_type", b"compute.state.TaskState"), ("ce_subject", b"t-1"),
+        ("content-type", b"application/vnd.compute.state+json")]
 
 
 def test_event_headers_describe_the_event():
