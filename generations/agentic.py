@@ -2,7 +2,7 @@
 
 Each prediction of an AGENTIC generation is an :class:`OrchestratedShot`. The processors call
 :func:`on_attempt_finished` when an attempt's task ends (COMPLETED with its evaluation, or
-FAILED) and carry out the :class:`Action` it returns:
+FAILED) and carry out the :class:`ShotAction` it returns:
 
 * score ≥ ``min_confidence_score`` → ``ACCEPT`` that attempt's task;
 * else, while ``len(attempts) < max_attempts`` → ``RETRY``: submit ``action.params`` as a new
@@ -40,7 +40,7 @@ from schemas.events import Orchestration
 from schemas.task_params import PARAMS_MODELS, SEED_MAX, STEPS_MAX, TaskParams
 
 __all__ = [
-    "Action", "ActionKind", "Completed", "Failed", "OrchestratedShot", "Outcome", "PromptReviser",
+    "ShotAction", "ActionKind", "Completed", "Failed", "OrchestratedShot", "Outcome", "PromptReviser",
     "ShotAttempt", "ShotSettings", "UnknownAttemptError", "adjust", "attempt_task_id",
     "derive_seed", "on_attempt_finished", "revise_prompt", "shot_id_for", "shot_rng_seed",
 ]
@@ -192,7 +192,7 @@ Outcome = Completed | Failed
 
 
 @dataclass(frozen=True)
-class Action:
+class ShotAction:
     """What the processors do next. ACCEPT / ACCEPT_BEST: ``task_id`` is the accepted task.
     RETRY: submit ``params`` as task ``task_id`` (attempt ``attempt`` of the shot). GIVE_UP: the
     prediction is FAILED."""
@@ -310,7 +310,7 @@ def adjust(params: TaskParams, attempt: int, reasons: Sequence[str], rng_seed: i
 
 
 def on_attempt_finished(shot: OrchestratedShot, task_id: str, outcome: Outcome, *,
-                        revise: PromptReviser | None = None) -> tuple[OrchestratedShot, Action | None]:
+                        revise: PromptReviser | None = None) -> tuple[OrchestratedShot, ShotAction | None]:
     """Record how attempt ``task_id`` ended and decide. A repeat of an outcome already recorded,
     or any outcome after the shot is done, changes nothing and returns ``None`` (at-least-once
     delivery makes those normal)."""
@@ -330,10 +330,10 @@ def on_attempt_finished(shot: OrchestratedShot, task_id: str, outcome: Outcome, 
         params = adjust(attempts[-1].params, number, reasons, shot_rng_seed(shot.shot_id), revise=revise)
         new = ShotAttempt(number, attempt_task_id(shot.shot_id, number), params)
         attempts.append(new)
-        return replace(shot, attempts=tuple(attempts)), Action(kind, new.task_id, params, number)
+        return replace(shot, attempts=tuple(attempts)), ShotAction(kind, new.task_id, params, number)
     shot = replace(shot, attempts=tuple(attempts), done=True,
                    accepted_task_id=target.task_id if target else None)
-    return shot, Action(kind, target.task_id if target else None)
+    return shot, ShotAction(kind, target.task_id if target else None)
 
 
 def _record(shot: OrchestratedShot, attempt: ShotAttempt, outcome: Outcome) -> ShotAttempt:

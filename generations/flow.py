@@ -51,11 +51,11 @@ from pydantic import BaseModel
 
 from generations.agentic import (
     _KNOBS,
-    Action,
     ActionKind,
     Completed,
     Failed,
     OrchestratedShot,
+    ShotAction,
     ShotAttempt,
     ShotSettings,
     on_attempt_finished,
@@ -381,7 +381,7 @@ def _evaluated(record: GenerationRecord, p: PredictionRecord, shot: Orchestrated
     return p, [EmitEvaluation(event), *effects]
 
 
-def _act(plan: GenerationPlan, p: PredictionRecord, shot: OrchestratedShot, action: Action, *,
+def _act(plan: GenerationPlan, p: PredictionRecord, shot: OrchestratedShot, action: ShotAction, *,
          last_error: str | None) -> tuple[PredictionRecord, list[Effect]]:
     """Carry out the shot's action on the prediction (scored or FAILED attempts alike)."""
     p = _with(p, shot=shot.to_dict())
