@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpu_consumers.admission import check_admission
 from gpu_consumers.control import CancelReason, ReasonToken
@@ -67,6 +67,10 @@ from schemas.headers import trace_id_of
 from state.lifecycle import TaskState, check_new_attempt, fold
 from state.retry import decide
 from state.stops import STOPS_HEADER, decide_after_stop, worker_stop_event_id
+
+if TYPE_CHECKING:
+    from gpu_consumers.inputs import InputFetcher
+    from gpu_consumers.model_cache import ModelCache
 
 log = logging.getLogger("gpu_consumers.worker")
 
@@ -96,8 +100,8 @@ class Services:
     settings: WorkerSettings
     emitter: Emitter
     store: OutputStore
-    fetcher: Any  # gpu_consumers.inputs.InputFetcher; each task gets its for_task() view
-    models: Any
+    fetcher: InputFetcher  # each task gets its for_task() view
+    models: ModelCache
     device: str
     handler_for: Callable[[TaskSubmitted], Handler]
     content_policy: ContentPolicy | None = None

@@ -50,7 +50,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from confluent_kafka import (
     Consumer,
@@ -86,6 +86,10 @@ from schemas.headers import header_dict
 from schemas.kafka_settings import KafkaSettings
 from schemas.schema_store import SchemaStoreReader
 from state.stops import STOPS_HEADER, stops_from_header
+
+if TYPE_CHECKING:
+    from gpu_consumers.inputs import InputFetcher
+    from gpu_consumers.model_cache import ModelCache
 
 log = logging.getLogger("gpu_consumers.worker")
 
@@ -146,8 +150,8 @@ class Worker:
         settings: WorkerSettings,
         handlers: Mapping[TaskType, HandlerFactory | Providers],
         store: OutputStore,
-        fetcher: Any,
-        models: Any,
+        fetcher: InputFetcher,
+        models: ModelCache,
         *,
         codec: EventCodec | None = None,
         content_policy: ContentPolicy | None = None,

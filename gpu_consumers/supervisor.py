@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpu_consumers import errors
 from gpu_consumers.control import CancelReason, ReasonToken
@@ -47,6 +47,10 @@ from gpu_consumers.handlers.base import CancelToken, HandlerResult, TaskContext
 from gpu_consumers.handlers.handler_set import HandlerFactory, HandlerSet, Providers
 from schemas.enums import TaskType
 from schemas.events import TaskSubmitted
+
+if TYPE_CHECKING:
+    from gpu_consumers.inputs import InputFetcher
+    from gpu_consumers.model_cache import ModelCache
 
 log = logging.getLogger("gpu_consumers.worker")
 
@@ -62,8 +66,8 @@ class ChildKit:
     factories, nothing holding a lock or a socket."""
 
     handlers: Mapping[TaskType, HandlerFactory | Providers]
-    fetcher: Any = None
-    models: Any = None
+    fetcher: InputFetcher | None = None
+    models: ModelCache | None = None
     device: str = "cpu"
 
 

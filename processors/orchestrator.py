@@ -164,10 +164,10 @@ def failed_evaluation(provider: str, error: BaseException) -> Evaluation:
 class Orchestrator:
     """Carries out the effects of :mod:`generations.flow` (see the module doc).
 
-    ``io`` runs a blocking call of the outbox (one thread: the producers are not thread-safe);
-    evaluations run in ``evaluate_in`` (the loop's default executor when None)."""
+    A blocking call of the outbox runs in the orchestrator's one I/O thread (the producers are not
+    thread-safe); evaluations run in the loop's default executor."""
 
-    def __init__(self, outbox: Outbox | Any, registry: EvaluatorRegistry,
+    def __init__(self, outbox: Outbox, registry: EvaluatorRegistry,
                  evaluator_settings: EvaluatorSettings, fetch_image: FetchImage, *,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._outbox = outbox

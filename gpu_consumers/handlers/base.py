@@ -11,10 +11,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from gpu_consumers.errors import TaskCancelled
 from schemas.enums import TaskType
+
+if TYPE_CHECKING:
+    from gpu_consumers.input_scope import TaskInputs
+    from gpu_consumers.model_cache import ModelCache
 
 
 class CancelToken:
@@ -72,8 +76,8 @@ class TaskContext:
     attempt: int
     progress: ProgressFn
     cancel: CancelToken
-    fetch: Any  # gpu_consumers.input_scope.TaskInputs: fetch_image / fetch_bytes, tenant-scoped
-    models: Any  # gpu_consumers.models cache (warm pipelines, LoRAs)
+    fetch: TaskInputs  # fetch_image / fetch_bytes, tenant-scoped
+    models: ModelCache  # warm pipelines, LoRAs
     device: str = "cpu"
     low_memory: bool = False  # set on the retry after a GPU out-of-memory: tile/slice the VAE
 
