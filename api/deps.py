@@ -1,4 +1,4 @@
-"""What routes depend on, as types: ``DbDep``, ``ProducerDep``, ``CallerDep``, ``SettingsDep``."""
+"""What routes depend on, as types: ``DbDep``, ``GatewayDep``, ``CallerDep``, ``SettingsDep``."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ async def get_db(request: Request) -> AsyncIterator[psycopg.AsyncConnection]:
         yield conn
 
 
-async def get_producer(request: Request) -> TaskGateway:
+async def get_gateway(request: Request) -> TaskGateway:
     return request.app.state.gateway
 
 
@@ -58,7 +58,7 @@ async def get_notifier(request: Request) -> EventNotifier:
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 PoolDep = Annotated[AsyncPool, Depends(get_pool)]
 DbDep = Annotated[psycopg.AsyncConnection, Depends(get_db, scope="function")]
-ProducerDep = Annotated[TaskGateway, Depends(get_producer)]
+GatewayDep = Annotated[TaskGateway, Depends(get_gateway)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 NotifierDep = Annotated[EventNotifier, Depends(get_notifier)]
 MonitorDep = Annotated[KafkaMonitor, Depends(get_monitor)]

@@ -24,7 +24,7 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, DbDep, MetricsDep, NotifierDep, PoolDep, ProducerDep, SettingsDep
+from api.deps import CallerDep, DbDep, GatewayDep, MetricsDep, NotifierDep, PoolDep, SettingsDep
 from api.models.generations import (
     STRATEGY_ROUTES,
     SUBMIT_MODELS,
@@ -173,7 +173,7 @@ def _route(strategy: GenerationStrategy, suffix: str, request_model: type[BaseMo
     model = SUBMIT_MODELS[strategy]
 
     async def submit(body: BaseModel, caller: CallerDep, db: DbDep,
-                     producer: ProducerDep, settings: SettingsDep, metrics: MetricsDep, response: Response,
+                     producer: GatewayDep, settings: SettingsDep, metrics: MetricsDep, response: Response,
                      idempotency_key: IdempotencyKey = None) -> GenerationAccepted:
         return await _submit(strategy, body, caller, db, producer, settings, metrics, response,
                              idempotency_key)
@@ -242,7 +242,7 @@ def _generation_status_ended(status: str) -> bool:
 
 @router.post("/{generation_id:uuid}/cancel", status_code=202, response_model=GenerationCancelAccepted,
              responses=problem_responses(400, 401, 404, 409, 422, 503))
-async def cancel_generation(generation_id: uuid.UUID, caller: CallerDep, db: DbDep, producer: ProducerDep,
+async def cancel_generation(generation_id: uuid.UUID, caller: CallerDep, db: DbDep, producer: GatewayDep,
                             metrics: MetricsDep,
                             body: Annotated[GenerationCancel | None, Body()] = None) -> GenerationCancelAccepted:
     """Cancel a running generation: its predictions not yet ended are CANCELLED and their running

@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import MetricsDep, OperatorDep, PoolDep, ProducerDep, SettingsDep
+from api.deps import GatewayDep, MetricsDep, OperatorDep, PoolDep, SettingsDep
 from api.problems import problem_response
 from api.routes.common import problem_responses
 from state.consumer_watchdog import gave_up, read_reports
@@ -39,7 +39,7 @@ async def healthz(request: Request) -> Health | Response:
 
 
 @router.get("/readyz", response_model=Readiness, responses=problem_responses(503))
-async def readyz(request: Request, pool: PoolDep, producer: ProducerDep,
+async def readyz(request: Request, pool: PoolDep, producer: GatewayDep,
                  settings: SettingsDep) -> Readiness | Response:
     """Ready when PostgreSQL and Kafka both answer within ``ready_timeout_s`` and every
     consumer that reports its health (the projector, the processors: ``COMPUTE_HEALTH_DIR``,

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, DbDep, MetricsDep, NotifierDep, PoolDep, ProducerDep, SettingsDep
+from api.deps import CallerDep, DbDep, GatewayDep, MetricsDep, NotifierDep, PoolDep, SettingsDep
 from api.models.tasks import (
     CancelAccepted,
     TaskAccepted,
@@ -47,7 +47,7 @@ IdempotencyKey = Annotated[str | None, Header(
 @router.post("", status_code=202, response_model=TaskAccepted,
              responses=problem_responses(400, 401, 409, 413, 422, 503))
 async def submit_task(
-    body: Annotated[TaskSubmit, Body()], caller: CallerDep, pool: PoolDep, producer: ProducerDep,
+    body: Annotated[TaskSubmit, Body()], caller: CallerDep, pool: PoolDep, producer: GatewayDep,
     metrics: MetricsDep, response: Response, idempotency_key: IdempotencyKey = None,
 ) -> TaskAccepted:
     """Submit a task of any of the ten types; 202 once the broker has acknowledged it."""
@@ -161,7 +161,7 @@ async def read_result(task_id: UuidPath, caller: CallerDep, db: DbDep) -> TaskRe
 @router.post("/{task_id}/cancel", status_code=202, response_model=CancelAccepted,
              responses=problem_responses(401, 404, 409, 503))
 async def cancel_task(task_id: UuidPath, caller: CallerDep, db: DbDep,
-                      producer: ProducerDep, metrics: MetricsDep) -> CancelAccepted:
+                      producer: GatewayDep, metrics: MetricsDep) -> CancelAccepted:
     """Cancel a pending, queued or running task; 409 for a task that already ended."""
     tid = task_uuid(task_id)
     row = await get_task(db, tid, caller.tenant_id)
