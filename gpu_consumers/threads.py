@@ -6,7 +6,7 @@ Starting a new OS thread for each was on every task's path twice: ``Thread.start
 the new thread has been scheduled, ~0.1 ms on an idle machine and milliseconds on a busy one
 (bench/bench_api_latency.py). A :class:`ReusableThread` runs one call at a time in a long-lived
 daemon thread instead, and starts a fresh thread only when the previous call is still running,
-i.e. was given up on: the stuck thread is then left to itself, as before, and ends if its call
+i.e. was given up on: the stuck thread is then left to itself, and ends if its call
 ever returns.
 """
 

@@ -62,7 +62,7 @@ _PRODUCER_DEFAULTS: dict[str, Any] = {
 
 # submit() serves delivery reports (which release PENDING/QUEUED) once every _POLL_EVERY submits
 # or once _POLL_INTERVAL_S has passed since the last poll, whichever comes first: a burst pays
-# for one poll per batch, a trickle of submits still polls on every one (as before), and acks
+# for one poll per batch, a trickle of submits still polls on every one, and acks
 # come no faster than linger.ms anyway. flush()/poll()/close() always serve everything.
 _POLL_EVERY = 32
 _POLL_INTERVAL_S = 0.002
@@ -72,8 +72,8 @@ _POLL_INTERVAL_S = 0.002
 _RECORDS_CAPACITY = 1024
 
 # produce()'s arguments are passed by position, (topic, value, key, partition, callback,
-# on_delivery, timestamp, headers): parsing keywords cost ~0.3 µs of a ~1 µs call, three calls a
-# submit. -1 is "partition by key", 0 "timestamp now"; the delivery callback goes in ``callback``
+# on_delivery, timestamp, headers): parsing keywords is a quarter of the call, three calls a
+# submit (docs/PERFORMANCE.md). -1 is "partition by key", 0 "timestamp now"; the delivery callback goes in ``callback``
 # (``on_delivery`` is its alias, used only when ``callback`` is not given at all).
 _BY_KEY, _NOW = -1, 0
 
