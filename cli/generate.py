@@ -19,8 +19,9 @@ import click
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from pydantic import ValidationError
 
-from generations.catalog import InMemoryCatalog, PostgresCatalog
+from generations.catalog import InMemoryCatalog
 from generations.plan import GenerationRequested, plan_generation
+from projection.db.catalog import PostgresCatalog
 from schemas.enums import GenerationStrategy
 from schemas.errors import ComputeError
 from schemas.kafka_settings import KafkaSettings

@@ -58,7 +58,7 @@ _LAZY_COMMANDS = {
     "demo": "cli.demo:demo",
     "worker": "gpu_consumers.cli:worker",
     "processors": "processors.cli:processors",
-    "catalog": "generations.catalog:catalog",
+    "catalog": "cli.catalog:catalog",
     "generate": "cli.generate:generate",
     "apikey": "cli.server:apikey",
     "db": "cli.server:db",

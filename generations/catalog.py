@@ -5,25 +5,18 @@ model registry knows) and a default LoRA weight in 0..1 (what a GENERATION task 
 gets as ``subject_lora_weight`` / ``product_lora_weight`` / ``style_lora_weight``). Both may be
 NULL in the database (an entry without a LoRA: its weight is left out of the task).
 
-:class:`InMemoryCatalog` is for tests; :class:`PostgresCatalog` is the store of record. Its
-tables belong to the read model's migrations (``projection/db/migrations/0003_catalog.sql``): run
-``computectl db migrate`` first.
-``computectl catalog add-subject|add-product|add-style|list`` edit and show it (:data:`catalog`).
+The domain model and :class:`InMemoryCatalog` (for tests) are here; the store of record is
+:class:`projection.db.catalog.PostgresCatalog` (tables in the read model's migrations), and
+``computectl catalog add-subject|add-product|add-style|list`` (``cli/catalog.py``) edit and show it.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol, cast
-
-import click
-
-if TYPE_CHECKING:
-    import psycopg
+from typing import Protocol
 
 from producers.errors import ProducerError
 
@@ -38,7 +31,7 @@ class CatalogKind(StrEnum):
         return f"{self.value}s"
 
 
-def _weight(value: float | None) -> float | None:
+def entry_weight(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
@@ -95,8 +88,9 @@ class Catalog(Protocol):
     def add_style(self, name: str, lora_ref: str | None, default_weight: float | None, entry_id: str | None = None) -> CatalogEntry: ...
 
 
-class _Named:
-    """The per-kind conveniences of :class:`Catalog`, on top of ``get`` and ``add``."""
+class NamedCatalog:
+    """The per-kind conveniences of :class:`Catalog`, on top of ``get`` and ``add`` (the
+    in-memory catalog here, the PostgreSQL one in ``projection/db/catalog.py``)."""
 
     def get(self, kind: CatalogKind, entry_id: str) -> CatalogEntry: raise NotImplementedError
     def add(self, kind: CatalogKind, name: str, lora_ref: str | None, default_weight: float | None,
@@ -121,26 +115,27 @@ class _Named:
         return self.add(CatalogKind.STYLE, name, lora_ref, default_weight, entry_id)
 
 
-def _valid_id(entry_id: str) -> str | None:
+def valid_entry_id(entry_id: str) -> str | None:
+    """The id in canonical UUID form, or None when it is no UUID (then no entry has it)."""
     try:
         return str(uuid.UUID(str(entry_id)))
     except ValueError:
         return None
 
 
-class InMemoryCatalog(_Named):
+class InMemoryCatalog(NamedCatalog):
     def __init__(self) -> None:
         self._entries: dict[tuple[CatalogKind, str], CatalogEntry] = {}
 
     def get(self, kind: CatalogKind, entry_id: str) -> CatalogEntry:
-        entry = self._entries.get((kind, _valid_id(entry_id) or ""))
+        entry = self._entries.get((kind, valid_entry_id(entry_id) or ""))
         if entry is None:
             raise UnknownCatalogEntry([(kind, str(entry_id))])
         return entry
 
     def add(self, kind: CatalogKind, name: str, lora_ref: str | None, default_weight: float | None,
             entry_id: str | None = None) -> CatalogEntry:
-        entry = CatalogEntry(entry_id or str(uuid.uuid4()), kind, name, lora_ref, _weight(default_weight))
+        entry = CatalogEntry(entry_id or str(uuid.uuid4()), kind, name, lora_ref, entry_weight(default_weight))
         if (kind, entry.id) in self._entries:
             raise CatalogError(f"{kind.value} {entry.id} already exists")
         self._entries[(kind, entry.id)] = entry
@@ -148,107 +143,3 @@ class InMemoryCatalog(_Named):
 
     def list(self, kind: CatalogKind) -> list[CatalogEntry]:
         return [e for (k, _), e in self._entries.items() if k is kind]
-
-
-# --------------------------------------------------------------------------- PostgreSQL
-
-class PostgresCatalog(_Named):
-    """The catalog in PostgreSQL (psycopg 3); one short connection per call."""
-
-    def __init__(self, database_url: str) -> None:
-        self._url = database_url
-
-    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
-        import psycopg
-
-        try:
-            conn = psycopg.connect(self._url, autocommit=True)
-        except psycopg.OperationalError as exc:
-            raise CatalogError(f"cannot reach the catalog database: {exc}; check DATABASE_URL") from exc
-        if cast(tuple[Any, ...], conn.execute("SELECT to_regclass('subjects')").fetchone())[0] is None:
-            conn.close()
-            raise CatalogError("the catalog tables are missing: run `computectl db migrate` first")
-        return conn
-
-    def get(self, kind: CatalogKind, entry_id: str) -> CatalogEntry:
-        valid = _valid_id(entry_id)
-        row = None
-        if valid is not None:
-            with self._connect() as conn:
-                row = conn.execute(f"SELECT id, name, lora_ref, default_weight, created_at "
-                                   f"FROM {kind.table} WHERE id = %s", (valid,)).fetchone()
-        if row is None:
-            raise UnknownCatalogEntry([(kind, str(entry_id))])
-        return CatalogEntry(str(row[0]), kind, row[1], row[2], row[3], row[4])
-
-    def add(self, kind: CatalogKind, name: str, lora_ref: str | None, default_weight: float | None,
-            entry_id: str | None = None) -> CatalogEntry:
-        import psycopg
-
-        entry = CatalogEntry(entry_id or str(uuid.uuid4()), kind, name, lora_ref, _weight(default_weight))
-        with self._connect() as conn:
-            try:
-                created = cast(tuple[Any, ...], conn.execute(
-                    f"INSERT INTO {kind.table} (id, name, lora_ref, default_weight) "
-                    f"VALUES (%s, %s, %s, %s) RETURNING created_at",
-                    (entry.id, entry.name, entry.lora_ref, entry.default_weight)).fetchone())[0]
-            except psycopg.errors.UniqueViolation:
-                raise CatalogError(f"{kind.value} {entry.id} already exists") from None
-        return CatalogEntry(entry.id, kind, entry.name, entry.lora_ref, entry.default_weight, created)
-
-    def list(self, kind: CatalogKind) -> list[CatalogEntry]:
-        with self._connect() as conn:
-            rows = conn.execute(f"SELECT id, name, lora_ref, default_weight, created_at "
-                                f"FROM {kind.table} ORDER BY created_at, id").fetchall()
-        return [CatalogEntry(str(r[0]), kind, r[1], r[2], r[3], r[4]) for r in rows]
-
-
-# --------------------------------------------------------------------------- CLI
-
-_database_url = click.option("--database-url", envvar="DATABASE_URL", required=True,
-                             help="PostgreSQL URL of the catalog (default: $DATABASE_URL).")
-
-
-@click.group()
-def catalog() -> None:
-    """The subjects, products and styles (LoRA and default weight) GENERATE requests use."""
-
-
-def _add_command(kind: CatalogKind) -> click.Command:
-    @click.command(f"add-{kind.value}", help=(
-        f"Add a {kind.value} and print its id. Without --lora (or with --lora \"\") the entry has "
-        "no LoRA. REF is a name under the workers' LoRA root (the offline profile ships demo/anna, "
-        "demo/summer-dress and demo/studio-style) or, in production, an allowed hub repo."))
-    @click.argument("name")
-    @click.option("--lora", "lora_ref", metavar="REF", help="LoRA reference (default: none).")
-    @click.option("--weight", "default_weight", type=click.FloatRange(0.0, 1.0),
-                  help="Default LoRA weight, 0..1 (default: none, the worker's own).")
-    @click.option("--id", "entry_id", help="Use this UUID instead of a new one.")
-    @_database_url
-    def add(name: str, lora_ref: str | None, default_weight: float | None, entry_id: str | None,
-            database_url: str) -> None:
-        lora_ref = (lora_ref or "").strip() or None  # "" is no LoRA, as leaving --lora out is
-        entry = PostgresCatalog(database_url).add(kind, name, lora_ref, default_weight, entry_id)
-        click.echo(entry.id)
-
-    return add
-
-
-for _kind in CatalogKind:
-    catalog.add_command(_add_command(_kind))
-
-
-@catalog.command("list")
-@click.option("--kind", type=click.Choice([k.value for k in CatalogKind]), help="Only this kind.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@_database_url
-def list_entries(kind: str | None, as_json: bool, database_url: str) -> None:
-    """List the catalog's entries."""
-    store = PostgresCatalog(database_url)
-    for k in [CatalogKind(kind)] if kind else list(CatalogKind):
-        for entry in store.list(k):
-            if as_json:
-                click.echo(json.dumps({**asdict(entry), "kind": k.value}, default=str))
-            else:
-                weight = "-" if entry.default_weight is None else f"{entry.default_weight:.2f}"
-                click.echo(f"{k.value:8} {entry.id}  {weight:>4}  {entry.name}  ({entry.lora_ref or 'no LoRA'})")

@@ -25,7 +25,8 @@ from api.models.generations import (
 from api.problems import ApiProblem
 from api.routes.common import UuidPath, problem_responses
 from api.routing import ApiRoute
-from generations.catalog import CatalogEntry, CatalogError, PostgresCatalog, UnknownCatalogEntry
+from generations.catalog import CatalogEntry, CatalogError, UnknownCatalogEntry
+from projection.db.catalog import PostgresCatalog
 
 log = logging.getLogger("api.catalog")
 

@@ -42,12 +42,13 @@ from api.models.tasks import API_PREFIX
 from api.problems import ApiProblem
 from api.routes.common import WaitQuery, check_wait, problem_responses
 from api.routing import ApiRoute
-from generations.catalog import CatalogError, PostgresCatalog, UnknownCatalogEntry
+from generations.catalog import CatalogError, UnknownCatalogEntry
 from generations.plan import GenerationCancelRequested, GenerationPlan, GenerationRequested, plan_generation
 from generations.record import GenerationStatus
 from generations.requests import parse_request
 from producers.errors import DeliveryError, TaskTooLargeError
 from producers.task_ids import keyed_uuid
+from projection.db.catalog import PostgresCatalog
 from projection.db.generation_projection import GenerationFilter, get_generation, list_generations
 from schemas.enums import GenerationStrategy
 

@@ -8,7 +8,8 @@ import uuid
 import httpx
 import pytest
 
-from generations.catalog import CatalogKind, PostgresCatalog
+from generations.catalog import CatalogKind
+from projection.db.catalog import PostgresCatalog
 from tests.api.conftest import ApiStack, Tenant
 from tests.api.helpers import assert_problem
 

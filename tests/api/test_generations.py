@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from generations.agentic import attempt_task_id
-from generations.catalog import PostgresCatalog
 from generations.plan import GENERATION_CANCEL_CONTENT_TYPE, GENERATION_REQUEST_CONTENT_TYPE, GenerationCancelRequested, GenerationRequested
+from projection.db.catalog import PostgresCatalog
 from tests.api.conftest import ApiStack, Tenant, new_tenant
 from tests.api.helpers import assert_problem
 from tests.kafka_helpers import read_topic, record_count

@@ -7,7 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from generations.catalog import CatalogKind, PostgresCatalog
+from generations.catalog import CatalogKind
+from projection.db.catalog import PostgresCatalog
 from projection.db.migrate import migrate
 from tests.projection.db.helpers import fresh_database
 

@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from generations.catalog import PostgresCatalog
 from generations.plan import GENERATION_REQUEST_CONTENT_TYPE, GenerationRequested
 from generations.record import GenerationRecord, GenerationStatus, PredictionRecord
+from projection.db.catalog import PostgresCatalog
 from projection.db.migrate import migrate
 from schemas.enums import GenerationType, TaskStatus, TaskType
 from schemas.headers import header_dict

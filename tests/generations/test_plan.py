@@ -11,8 +11,9 @@ import pytest
 from click.testing import CliRunner
 from pydantic import ValidationError
 
+from cli.catalog import catalog
 from generations.agentic import adjust, attempt_task_id, shot_id_for
-from generations.catalog import CatalogError, CatalogKind, InMemoryCatalog, PostgresCatalog, UnknownCatalogEntry, catalog
+from generations.catalog import CatalogError, CatalogKind, InMemoryCatalog, UnknownCatalogEntry
 from generations.plan import (
     DETAIL_FOLLOW_UP,
     GenerationPlan,
@@ -24,6 +25,7 @@ from generations.plan import (
 )
 from generations.requests import GenerateRequest, parse_request
 from producers.submit import TaskProducer
+from projection.db.catalog import PostgresCatalog
 from schemas.codec import EventCodec
 from schemas.enums import GenerationStrategy, GenerationType, TaskType
 from schemas.events import GenerationTaskSubmitted

@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, Producer
 from PIL import Image, ImageFilter
 
 from generations.agentic import attempt_task_id
-from generations.catalog import InMemoryCatalog, PostgresCatalog
+from generations.catalog import InMemoryCatalog
 from generations.flow import cancel_event_id
 from generations.plan import (
     GENERATION_CANCEL_CONTENT_TYPE,
@@ -48,6 +48,7 @@ from processors.folding import STATE_CONTENT_TYPE, decode_state, encode_state, s
 from processors.generation_messages import BadGenerationRecord, read_generation_message
 from processors.orchestrator import Orchestrator
 from processors.settings import ProcessorSettings
+from projection.db.catalog import PostgresCatalog
 from projection.db.migrate import migrate
 from schemas.emit import produce_event
 from schemas.enums import ErrorCode, EvaluationDecision, TaskStatus, TaskType
