@@ -128,7 +128,7 @@ class Storm:
                "--assignment", str(self.tmp / f"{worker_id}.json")]
         if self.args.no_takeover:
             cmd.append("--no-takeover")
-        log = open(self.tmp / f"{worker_id}.log", "w")
+        log = open(self.tmp / f"{worker_id}.log", "w")  # noqa: SIM115 (the child writes it until it ends)
         self.procs[worker_id] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         return worker_id
 
