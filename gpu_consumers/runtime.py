@@ -95,6 +95,16 @@ log = logging.getLogger("gpu_consumers.worker")
 
 _POLL_S = 0.1  # one loop turn; also how fast a stop request or a finished task is noticed
 _JOIN_ALLOWANCE_S = 60.0  # burst idle clock starts anyway if a group never assigns within this
+# A consumer replaced after a fatal error joins again after this pause; a static member's
+# previous process (SIGKILLed) holds its instance id until its session (10 s) expires.
+_REJOIN_PAUSE_S = 1.0
+_MAX_REJOINS = 60  # replacements with no assignment in between: then exit for the supervisor
+
+
+def _is_fatal(err: KafkaError) -> bool:
+    # librdkafka reports a fatal error to poll() as an event with the code _FATAL, whose
+    # fatal() flag is not always set.
+    return err.fatal() or err.code() == KafkaError._FATAL
 # Idempotent producer: a status or DLQ record is written once even when librdkafka retries it.
 # Its linger.ms is WorkerSettings.status_linger_ms: PROCESSING waits for a quick task's terminal
 # status, whose flush sends both at once (flush ignores linger.ms).
@@ -130,6 +140,10 @@ class _Lane:
     commits: CommitLedger = field(default_factory=CommitLedger)
     # Assigned partitions whose next record is checked against the status topic (takeover.py).
     taken_over: set[Partition] = field(default_factory=set)
+    # A fatal client error (e.g. UNRELEASED_INSTANCE_ID) left this consumer unusable: the main
+    # loop replaces it (_replace_lane); ``rejoins`` counts replacements not yet assigned.
+    fatal: KafkaError | None = None
+    rejoins: int = 0
 
 
 @dataclass
@@ -292,7 +306,11 @@ class Worker:
             return self._buffer.popleft()
         n = len(self._lanes)
         for i in range(n):
-            lane = self._lanes[(self._next_lane + i) % n]
+            index = (self._next_lane + i) % n
+            lane = self._lanes[index]
+            if lane.fatal is not None:
+                self._replace_lane(index, lane)
+                continue
             self._retry_commits(lane)
             msg = lane.consumer.poll(_POLL_S / n)
             if msg is None:
@@ -301,6 +319,8 @@ class Worker:
                 if msg.error().code() == KafkaError.UNKNOWN_TOPIC_OR_PART:  # one clear line
                     log.warning("topic %s does not exist: run `computectl topics create` "
                                 "(waiting for it)", lane.topic)
+                elif _is_fatal(msg.error()):
+                    lane.fatal = msg.error()  # replaced on the next turn
                 else:
                     log.warning("consumer error on %s: %s", lane.topic, msg.error())
                 continue
@@ -389,7 +409,9 @@ class Worker:
         ``fetch.wait.max.ms``: half a second per task for short tasks.)"""
         for lane in self._lanes:
             msg = lane.consumer.poll(0)
-            if msg is not None and not msg.error():
+            if msg is not None and msg.error() and _is_fatal(msg.error()):
+                lane.fatal = msg.error()  # replaced once the task ends
+            elif msg is not None and not msg.error():
                 self._buffer.append((lane, msg))
                 self._pause(True)
 
@@ -587,6 +609,29 @@ class Worker:
         except KafkaException as exc:  # e.g. rebalanced away: the new owner redoes the record
             log.warning("commit of %s[%d]@%d failed: %s", msg.topic(), msg.partition(),
                         msg.offset(), exc)
+
+    def _replace_lane(self, index: int, lane: _Lane) -> None:
+        """Close a consumer a fatal error left unusable and join again with a new one. Seen in the
+        fault suite: a static member restarted right after a SIGKILL is refused with "the
+        instance ID is still used by another member" until its old session expires, and the
+        worker went on polling the dead consumer, its partitions never served again. Too many
+        replacements with no assignment in between stop the worker unhealthy (exit 1), so its
+        supervisor starts a fresh process."""
+        rejoins = 1 if lane.assigned else lane.rejoins + 1
+        log.warning("the %s consumer hit a fatal error (%s): joining again with a new one",
+                    lane.topic, lane.fatal)
+        self._close_lane(lane)
+        self._buffer = deque(item for item in self._buffer if item[0] is not lane)
+        if rejoins > _MAX_REJOINS:
+            log.error("the %s consumer failed %d times without an assignment: stopping",
+                      lane.topic, rejoins - 1)
+            self._healthy = False
+            return
+        if self._stop.wait(_REJOIN_PAUSE_S):
+            return
+        fresh = self._open_lane(lane.task_type)
+        fresh.rejoins = rejoins
+        self._lanes[index] = fresh
 
     def _close_lane(self, lane: _Lane) -> None:
         try:

@@ -159,6 +159,28 @@ def test_a_task_finished_before_its_worker_died_uncommitted_is_not_run_again(
     assert stats.completed == len(more)
 
 
+def test_a_static_member_restarted_at_once_after_a_sigkill_serves_its_partitions(
+        kafka, statuses, processes):
+    # Found by the fault suite on the three-broker cluster: under KIP-848 the restarted process
+    # is refused ("the instance ID is still used by another member") until the old session
+    # expires; that error is fatal for the consumer, and the worker went on polling the dead
+    # consumer: half the tasks stood still until the scenario ended.
+    doomed = processes("doomed", WORKER_GROUP_INSTANCE_ID="static-1")
+    wait_for(lambda: members(kafka).get("doomed", 0) == 2, "the doomed worker to own both partitions",
+             START_S, also=lambda: doomed.poll() is None or pytest.fail("the worker died"))
+    doomed.send_signal(signal.SIGKILL)
+    assert doomed.wait(10) == -signal.SIGKILL
+    reborn = processes("reborn", WORKER_GROUP_INSTANCE_ID="static-1")
+    wait_for(lambda: members(kafka).get("reborn", 0) == 2,
+             "the restarted worker to own both partitions", START_S + HEAL_BOUND_S,
+             also=lambda: reborn.poll() is None or pytest.fail("the worker died"))
+    task_ids = submit(kafka, *["ok"] * 6)
+    statuses.wait_terminal(*task_ids)
+    assert all(statuses.state(t).status is TaskStatus.COMPLETED for t in task_ids)
+    assert {e.worker_id for t in task_ids for e in statuses.events[t] if e.worker_id} == {"reborn"}
+    assert reborn.poll() is None
+
+
 def _worker(kafka: KafkaSettings, tmp_path: Path, worker_id: str) -> Worker:
     return Worker(kafka, worker_settings(kafka), {TYPE: {"test": Scripted}},
                   FileStore(tmp_path / "results"), None, None, worker_id=worker_id)
