@@ -31,7 +31,9 @@ def test_a_queued_task_cancelled_through_the_api_has_one_terminal_status(
     worker = make_worker(api.kafka, handler, FileStore(results_dir))  # the stack's worker group
     stats = Running(worker, max_tasks=2).join(60)  # reaches both records; flushes its statuses
 
-    assert (stats.cancelled, stats.completed) == (1, 1)
+    # Skipped without running either as a cancelled record or, when the record is the first of
+    # a partition this worker took over, by the takeover check that finds the task ended.
+    assert (stats.cancelled + stats.already_ended, stats.completed) == (1, 1)
     assert [t for t, _ in handler.runs] == [following]  # the cancelled one never ran
     codec = EventCodec()
     topic = api.kafka.topics.status
