@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -186,11 +187,14 @@ def run_flow(stack, settings: KafkaSettings, children: Children, api_url: str,
         if children.died() is None:
             generation = run_generation(api, console, children.died)
         _show_final(api_url, key, ids, final, console)
-        # The web console (docs/CONSOLE.md): good while this demo's stack runs, which it stops
-        # next; `computectl up` keeps a stack up and prints a fresh link.
+        # The web console (docs/CONSOLE.md): good while this demo's stack runs. At a terminal the
+        # demo holds the stack until Enter, so the link can be opened; with no terminal (CI, a
+        # log) it stops at once. `computectl up` keeps a stack up and prints a fresh link.
         from api.console.link import console_login_line
         console.print(console_login_line(api_url, key) + "  (until the demo stops its stack; "
                       "`computectl up` keeps one running)", markup=False, highlight=False, soft_wrap=True)
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            console.input("the stack stays up for the console: press Enter to stop it ")
     # Shown everything first: the tables say what went wrong as much as the exit status does.
     why = children.died()
     if why is not None or done < len(ids):
