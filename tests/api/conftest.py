@@ -4,10 +4,12 @@ own tenant, so tests never see each other's tasks."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -47,6 +49,30 @@ class _Server(uvicorn.Server):
         pass
 
 
+@contextlib.contextmanager
+def serving(app: Any, db_url: str, kafka: KafkaSettings) -> Iterator[tuple[str, Projector]]:
+    """``app`` under uvicorn on a free port, with a projector filling ``db_url``: (base URL,
+    projector) until the block ends."""
+    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                    lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started or not thread.is_alive(), what="uvicorn to start")
+    assert server.started, "the API server did not start"
+    port = server.servers[0].sockets[0].getsockname()[1]
+    projector = Projector(db_url, kafka, create_topics=False)
+    stop = threading.Event()
+    projecting = threading.Thread(target=projector.run, args=(stop,), daemon=True)
+    projecting.start()
+    try:
+        yield f"http://127.0.0.1:{port}", projector
+    finally:
+        stop.set()
+        projecting.join(30)
+        server.should_exit = True
+        thread.join(30)
+
+
 @pytest.fixture(scope="module")
 def api(request: pytest.FixtureRequest, database_url: str, kafka_bootstrap: str) -> Iterator[ApiStack]:
     """The stack; a test module's ``API_SETTINGS`` dict overrides settings of its API."""
@@ -59,25 +85,8 @@ def api(request: pytest.FixtureRequest, database_url: str, kafka_bootstrap: str)
                                  worker_group_prefix=f"{kafka.topic_prefix}-workers",
                                  **getattr(request.module, "API_SETTINGS", {}))
         app = create_app(settings)
-        server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                        lifespan="on"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        wait_for(lambda: server.started or not thread.is_alive(), what="uvicorn to start")
-        assert server.started, "the API server did not start"
-        port = server.servers[0].sockets[0].getsockname()[1]
-        projector = Projector(db_url, kafka, create_topics=False)
-        stop = threading.Event()
-        projecting = threading.Thread(target=projector.run, args=(stop,), daemon=True)
-        projecting.start()
-        try:
-            yield ApiStack(f"http://127.0.0.1:{port}", db_url, kafka, app, projector,
-                           settings.worker_group_prefix)
-        finally:
-            stop.set()
-            projecting.join(30)
-            server.should_exit = True
-            thread.join(30)
+        with serving(app, db_url, kafka) as (base_url, projector):
+            yield ApiStack(base_url, db_url, kafka, app, projector, settings.worker_group_prefix)
 
 
 @pytest.fixture

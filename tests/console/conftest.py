@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image, ImageChops
 
 from api import create_app, load_settings
@@ -33,10 +31,10 @@ from devstack.system import COMPUTECTL
 from gpu_consumers.storage import FileStore
 from projection.db.apikeys import create_key
 from projection.db.migrate import migrate
-from projection.projector import Projector
 from schemas.kafka_settings import KafkaSettings
+from tests.api.conftest import serving
 from tests.gpu_consumers.runtime_helpers import Running, Scripted, make_worker
-from tests.projection.db.helpers import fresh_database, wait_for
+from tests.projection.db.helpers import fresh_database
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (`make browser` installs it)
 REPO = Path(__file__).resolve().parents[2]
@@ -93,11 +91,6 @@ class ConsoleStack:
                               json={**AGENTIC, "subject_id": subject.json()["id"]})
         assert accepted.status_code == 202, accepted.text
         self.agentic = (key, accepted.json()["generation_id"])
-
-
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # not the main thread
-        pass
 
 
 class Children:
@@ -160,34 +153,20 @@ def console(database_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.Te
         # The console of this app serves the worker's results root below.
         install_console(app, ConsoleSettings(results_url=results.resolve().as_uri(),
                                              kafka_refresh_s=0.5))
-        server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                        lifespan="on"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        wait_for(lambda: server.started or not thread.is_alive(), what="uvicorn to start")
-        assert server.started, "the API server did not start"
-        port = server.servers[0].sockets[0].getsockname()[1]
-        projector = Projector(db_url, kafka, create_topics=False)
-        stop = threading.Event()
-        projecting = threading.Thread(target=projector.run, args=(stop,), daemon=True)
-        projecting.start()
-        handler = Scripted()
-        worker = make_worker(kafka, handler, FileStore(results), task_timeout_s=60.0)
-        running = Running(worker)
-        children = Children(kafka, results, tmp_path_factory.mktemp("console-children"))
-        children.start()  # the topics exist: the API's start-up created them
-        try:
-            stack = ConsoleStack(f"http://127.0.0.1:{port}", db_url, kafka, results, handler, children)
-            stack.submit_agentic()
-            yield stack
-        finally:
-            children.stop()
-            worker.stop(now=True)
-            running.join(30)
-            stop.set()
-            projecting.join(30)
-            server.should_exit = True
-            thread.join(30)
+        with serving(app, db_url, kafka) as (base_url, _):
+            handler = Scripted()
+            worker = make_worker(kafka, handler, FileStore(results), task_timeout_s=60.0)
+            running = Running(worker)
+            children = Children(kafka, results, tmp_path_factory.mktemp("console-children"))
+            children.start()  # the topics exist: the API's start-up created them
+            try:
+                stack = ConsoleStack(base_url, db_url, kafka, results, handler, children)
+                stack.submit_agentic()
+                yield stack
+            finally:
+                children.stop()
+                worker.stop(now=True)
+                running.join(30)
 
 
 @pytest.fixture(scope="module")
