@@ -37,13 +37,15 @@ from api.routes import tasks as task_routes
 from api.routes.common import finished, task_uuid
 from api.routes.events import SSE_MEDIA_TYPE, stream_events
 from projection.db.apikeys import Caller
-from projection.db.queries import events_after
+from projection.db.queries import events_after, get_task
 from schemas.enums import ErrorCode, TaskStatus, TaskType
 from state.retry import decide
 
 router = APIRouter(prefix="/console", include_in_schema=False, route_class=ConsoleRoute)
 _SUBMIT = TypeAdapter(TaskSubmit)
 _PAGE_SIZE = 25
+# How long "Retry as a new task" waits for the projector to show the new task before redirecting.
+_PROJECTED_WAIT_S = 10.0
 # The overview stream ends after this long and the browser's EventSource reconnects (after the
 # `retry:` delay): an open tab never holds the server's graceful shutdown for longer.
 _STREAM_LIFETIME_S = 60.0
@@ -258,7 +260,22 @@ async def retry_as_new(request: Request, task_id: str) -> Response:
     state = _app(request)
     accepted = await task_routes.submit_task(body, caller, state.pool, state.gateway, state.metrics,
                                              Response())
+    # The broker has the task; the read model gets it a moment later (the projector). Redirect
+    # once the new task's page can show it, rather than to a 404 the user would have to reload.
+    await _until_projected(request, caller, accepted.task_id)
     return RedirectResponse(f"/console/tasks/{accepted.task_id}", status_code=303)
+
+
+async def _until_projected(request: Request, caller: Caller, task_id: str) -> None:
+    state = _app(request)
+    scope = overview_routes.fleet_scope(caller)
+
+    async def read() -> dict | None:
+        async with state.pool.connection() as conn:
+            return await get_task(conn, task_id, scope)
+
+    await state.notifier.long_poll(task_id, read, lambda _row: True, _PROJECTED_WAIT_S,
+                                   state.settings.sse_poll_s)
 
 
 # --------------------------------------------------------------------------- generations
