@@ -82,6 +82,8 @@ class Envelope(AvroRecord):
     origin_instance: str | None = None
     origin_zone: str | None = None
     origin_tenant_id: str | None = None
+    origin_version: str | None = None
+    entity_id: str | None = None
 
     @classmethod
     def new(
@@ -93,6 +95,8 @@ class Envelope(AvroRecord):
         origin_instance: str | None = None,
         origin_zone: str | None = None,
         origin_tenant_id: str | None = None,
+        origin_version: str | None = None,
+        entity_id: str | None = None,
     ) -> Self:
         """An envelope for a new event: a fresh event_id, occurred_at = now (UTC)."""
         return cls(
@@ -105,6 +109,8 @@ class Envelope(AvroRecord):
             origin_instance=origin_instance,
             origin_zone=origin_zone,
             origin_tenant_id=origin_tenant_id,
+            origin_version=origin_version,
+            entity_id=entity_id,
         )
 
 
@@ -121,6 +127,11 @@ class Orchestration(AvroRecord):
     max_attempts: PositiveInt = 3
     min_confidence_score: Fraction = 0.7
     evaluation_provider: Annotated[str, Field(min_length=1)] = "auto"
+    # A workflow's step (docs/WORKFLOWS.md, "Events"): generation_id is the workflow id as well,
+    # since it is what workers copy onto the task's status events.
+    workflow_id: UuidStr | None = None
+    step_id: str | None = None
+    suppress_events: bool = False
 
 
 class ResultMetadata(AvroRecord):
@@ -211,6 +222,8 @@ class TaskSubmitted(AvroRecord):
         origin_instance: str | None = None,
         origin_zone: str | None = None,
         origin_tenant_id: str | None = None,
+        origin_version: str | None = None,
+        entity_id: str | None = None,
     ) -> TaskSubmitted:
         """The submitted event for ``params`` (its type picks the model), with a new envelope;
         a new task id unless ``task_id`` is given (retries keep the id and raise ``attempt``)."""
@@ -222,6 +235,8 @@ class TaskSubmitted(AvroRecord):
             origin_instance=origin_instance,
             origin_zone=origin_zone,
             origin_tenant_id=origin_tenant_id,
+            origin_version=origin_version,
+            entity_id=entity_id,
         )
         return TASK_SUBMITTED_MODELS[params.task_type](
             envelope=envelope,
@@ -355,5 +370,8 @@ class EvaluationRecorded(AvroRecord):
 
 
 def all_event_models() -> list[type[AvroRecord]]:
-    """The 13 top-level event models (each the root of one ``.avsc`` written to a topic)."""
-    return [*TASK_SUBMITTED_MODELS.values(), StatusChanged, CancelRequested, EvaluationRecorded]
+    """The 16 top-level event models (each the root of one ``.avsc`` written to a topic)."""
+    from schemas.workflow_events import WORKFLOW_EVENT_MODELS  # it imports TaskResult from here
+
+    return [*TASK_SUBMITTED_MODELS.values(), StatusChanged, CancelRequested, EvaluationRecorded,
+            *WORKFLOW_EVENT_MODELS]

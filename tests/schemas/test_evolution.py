@@ -114,3 +114,25 @@ def test_an_old_reader_needs_the_writer_schema_and_finds_it_in_the_schema_store(
     assert producer.flush(10) == 0
     old_reader = EventCodec(lookup_fingerprint=SchemaStoreReader(kafka_settings))
     assert old_reader.decode(new_bytes, expect=StatusChanged) == event
+
+
+def test_origin_version_and_entity_id_cross_the_v1_line_both_ways():
+    """Issue 17 added envelope.origin_version and entity_id: a v1 reader reads today's events
+    (the two fields dropped), and today's reader reads v1 events (both null)."""
+    v1 = avro_files.parse(json.loads((HISTORY / f"{STATUS}.v1.avsc").read_text()))
+    current = avro_files.parsed_schema(STATUS)
+    event = _status_event()
+    event = event.model_copy(update={"envelope": event.envelope.model_copy(
+        update={"origin_version": "backend-4.2.1", "entity_id": "order-991"})})
+    new_bytes = EventCodec().encode(event)
+    old_view = schemaless_reader(io.BytesIO(new_bytes[10:]), current, v1)
+    assert "origin_version" not in old_view["envelope"] and "entity_id" not in old_view["envelope"]
+    assert str(old_view["envelope"]["task_id"]) == event.envelope.task_id and old_view["error"]["message"] == "CUDA OOM"
+
+    record = event.to_avro()
+    record["envelope"] = {k: v for k, v in record["envelope"].items() if k not in ("origin_version", "entity_id")}
+    buf = io.BytesIO()
+    schemaless_writer(buf, v1, record)
+    read = schemaless_reader(io.BytesIO(buf.getvalue()), v1, current)
+    assert read["envelope"]["origin_version"] is None and read["envelope"]["entity_id"] is None
+    assert EventCodec().decode(new_bytes, expect=StatusChanged).envelope.entity_id == "order-991"
