@@ -78,7 +78,7 @@ class TaskGateway:
         self._reporter = threading.Thread(target=self._serve_reports, name="submit-reports",
                                           daemon=True)
         self._reporter.start()
-        self._events = Producer({**kafka.client_config(), "enable.idempotence": True,
+        self._events = Producer({**kafka.producer_config(), "enable.idempotence": True,
                                  **_LOW_LATENCY})
         self._admin = AdminClient(kafka.client_config())
 

@@ -167,7 +167,7 @@ class Floor:
         self.topic = f"{kafka.topic_prefix}.bench-floor"
         admin = AdminClient(kafka.client_config())  # held: a collected client fails its futures
         admin.create_topics([NewTopic(self.topic, 1, 1)])[self.topic].result(30)
-        self.producer = Producer({**kafka.client_config(), "linger.ms": 0, "acks": "all",
+        self.producer = Producer({**kafka.producer_config(), "linger.ms": 0, "acks": "all",
                                   "enable.idempotence": True})
         self.consumer = Consumer({**kafka.client_config(), "group.id": f"bench-{uuid.uuid4().hex}",
                                   "enable.auto.commit": False})

@@ -100,7 +100,7 @@ def cached_events(count: int, in_flight: int) -> list[tuple[bytes, bytes]]:
 
 def produce_events(kafka: KafkaSettings, events: list[tuple[bytes, bytes]]) -> float:
     """Produce the encoded events to the status topic; returns seconds."""
-    producer = Producer({**kafka.client_config(), "linger.ms": 20, "acks": "all",
+    producer = Producer({**kafka.producer_config(), "linger.ms": 20, "acks": "all",
                          "queue.buffering.max.messages": 1_000_000})
     topic, t0 = kafka.topics.status, time.perf_counter()
     for key, value in events:
@@ -220,7 +220,7 @@ def run_plain(kafka: KafkaSettings, events: int, batch_max: int) -> dict:
     topic, out = kafka.topics.status, kafka.topics.state
     consumer = Consumer({**kafka.client_config(), "group.id": f"{kafka.topic_prefix}.plain",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    producer = Producer({**kafka.client_config(), "linger.ms": 10, "acks": "all",
+    producer = Producer({**kafka.producer_config(), "linger.ms": 10, "acks": "all",
                          "enable.idempotence": True, "queue.buffering.max.messages": 1_000_000})
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
     states: dict[str, TaskState] = {}

@@ -74,7 +74,7 @@ def bench_floor(settings: KafkaSettings, records: list[tuple[bytes, Headers]], c
     """Bare confluent-kafka doing the Kafka work of ``count`` submits: per submit the task record
     with a delivery report, and once it is acknowledged the two status records, all with
     prebuilt values and headers; delivery reports served at the TaskProducer's cadence."""
-    producer = Producer({**settings.client_config(), **_PRODUCER_DEFAULTS})
+    producer = Producer({**settings.producer_config(), **_PRODUCER_DEFAULTS})
     topics = settings.topics
     task_topic, status_topic = topics.task(TaskType.GENERATION), topics.status
     (task_value, task_headers), (pending_value, pending_headers), (queued_value, queued_headers) = records

@@ -46,7 +46,7 @@ def _param(text: str) -> tuple[str, Any]:
 
 def produce_request(kafka: KafkaSettings, request: GenerationRequested) -> None:
     """Produce ``request`` and wait for the broker's acknowledgement."""
-    producer = Producer({**kafka.client_config(), "enable.idempotence": True, "acks": "all"})
+    producer = Producer({**kafka.producer_config(), "enable.idempotence": True, "acks": "all"})
     errors: list[Any] = []
     key, value, headers = request.to_record()
     producer.produce(kafka.topics.generations, value, key, headers=headers,

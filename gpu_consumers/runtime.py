@@ -241,7 +241,7 @@ class Worker:
             idle_timeout_s: float | None = None) -> WorkerStats:
         """Serve until stopped (or, in burst mode, ``max_tasks`` records / ``idle_timeout_s``
         without one); return the counters."""
-        producer = Producer({**self.kafka.client_config(), **_PRODUCER_CONFIG,
+        producer = Producer({**self.kafka.producer_config(), **_PRODUCER_CONFIG,
                              "linger.ms": self.settings.status_linger_ms, "client.id": self.worker_id})
         self._emitter = Emitter(producer, self._codec, self.kafka.topics, self.worker_id)
         supervisor = None

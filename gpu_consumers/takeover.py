@@ -10,10 +10,10 @@ FAILED that says no attempt follows) is committed without running. The check sto
 record that has not ended: the dead owner ran its records in order, so none after it has.
 
 The status topic is keyed by task id; this reads only the partition the task id hashes to (the
-producers' librdkafka default partitioner, ``consistent_random``: CRC-32 of the key modulo the
-partition count), from the time the task record was written (at most ``lookback_s`` back) to the
-end, matching keys before decoding anything. Nothing new is written for this: the status every
-task ends with is the marker. A miss (a partition count changed, a lookback too short) only
+partitioner every writer uses, murmur2 like the Java client: ``schemas/partitioning.py``),
+from the time the task record was written (at most ``lookback_s`` back) to the end, matching
+keys before decoding anything. Nothing new is written for this: the status every task ends
+with is the marker. A miss (a partition count changed, a lookback too short) only
 means the task runs again, as it did before: at-least-once either way.
 
 A check that cannot read the topic is no answer (:class:`Answer` ``UNKNOWN``), never "not ended":
@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -41,6 +40,7 @@ from schemas.enums import TaskStatus
 from schemas.errors import ComputeError, DecodeError
 from schemas.events import StatusChanged
 from schemas.kafka_settings import KafkaSettings
+from schemas.partitioning import key_partition
 
 log = logging.getLogger("gpu_consumers.worker")
 
@@ -107,8 +107,8 @@ def final_end(events: Iterable[StatusChanged], attempt: int) -> StatusChanged | 
 
 
 def status_partition(task_id: str, partitions: int) -> int:
-    """The status-topic partition librdkafka's default partitioner gives key ``task_id``."""
-    return zlib.crc32(task_id.encode()) % partitions
+    """The status-topic partition every writer's partitioner (murmur2) gives key ``task_id``."""
+    return key_partition(task_id.encode(), partitions)
 
 
 class StatusLookup:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import zlib
 from typing import Any
 
 import faust
@@ -36,6 +35,7 @@ from schemas.codec import EventCodec
 from schemas.enums import TaskStatus
 from schemas.headers import json_record_headers
 from schemas.kafka_settings import KafkaSettings
+from schemas.partitioning import key_partition
 from state.lifecycle import TaskState
 from state.retry import decide
 from state.stops import STOPS_TO_FAIL
@@ -113,13 +113,6 @@ def _state_headers(state: TaskState) -> list[tuple[str, bytes]]:
     return json_record_headers(event_id=f"{state.task_id}/{state.version}", source="processors",
                                ce_type="compute.state.TaskState", subject=state.task_id,
                                content_type=STATE_CONTENT_TYPE)
-
-
-def librdkafka_partition(key: bytes, partitions: int) -> int:
-    """The partition librdkafka's default partitioner (``consistent_random``: CRC-32 of the key)
-    gives ``key``: the one every other writer of the topic (confluent-kafka) uses. aiokafka's
-    own partitioner (murmur2) would put the record elsewhere."""
-    return zlib.crc32(key) % partitions
 
 
 def evaluator_registry(settings: ProcessorSettings,
@@ -256,7 +249,7 @@ def create_app(
                     key = generation_id.encode()
                     delivery = await app.producer.send(
                         topics.generations, key, changed.document,
-                        librdkafka_partition(key, kafka.partitions), None, headers)
+                        key_partition(key, kafka.partitions), None, headers)
                     delivery.add_done_callback(on_state_delivered)
 
     @app.agent(task_topics, name="keep_submissions")

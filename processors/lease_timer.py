@@ -4,8 +4,8 @@ Runs every ``lease_check_interval_s`` inside the Faust app (``app.timer``). Bloc
 (offset look-ups, produce + flush) run in a thread so the agents keep folding meanwhile. Outputs
 go through ``schemas.emit.produce_event`` (plus the worker-stops header on a resubmitted task) on
 a confluent-kafka producer, like every other status and task record, so they carry the same
-headers and land on the same partition as the task's other records (librdkafka's partitioner;
-aiokafka's would pick another one).
+headers and land on the same partition as the task's other records (murmur2, every writer's
+partitioner: ``schemas/partitioning.py``).
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class LeaseTimer:
 
     def _produce(self, records: list[tuple[str, Any, int | None]]) -> None:
         if self._producer is None:
-            self._producer = Producer({**self._kafka.client_config(), **_PRODUCER})
+            self._producer = Producer({**self._kafka.producer_config(), **_PRODUCER})
         errors: list[Any] = []
 
         def on_delivery(err: Any, _msg: Any) -> None:

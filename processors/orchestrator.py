@@ -123,7 +123,7 @@ class Outbox:
 
     def _produce(self, topic: str, event: EvaluationRecorded | CancelRequested) -> None:
         if self._events is None:
-            self._events = Producer({**self._kafka.client_config(), **_PRODUCER})
+            self._events = Producer({**self._kafka.producer_config(), **_PRODUCER})
         task_id = event.envelope.task_id
 
         def delivered(err: Any, msg: Any) -> None:

@@ -248,7 +248,7 @@ class TaskProducer:
         self._plain_records: dict[type, SubmitRecords] = {}
         self._records: dict[tuple[type, int, Origin, bool], SubmitRecords] = {}
         self._status_headers = raw_header_builder(StatusChanged.avro_name, source)
-        config = {**settings.client_config(), **_PRODUCER_DEFAULTS, **(producer_config or {})}
+        config = {**settings.producer_config(), **_PRODUCER_DEFAULTS, **(producer_config or {})}
         self._producer = Producer(config)
         # Only to say the limit in TaskTooLargeError (librdkafka enforces it).
         self._max_message_bytes = int(config.get("message.max.bytes", _LIBRDKAFKA_MAX_MESSAGE_BYTES))

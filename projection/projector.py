@@ -237,7 +237,7 @@ class Projector:
         }, projector_topics(kafka), name=instance or self.group_id, kafka=kafka,
             settings=watchdog, on_stuck=on_stuck)
         self._producer: Producer | None = Producer(
-            {**kafka.client_config(), "enable.idempotence": True, "linger.ms": 0})
+            {**kafka.producer_config(), "enable.idempotence": True, "linger.ms": 0})
         self._conn: psycopg.Connection | None = None
         # The rows this projector wrote, so that a batch of their next events need not read
         # them first (projection/db/task_row_cache.py).

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.partitioning import LIBRDKAFKA_PARTITIONER
 from schemas.topics import Topics
 
 
@@ -64,6 +65,14 @@ class KafkaSettings(BaseSettings):
                 conf[key] = value
         conf.update(self.client_extra)
         return conf
+
+    def producer_config(self) -> dict[str, Any]:
+        """:meth:`client_config` plus the partitioner every writer of the topics uses: murmur2,
+        the Java client's default (``schemas/partitioning.py``). Every confluent-kafka Producer
+        starts from this; consumers and admin clients take :meth:`client_config` (librdkafka
+        warns about a producer property given to a consumer). ``KAFKA_CLIENT_EXTRA`` cannot
+        change the partitioner: a writer on another one breaks the processors' co-partitioning."""
+        return {**self.client_config(), "partitioner": LIBRDKAFKA_PARTITIONER}
 
     def aiokafka_config(self) -> dict[str, Any]:
         """The same settings in aiokafka's (and so Faust's) vocabulary."""

@@ -256,7 +256,7 @@ def test_a_foreign_record_with_nan_in_provider_config_keeps_its_task_and_webhook
                       webhook_url="https://hooks.example.com/t")
     value = EventCodec().encode(event)
     assert value.count(b'"t":1.5') == 1
-    producer = Producer(api.kafka.client_config())
+    producer = Producer(api.kafka.producer_config())
     # Same length, so the Avro string's length prefix stays right.
     producer.produce(api.kafka.topics.task(TaskType.LLM_INTERACTION),
                      value.replace(b'"t":1.5', b'"t":NaN'), tid)

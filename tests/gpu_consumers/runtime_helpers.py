@@ -133,7 +133,7 @@ def submit(kafka: KafkaSettings, *prompts: str, base_image_url: str = "file:///n
 
 
 def request_cancel(kafka: KafkaSettings, task_id: str) -> None:
-    producer = Producer(kafka.client_config())
+    producer = Producer(kafka.producer_config())
     event = CancelRequested(envelope=Envelope.new(task_id, TYPE, source="test"), reason="test")
     produce_event(producer, kafka.topics.control, event, codec=EventCodec())
     assert producer.flush(10) == 0

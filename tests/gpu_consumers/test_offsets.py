@@ -53,7 +53,8 @@ def test_final_end_is_a_completed_cancelled_or_last_failed_status_of_the_attempt
     assert final_end([last], attempt=3) is last
 
 
-def test_the_status_partition_is_librdkafkas_default_for_the_key():
-    # consistent_random: CRC-32 of the key modulo the partition count (zlib's CRC-32)
+def test_the_status_partition_is_every_writers_murmur2_for_the_key():
+    # murmur2 like the Java client's default (schemas/partitioning.py; its own test has the table)
     assert status_partition("6f1c1f0e-0000-4000-8000-000000000001", 1) == 0
+    assert status_partition("foobar", 7) == (-790332482 & 0x7FFFFFFF) % 7  # Java's murmur2 value
     assert {status_partition(f"task-{i}", 6) for i in range(100)} == set(range(6))

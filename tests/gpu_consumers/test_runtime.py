@@ -331,7 +331,7 @@ def test_a_running_task_is_cancelled_and_its_output_discarded(kafka, status_log,
 def test_a_poison_record_is_dead_lettered_and_the_next_task_completes(kafka, status_log, results_dir):
     poison_id = str(uuid.uuid4())
     topic = kafka.topics.task(TYPE)
-    producer = Producer(kafka.client_config())
+    producer = Producer(kafka.producer_config())
     producer.produce(topic, key=poison_id, value=os.urandom(64), headers=[("origin", b"fuzz")])
     producer.produce(topic, key=b"\xff not a task id", value=b"")
     assert producer.flush(10) == 0

@@ -210,7 +210,7 @@ def test_out_of_range_parameters_reaching_the_worker_fail_with_invalid_input(kaf
     value = single_object_prefix(avro_files.fingerprint(schema)) + body.getvalue()
     task_id = record["envelope"]["task_id"]
     topic = kafka.topics.task(task_type)
-    producer = Producer(kafka.client_config())
+    producer = Producer(kafka.producer_config())
     producer.produce(topic, key=task_id, value=value)
     assert producer.flush(10) == 0
     good = submit(kafka, task_type, {"base_image_url": image_url(inputs, "e.png"), "strength": 0.5,
@@ -236,7 +236,7 @@ def test_a_record_of_the_wrong_type_on_a_task_topic_is_dead_lettered(kafka, stat
     valid = validate_params(TaskType.IMAGE_ADJUSTER, {"base_image_url": image_url(inputs, "w.png")})
     event = TaskSubmitted.new(valid, source="confused-producer")
     topic = kafka.topics.task(TaskType.DETAIL_ENHANCER)
-    producer = Producer(kafka.client_config())
+    producer = Producer(kafka.producer_config())
     producer.produce(topic, key=event.envelope.task_id, value=EventCodec().encode(event))
     assert producer.flush(10) == 0
 

@@ -220,7 +220,7 @@ def submit(kafka: KafkaSettings, *tasks: tuple[TaskType, dict[str, Any]]) -> lis
 
 def request_cancel(kafka: KafkaSettings, task_id: str, task_type: TaskType) -> None:
     """What the REST API's cancel does: a CancelRequested on the control topic."""
-    producer = Producer(kafka.client_config())
+    producer = Producer(kafka.producer_config())
     event = CancelRequested(envelope=Envelope.new(task_id, task_type, source="e2e-test"),
                             reason="the test cancels it", requested_by="e2e-test")
     produce_event(producer, kafka.topics.control, event, codec=EventCodec())
@@ -476,7 +476,7 @@ def test_a_poison_record_lands_in_the_dlq_and_the_next_task_completes(kafka, sta
     task_type = TaskType.IMAGE_ADJUSTER
     topic = kafka.topics.task(task_type)
     poison_id = str(uuid.uuid4())
-    producer = Producer(kafka.client_config())
+    producer = Producer(kafka.producer_config())
     producer.produce(topic, key=poison_id, value=os.urandom(200), headers=[("origin", b"e2e")])
     assert producer.flush(10) == 0
     [good] = submit(kafka, (task_type, {"base_image_url": inputs.image("next.png"),

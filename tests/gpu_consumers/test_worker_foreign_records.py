@@ -47,7 +47,7 @@ def test_a_foreign_record_the_contract_refuses_is_dead_lettered_as_invalid_input
     assert value.count(valid_bytes) == 1
     foreign = value.replace(valid_bytes, foreign_bytes)
     topic = kafka.topics.task(TaskType.IMAGE_ADJUSTER)
-    producer = Producer(kafka.client_config())
+    producer = Producer(kafka.producer_config())
     producer.produce(topic, key=event.envelope.task_id, value=foreign)
     assert producer.flush(10) == 0
     good = submit(kafka, TaskType.IMAGE_ADJUSTER, {"base_image_url": image_url(inputs, "g.png")})

@@ -39,7 +39,7 @@ from generations.plan import (
     plan_generation,
 )
 from generations.record import GenerationRecord, GenerationStatus, decode_record
-from processors.app import evaluator_registry, librdkafka_partition
+from processors.app import evaluator_registry
 from processors.evaluators.base import EvaluationContext, EvaluatorSettings, default_registry
 from processors.evaluators.calibration import load_photo
 from processors.evaluators.quality import QualityEvaluator
@@ -55,6 +55,7 @@ from schemas.enums import ErrorCode, EvaluationDecision, TaskStatus, TaskType
 from schemas.events import CancelRequested, EvaluationRecorded, ResultMetadata, StatusChanged, TaskError, TaskResult, TaskSubmitted
 from schemas.headers import header_dict
 from schemas.kafka_settings import KafkaSettings
+from schemas.partitioning import key_partition
 from schemas.topic_admin import ensure_topics
 from state.lifecycle import fold_all
 from tests.processors.scripted import T0, status
@@ -323,7 +324,7 @@ class FakeWorker:
         self.consumer = Consumer({**kafka.client_config(), "group.id": f"fake-{uuid.uuid4().hex}",
                                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
         self.consumer.subscribe([kafka.topics.task(TaskType.GENERATION)])
-        self.producer = Producer({**kafka.client_config(), "enable.idempotence": True})
+        self.producer = Producer({**kafka.producer_config(), "enable.idempotence": True})
         self.tasks: dict[str, TaskSubmitted] = {}  # in arrival order
         self.held: list[TaskSubmitted] = []
 
@@ -435,8 +436,8 @@ def forwarded(kafka: KafkaSettings, task_id: str, st: TaskStatus) -> bool:
 def sentinel(kafka: KafkaSettings, gid: str) -> GenerationRequested:
     """A request in ``gid``'s partition: once its record exists, the orchestrator has applied
     everything that partition held before it."""
-    want = librdkafka_partition(gid.encode(), kafka.partitions)
-    return next(r for n in range(100) if librdkafka_partition(
+    want = key_partition(gid.encode(), kafka.partitions)
+    return next(r for n in range(100) if key_partition(
         (r := request(f"accept: sentinel {n}")).plan.generation_id.encode(), kafka.partitions) == want)
 
 
@@ -472,7 +473,7 @@ def test_generations_run_the_agentic_loop_on_the_broker(kafka_settings: KafkaSet
     gids = {name: r.plan.generation_id for name, r in requests.items()}
     cancelled = request("cancel: a shot")  # its attempt is held, then the generation cancelled
     cancel_gid = cancelled.plan.generation_id
-    producer = Producer({**kafka.client_config(), "enable.idempotence": True})
+    producer = Producer({**kafka.producer_config(), "enable.idempotence": True})
     partitions: dict[bytes, int] = {}
     for r in [*requests.values(), requests["accept"], cancelled]:  # the first one twice: no second start
         key, value, headers = r.to_record()
@@ -481,7 +482,7 @@ def test_generations_run_the_agentic_loop_on_the_broker(kafka_settings: KafkaSet
     producer.produce(kafka.topics.generations, b"not a record", b"junk")
     assert producer.flush(30) == 0
     # The fold forwards final states to the partition confluent-kafka gives the same key.
-    assert all(librdkafka_partition(k, kafka.partitions) == p for k, p in partitions.items())
+    assert all(key_partition(k, kafka.partitions) == p for k, p in partitions.items())
 
     app = App(kafka, tmp_path, lease_s=1e9, evaluator_script=json.dumps(SCRIPTS))
     app.env["RESULTS_URL"] = results_dir.resolve().as_uri()
@@ -622,7 +623,7 @@ def test_generations_finish_the_same_after_a_kill(kafka_settings: KafkaSettings,
     ensure_topics(kafka)
     requests = {"best": request("best: after a kill"), "retry": request("retry: after a kill")}
     gids = {name: r.plan.generation_id for name, r in requests.items()}
-    producer = Producer({**kafka.client_config(), "enable.idempotence": True})
+    producer = Producer({**kafka.producer_config(), "enable.idempotence": True})
     for r in requests.values():
         key, value, headers = r.to_record()
         producer.produce(kafka.topics.generations, value, key, headers=headers)

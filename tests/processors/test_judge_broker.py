@@ -121,7 +121,7 @@ def test_the_judges_see_the_attempts_image_on_the_broker(kafka: KafkaSettings, w
     vlm_id, clip_id = production_specs()[Role.VLM].model_id, production_specs()[Role.CLIP].model_id
     requests = {"vlm": agentic_request("judged: a red linen dress", "vlm"),
                 "quality+clip": agentic_request("aligned: a red linen dress", "quality+clip")}
-    producer = Producer({**kafka.client_config(), "enable.idempotence": True})
+    producer = Producer({**kafka.producer_config(), "enable.idempotence": True})
     for r in requests.values():
         key, value, headers = r.to_record()
         producer.produce(kafka.topics.generations, value, key, headers=headers)

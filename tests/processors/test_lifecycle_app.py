@@ -165,7 +165,7 @@ def now() -> datetime:
 
 
 def produce(kafka: KafkaSettings, events: list[Any], topic: str | None = None) -> None:
-    producer = Producer({**kafka.client_config(), "enable.idempotence": True})
+    producer = Producer({**kafka.producer_config(), "enable.idempotence": True})
     for event in events:
         produce_event(producer, topic or kafka.topics.status, event, codec=CODEC)
     assert producer.flush(30) == 0
@@ -187,7 +187,7 @@ def test_fold_survives_a_kill_and_matches_the_straight_fold(kafka_settings: Kafk
         second += events[cut1:cut2]
         third += events[cut2:]
     produce(kafka, first)
-    garbage, bad_keys = Producer(kafka.client_config()), {b"not-a-task", str(uuid.uuid4()).encode()}
+    garbage, bad_keys = Producer(kafka.producer_config()), {b"not-a-task", str(uuid.uuid4()).encode()}
     for key in bad_keys:
         garbage.produce(kafka.topics.status, key=key, value=b"\x00\x01 not avro" if b"-a-" in key else b"{}")
     assert garbage.flush(30) == 0

@@ -101,7 +101,7 @@ def produce_records(kafka: KafkaSettings, records: Iterable[GenerationRecord | b
                     key: str | None = None) -> int:
     """Produce each record to the generations-state topic, keyed by its generation id (raw bytes
     or a tombstone with ``key``); wait for the acks."""
-    producer = Producer({**kafka.client_config(), "linger.ms": 0})
+    producer = Producer({**kafka.producer_config(), "linger.ms": 0})
     count = 0
     for record in records:
         if isinstance(record, GenerationRecord):

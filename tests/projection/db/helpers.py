@@ -114,7 +114,7 @@ def lifecycle(task_id: str, *, start: datetime = T0, final: TaskStatus = TaskSta
 def produce(kafka: KafkaSettings, events: Iterable[AvroRecord], codec: EventCodec | None = None) -> int:
     """Produce each event to its topic (status or task topic), keyed by task id; wait for acks."""
     codec = codec or EventCodec()
-    producer = Producer({**kafka.client_config(), "linger.ms": 0})
+    producer = Producer({**kafka.producer_config(), "linger.ms": 0})
     count = 0
     for event in events:
         topic = (kafka.topics.status if isinstance(event, StatusChanged)

@@ -58,7 +58,7 @@ def test_live_projection_survives_duplicates_reordering_and_bad_records(
     tids = sorted({e.envelope.task_id for e in events})
     with running_projector(db_url, kafka_settings, batch_size=7) as projector:
         produce(kafka_settings, events[: len(events) // 2])
-        raw = Producer(kafka_settings.client_config())
+        raw = Producer(kafka_settings.producer_config())
         raw.produce(kafka_settings.topics.status, key=tids[0], value=b"\x00not avro at all")
         raw.flush(10)
         produce(kafka_settings, events[len(events) // 2:])
