@@ -51,6 +51,18 @@ class Topics:
         return f"{self.prefix}.generations.state"
 
     @property
+    def workflows(self) -> str:
+        """Keyed by workflow id: the requests (``WorkflowRequested``), the commands
+        (``WorkflowCommandRequested``: start, pause, resume, cancel) and the final states of the
+        steps' tasks, which the processors' workflow engine folds into each workflow's state."""
+        return f"{self.prefix}.workflows"
+
+    @property
+    def workflows_state(self) -> str:
+        """Compacted: the latest ``WorkflowState`` of each workflow (the engine table's changelog)."""
+        return f"{self.prefix}.workflows.state"
+
+    @property
     def schemas(self) -> str:
         """Compacted: every Avro schema a writer has used, keyed by its fingerprint."""
         return f"{self.prefix}.schemas"
@@ -65,11 +77,13 @@ class Topics:
     def all(self) -> list[str]:
         """Every topic the system uses, DLQs included (the state topics and the schemas topic
         have none: only our own processes write them)."""
-        main = [*self.task_topics(), self.status, self.control, self.evaluations, self.generations]
-        return [*main, *(self.dlq(t) for t in main), self.state, self.generations_state, self.schemas]
+        main = [*self.task_topics(), self.status, self.control, self.evaluations, self.generations,
+                self.workflows]
+        return [*main, *(self.dlq(t) for t in main), self.state, self.generations_state,
+                self.workflows_state, self.schemas]
 
     def compacted(self) -> frozenset[str]:
-        return frozenset({self.state, self.generations_state, self.schemas})
+        return frozenset({self.state, self.generations_state, self.workflows_state, self.schemas})
 
     def task_type_of(self, topic: str) -> TaskType | None:
         """Inverse of :meth:`task`; None for a topic that is not a task topic."""

@@ -29,6 +29,7 @@ from schemas import enums
 from schemas.events import TASK_SUBMITTED_MODELS, TaskSubmitted, all_event_models, load_avro_schema
 from schemas.records import AVRO_DIR, AvroRecord
 from schemas.task_params import PARAMS_MODELS
+from schemas.workflow_events import WorkflowCommand, WorkflowStatus, WorkflowStepStatus
 
 EVENT_MODELS = all_event_models()
 INT_LIMITS = {"int": 2**31 - 1, "long": 2**63 - 1}
@@ -56,7 +57,8 @@ SEED_PARAMETERS: dict[str, list[str]] = {
     "LLM_INTERACTION": ["prompt", "system_prompt", "max_tokens", "temperature"],
 }
 ENUMS = [enums.TaskType, enums.TaskStatus, enums.ErrorCode, enums.GenerationType,
-         enums.GenerationStrategy, enums.EvaluationDecision]
+         enums.GenerationStrategy, enums.EvaluationDecision,
+         WorkflowStatus, WorkflowStepStatus, WorkflowCommand]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -176,14 +178,14 @@ def _walk_fields(avro_type: Any, named: dict[str, Any], seen: set[str], path: st
 # --------------------------------------------------------------------------- the schema files
 
 
-def test_thirteen_event_models():
-    assert len(EVENT_MODELS) == 13
-    assert len({m.avro_name for m in EVENT_MODELS}) == 13
+def test_sixteen_event_models():
+    assert len(EVENT_MODELS) == 16
+    assert len({m.avro_name for m in EVENT_MODELS}) == 16
 
 
 def test_each_file_is_named_after_its_type_and_loads_on_its_own():
     files = sorted(AVRO_DIR.glob("*.avsc"))
-    assert len(files) == 25  # 6 enums, 6 shared records, 13 events
+    assert len(files) == 35  # 9 enums, 10 shared records, 16 events
     for path in files:
         raw = json.loads(path.read_text())
         assert raw["namespace"] == "compute.events"
