@@ -44,7 +44,7 @@ class WorkflowProducer:
         self._codec = codec or EventCodec()
         self._source = source
         self._ack_timeout_s = ack_timeout_s
-        self._producer = Producer({**kafka.client_config(), **_PRODUCER})
+        self._producer = Producer({**kafka.producer_config(), **_PRODUCER})
         self._lock = threading.Lock()
 
     def create(self, spec: WorkflowSpec, *, start: bool = False, workflow_id: str | None = None,
