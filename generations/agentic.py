@@ -15,48 +15,44 @@ errors (``state/retry.py``: same task id, next envelope attempt) happen below th
 sees only the task's final outcome. BASE generations never evaluate and never retry: COMPLETED →
 ``ACCEPT``, FAILED → ``GIVE_UP``.
 
-The adjustment ladder (:func:`adjust`, cumulative, each rung applied to the previous attempt's
-parameters, only through knobs the task type has — see ``_KNOBS``):
-
-* attempt 2: a new seed;
-* attempt 3: a new seed, more denoising steps and a little more guidance (``provider_config``
-  ``num_inference_steps`` / ``guidance_scale``, values below);
-* attempt 4 and later: a new seed and the prompt revised with the evaluator's reasons
-  (:func:`revise_prompt`, a deterministic template; a deployment with an LLM passes its own
-  ``revise`` hook).
+Each retry is a genuinely different try for every provider of the task type, steered by the
+evaluator's reasons: :func:`generations.steering.adjust` (a new seed; the amounts every provider
+reads moved the way the reasons ask, or explored when they name nothing; more denoising at
+attempt 3; the prompt revised with the reasons from attempt 2 on). It is given every parameter
+set the shot has tried, so no retry repeats one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
+from generations.steering import (
+    _KNOBS,
+    GUIDANCE_FALLBACK,
+    STEPS_FALLBACK,
+    PromptReviser,
+    adjust,
+    derive_seed,
+    revise_prompt,
+)
 from schemas.enums import ErrorCode, EvaluationDecision, GenerationType, TaskStatus, TaskType
 from schemas.events import Orchestration
-from schemas.task_params import PARAMS_MODELS, SEED_MAX, STEPS_MAX, TaskParams
+from schemas.task_params import PARAMS_MODELS, TaskParams
 
 __all__ = [
     "ShotAction", "ActionKind", "Completed", "Failed", "OrchestratedShot", "Outcome", "PromptReviser",
     "ShotAttempt", "ShotSettings", "UnknownAttemptError", "adjust", "attempt_task_id",
     "derive_seed", "on_attempt_finished", "revise_prompt", "shot_id_for", "shot_rng_seed",
+    # re-exported from generations.steering (callers and tests import them from here)
+    "GUIDANCE_FALLBACK", "STEPS_FALLBACK", "_KNOBS",
 ]
 
 # Fixed namespace of shot and attempt ids; changing it would orphan every stored shot.
 _ID_NAMESPACE = uuid.UUID("0b7c2a51-3e9d-4f6a-8c15-2d4e6f8a9b30")
-# The GENERATION handler's production step count when provider_config has none.
-STEPS_FALLBACK = 30
-# 1.5x the steps (at least +10): more steps remove residual noise and soft detail.
-STEPS_FACTOR, STEPS_MIN_INCREASE = 1.5, 10
-# Guidance when none is set (the usual SD/SDXL range is 5..7.5); +1 follows the prompt a little
-# more closely; capped at 12, above which images oversaturate and clip.
-GUIDANCE_FALLBACK, GUIDANCE_INCREASE, GUIDANCE_CAP = 7.0, 1.0, 12.0
-
-PromptReviser = Callable[[str, Sequence[str]], str]
-"""``(prompt, reasons) -> revised prompt``: the hook for an LLM-written revision."""
 
 
 class ActionKind(StrEnum):
@@ -220,92 +216,6 @@ def shot_rng_seed(shot_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(shot_id.encode(), digest_size=8).digest(), "big")
 
 
-def derive_seed(rng_seed: int, attempt: int) -> int:
-    """A seed in 0..SEED_MAX that depends only on ``(rng_seed, attempt)``."""
-    digest = hashlib.blake2b(f"{rng_seed}\x1f{attempt}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & SEED_MAX
-
-
-# --------------------------------------------------------------------------- adjustment
-
-
-class _Knobs(NamedTuple):
-    seed: str | None  # "field": params.seed; "config": provider_config["seed"]; None: no seed
-    steps: bool  # provider_config num_inference_steps accepted
-    guidance: bool  # provider_config guidance_scale accepted
-    prompt: str | None  # the field holding the prompt
-
-
-# What each task type's providers accept (gpu_consumers/handlers/*: classical providers ignore
-# provider_config, the diffusers ones whitelist these keys). Keep in step with the handlers.
-_KNOBS: dict[TaskType, _Knobs] = {
-    TaskType.GENERATION: _Knobs("field", True, True, "prompt"),
-    TaskType.VIDEO_GENERATION: _Knobs("field", True, False, None),
-    TaskType.EDITING: _Knobs("config", True, True, "prompt"),
-    TaskType.BACKGROUND_FIX: _Knobs("config", True, True, "background_prompt"),
-    TaskType.REFINE: _Knobs("config", False, True, "upscale_prompt"),
-    TaskType.FACE_ENHANCER: _Knobs(None, False, False, "prompt"),
-    TaskType.DETAIL_ENHANCER: _Knobs(None, False, False, "prompt"),
-    TaskType.IMAGE_ADJUSTER: _Knobs(None, False, False, "prompt"),
-    TaskType.BACKGROUND_REMOVE: _Knobs(None, False, False, None),
-    TaskType.LLM_INTERACTION: _Knobs(None, False, False, None),
-}
-
-# Evaluator reason keywords → what the revised prompt asks for (reasons of processors/evaluators).
-_REVISIONS: tuple[tuple[str, str], ...] = (
-    ("blurry", "sharp focus, crisp fine detail"),
-    ("overexposed", "balanced exposure, no blown highlights"),
-    ("underexposed", "balanced exposure, detailed shadows"),
-    ("clipped", "balanced exposure, no clipped highlights or shadows"),
-    ("dull", "rich natural colours"),
-    ("cut-out", "clean isolated subject with crisp edges"),
-    ("off-prompt", "faithful to every detail of the description"),  # the clip evaluators' reason
-)
-
-
-def revise_prompt(prompt: str, reasons: Sequence[str]) -> str:
-    """The deterministic revision: append what each reason asks for (the first keyword of
-    ``_REVISIONS`` it contains), each phrase once, so a second revision does not repeat the
-    first; a reason with no known keyword becomes "avoid: <reason>"."""
-    additions: list[str] = []
-    for reason in reasons:
-        low = reason.lower()
-        fix = next((fix for key, fix in _REVISIONS if key in low), f"avoid: {reason.split(' (')[0]}")
-        additions += [fix] * (fix not in additions)
-    fresh = [a for a in additions if a.lower() not in prompt.lower()]
-    return ", ".join([prompt.strip()] * bool(prompt.strip()) + fresh) or prompt
-
-
-def adjust(params: TaskParams, attempt: int, reasons: Sequence[str], rng_seed: int, *,
-           revise: PromptReviser | None = None) -> TaskParams:
-    """The parameters of attempt ``attempt`` (>= 2), derived from the previous attempt's."""
-    if attempt < 2:
-        raise ValueError(f"adjust makes attempt 2 or later, got {attempt}")
-    knobs = _KNOBS[params.task_type]
-    values: dict[str, Any] = params.model_dump()
-    config: dict[str, Any] = dict(values.get("provider_config") or {})
-    old_seed = values.get("seed") if knobs.seed == "field" else config.get("seed")
-    seed = derive_seed(rng_seed, attempt)
-    seed = (seed + 1) & SEED_MAX if seed == old_seed else seed
-    if knobs.seed == "field":
-        values["seed"] = seed
-    elif knobs.seed == "config":
-        config["seed"] = seed
-    if attempt == 3:
-        if knobs.steps:
-            steps = int(config.get("num_inference_steps") or STEPS_FALLBACK)
-            config["num_inference_steps"] = min(STEPS_MAX, max(steps + STEPS_MIN_INCREASE,
-                                                               round(steps * STEPS_FACTOR)))
-        if knobs.guidance:
-            guidance = float(config.get("guidance_scale") or GUIDANCE_FALLBACK)
-            config["guidance_scale"] = min(GUIDANCE_CAP, guidance + GUIDANCE_INCREASE)
-    if attempt >= 4 and knobs.prompt and reasons:
-        values[knobs.prompt] = (revise or revise_prompt)(values.get(knobs.prompt) or "", reasons)
-    if config or values.get("provider_config") is not None:
-        values["provider_config"] = config
-    return type(params).model_validate(values)
-
-
 # --------------------------------------------------------------------------- the decision
 
 
@@ -325,9 +235,11 @@ def on_attempt_finished(shot: OrchestratedShot, task_id: str, outcome: Outcome, 
     attempts[index] = replace(finished, decision=kind)
     if kind is ActionKind.RETRY:
         number = len(attempts) + 1
-        scored = [a for a in attempts if a.reasons]
-        reasons = scored[-1].reasons if scored else ()
-        params = adjust(attempts[-1].params, number, reasons, shot_rng_seed(shot.shot_id), revise=revise)
+        # The reasons of the attempt just judged; a FAILED one has none, and older reasons were
+        # already acted on by the attempt that failed, so that retry only changes seed and dials.
+        reasons = finished.reasons
+        params = adjust(attempts[-1].params, number, reasons, shot_rng_seed(shot.shot_id), revise=revise,
+                        tried=[a.params for a in attempts])
         new = ShotAttempt(number, attempt_task_id(shot.shot_id, number), params)
         attempts.append(new)
         return replace(shot, attempts=tuple(attempts)), ShotAction(kind, new.task_id, params, number)

@@ -71,8 +71,9 @@ def test_reject_then_accept_at_attempt_2_with_a_changed_seed():
     assert retry.attempt == 2 and retry.task_id == second.task_id == attempt_task_id(shot.shot_id, 2)
     assert retry.params == second.params
     assert second.params.seed != first.params.seed
-    # attempt 2 changes the seed and nothing else
-    assert second.params.model_dump(exclude={"seed"}) == first.params.model_dump(exclude={"seed"})
+    # attempt 2: a new seed and the prompt revised with the reason; nothing else
+    assert second.params.prompt == f"{PARAMS.prompt}, sharp focus, crisp fine detail"
+    assert second.params.model_dump(exclude={"seed", "prompt"}) == first.params.model_dump(exclude={"seed", "prompt"})
     assert shot.accepted_task_id == second.task_id
     assert (first.score, first.reasons, first.decision) == (0.4, ("blurry (sharpness 0.12)",), ActionKind.RETRY)
     assert (second.score, second.decision) == (0.8, ActionKind.ACCEPT)
@@ -139,14 +140,24 @@ def test_an_agentic_attempt_needs_a_score():
         on_attempt_finished(shot, shot.attempts[0].task_id, Completed())
 
 
-def test_later_attempts_revise_the_prompt_with_the_reasons():
+def test_retries_revise_the_prompt_with_the_reasons():
     reasons = ["blurry (sharpness 0.20)", "distorted hands"]
     shot, _ = run(new_shot(max_attempts=5), ScriptedEvaluator([(0.1, reasons)] * 5))
     prompts = [a.params.prompt for a in shot.attempts]
-    assert prompts[:3] == [PARAMS.prompt] * 3
-    assert prompts[3] == f"{PARAMS.prompt}, sharp focus, crisp fine detail, avoid: distorted hands"
-    assert prompts[4] == prompts[3]  # the same reasons add nothing twice
+    assert prompts[0] == PARAMS.prompt
+    assert prompts[1] == f"{PARAMS.prompt}, sharp focus, crisp fine detail, avoid: distorted hands"
+    assert prompts[2:] == [prompts[1]] * 3  # the same reasons add nothing twice
     assert len({a.params.seed for a in shot.attempts}) == 5
+
+
+def test_a_retry_after_a_failed_attempt_does_not_act_on_older_reasons_again():
+    params = ImageAdjusterParams(base_image_url="https://example.com/a.png", brightness=0.1)
+    shot = OrchestratedShot.start(generation_id=GENERATION_ID, prediction_index=0, params=params)
+    shot, _ = on_attempt_finished(shot, shot.attempts[0].task_id, Completed(0.2, ("too dark",)))
+    shot, _ = on_attempt_finished(shot, shot.attempts[1].task_id, Failed(ErrorCode.PROVIDER_ERROR))
+    first, second, third = (a.params for a in shot.attempts)
+    assert second.brightness == 0.25  # the reason moved it up once
+    assert third.brightness == 0.25 and third.contrast == 0.15  # not again: explored instead
 
 
 def test_the_decisions_are_deterministic():
@@ -161,12 +172,15 @@ def test_adjust_uses_only_the_knobs_a_task_type_has():
     edit = EditingParams(base_image_url="https://example.com/a.png", prompt="place the dress")
     second = adjust(edit, 2, [], rng_seed=7)
     assert set(second.provider_config) == {"seed"}  # EDITING takes its seed in provider_config
+    assert second.strength is None  # no reason, and the seed makes it a new try: left alone
     third = adjust(second, 3, [], rng_seed=7)
     assert set(third.provider_config) == {"seed", "num_inference_steps", "guidance_scale"}
     adjuster = ImageAdjusterParams(base_image_url="https://example.com/a.png", prompt="warmer")
-    assert adjust(adjuster, 3, [], rng_seed=7) == adjuster  # no seed, steps or guidance
-    assert adjust(adjuster, 4, ["dull colours (colourfulness 0.10)"], 7).prompt == "warmer, rich natural colours"
-    assert adjust(PARAMS, 4, ["x"], 7, revise=lambda p, r: "llm revision").prompt == "llm revision"
+    assert adjust(adjuster, 3, [], rng_seed=7).provider_config is None  # no seed, steps or guidance
+    # Its reasons steer the numbers; the guidance stays as the caller wrote it.
+    steered = adjust(adjuster, 2, ["dull colours (colourfulness 0.10)"], 7)
+    assert (steered.prompt, steered.saturation) == ("warmer", 0.15)
+    assert adjust(PARAMS, 2, ["x"], 7, revise=lambda p, r: "llm revision").prompt == "llm revision"
     with pytest.raises(ValueError):
         adjust(PARAMS, 1, [], 7)
 

@@ -248,7 +248,8 @@ def test_agentic_reject_then_accept_at_attempt_2_with_a_changed_seed():
     assert event.reasons == ["blurry (sharpness 0.12)"]
     assert retry.task_id == attempt_task_id(first.orchestration.shot_id, 2)
     assert retry.orchestration == first.orchestration and retry.task_type is TaskType.GENERATION
-    assert retry.params.seed != first.params.seed and retry.params.prompt == first.params.prompt
+    assert retry.params.seed != first.params.seed
+    assert retry.params.prompt == f"{first.params.prompt}, sharp focus, crisp fine detail"  # the reason steers
     p = record.predictions[0]
     assert p.task_ids == (first.task_id, retry.task_id) and p.status is S.PROCESSING
     record, effects = score_attempt(record, retry.task_id, 0.8)
