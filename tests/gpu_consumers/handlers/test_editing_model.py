@@ -13,7 +13,7 @@ from tests.gpu_consumers.handlers.model_support import (  # noqa: F401 - fixture
     noise_image,
     one_torch_thread,
 )
-from tests.gpu_consumers.handlers.support import Harness, decode, output_image
+from tests.gpu_consumers.handlers.support import Harness, decode, output_image, subject_on_plain
 
 BASE, MASK = "file:///inputs/base.png", "file:///inputs/mask.png"
 GARMENT, SUBJECT = "file:///inputs/garment.png", "file:///inputs/subject.png"
@@ -34,7 +34,7 @@ def edit(cache, harness: Harness | None = None, seed: int | None = 0, **kw):
     config = dict(kw.pop("provider_config", {}))
     if seed is not None:
         config["seed"] = seed
-    params = EditingParams(base_image_url=BASE, prompt=kw.pop("prompt", "place the dress"),
+    params = EditingParams(base_image_url=kw.pop("base_url", BASE), prompt=kw.pop("prompt", "place the dress"),
                            provider_config=config, **kw)
     return DiffusersEditing().run(params, model_ctx(harness, cache))
 
@@ -109,3 +109,136 @@ def test_inpainting_with_a_reference(model_cache):
     outside = square_mask() == 0
     assert np.array_equal(guided[outside], noise_image(64, 64, seed=1)[outside])
     assert differs(guided, plain, 5)
+
+
+# --------------------------------------------------------------------------- the tools
+
+SUBJECT_B = "file:///inputs/subject-b.png"
+SHOT = "file:///inputs/shot.png"
+ANNA, DRESS = "demo/anna", "demo/summer-dress"  # the offline profile's demo LoRAs
+RED, BLUE = "file:///inputs/red.png", "file:///inputs/blue.png"
+
+
+def entry(name: str, lora_ref: str | None = None, weight: float | None = None) -> dict:
+    return {"id": "7d3a3b52-53b2-4ef0-9d56-1f7e3f7f9f10", "name": name, "lora_ref": lora_ref,
+            "lora_weight": weight}
+
+
+def tool(cache, name: str, harness: Harness | None = None, **kw):
+    """One EDITING task with ``provider_config.tool = name`` (seed 0 unless given)."""
+    harness = harness or Harness()
+    harness.add(SUBJECT_B, noise_image(40, 32, seed=7))
+    harness.add(SHOT, subject_on_plain((64, 64)))
+    harness.add(RED, np.full((40, 32, 3), (255, 0, 0), np.uint8))
+    harness.add(BLUE, np.full((40, 32, 3), (0, 0, 255), np.uint8))
+    config = {"tool": name, "seed": 0, **kw.pop("provider_config", {})}
+    return edit(cache, harness, seed=None, provider_config=config, **kw)
+
+
+def adapter(cache, reference: str) -> str:
+    return cache.registry.resolve_lora_ref(reference).adapter_name
+
+
+def test_subject_swap_applies_the_subject_lora_and_reference_inside_the_mask_only(model_cache):
+    refs = [{"url": GARMENT, "type": "garment"}, {"url": SUBJECT, "type": "subject"}]
+    subject = {"subject": entry("Anna", ANNA, 0.9), "reference_image_strength": 1.0}
+    harness = Harness()
+    result = tool(model_cache, "SUBJECT_SWAP", harness, mask_url=MASK, reference_images=refs,
+                  provider_config=subject)
+    out, base = decode(result), noise_image(64, 64, seed=1)
+    outside = square_mask() == 0
+    assert np.array_equal(out[outside], base[outside])  # pixel-exact outside the subject's region
+    assert differs(out[16:48, 16:48], base[16:48, 16:48], 10)
+    # The subject's catalog LoRA is the one active adapter, at the catalog's weight.
+    assert model_cache.last_lora_switch.names == (adapter(model_cache, ANNA),)
+    assert model_cache.last_lora_switch.weights == (0.9,)
+    assert result.extra["lora_adapters"] == [adapter(model_cache, ANNA)]
+    assert result.extra["lora_refs"] == {"subject": ANNA}
+    assert result.extra["tool"] == "SUBJECT_SWAP" and result.extra["strength"] == 1.0
+    assert result.extra["subject"]["name"] == "Anna" and result.extra["region"]["source"] == "mask"
+    assert result.extra["reference"]["url"] == SUBJECT  # the subject's reference, not the garment
+    harness.assert_progress_complete()
+
+    def swap(subject_entry, ref_url):
+        return decode(tool(model_cache, "SUBJECT_SWAP", mask_url=MASK,
+                           reference_images=[{"url": ref_url, "type": "subject"}],
+                           provider_config={"subject": subject_entry, "reference_image_strength": 1.0}))
+
+    with_lora = swap(entry("Anna", ANNA, 0.9), SUBJECT)
+    assert np.array_equal(with_lora, out)  # same task, same pixels
+    assert differs(swap(entry("Anna"), SUBJECT), with_lora, 5)  # the LoRA changes the subject
+    assert differs(swap(entry("Anna", ANNA, 0.9), SUBJECT_B), with_lora, 5)  # so does the reference
+
+
+def test_subject_swap_finds_the_subject_without_a_mask(model_cache):
+    # The tiny offline segmentation model's matte is flat (no boundary): GrabCut finds the body.
+    result = tool(model_cache, "SUBJECT_SWAP", provider_config={"subject": entry("Anna", ANNA)}, base_url=SHOT)
+    out, base = decode(result), subject_on_plain((64, 64))
+    assert result.extra["region"]["source"] == "grabcut" and 0.1 < result.extra["region"]["fraction"] < 0.5
+    # subject_on_plain's body is rows 16..48, columns 24..40; the region grows by 2 px
+    # (REGION_GROW_MIN_PX, 2% of 64 rounds to 1), GrabCut's 1-px soft edge adds one more.
+    far = np.ones((64, 64), bool)
+    far[16 - 4:48 + 4, 24 - 4:40 + 4] = False
+    assert np.array_equal(out[far], base[far])
+    assert differs(out[20:44, 28:36], base[20:44, 28:36], 10)
+
+
+def test_product_enhancement_applies_the_product_lora_at_half_strength(model_cache):
+    harness = Harness()
+    result = tool(model_cache, "PRODUCT_ENHANCEMENT", harness, mask_url=MASK,
+                  provider_config={"product": entry("Summer Dress", DRESS),
+                                   "subject": entry("Anna", ANNA)})
+    out, base = decode(result), noise_image(64, 64, seed=1)
+    outside = square_mask() == 0
+    assert np.array_equal(out[outside], base[outside])
+    assert differs(out[16:48, 16:48], base[16:48, 16:48], 5)
+    # Only the product's LoRA (weight None: 1.0); the subject is not this tool's.
+    assert model_cache.last_lora_switch.names == (adapter(model_cache, DRESS),)
+    assert model_cache.last_lora_switch.weights == (1.0,)
+    assert result.extra["strength"] == 0.5 and result.extra["lora_refs"] == {"product": DRESS}
+    harness.assert_progress_complete()
+    plain = decode(tool(model_cache, "PRODUCT_ENHANCEMENT", mask_url=MASK,
+                        provider_config={"product": entry("Summer Dress")}))
+    assert differs(plain, out, 5)
+
+
+def test_edit_places_the_reference_in_the_mask_then_harmonises_it(model_cache):
+    # Strength 0: no denoising, so the output is the composite itself: red exactly in the mask.
+    placed = tool(model_cache, "EDIT", mask_url=MASK, strength=0.0,
+                  reference_images=[{"url": RED, "type": "garment"}])
+    out, base = decode(placed), noise_image(64, 64, seed=1)
+    inside = square_mask() == 255
+    assert placed.extra["placed_reference"] is True
+    assert np.array_equal(out[~inside], base[~inside])
+    assert (out[inside] == (255, 0, 0)).all()
+    # Default strength: the model harmonises (0.6); the reference still decides the result.
+    red = tool(model_cache, "EDIT", mask_url=MASK, reference_images=[{"url": RED, "type": "garment"}])
+    blue = decode(tool(model_cache, "EDIT", mask_url=MASK, reference_images=[{"url": BLUE, "type": "garment"}]))
+    assert red.extra["strength"] == 0.6 and red.extra["mode"] == "inpaint"
+    assert red.model.startswith("offline:inpaint-")  # no LoRA: the dedicated inpainting model
+    assert differs(decode(red)[inside], out[inside], 5)  # harmonised, not pasted
+    assert np.array_equal(decode(red)[~inside], base[~inside]) and np.array_equal(blue[~inside], base[~inside])
+    assert differs(decode(red), blue, 10)
+    assert model_cache.last_lora_switch.names == ()  # no entry, no LoRA
+
+
+def test_an_unknown_subject_lora_is_invalid_input_before_any_work(model_cache):
+    harness = Harness()
+    with pytest.raises(InvalidInput, match="subject: unknown LoRA reference 'nobody/here'"):
+        tool(model_cache, "SUBJECT_SWAP", harness, mask_url=MASK,
+             provider_config={"subject": entry("Nobody", "nobody/here")})
+    assert harness.progress == []
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"tool": "SWAP"}, "provider_config.tool must be one of EDIT, SUBJECT_SWAP"),
+    ({"tool": "SUBJECT_SWAP", "subject": "anna"}, "provider_config.subject must be a catalog entry"),
+    ({"tool": "SUBJECT_SWAP", "subject": {"name": " "}}, "subject.name must be a non-empty"),
+    ({"tool": "PRODUCT_ENHANCEMENT", "product": {"name": "Dress", "lora_weight": 2}}, "lora_weight must be"),
+    ({"tool": "SUBJECT_SWAP"}, "SUBJECT_SWAP needs the new subject"),
+])
+def test_bad_tool_settings_are_invalid_input(model_cache, config, message):
+    harness = Harness()
+    with pytest.raises(InvalidInput, match=message):
+        edit(model_cache, harness, provider_config=config)
+    assert harness.progress == []
