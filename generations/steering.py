@@ -11,11 +11,12 @@ retry is a genuinely different try **for every provider of its task type**, the 
    BACKGROUND_FIX ``blend_strength``, EDITING ``strength``). The reasons steer them: each reason
    is read for :class:`Signal` keywords ("underexposed" / "too dark" → DARK, "blurry" / "not
    sharp" → SOFT, ...), and a dial moves one ``step`` up for a signal in its ``up`` set, down for
-   one in its ``down`` set (both: it stays). A move that lands on a setting already tried goes half
-   as far (twice at most). When no signal moved a dial of a type that needs one (``explore``:
-   the types with a weight-free provider), or the move still repeats a tried setting, the
-   type's *explore dial* walks away from attempt 1's value: +1, -1, +2, -2 ... steps, the first
-   value in range not tried yet;
+   one in its ``down`` set (both: it stays). Each change of a dial's direction halves its step (a
+   bisection between the too-little and too-much already seen), and a move that lands on a
+   setting already tried goes half as far again (twice at most). When no signal moved a dial of
+   a type that needs one (``explore``: the types with a weight-free provider), or the move still
+   repeats a tried setting, the type's *explore dial* walks away from attempt 1's value: +1, -1,
+   +2, -2 ... steps, the first value in range not tried yet;
 3. **diffusion** — attempt 3 also gets more denoising steps and a little more guidance (values in
    :mod:`generations.agentic`);
 4. **prompt** — a type whose model provider reads a prompt gets it revised with the reasons from
@@ -53,6 +54,8 @@ STEPS_FACTOR, STEPS_MIN_INCREASE = 1.5, 10
 GUIDANCE_FALLBACK, GUIDANCE_INCREASE, GUIDANCE_CAP = 7.0, 1.0, 12.0
 # A reversed or repeated move goes half as far, at most this many times, before exploring.
 HALVINGS = 2
+# Direction changes halve a dial's step, at most this many times (0.15 -> 0.009 at most).
+MAX_HALVINGS = 4
 
 
 class Signal(StrEnum):
@@ -228,17 +231,27 @@ def _setting(values: dict[str, Any], dials: Sequence[Dial]) -> tuple[float, ...]
     return tuple(float(values[d.field]) if values.get(d.field) is not None else d.default for d in dials)
 
 
+def _reversals(path: Sequence[float], sign: int) -> int:
+    """How often a dial's value has changed direction along ``path``, counting the next move."""
+    signs = [1 if b > a else -1 for a, b in zip(path, path[1:]) if b != a] + [sign]
+    return sum(1 for a, b in zip(signs, signs[1:]) if a != b)
+
+
 def _steer(values: dict[str, Any], dials: Sequence[Dial], found: Sequence[Signal],
-           tried: set[tuple[float, ...]]) -> bool:
-    """Move the dials the signals name; True if the result is a setting not tried yet."""
+           history: Sequence[tuple[float, ...]]) -> bool:
+    """Move the dials the signals name; True if the result is a setting not tried yet. Each
+    change of direction halves a dial's step (a bisection between a too-little and a too-much
+    that were both tried), and a move that lands on a tried setting goes half as far again."""
     named = set(found)
     moves = {d.field: int(bool(d.up & named)) - int(bool(d.down & named)) for d in dials}
     if not any(moves.values()):
         return False
-    start = _setting(values, dials)
+    start, tried = _setting(values, dials), set(history)
+    steps = [d.step / 2 ** min(_reversals([h[i] for h in history], moves[d.field]), MAX_HALVINGS)
+             for i, d in enumerate(dials)]
     for halving in range(HALVINGS + 1):
-        candidate = tuple(d.clamp(v + moves[d.field] * d.step / 2 ** halving)
-                          for d, v in zip(dials, start))
+        candidate = tuple(d.clamp(v + moves[d.field] * step / 2 ** halving)
+                          for d, v, step in zip(dials, start, steps))
         if candidate != start and candidate not in tried:
             _write(values, dials, start, candidate)
             return True
@@ -301,12 +314,13 @@ def adjust(params: TaskParams, attempt: int, reasons: Sequence[str], rng_seed: i
     dials, explore = DIALS.get(params.task_type, ((), None))
     if dials:
         history = [*tried, params] if not tried or tried[-1] != params else list(tried)
-        done = {_setting(p.model_dump(), dials) for p in history}
+        path = [_setting(p.model_dump(), dials) for p in history]
+        done = set(path)
         if params.task_type is TaskType.IMAGE_ADJUSTER and Signal.CAST in found:
             warmth = float(values.get("warmth") or 0.0)
             if warmth:  # a cast the loop can name the direction of: halve the warmth
                 values["warmth"] = round(warmth / 2, 4)
-        moved = _steer(values, dials, found, done) or _setting(values, dials) not in done
+        moved = _steer(values, dials, found, path) or _setting(values, dials) not in done
         if not moved and explore is not None:
             _explore(values, dials, explore, _setting(history[0].model_dump(), dials), done)
     if knobs.revise and knobs.prompt and reasons:
