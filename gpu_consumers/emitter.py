@@ -19,7 +19,7 @@ from schemas.codec import EventCodec
 from schemas.emit import produce_event
 from schemas.enums import ErrorCode, TaskStatus, TaskType
 from schemas.events import Envelope, StatusChanged, TaskError
-from schemas.headers import Headers, new_traceparent
+from schemas.headers import Headers, header_dict, new_traceparent, trace_id_of
 from schemas.topics import Topics
 
 log = logging.getLogger("gpu_consumers.worker")
@@ -71,8 +71,8 @@ class Emitter:
              headers: Headers | None = None) -> None:
         """Produce an event, continuing the trace ``trace_id`` when known; ``headers`` are added
         to the standard ones."""
-        produce_event(self.producer, topic, event, codec=self.codec,
-                      traceparent=new_traceparent(trace_id), on_delivery=ack,
+        produce_event(self.producer, topic, event, codec=self.codec,  # no trace: the task's own
+                      traceparent=new_traceparent(trace_id) if trace_id else None, on_delivery=ack,
                       extra_headers=headers or ())
 
     def flush(self, *acks: Ack) -> bool:
@@ -80,11 +80,14 @@ class Emitter:
         self.producer.flush(ACK_TIMEOUT_S)
         return all(ack.error is None for ack in acks)
 
-    def dead_letter(self, msg: Message, error: Exception, task_type: TaskType) -> bool:
+    def dead_letter(self, msg: Message, error: Exception, task_type: TaskType,
+                    task_id: str | None = None) -> bool:
         """Copy a record that cannot be read to ``<topic>.dlq`` (raw key, value and headers,
         plus ``error.class``, ``error.message``, ``original.topic``, ``original.partition``,
-        ``original.offset``), and fail its task with INVALID_INPUT when the key is a task id.
-        True once the broker acknowledged everything."""
+        ``original.offset``), and fail its task with INVALID_INPUT: ``task_id`` (the envelope's,
+        when it could be read), else the key when it is a task id. The FAILED continues the
+        record's ``traceparent`` (else the task's derived trace). True once the broker
+        acknowledged everything."""
         topic = msg.topic()
         headers = [*(msg.headers() or []),
                    ("error.class", type(error).__name__.encode()),
@@ -95,7 +98,7 @@ class Emitter:
         acks = [Ack()]
         self.producer.produce(self.topics.dlq(topic), key=msg.key(), value=msg.value(),
                               headers=headers, on_delivery=acks[0])
-        task_id = task_id_of_key(msg.key())
+        task_id = task_id or task_id_of_key(msg.key())
         if task_id is not None:
             # The record's own attempt is unreadable: 1 is the attempt every task starts with.
             error_info = TaskError.of(ErrorCode.INVALID_INPUT,
@@ -103,7 +106,8 @@ class Emitter:
             event = self.status(Envelope.new(task_id, task_type, source=self.source), 1,
                                 TaskStatus.FAILED, None, error=error_info)
             acks.append(Ack())
-            self.send(self.topics.status, event, None, acks[1])
+            self.send(self.topics.status, event, trace_id_of(header_dict(msg.headers()).get("traceparent")),
+                      acks[1])
         log.warning("record %s[%d]@%d dead-lettered: %s", topic, msg.partition(), msg.offset(),
                     error, extra={"task_id": task_id})
         return self.flush(*acks)

@@ -84,7 +84,8 @@ from schemas.errors import DecodeError
 from schemas.events import TaskSubmitted
 from schemas.headers import header_dict
 from schemas.kafka_settings import KafkaSettings
-from schemas.schema_store import SchemaStoreReader
+from schemas.record_rules import check_task_record
+from schemas.schema_store import SchemaStoreReader, publish_event_schemas
 from state.stops import STOPS_HEADER, stops_from_header
 
 if TYPE_CHECKING:
@@ -241,6 +242,7 @@ class Worker:
             idle_timeout_s: float | None = None) -> WorkerStats:
         """Serve until stopped (or, in burst mode, ``max_tasks`` records / ``idle_timeout_s``
         without one); return the counters."""
+        publish_event_schemas(self.kafka, self._codec.framing)  # for readers of its statuses
         producer = Producer({**self.kafka.producer_config(), **_PRODUCER_CONFIG,
                              "linger.ms": self.settings.status_linger_ms, "client.id": self.worker_id})
         self._emitter = Emitter(producer, self._codec, self.kafka.topics, self.worker_id)
@@ -332,14 +334,21 @@ class Worker:
         self.stats.handled += 1
         self._last_activity = time.monotonic()
         headers = header_dict(msg.headers())
+        task = None
         try:
             task = self._codec.decode(msg.value() or b"")
             if not isinstance(task, TaskSubmitted) or task.envelope.task_type is not lane.task_type:
                 raise DecodeError(f"a {type(task).__name__} record on {lane.topic}, which holds "
                                   f"{lane.task_type.value} tasks")
+            broken = check_task_record(msg.key(), headers, task_id=task.envelope.task_id,
+                                       event_id=task.envelope.event_id, avro_name=task.avro_name)
+            if broken is not None:  # key / ce_id / ce_type disagree with the envelope
+                raise broken
         except DecodeError as exc:
             self.stats.dead_lettered += 1
-            if self._emitter.dead_letter(msg, exc, lane.task_type):
+            # Its FAILED is keyed by the envelope's task id when the envelope could be read.
+            owner = task.envelope.task_id if isinstance(task, TaskSubmitted) else None
+            if self._emitter.dead_letter(msg, exc, lane.task_type, task_id=owner):
                 self._commit(lane, msg)
             return
         step = self._takeover_step(lane, msg, task)

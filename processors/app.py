@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Mapping
 from typing import Any
 
 import faust
@@ -33,9 +34,12 @@ from processors.settings import ProcessorSettings
 from processors.transport import ProcessorsApp
 from schemas.codec import EventCodec
 from schemas.enums import TaskStatus
-from schemas.headers import json_record_headers
+from schemas.errors import DecodeError
+from schemas.events import TaskSubmitted
+from schemas.headers import header_dict, json_record_headers
 from schemas.kafka_settings import KafkaSettings
 from schemas.partitioning import key_partition
+from schemas.record_rules import check_task_record
 from state.lifecycle import TaskState
 from state.retry import decide
 from state.stops import STOPS_TO_FAIL
@@ -252,13 +256,29 @@ def create_app(
                         key_partition(key, kafka.partitions), None, headers)
                     delivery.add_done_callback(on_state_delivered)
 
+    def refused(message: Any) -> Exception | None:
+        """Why a task record is not kept for a retry: unreadable, or its key or CloudEvents
+        headers disagree with its envelope (schemas/record_rules.py; the same judgement as the
+        workers', which dead-letter it and fail its task)."""
+        try:
+            task = codec.decode(message.value)
+        except DecodeError as exc:
+            return exc
+        if not isinstance(task, TaskSubmitted):
+            return DecodeError(f"a {task.avro_name} record on a task topic")
+        raw = message.headers or ()
+        headers = header_dict(raw.items() if isinstance(raw, Mapping) else raw)
+        return check_task_record(message.key, headers, task_id=task.envelope.task_id,
+                                 event_id=task.envelope.event_id, avro_name=task.avro_name)
+
     @app.agent(task_topics, name="keep_submissions")
     async def keep_submissions(stream: Any) -> None:
         async for event in stream.events():
             key = event.message.key
             task_id = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
             state = load(task_id) if task_id else None
-            if task_id and event.message.value and not (state and is_final(state)):
+            if (task_id and event.message.value and not (state and is_final(state))
+                    and refused(event.message) is None):  # the workers dead-letter the others
                 submissions[task_id] = event.message.value
 
     timer = LeaseTimer(app, kafka, settings, book, codec=codec, status_topic=topics.status,

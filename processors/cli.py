@@ -54,11 +54,16 @@ def processors(create_topics: bool, log_level: str) -> None:
     signal.signal(signal.SIGTERM, _stop_while_starting)  # the worker replaces it once running
     import faust
 
+    from schemas.framing import Framing
+    from schemas.schema_store import publish_event_schemas
     from schemas.topic_admin import ensure_topics
 
     kafka, app = build_app()
     if create_topics:
         ensure_topics(kafka)
+    # What this process writes (statuses, retried task records, evaluations), for readers
+    # without a registry (docs/SCHEMA_EVOLUTION.md).
+    publish_event_schemas(kafka, Framing.CONFLUENT if kafka.schema_registry_url else Framing.SINGLE_OBJECT)
     worker = faust.Worker(app, loglevel=log_level.upper(), quiet=True, redirect_stdouts=False)
     # Faust's terminal spinner sets the root logger to DEBUG at WARNING and above, so every
     # debug call in aiokafka and Faust builds a log record (4-5 per event). No spinner here.

@@ -13,7 +13,7 @@ from confluent_kafka import Producer
 
 from schemas.codec import EventCodec
 from schemas.events import AvroRecord
-from schemas.headers import Headers, header_builder, new_traceparent
+from schemas.headers import Headers, header_builder, new_traceparent, task_trace_id
 
 DeliveryCallback = Callable[[Any, Any], None]  # (KafkaError | None, Message)
 
@@ -38,11 +38,12 @@ def produce_event(
     extra_headers: Sequence[tuple[str, bytes]] = (),
 ) -> str:
     """Encode ``event`` and produce it to ``topic`` keyed by its task id; return the traceparent
-    used (a new trace unless one is given). ``extra_headers`` follow the standard ones. Delivery
+    used (a new span in the task's derived trace, ``task_trace_id``, unless one is given: a
+    writer that does not know the task's trace puts every status of it in one trace). ``extra_headers`` follow the standard ones. Delivery
     is asynchronous: flush or poll the producer. Blocks (serving delivery reports) while the
     local queue is full, instead of failing."""
-    traceparent = traceparent or new_traceparent()
     task_id = event.envelope.task_id  # type: ignore[attr-defined]
+    traceparent = traceparent or new_traceparent(task_trace_id(task_id))
     produce_record(producer, topic, codec.encode(event), task_id,
                    [*event_headers(event, traceparent), *extra_headers], on_delivery)
     return traceparent

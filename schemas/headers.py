@@ -20,9 +20,11 @@ wire and work in librdkafka on both ends: those three were 142 of a status recor
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
+import uuid
 from collections.abc import Callable, Iterable
 
 SPEC_VERSION = b"1.0"
@@ -83,6 +85,21 @@ def new_traceparent_bytes(prefix: bytes) -> bytes:
 def trace_id_of(traceparent: str | None) -> str | None:
     match = _TRACEPARENT.match(traceparent or "")
     return match.group(1) if match else None
+
+
+def task_trace_id(task_id: str) -> str:
+    """The trace of a task that arrived without a (valid) ``traceparent``: the task id's 128 bits
+    as 32 lower-case hex digits (the UUID without its dashes), so every writer of the task's
+    statuses (workers, the processors' lease timer, the API's cancel) lands in one trace without
+    telling each other. A task id that is not a UUID (or the nil UUID, which W3C reserves for
+    "no trace") hashes to one with SHA-256. docs/WIRE_FORMAT.md, "Headers"."""
+    try:
+        digits = uuid.UUID(task_id).hex
+    except ValueError:
+        digits = "0" * 32
+    if digits == "0" * 32:
+        digits = hashlib.sha256(task_id.encode()).hexdigest()[:32]
+    return digits
 
 
 def cloudevent_headers(*, event_id: str, source: str, avro_name: str, traceparent: str) -> Headers:
