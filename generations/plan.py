@@ -220,8 +220,15 @@ def _template(request: Any, entries: dict[CatalogKind, CatalogEntry], i: int, rn
             subject=f"; the subject is {subject.name}" if subject else "",
             who=subject.name if subject else "the person in the reference images",
             what=product.name if product else "the product")
+        # What the worker's tool uses (gpu_consumers/handlers/editing_tools.py): the tool and the catalog
+        # entries as resolved now, so the task is self-contained (a replay runs the same LoRA).
+        config: dict[str, Any] = {"tool": request.tool.value}
+        for slot, e in (("subject", subject), ("product", product)):
+            if e is not None:
+                config[slot] = {"id": e.id, "name": e.name, "lora_ref": e.lora_ref, "lora_weight": e.default_weight}
         return _some(base_image_url=request.base_img_path, prompt=prompt, width=request.width, height=request.height,
-                     reference_images=[cast(ReferenceImage, r).model_dump() for r in request.reference_images])  # made by _urls
+                     reference_images=[cast(ReferenceImage, r).model_dump() for r in request.reference_images],  # made by _urls
+                     provider_config=config)
     if isinstance(request, RefineRequest):  # its own seed per variation (provider_config.seed)
         fields = request.model_dump(exclude=set(GenerationRequestBase.model_fields) | {"strategy", "batch_size"})
         return _some(**fields, provider_config={"seed": rng.randint(0, SEED_MAX)})

@@ -176,6 +176,20 @@ def test_product_enhancement_adds_a_detail_enhancer_follow_up():
     assert plain.follow_ups == () and continue_after_edit(plain, 0, "s3://x/y.png") is None
 
 
+def test_editing_tasks_carry_the_tool_and_the_catalog_entries_for_the_worker():
+    store, subject, product, _ = stocked()
+    plan = plan_generation({"strategy": "EDITING", "base_img_path": "s3://in/look.png", "tool": "SUBJECT_SWAP",
+                            "subject_id": subject.id, "product_id": product.id}, store)
+    [task] = plan.tasks
+    assert task.params.provider_config == {
+        "tool": "SUBJECT_SWAP",
+        "subject": {"id": subject.id, "name": "Anna", "lora_ref": "hf:studio/anna-lora", "lora_weight": 0.8},
+        "product": {"id": product.id, "name": "Red Linen Dress", "lora_ref": "/loras/red-linen-dress.safetensors",
+                    "lora_weight": 0.65}}
+    plain = plan_generation({"strategy": "EDITING", "base_img_path": "s3://in/look.png", "tool": "EDIT"}, store)
+    assert plain.tasks[0].params.provider_config == {"tool": "EDIT"}
+
+
 @pytest.mark.parametrize("request_, task_type", [
     ({"strategy": "VIDEO", "base_image_url": "https://x.example/a.png", "fps": 24, "duration": 4.0}, TaskType.VIDEO_GENERATION),
     ({"strategy": "BACKGROUND_FIXING", "base_image_url": "https://x.example/a.png", "background_prompt": "beach",
