@@ -79,7 +79,7 @@ def build_worker(types: list[TaskType] | None) -> Worker:
     # are scoped against the store this worker writes (gpu_consumers.input_scope).
     child = functools.partial(child_kit, settings.types,
                               InputSettings(results_url=settings.results_url), registry_env,
-                              settings.resolved_device())
+                              settings.resolved_device(), settings.providers)
     fetcher = models = None
     if settings.execution == "inline":
         kit = child()
@@ -94,17 +94,20 @@ def build_worker(types: list[TaskType] | None) -> Worker:
 
 
 def child_kit(types: list[TaskType], input_settings: Any, registry_env: dict[str, str],
-              device: str) -> Any:
+              device: str, providers: Any = None) -> Any:
     """The handlers, input fetcher and model cache of a worker, built where they run (the
     handler process, or the worker itself when inline). Module-level: pickled by reference."""
     from gpu_consumers.handlers.handler_set import registry
     from gpu_consumers.inputs import InputFetcher
     from gpu_consumers.model_cache import ModelCache
     from gpu_consumers.models import ModelRegistry
+    from gpu_consumers.providers import with_provider_handlers
     from gpu_consumers.supervisor import ChildKit
 
     models = ModelCache(ModelRegistry.from_env(registry_env), device=device)
-    return ChildKit(registry(types), InputFetcher(input_settings), models, device)
+    # The configured providers' handler entries (route:<name>), as the worker process has them.
+    handlers = with_provider_handlers(registry(types), providers or {})
+    return ChildKit(handlers, InputFetcher(input_settings), models, device)
 
 
 def _refuse_blind_judges(registry: Any) -> None:

@@ -57,6 +57,7 @@ from gpu_consumers.errors import (
 )
 from gpu_consumers.fault_points import fault_point
 from gpu_consumers.handlers.base import Handler, HandlerResult, TaskContext
+from gpu_consumers.providers import ProviderRouter
 from gpu_consumers.settings import ContentPolicy, WorkerSettings
 from gpu_consumers.storage import OutputStore
 from gpu_consumers.supervisor import ChildOutOfMemory, HardStop, Supervisor, free_gpu_cache
@@ -106,6 +107,7 @@ class Services:
     handler_for: Callable[[TaskSubmitted], Handler]
     content_policy: ContentPolicy | None = None
     supervisor: Supervisor | None = None  # None: inline execution
+    providers: ProviderRouter | None = None  # per-type primary / fallback providers, if any
     # Handler calls run here, one at a time, so that a run can give up on one that hangs.
     handler_thread: ReusableThread = field(default_factory=lambda: ReusableThread("handler"))
 
@@ -265,8 +267,17 @@ class TaskRun:
                 raise ProviderError(f"content-policy hook failed: {type(exc).__name__}: {exc}") from exc
             if refusal:
                 raise ContentPolicyViolation(f"refused by the content policy: {refusal}")
+        router = self._services.providers
+        choices = router.plan(self.task) if router is not None else None
+        if router is None or choices is None:
+            return self._run_on(self.task, low_memory)
+        # The primary, or the fallback within this same attempt (gpu_consumers/providers.py).
+        return router.run(self.task, choices, lambda task: self._run_on(task, low_memory))
+
+    def _run_on(self, task: TaskSubmitted, low_memory: bool) -> tuple[TaskResult, bool]:
+        """The handler on ``task`` (the record's, or a provider's routed copy of it)."""
         while True:
-            call, token = self._run_handler(low_memory)
+            call, token = self._run_handler(low_memory, task)
             error = call.error
             if error is None:
                 if self._reason is CancelReason.USER:
@@ -287,7 +298,9 @@ class TaskRun:
                                 self.task_id, extra=self._log)
                     low_memory = True
                     continue
-                raise ProviderError(f"GPU out of memory, also with low_memory: {error}") from error
+                oom = ProviderError(f"GPU out of memory, also with low_memory: {error}")
+                oom.out_of_memory = True  # type: ignore[attr-defined]  # a reason to fall back
+                raise oom from error
             if isinstance(error, TaskFailure):
                 raise error
             if isinstance(error, TaskCancelled):
@@ -310,7 +323,7 @@ class TaskRun:
         limit = self._settings.timeout_for(task_type)
         return ProviderTimeout(f"{task_type.value} task ran past its {limit:g}s time limit{suffix}")
 
-    def _run_handler(self, low_memory: bool) -> tuple[Call, ReasonToken]:
+    def _run_handler(self, low_memory: bool, task: TaskSubmitted) -> tuple[Call, ReasonToken]:
         services, attempt = self._services, self.attempt
         token = ReasonToken()
         with self._lock:
@@ -323,7 +336,7 @@ class TaskRun:
         if supervisor is not None:  # the child scopes the task's inputs to its tenant
             supervisor.ready()  # a fresh child builds its handlers before the clock starts
             call = services.handler_thread.submit(
-                lambda: supervisor.run(self.task, attempt, low_memory, token, progress))
+                lambda: supervisor.run(task, attempt, low_memory, token, progress))
         else:
             # The task reads inputs only as its tenant may (gpu_consumers.input_scope).
             fetch = services.fetcher and services.fetcher.for_task(self._tenant_id)
@@ -331,7 +344,7 @@ class TaskRun:
                               cancel=token, fetch=fetch, models=services.models,
                               device=services.device, low_memory=low_memory)
             call = services.handler_thread.submit(
-                lambda: services.handler_for(self.task).run(self.task.params, ctx))
+                lambda: services.handler_for(task).run(task.params, ctx))
         fault_point("mid_run")
         try:
             if not call.wait(self._settings.timeout_for(self.task.envelope.task_type)):

@@ -60,6 +60,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from prometheus_client import start_http_server
 
 from gpu_consumers.control import CancelledIds, CancelReason, ControlListener
 from gpu_consumers.emitter import Emitter
@@ -73,6 +74,7 @@ from gpu_consumers.group_protocol import (
 )
 from gpu_consumers.handlers.handler_set import HandlerFactory, HandlerSet, Providers
 from gpu_consumers.offsets import CommitLedger, Partition, on_commit
+from gpu_consumers.providers import ProviderRouter, with_provider_handlers
 from gpu_consumers.settings import ContentPolicy, WorkerSettings
 from gpu_consumers.storage import OutputStore
 from gpu_consumers.supervisor import ChildKit, Supervisor
@@ -123,6 +125,7 @@ class WorkerStats:
     handled: int = 0  # records taken from the task topics
     already_ended: int = 0  # taken over with a final status on the topic: committed, not run
     takeover_waits: int = 0  # takeover checks that could not read the status topic (then waited)
+    fallbacks: int = 0  # tasks run on their type's fallback provider (gpu_consumers/providers.py)
 
 
 def new_worker_id() -> str:
@@ -183,6 +186,10 @@ class Worker:
         self.kafka, self.settings = kafka, settings
         self.worker_id = worker_id or new_worker_id()
         self.stats = WorkerStats()
+        # Provider routes: each configured provider is a handler entry of its own ("route:<name>")
+        # that the child process builds too; the router picks one per task and counts fallbacks.
+        self.providers = ProviderRouter(settings.providers)
+        handlers = with_provider_handlers(handlers, settings.providers)
         self.handlers = HandlerSet(handlers)
         self._codec = codec or EventCodec(lookup_fingerprint=SchemaStoreReader(kafka))
         self._store, self._fetcher, self._models = store, fetcher, models
@@ -258,7 +265,11 @@ class Worker:
             settings=self.settings, emitter=self._emitter, store=self._store,
             fetcher=self._fetcher, models=self._models, device=self.settings.resolved_device(),
             handler_for=self.handlers.for_task, content_policy=self._content_policy,
-            supervisor=supervisor)
+            supervisor=supervisor, providers=self.providers)
+        metrics_server = None
+        if self.settings.metrics_port is not None:
+            metrics_server, _ = start_http_server(self.settings.metrics_port,
+                                                  registry=self.providers.metrics)
         control = ControlListener(self.kafka, self._on_cancel, codec=self._codec,
                                   client_id=f"{self.worker_id}-control")
         if self.settings.takeover_lookback_s > 0:
@@ -293,6 +304,9 @@ class Worker:
             self._services.handler_thread.close()
             if supervisor is not None:
                 supervisor.close()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
             producer.flush(10.0)
             log.info("worker %s stopped: %s", self.worker_id, self.stats)
         return self.stats
@@ -431,6 +445,7 @@ class Worker:
                    Outcome.CANCELLED: "cancelled", Outcome.ABORTED: "aborted"}[report.outcome]
         setattr(self.stats, counter, getattr(self.stats, counter) + 1)
         self.stats.retried += report.retried
+        self.stats.fallbacks = self.providers.total()
         if not report.healthy:
             self._healthy = False
         if report.commit and not (inflight and (inflight.lost or inflight.committed)):

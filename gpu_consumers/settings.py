@@ -7,14 +7,16 @@ these are what a worker process does with them.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gpu_consumers.providers import ProviderRoutes, load_providers_file
 from gpu_consumers.storage import default_results_url
 from schemas.enums import PerTaskType, TaskType
 from state.retry import RetrySettings
@@ -126,6 +128,14 @@ class WorkerSettings(RetrySettings, BaseSettings):
     # Optional "package.module:function" (or "package.module.function") taking the task's params
     # and returning a reason to refuse it, or None. A refusal ends FAILED/CONTENT_POLICY.
     content_policy: str | None = None
+    # Per task type, a primary provider and an optional fallback, each with its own handler
+    # implementation, provider_config defaults, models and capabilities (gpu_consumers/
+    # providers.py; docs/WORKERS.md, "Provider fallback"). JSON in WORKER_PROVIDERS, or a YAML/JSON
+    # file in WORKER_PROVIDERS_FILE (a type in both: WORKER_PROVIDERS wins). Empty: no routing.
+    providers: ProviderRoutes = Field(default_factory=dict)
+    providers_file: Path | None = None
+    # Serve the worker's Prometheus metrics (provider fallbacks) on this port; None: not served.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
     # ---- parsing ------------------------------------------------------------------------------
 
@@ -144,6 +154,18 @@ class WorkerSettings(RetrySettings, BaseSettings):
         if not value:
             raise ValueError("at least one task type is needed")
         return list(dict.fromkeys(value))  # drop repeats, keep order
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_providers_file(cls, data: Any) -> Any:
+        # Read here, once, so a bad file stops the worker at start-up rather than failing tasks.
+        if isinstance(data, dict) and data.get("providers_file"):
+            from_file = load_providers_file(Path(data["providers_file"]))
+            given = data.get("providers") or {}
+            if isinstance(given, str):
+                given = json.loads(given)
+            data = {**data, "providers": {**from_file, **given}}
+        return data
 
     # ---- derived ------------------------------------------------------------------------------
 

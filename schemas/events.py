@@ -146,6 +146,10 @@ class ResultMetadata(AvroRecord):
     frame_count: PositiveInt | None = None
     duration: Annotated[float, Field(ge=0.0)] | None = None
     content_type: str | None = None
+    # The configured provider that produced it, and why the fallback did (None: the primary);
+    # gpu_consumers/providers.py, docs/WORKERS.md "Provider fallback".
+    provider_name: str | None = None
+    fallback_reason: str | None = None
 
 
 class TaskResult(AvroRecord):
