@@ -30,7 +30,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from pydantic import TypeAdapter, ValidationError
 
 from producers.errors import DeliveryError, TaskTooLargeError
-from producers.submit_records import SubmitRecords
+from producers.submit_records import SubmitRecords, entity_field
 from producers.task_ids import IdempotencySettings, task_id_for
 from schemas.avro_writer import micros_varint
 from schemas.codec import EventCodec
@@ -86,14 +86,16 @@ _time_ns = time.time_ns
 
 @dataclass(frozen=True)
 class Origin:
-    """Where a task comes from (the envelope's origin fields)."""
+    """Where a task comes from (the envelope's origin fields; ``version``: origin_version, the
+    originating system's version)."""
 
     instance: str | None = None
     zone: str | None = None
     tenant_id: str | None = None
+    version: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("instance", "zone", "tenant_id"):
+        for name in ("instance", "zone", "tenant_id", "version"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"Origin.{name} must be text or None (got {type(value).__name__})")
@@ -233,10 +235,11 @@ class TaskProducer:
         self._dedupe_capacity = dedupe_capacity
         self._sent: OrderedDict[str, None] = OrderedDict()
         # Tasks the broker acknowledged whose PENDING/QUEUED are not produced yet: (task id as
-        # text and bytes, trace prefix, the status templates, generation id bytes or b""). Delivery
+        # text and bytes, trace prefix, the status templates, generation id bytes or b"", the
+        # encoded entity id). Delivery
         # reports only collect them: librdkafka aborts on a produce from inside a delivery report
         # served by flush(), so the statuses are produced right after each poll.
-        self._acknowledged: list[tuple[str, bytes, bytes, tuple[tuple[bytes, ...], ...], bytes]] = []
+        self._acknowledged: list[tuple[str, bytes, bytes, tuple[tuple[bytes, ...], ...], bytes, bytes]] = []
         self._since_poll = 0
         self._polled_at = _monotonic()
         # Never reached without serve_reports: the submit path's poll check stays one comparison.
@@ -273,13 +276,15 @@ class TaskProducer:
         task_id: str | None = None,
         attempt: int = 1,
         on_result: Callable[[KafkaError | None], None] | None = None,
+        entity_id: str | None = None,
     ) -> str:
         """Validate and produce one task; return its id. Delivery is asynchronous: call
         :meth:`flush` to wait for the broker (it raises DeliveryError on failures), or pass
         ``on_result``, called with None once the broker acknowledged the task record or with the
         KafkaError it failed with (a repeat already sent is not produced again: no call then). Raises
         TaskValidationError for an invalid task and TaskTooLargeError for one over the
-        producer's ``message.max.bytes``: nothing is produced then."""
+        producer's ``message.max.bytes``: nothing is produced then. ``entity_id``: the caller's
+        business entity the task is about (opaque text), carried on every event of the task."""
         valid = validate_params(task_type, params)
         task_type = valid.task_type
         if (idempotency_key is not None or orchestration is not None or webhook_url is not None
@@ -288,6 +293,8 @@ class TaskProducer:
             idempotency_key, orchestration, webhook_url, task_id, attempt = _check_arguments(
                 task_type, idempotency_key, orchestration, webhook_url, origin, task_id, attempt
             )
+        if entity_id is not None and not isinstance(entity_id, str):
+            raise TaskValidationError(task_type.value, [("entity_id", "must be text")])
         origin = origin or self._origin
         if task_id is None:
             task_id = (task_id_for(idempotency_key, origin.tenant_id, self.idempotency_secret)
@@ -306,18 +313,19 @@ class TaskProducer:
                 records = self._plain_records.get(type(valid)) or self._records_for(valid, 1, origin, False)
             else:
                 records = self._records_for(valid, attempt, origin, orchestration is not None)
+            entity = b"\x00" if entity_id is None else entity_field(entity_id)
             value = records.task(event_id, tid, micros_varint(now), valid, idempotency_key,
-                                 orchestration, webhook_url)
+                                 orchestration, webhook_url, entity)
         except UnicodeEncodeError:
             # Text pydantic accepts but UTF-8 cannot carry (a lone surrogate such as "\udfff"):
             # found only when writing, where it costs nothing on the usual path.
             raise TaskValidationError(task_type.value, _unencodable(
                 {"params": valid.model_dump(), "idempotency_key": idempotency_key,
                  "orchestration": orchestration and orchestration.model_dump(),
-                 "webhook_url": webhook_url, "origin": origin.__dict__})) from None
+                 "webhook_url": webhook_url, "origin": origin.__dict__, "entity_id": entity_id})) from None
         headers = records.task_headers(event_id, new_traceparent_bytes(trace))
         gid = orchestration.generation_id.encode() if orchestration is not None else b""
-        acknowledged = (task_id, tid, trace, records.status_pieces, gid)
+        acknowledged = (task_id, tid, trace, records.status_pieces, gid, entity)
         stats = self.stats
 
         def delivered(err: KafkaError | None, msg: Message) -> None:
@@ -406,6 +414,7 @@ class TaskProducer:
                 self._codec, params, attempt=attempt, source=self._source,
                 origin_instance=origin.instance, origin_zone=origin.zone,
                 origin_tenant_id=origin.tenant_id, with_generation_id=with_generation_id,
+                origin_version=origin.version,
             )
             if attempt == 1 and origin is self._origin and not with_generation_id:
                 self._plain_records[type(params)] = records
@@ -418,11 +427,11 @@ class TaskProducer:
         now = _time_ns() // 1000
         micros = micros_varint(now)
         producer, topic, headers_of = self._producer, self._status_topic, self._status_headers
-        for task_id, tid, trace, statuses, gid in acknowledged:
-            for p0, p1, p2, p3, p4 in statuses:  # submit_records.STATUSES: PENDING, QUEUED
+        for task_id, tid, trace, statuses, gid, entity in acknowledged:
+            for p0, p1, p2, p3, p4, p5 in statuses:  # submit_records.STATUSES: PENDING, QUEUED
                 event_id = new_uuid4().encode()
                 # The status record from its template: the pieces' layout is SubmitRecords's.
-                value = b"".join((p0, event_id, p1, tid, p2, micros, p3, gid, p4))
+                value = b"".join((p0, event_id, p1, tid, p2, micros, p3, entity, p4, gid, p5))
                 headers = headers_of(event_id, new_traceparent_bytes(trace))
                 try:
                     producer.produce(topic, value, task_id, _BY_KEY, None, None, _NOW, headers)

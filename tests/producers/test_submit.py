@@ -6,7 +6,7 @@ import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME
 
 from producers.examples import SEED_EXAMPLES
-from producers.submit import TaskProducer, task_id_for, validate_params
+from producers.submit import Origin, TaskProducer, task_id_for, validate_params
 from schemas.codec import EventCodec
 from schemas.enums import TaskStatus, TaskType
 from schemas.errors import DecodeError, TaskValidationError
@@ -61,6 +61,29 @@ def test_pending_then_queued_follow_the_acknowledged_task(topics_ready):
     [task_msg] = read_topic(settings, settings.topics.task(TaskType.GENERATION), expect=1)
     trace = header_dict(task_msg.headers())["traceparent"].split("-")[1]
     assert all(header_dict(m.headers())["traceparent"].split("-")[1] == trace for m in msgs)
+
+
+def test_origin_version_and_entity_id_reach_the_task_and_its_statuses(topics_ready):
+    """Issue 17: the producer's origin version and each task's entity id are on the task record
+    and on its PENDING and QUEUED; a task without an entity id has null there."""
+    settings = topics_ready
+    origin = Origin(instance="backend-7", zone="eu-1", version="backend-4.2.1")
+    with TaskProducer(settings, origin=origin) as producer:
+        with_entity = producer.submit(TaskType.REFINE, SEED_EXAMPLES[TaskType.REFINE], entity_id="order-ü-42")
+        without = producer.submit(TaskType.REFINE, SEED_EXAMPLES[TaskType.REFINE])
+        with pytest.raises(TaskValidationError, match="entity_id"):
+            producer.submit(TaskType.REFINE, SEED_EXAMPLES[TaskType.REFINE], entity_id=42)
+    codec = EventCodec()
+    tasks = [codec.decode(m.value(), expect=TASK_SUBMITTED_MODELS[TaskType.REFINE])
+             for m in read_topic(settings, settings.topics.task(TaskType.REFINE), expect=2)]
+    statuses = [codec.decode(m.value(), expect=StatusChanged)
+                for m in read_topic(settings, settings.topics.status, expect=4)]
+    expected = {with_entity: "order-ü-42", without: None}
+    for event in [*tasks, *statuses]:
+        env = event.envelope
+        assert (env.origin_version, env.origin_instance, env.origin_zone) == ("backend-4.2.1", "backend-7", "eu-1")
+        assert env.entity_id == expected[env.task_id]
+    assert sorted(e.status.value for e in statuses if e.envelope.task_id == with_entity) == ["PENDING", "QUEUED"]
 
 
 def test_repeated_idempotency_key_returns_the_same_task_and_sends_nothing(topics_ready):

@@ -29,31 +29,36 @@ from tests.schemas.test_registry_framing import InMemoryRegistry
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TIMES = [1_795_446_321_123_456, 1_795_446_321_000_000, 0, 1, -1, 8191, -62_135_596_800_000_000,
          253_402_300_799_999_999, submit_records._TIME_MICROS]
-KINDS = [  # attempt, origin (instance, zone, tenant), with a generation id
-    (1, (None, None, None), False),
-    (1, (None, None, None), True),
-    (7, ("host-1", "eu-west-1", "acme"), False),
-    (2**31 - 1, ("", "zone ü 🎉", None), True),
+KINDS = [  # attempt, origin (instance, zone, tenant, version), with a generation id
+    (1, (None, None, None, None), False),
+    (1, (None, None, None, None), True),
+    (7, ("host-1", "eu-west-1", "acme", "backend-4.2.1"), False),
+    (2**31 - 1, ("", "zone ü 🎉", None, ""), True),
 ]
+# Entity ids: none, empty, short, non-ASCII, and long enough for a two-byte length.
+ENTITIES = [None, "", "order-42", "entité ü 🎉", "e" * 5000]
 
 
-def _status(records: SubmitRecords, index: int, event_id: bytes, task_id: bytes, micros: bytes, gid: bytes) -> bytes:
-    p0, p1, p2, p3, p4 = records.status_pieces[index]
-    return b"".join((p0, event_id, p1, task_id, p2, micros, p3, gid, p4))
+def _status(records: SubmitRecords, index: int, event_id: bytes, task_id: bytes, micros: bytes, gid: bytes,
+            entity: bytes = b"\x00") -> bytes:
+    p0, p1, p2, p3, p4, p5 = records.status_pieces[index]
+    return b"".join((p0, event_id, p1, task_id, p2, micros, p3, entity, p4, gid, p5))
 
 
 @pytest.mark.parametrize("task_type", list(TaskType))
 @pytest.mark.parametrize("registry", [False, True], ids=["single-object", "confluent"])
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: f"attempt{k[0]}-gid{k[2]}")
 def test_templates_write_the_codecs_bytes(task_type, registry, kind):
-    attempt, (instance, zone, tenant), with_gid = kind
+    attempt, (instance, zone, tenant, version), with_gid = kind
     codec = EventCodec(registry=InMemoryRegistry()) if registry else EventCodec()
     params = validate_params(task_type, SEED_EXAMPLES[task_type])
     records = SubmitRecords(codec, params, attempt=attempt, source="producer/ü", origin_instance=instance,
-                            origin_zone=zone, origin_tenant_id=tenant, with_generation_id=with_gid)
+                            origin_zone=zone, origin_tenant_id=tenant, with_generation_id=with_gid,
+                            origin_version=version)
     model = TASK_SUBMITTED_MODELS[task_type]
     rng = random.Random(f"{task_type}{registry}{kind}")
-    for micros in TIMES:
+    for i, micros in enumerate(TIMES):
+        entity_id = ENTITIES[i % len(ENTITIES)]
         task_id, event_ids = new_uuid4(), [new_uuid4() for _ in range(3)]
         orchestration = Orchestration(
             generation_id=new_uuid4(), prediction_index=rng.randrange(100),
@@ -62,20 +67,23 @@ def test_templates_write_the_codecs_bytes(task_type, registry, kind):
         extras = rng.random() < 0.5
         envelope = Envelope(event_id=event_ids[0], task_id=task_id, task_type=task_type, attempt=attempt,
                             occurred_at=_EPOCH + timedelta(microseconds=micros), source="producer/ü",
-                            origin_instance=instance, origin_zone=zone, origin_tenant_id=tenant)
+                            origin_instance=instance, origin_zone=zone, origin_tenant_id=tenant,
+                            origin_version=version, entity_id=entity_id)
         task = model(envelope=envelope, params=params, orchestration=orchestration,
                      idempotency_key="key ü" if extras else None,
                      webhook_url="https://hooks.example.com/x?y=1" if extras else None)
         encoded = micros_varint(micros)
+        entity = submit_records.entity_field(entity_id)
         assert records.task(event_ids[0].encode(), task_id.encode(), encoded, params, task.idempotency_key,
-                            orchestration, task.webhook_url) == codec.encode(task)
+                            orchestration, task.webhook_url, entity) == codec.encode(task)
         gid = orchestration.generation_id.encode() if orchestration is not None else b""
         for index, (status, event_id) in enumerate(zip(STATUSES, event_ids[1:])):
             expected = StatusChanged(
                 envelope=envelope.model_copy(update={"event_id": event_id}), status=status,
                 generation_id=orchestration.generation_id if orchestration is not None else None,
             )
-            assert _status(records, index, event_id.encode(), task_id.encode(), encoded, gid) == codec.encode(expected)
+            assert (_status(records, index, event_id.encode(), task_id.encode(), encoded, gid, entity)
+                    == codec.encode(expected))
 
 
 def test_statuses_are_pending_then_queued():
