@@ -38,8 +38,9 @@ class IllegalTransition(LifecycleError):
 class IllegalNewAttempt(LifecycleError):
     """A new attempt was requested for a task that may not start one.
 
-    Only a FAILED task (a retry) or a PROCESSING task whose lease ran out (a hand-back) starts
-    attempt ``n + 1``; a COMPLETED or CANCELLED task is final. Do not emit the new attempt.
+    Only a PROCESSING task starts attempt ``n + 1`` (a retry of the attempt that just failed or
+    whose lease ran out), with QUEUED; FAILED, COMPLETED and CANCELLED are final. Do not emit the
+    new attempt.
     """
 
     def __init__(

@@ -4,6 +4,14 @@ Pure: no Kafka, database or I/O. ``ALLOWED`` + :func:`check_transition` say whic
 component may *emit*; :func:`fold` turns *observed* status events, in any order, into a
 :class:`TaskState`. (ARCHITECTURE.md §4.)
 
+Retries (the seed's FAILED is an end state, issue 17): a failure that the retry policy retries
+is not FAILED. Whoever decides it (``state.retry.decide``: the worker, or the processors' lease
+timer) emits ``QUEUED`` for attempt ``n + 1`` carrying the failed attempt's error -- the move
+PROCESSING(n) -> QUEUED(n + 1), checked by :func:`check_new_attempt`. So FAILED, COMPLETED and
+CANCELLED are final, always: no status follows them and no attempt starts from them, and a task
+is "ended" exactly when its status is terminal. A QUEUED state with an error is a task waiting
+for its next attempt (:attr:`TaskState.awaiting_retry`); it may still be cancelled.
+
 The fold, precisely. Every event belongs to an attempt ``n >= 1``; a retry is attempt ``n + 1``
 of the same task id. Events are ordered by a total "outranks" order:
 
@@ -23,8 +31,9 @@ The state's status, attempt, result, error, message, last_event_id, updated_at (
 QUEUED/PROCESSING event of the state's attempt; ``progress`` = highest progress reported in the
 attempt (``COMPLETED`` forces 1.0); ``task_type`` and ``generation_id`` = the first non-null one
 seen (every event of a task carries the same, or none, so the order does not matter);
-``stopped_attempts`` = the union, over every attempt, of the attempts whose FAILED was a worker
-stop (``state.stops.is_stop_event``: a hard stop or a lease time-out; the poison-task rule). Because
+``stopped_attempts`` = the union, over every attempt, of the attempts a worker stop ended
+(``state.stops.stopped_attempt``: a hard stop or a lease time-out, reported by the attempt's
+FAILED or by the next attempt's QUEUED; the poison-task rule). Because
 the winner is the maximum of a total order and the merges are min/max, every permutation,
 duplication or replay of a set of events (distinct ``event_id`` per distinct event) folds to the
 same state -- except ``version``, which counts the changes actually applied (+1 each, never on a
@@ -34,9 +43,10 @@ no-op) and so depends on arrival order.
 its own or an older attempt (barring the race rule 3), and an event that changes nothing returns
 the very same object. A late straggler of the same attempt may still fill in ``queued_at``,
 ``started_at`` or raise ``progress`` (that is what convergence requires). A *newer* attempt
-replaces any terminal, COMPLETED and CANCELLED included: letting COMPLETED/CANCELLED swallow newer
-attempts in the fold would make the result depend on arrival order. Finality of COMPLETED and
-CANCELLED is enforced where attempts are created, by :func:`check_new_attempt`.
+replaces any terminal, COMPLETED and CANCELLED included: letting terminals swallow newer attempts
+in the fold would make the result depend on arrival order. Finality of every terminal is enforced
+where attempts are created, by :func:`check_new_attempt` (only from PROCESSING), so a newer
+attempt after a terminal never happens in a correct history.
 """
 
 from __future__ import annotations
@@ -49,13 +59,14 @@ from typing import Any, Protocol
 
 from schemas.enums import TERMINAL_STATUSES, ErrorCode, TaskStatus, TaskType
 from state.errors import IllegalNewAttempt, IllegalTransition, InvalidStatusEvent, TaskIdMismatch
-from state.stops import is_stop_event
+from state.stops import stopped_attempt
 
 _S = TaskStatus
 
-# Moves a component may emit. Any non-terminal may fail or be cancelled (a queued record that
-# cannot be decoded is FAILED/INVALID_INPUT, §4); only work in PROCESSING completes;
-# PROCESSING -> PROCESSING is a progress report. Terminals have no exit.
+# Moves a component may emit within one attempt. Any non-terminal may fail or be cancelled (a
+# queued record that cannot be decoded is FAILED/INVALID_INPUT, §4); only work in PROCESSING
+# completes; PROCESSING -> PROCESSING is a progress report. Terminals have no exit. The one move
+# between attempts, PROCESSING(n) -> QUEUED(n + 1) (a retry), is check_new_attempt's.
 ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
     _S.PENDING: frozenset({_S.QUEUED, _S.FAILED, _S.CANCELLED}),
     _S.QUEUED: frozenset({_S.PROCESSING, _S.FAILED, _S.CANCELLED}),
@@ -72,8 +83,11 @@ RANK: dict[TaskStatus, int] = {
 # Rule 3: which terminal wins when two race within one attempt.
 TERMINAL_PRECEDENCE: dict[TaskStatus, int] = {_S.FAILED: 0, _S.CANCELLED: 1, _S.COMPLETED: 2}
 
-# Statuses from which attempt n + 1 may start: a retry of a failure, or a lease hand-back.
-NEW_ATTEMPT_FROM: frozenset[TaskStatus] = frozenset({_S.FAILED, _S.PROCESSING})
+# Statuses from which attempt n + 1 may start: the retry of a failed (or timed-out) attempt,
+# decided while that attempt is the latest status. Never from a terminal: those are final.
+NEW_ATTEMPT_FROM: frozenset[TaskStatus] = frozenset({_S.PROCESSING})
+# The first status of attempt n + 1: the retry waits QUEUED, carrying attempt n's error.
+NEW_ATTEMPT_STATUS = _S.QUEUED
 
 
 def check_transition(current: TaskStatus, new: TaskStatus) -> None:
@@ -204,6 +218,11 @@ class TaskState:
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
+    @property
+    def awaiting_retry(self) -> bool:
+        """QUEUED for attempt ``n > 1`` after attempt ``n - 1`` failed (its error is kept)."""
+        return self.status is _S.QUEUED and self.attempt > 1 and self.error_code is not None
+
 
 def _outranks(ev: EventView, state: TaskState) -> bool:
     """Rules 1-4: does ``ev`` replace the event ``state`` currently reflects?"""
@@ -233,8 +252,9 @@ def _outcome(ev: EventView) -> dict[str, object]:
 
 
 def _stopped(ev: EventView, stopped: frozenset[int]) -> frozenset[int]:
-    if is_stop_event(ev.task_id, ev.attempt, ev.status, ev.event_id) and ev.attempt not in stopped:
-        return stopped | {ev.attempt}
+    attempt = stopped_attempt(ev.task_id, ev.attempt, ev.status, ev.event_id)
+    if attempt is not None and attempt not in stopped:
+        return stopped | {attempt}
     return stopped
 
 
@@ -297,22 +317,43 @@ def fold_all(
 
 
 def check_new_attempt(state: TaskState, attempt: int) -> None:
-    """Guard for whoever emits attempt ``n + 1`` (retry policy, lease handler).
+    """Guard for whoever emits attempt ``n + 1`` (its QUEUED with the failed attempt's error):
+    the worker after a retryable failure, the lease timer after a time-out.
 
-    Allowed only as ``state.attempt + 1`` and only from FAILED (a retry) or PROCESSING (a lease
-    hand-back; the caller checks :func:`is_stale`). COMPLETED and CANCELLED are final.
+    Allowed only as ``state.attempt + 1`` and only from PROCESSING (the attempt that failed or
+    timed out is still the latest status; the lease timer checks :func:`is_stale`). FAILED,
+    COMPLETED and CANCELLED are final.
     """
     if attempt != state.attempt + 1:
         why = f"the next attempt is {state.attempt + 1}; fold the latest status events first"
     elif state.status not in NEW_ATTEMPT_FROM:
         why = (
-            "a COMPLETED or CANCELLED task is final; submit a new task instead"
+            f"a {state.status.value} task is final; submit a new task instead"
             if state.is_terminal
             else "it has not run yet; let it run or cancel it"
         )
     else:
         return
     raise IllegalNewAttempt(state.task_id, state.status, state.attempt, attempt, why)
+
+
+def check_emit(state: TaskState | None, status: TaskStatus, attempt: int) -> None:
+    """The whole guard for emitting ``status`` for ``attempt`` onto the folded ``state``. The
+    same attempt moves as :data:`ALLOWED` says; the next attempt starts only as a retry --
+    :data:`NEW_ATTEMPT_STATUS` from a status :func:`check_new_attempt` allows; an older attempt,
+    or one further ahead, is never emitted. ``state`` None (the emitter has folded nothing, as a
+    worker starting a record) allows any first event."""
+    if state is None:
+        return
+    if attempt == state.attempt:
+        check_transition(state.status, status)
+        return
+    check_new_attempt(state, attempt)
+    if status is not NEW_ATTEMPT_STATUS:
+        raise IllegalNewAttempt(
+            state.task_id, state.status, state.attempt, attempt,
+            f"a retry starts {NEW_ATTEMPT_STATUS.value} (with the failed attempt's error), "
+            f"not {status.value}")
 
 
 def is_stale(state: TaskState, now: datetime, lease_s: float) -> bool:

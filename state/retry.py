@@ -1,7 +1,10 @@
 """The one retry policy: what happens after a failed attempt. Pure: no I/O, no clock, no Kafka.
 
-Workers call :func:`decide` after an attempt fails (and the processors will for their retry
-loop); nobody else decides whether a task runs again.
+Workers call :func:`decide` after an attempt fails, the processors' lease timer after a lease
+time-out (through ``state.stops.decide_after_stop``); nobody else decides whether a task runs
+again. The decision is reported as one status event (:meth:`RetryDecision.reported_as`): a FAIL is
+FAILED for the failed attempt (final: nothing follows it), a RETRY is QUEUED for the next attempt
+carrying the failed attempt's error (``retryable`` true) -- never FAILED followed by more work.
 
 * A code whose seed "Retry" column says yes (``ErrorCode.retryable``: PROVIDER_TIMEOUT,
   PROVIDER_ERROR, STORAGE_ERROR) is retried while ``attempt < policy.max_attempts``; any other
@@ -23,7 +26,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from schemas.enums import ErrorCode
+from schemas.enums import ErrorCode, TaskStatus
 
 __all__ = ["Action", "RetryDecision", "RetryPolicy", "RetrySettings", "backoff_s", "decide"]
 
@@ -94,6 +97,13 @@ class RetryDecision:
     @property
     def retry(self) -> bool:
         return self.action is Action.RETRY
+
+    def reported_as(self, failed_attempt: int) -> tuple[TaskStatus, int]:
+        """The status event that reports this decision for ``failed_attempt``: (QUEUED, the next
+        attempt) for a retry, (FAILED, ``failed_attempt``) otherwise."""
+        if self.retry:
+            return TaskStatus.QUEUED, failed_attempt + 1
+        return TaskStatus.FAILED, failed_attempt
 
 
 def _spread(seed: object, attempt: int) -> float:

@@ -5,14 +5,16 @@ not because the handler reported a failure:
 
 * a **hard stop** by the worker's supervisor: the handler's child process was killed after the
   attempt's time limit (plus grace), or for crossing the memory ceiling, or it died on its own
-  (a segfault, ``terminate called without an active exception``). The worker emits that
-  attempt's FAILED with the event id :func:`worker_stop_event_id`;
+  (a segfault, ``terminate called without an active exception``). The worker reports the
+  attempt's end with the event id :func:`worker_stop_event_id`;
 * a **lease time-out**: no report from the worker for the type's lease, so the worker process
-  (or its machine) is gone. The processors emit that FAILED with
+  (or its machine) is gone. The processors report it with
   ``lease_event_id(task, attempt, "timeout")``.
 
-Both ids are deterministic (UUIDv5), so :func:`is_stop_event` recognises a worker stop from the
-status event alone and the lifecycle fold can keep the set of stopped attempts of a task
+The report is the attempt's FAILED when the task ends there, or the next attempt's QUEUED (with
+the stop's error) when it is retried (docs/WORKERS.md, "Retries"). Both ids are deterministic
+(UUIDv5) and name the attempt that stopped, so :func:`stopped_attempt` recognises a worker stop
+from the status event alone and the lifecycle fold can keep the set of stopped attempts of a task
 (``TaskState.stopped_attempts``) without any new field on the wire. Whoever decides after a
 worker stop calls :func:`decide_after_stop`: the second stop ends the task FAILED with
 PROVIDER_ERROR and the reason ``the task stopped a worker twice: ...``; before that the one retry
@@ -29,7 +31,8 @@ from state.retry import Action, RetryDecision, RetryPolicy, decide
 
 __all__ = [
     "LEASE_NAMESPACE", "STOPS_HEADER", "STOPS_TO_FAIL", "StopDecision", "decide_after_stop",
-    "is_stop_event", "lease_event_id", "stops_from_header", "worker_stop_event_id",
+    "is_stop_event", "lease_event_id", "stopped_attempt", "stops_from_header",
+    "worker_stop_event_id",
 ]
 
 # Fixed: changing it changes every lease event id, and repeats would stop being duplicates.
@@ -54,10 +57,26 @@ def worker_stop_event_id(task_id: str, attempt: int) -> str:
     return lease_event_id(task_id, attempt, "worker-stop")
 
 
+def _stop_ids(task_id: str, attempt: int) -> tuple[str, str]:
+    return worker_stop_event_id(task_id, attempt), lease_event_id(task_id, attempt, "timeout")
+
+
+def stopped_attempt(task_id: str, attempt: int, status: TaskStatus, event_id: str) -> int | None:
+    """The attempt this status event says a worker stop ended, or None.
+
+    A stop that ends the task is that attempt's FAILED; a stop that is retried is the QUEUED of
+    the *next* attempt (``attempt - 1`` stopped), carrying the stopped attempt's event id: the
+    id names the attempt that stopped, whichever status reports it."""
+    if status is TaskStatus.FAILED and event_id in _stop_ids(task_id, attempt):
+        return attempt
+    if status is TaskStatus.QUEUED and attempt > 1 and event_id in _stop_ids(task_id, attempt - 1):
+        return attempt - 1
+    return None
+
+
 def is_stop_event(task_id: str, attempt: int, status: TaskStatus, event_id: str) -> bool:
     """Is this status event the end of an attempt by a worker stop (hard stop or lease)?"""
-    return status is TaskStatus.FAILED and event_id in (
-        worker_stop_event_id(task_id, attempt), lease_event_id(task_id, attempt, "timeout"))
+    return stopped_attempt(task_id, attempt, status, event_id) is not None
 
 
 def stops_from_header(value: str | None) -> int:

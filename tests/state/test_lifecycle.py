@@ -24,6 +24,7 @@ from state.errors import (
 from state.lifecycle import (
     ALLOWED,
     TaskState,
+    check_emit,
     check_new_attempt,
     check_transition,
     fold,
@@ -261,22 +262,76 @@ def test_newer_attempt_starts_over(terminal: TaskStatus) -> None:
 
 
 def test_check_new_attempt() -> None:
-    failed = fold_all([ev("e1", R, 0), ev("e2", F, 1)])
+    """A retry (attempt n + 1) starts only from PROCESSING(n): every terminal is final."""
     running = fold_all([ev("e1", R, 0)])
-    assert failed is not None and running is not None
-    check_new_attempt(failed, 2)
-    check_new_attempt(running, 2)  # lease hand-back
+    assert running is not None
+    check_new_attempt(running, 2)  # a failed attempt retried, or a lease ran out
     with pytest.raises(IllegalNewAttempt, match="next attempt is 2"):
-        check_new_attempt(failed, 3)
-    for final in (C, X):
+        check_new_attempt(running, 3)
+    with pytest.raises(IllegalNewAttempt, match="next attempt is 2"):
+        check_new_attempt(running, 1)
+    for final in (C, F, X):
         s = fold_all([ev("e1", R, 0), ev("e2", final, 1)])
         assert s is not None
-        with pytest.raises(IllegalNewAttempt, match="final"):
+        with pytest.raises(IllegalNewAttempt, match=f"a {final.value} task is final"):
             check_new_attempt(s, 2)
-    queued = fold_all([ev("e1", Q, 0)])
-    assert queued is not None
-    with pytest.raises(IllegalNewAttempt, match="not run yet"):
-        check_new_attempt(queued, 2)
+    for waiting in (P, Q):
+        s = fold_all([ev("e1", waiting, 0)])
+        assert s is not None
+        with pytest.raises(IllegalNewAttempt, match="not run yet"):
+            check_new_attempt(s, 2)
+
+
+@pytest.mark.parametrize("current,new", list(itertools.product(TaskStatus, repeat=2)))
+@pytest.mark.parametrize("delta", [-1, 0, 1, 2])
+def test_check_emit_for_every_status_pair_and_attempt(
+        current: TaskStatus, new: TaskStatus, delta: int) -> None:
+    """The whole guard, exhaustively: within an attempt the table; the next attempt only as
+    QUEUED from PROCESSING (a retry); never an older attempt or one further ahead."""
+    state = fold_all([ev("e1", current, 0, attempt=2)])
+    assert state is not None
+    legal = (delta == 0 and (current, new) in LEGAL_MOVES) or (
+        delta == 1 and current is R and new is Q)
+    if legal:
+        check_emit(state, new, 2 + delta)
+    else:
+        with pytest.raises((IllegalTransition, IllegalNewAttempt)):
+            check_emit(state, new, 2 + delta)
+    check_emit(None, new, 1 + max(delta, 0))  # nothing folded yet: anything may come first
+
+
+def test_a_retry_waits_queued_with_the_last_error_and_ends_failed_only_once() -> None:
+    """PROCESSING(1) -> QUEUED(2)+error -> PROCESSING(2) -> QUEUED(3)+error -> PROCESSING(3) ->
+    FAILED(3): in any order the fold ends FAILED at attempt 3, and only FAILED(3) is terminal."""
+    boom = Err(ErrorCode.PROVIDER_ERROR, "boom")
+    events = [ev("a", R, 0), ev("b", Q, 1, attempt=2, error=boom), ev("c", R, 2, attempt=2),
+              ev("d", Q, 3, attempt=3, error=boom), ev("e", R, 4, attempt=3),
+              ev("f", F, 5, attempt=3, error=boom)]
+    waiting = fold_all(events[:2])
+    assert waiting is not None and waiting.awaiting_retry and not waiting.is_terminal
+    assert (waiting.status, waiting.attempt, waiting.error_code) == (Q, 2, ErrorCode.PROVIDER_ERROR)
+    assert waiting.queued_at == at(1) and waiting.started_at is None
+    running = fold(waiting, events[2])
+    assert not running.awaiting_retry and running.error_code is None and running.status is R
+    for order in itertools.permutations(events):
+        end = fold_all(order)
+        assert end is not None and (end.status, end.attempt, end.error_code) == (
+            F, 3, ErrorCode.PROVIDER_ERROR)
+        assert end.completed_at == at(5)
+    assert [e.status for e in events].count(F) == 1
+
+
+def test_cancel_during_a_retry_wait_ends_cancelled() -> None:
+    boom = Err(ErrorCode.PROVIDER_TIMEOUT, "slow")
+    waiting = fold_all([ev("a", R, 0), ev("b", Q, 1, attempt=2, error=boom)])
+    assert waiting is not None and waiting.awaiting_retry
+    check_emit(waiting, X, 2)  # the API's cancel of a task waiting to retry is legal
+    cancelled = fold(waiting, ev("c", X, 2, attempt=2))
+    assert cancelled.status is X and cancelled.is_terminal and not cancelled.awaiting_retry
+    # The retry's late PROCESSING (a worker that missed the cancel) changes nothing final.
+    assert fold(cancelled, ev("d", R, 3, attempt=2)).status is X
+    with pytest.raises(IllegalNewAttempt, match="final"):
+        check_new_attempt(cancelled, 3)
 
 
 # --- fold: no backwards move, progress only grows, duplicates --------------------------------

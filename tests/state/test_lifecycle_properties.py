@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from schemas.enums import TERMINAL_STATUSES, ErrorCode, TaskStatus
 from state.lifecycle import ALLOWED, RANK, TERMINAL_PRECEDENCE, TaskState, fold, fold_all
-from state.stops import is_stop_event, lease_event_id, worker_stop_event_id
+from state.stops import lease_event_id, stopped_attempt, worker_stop_event_id
 from tests.state.test_lifecycle import Err, Flat, at, ev, wrap
 
 P, Q, R = TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.PROCESSING
@@ -31,48 +31,66 @@ def _error_for(status: TaskStatus, n: int) -> Err | None:
 
 @st.composite
 def realistic_history(draw: st.DrawFn) -> list[Flat]:
-    """A task's events as the system emits them: attempts 1..3, each optionally PENDING (first
-    attempt only), QUEUED, a few PROCESSING reports with growing progress (some without
-    progress), then a terminal. Earlier attempts end FAILED (a retry) or nothing (a lease
-    hand-back); the last may end in any terminal or none, sometimes with a racing second
-    terminal. Clocks tick 0-3 s per event, so equal timestamps occur."""
+    """A task's events as the system emits them (issue 17's contract): attempts 1..3. Attempt 1
+    optionally starts PENDING, then QUEUED; attempt n > 1 starts with the retry's QUEUED carrying
+    attempt n - 1's error (sometimes with a worker-stop id of attempt n - 1: a hard stop or a
+    lease time-out), sometimes followed by the lease timer's second QUEUED (resubmitted, same
+    error). Then a few PROCESSING reports with growing progress (some without progress). Only
+    the last attempt may end, in any terminal or none, sometimes with a racing second terminal;
+    its FAILED is sometimes a worker stop's. Clocks tick 0-3 s per event, so equal timestamps
+    occur."""
     events: list[Flat] = []
     clock = 0
     attempts = draw(st.integers(1, 3))
 
-    def emit(status: TaskStatus, attempt: int, progress: float | None = None) -> None:
+    def emit(status: TaskStatus, attempt: int, progress: float | None = None,
+             error: Err | None = None) -> None:
         nonlocal clock
         clock += draw(st.integers(0, 3))
         n = len(events)
         result = f"result-{n}" if status is C else None
         events.append(ev(f"e{n:02d}", status, clock, attempt, progress,
-                         result=result, error=_error_for(status, n), message=f"m{n}"))
+                         result=result, error=error or _error_for(status, n), message=f"m{n}"))
+
+    def stop_id(attempt: int) -> str | None:
+        return draw(st.sampled_from([None, worker_stop_event_id("task-1", attempt),
+                                     lease_event_id("task-1", attempt, "timeout")]))
+
+    def with_id(event_id: str | None) -> None:
+        if event_id is not None:
+            events[-1] = dataclasses.replace(events[-1], event_id=event_id)
 
     for attempt in range(1, attempts + 1):
-        before = len(events)
-        if attempt == 1 and draw(st.booleans()):
-            emit(P, attempt)
-        if draw(st.booleans()):
-            emit(Q, attempt)
+        if attempt == 1:
+            if draw(st.booleans()):
+                emit(P, attempt)
+            if draw(st.booleans()):
+                emit(Q, attempt)
+        else:  # the retry of attempt - 1: QUEUED with its error, never FAILED
+            error = Err(ErrorCode.PROVIDER_ERROR, f"failure of attempt {attempt - 1}")
+            emit(Q, attempt, error=error)
+            with_id(stop_id(attempt - 1))
+            if draw(st.booleans()):  # the lease timer resubmitted it
+                emit(Q, attempt, error=error)
+                with_id(lease_event_id("task-1", attempt, "queued"))
         reports = draw(st.lists(st.one_of(st.none(), st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0])),
                                 max_size=4))
         floor = 0.0
         for p in reports:
             floor = floor if p is None else max(floor, p)
             emit(R, attempt, None if p is None else floor)
-        if len(events) == before:
+        if attempt == 1 and not events:
             emit(Q, attempt)  # every attempt leaves at least one event
-        last = attempt == attempts
-        ends = [None, C, F, X] if last else [None, F]
-        end = draw(st.sampled_from(ends))
+        if attempt < attempts and not any(e.attempt == attempt and e.status is R for e in events):
+            emit(R, attempt)  # a retry comes from PROCESSING
+        if attempt < attempts:
+            continue  # an attempt that is retried ends with the next one's QUEUED
+        end = draw(st.sampled_from([None, C, F, X]))
         if end is not None:
             emit(end, attempt)
             if end is F:  # sometimes the FAILED of a worker stop (hard stop or lease time-out)
-                stop_id = draw(st.sampled_from([None, worker_stop_event_id("task-1", attempt),
-                                                lease_event_id("task-1", attempt, "timeout")]))
-                if stop_id is not None:
-                    events[-1] = dataclasses.replace(events[-1], event_id=stop_id)
-            if last and draw(st.integers(0, 3)) == 0:  # a racing second terminal
+                with_id(stop_id(attempt))
+            if draw(st.integers(0, 3)) == 0:  # a racing second terminal
                 emit(draw(st.sampled_from([C, F, X])), attempt)
     return events
 
@@ -185,6 +203,24 @@ def test_no_step_ever_regresses(data: st.DataObject, events: list[Flat]) -> None
 
 @BOUNDED
 @given(realistic_history())
+def test_a_realistic_history_has_one_failed_at_most_and_it_is_the_end(events: list[Flat]) -> None:
+    """Issue 17: FAILED only at the end. No attempt but the last has a FAILED; no prefix of the
+    history folds to a terminal before the last attempt; a later attempt's QUEUED is a retry
+    wait that shows the previous attempt's error."""
+    failed = [e for e in events if e.status is F]
+    last = max(e.attempt for e in events)
+    assert all(e.attempt == last for e in failed)
+    for cut in range(1, len(events) + 1):
+        state = fold_all(events[:cut])
+        assert state is not None
+        if state.is_terminal:
+            assert state.attempt == last
+        if state.status is Q and state.attempt > 1:
+            assert state.awaiting_retry and state.error_code is ErrorCode.PROVIDER_ERROR
+
+
+@BOUNDED
+@given(realistic_history())
 def test_realistic_outcome_is_the_last_attempts(events: list[Flat]) -> None:
     state = fold_all(events)
     assert state is not None
@@ -211,10 +247,9 @@ def test_realistic_outcome_is_the_last_attempts(events: list[Flat]) -> None:
 def test_stopped_attempts_are_exactly_the_attempts_with_a_worker_stop(
     pair: tuple[list[Flat], list[Flat]],
 ) -> None:
-    """The poison rule's memory: every attempt whose FAILED was a worker stop, in any order,
-    however many newer attempts followed, and nothing else."""
+    """The poison rule's memory: every attempt a worker stop ended (its FAILED, or the next
+    attempt's QUEUED), in any order, however many newer attempts followed, and nothing else."""
     events, delivered = pair
-    expected = {e.attempt for e in events
-                if is_stop_event(e.task_id, e.attempt, e.status, e.event_id)}
+    expected = {stopped_attempt(e.task_id, e.attempt, e.status, e.event_id) for e in events} - {None}
     state = fold_all(delivered)
     assert state is not None and state.stopped_attempts == expected

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from schemas.enums import ErrorCode
+from schemas.enums import ErrorCode, TaskStatus
 from state.retry import Action, RetryDecision, RetryPolicy, backoff_s, decide
 
 RETRYABLE = {ErrorCode.PROVIDER_TIMEOUT, ErrorCode.PROVIDER_ERROR, ErrorCode.STORAGE_ERROR}
@@ -36,6 +36,9 @@ def test_every_code_and_attempt(policy: RetryPolicy, code: ErrorCode, attempt: i
         assert decision.action is Action.FAIL and not decision.retry
         assert decision.next_attempt is None and decision.delay_s == 0.0
     assert decision.reason
+    # Issue 17: a retry is reported as QUEUED for the next attempt, a failure as a final FAILED.
+    assert decision.reported_as(attempt) == (
+        (TaskStatus.QUEUED, attempt + 1) if decision.retry else (TaskStatus.FAILED, attempt))
 
 
 def test_retryable_matches_the_seed_retry_column() -> None:

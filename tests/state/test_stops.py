@@ -15,6 +15,7 @@ from state.stops import (
     decide_after_stop,
     is_stop_event,
     lease_event_id,
+    stopped_attempt,
     stops_from_header,
     worker_stop_event_id,
 )
@@ -22,15 +23,26 @@ from state.stops import (
 POLICY = RetryPolicy(max_attempts=3, backoff_base_s=1.0, backoff_max_s=60.0, jitter=0.0)
 
 
-def test_only_the_failed_with_a_stop_id_of_its_own_attempt_is_a_stop() -> None:
+def test_a_stop_is_its_attempts_failed_or_the_next_attempts_queued() -> None:
+    """A stop that ends the task is FAILED of the stopped attempt; one that is retried is QUEUED
+    of the next attempt with the stopped attempt's id (issue 17: FAILED is final). Every other
+    status, attempt, task or id is no stop."""
     task, other = str(uuid.uuid4()), str(uuid.uuid4())
     for attempt, status in itertools.product((1, 2, 3), TaskStatus):
         for event_id in (worker_stop_event_id(task, attempt), lease_event_id(task, attempt, "timeout")):
+            assert stopped_attempt(task, attempt, status, event_id) == (
+                attempt if status is TaskStatus.FAILED else None)
+            assert stopped_attempt(task, attempt + 1, status, event_id) == (
+                attempt if status is TaskStatus.QUEUED else None)
             assert is_stop_event(task, attempt, status, event_id) == (status is TaskStatus.FAILED)
             assert not is_stop_event(other, attempt, status, event_id)  # another task's id
-            assert not is_stop_event(task, attempt + 1, status, event_id)  # another attempt's id
+            assert not is_stop_event(other, attempt + 1, status, event_id)
+            assert not is_stop_event(task, attempt + 2, status, event_id)  # another attempt's id
+            if attempt > 1:
+                assert not is_stop_event(task, attempt - 1, status, event_id)
         for step in ("retry", "queued"):  # the lease's other outputs are no stops
             assert not is_stop_event(task, attempt, status, lease_event_id(task, attempt, step))
+            assert not is_stop_event(task, attempt + 1, status, lease_event_id(task, attempt, step))
         assert not is_stop_event(task, attempt, status, str(uuid.uuid4()))
 
 
