@@ -143,14 +143,16 @@ def db_migrate(database_url: str | None) -> None:
 @db.command("rebuild")
 @_db_option
 def db_rebuild(database_url: str | None) -> None:
-    """Replay the status, task and generations-state topics from the beginning into an EMPTY
-    database (tasks, task_events, generations and their predictions, shots, attempts, refines)."""
+    """Replay the status, task, generations-state and workflows-state topics from the beginning
+    into an EMPTY database (tasks, task_events, generations and their predictions, shots,
+    attempts, refines; workflows and their steps)."""
     from projection.rebuild import rebuild
     from schemas.kafka_settings import KafkaSettings
 
     report = rebuild(_database_url(database_url), KafkaSettings())
     click.echo(f"replayed {report.records} records: {report.tasks} tasks, {report.events} events,"
-               f" {report.generations} generations ({report.skipped} unreadable records skipped)")
+               f" {report.generations} generations, {report.workflows} workflows"
+               f" ({report.skipped} unreadable records skipped)")
 
 
 # ------------------------------------------------------------------------------ processes

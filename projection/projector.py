@@ -62,6 +62,7 @@ from projection.db.migrate import migrate
 from projection.db.pipelined import pipelined_transaction
 from projection.db.projection import apply_events, flatten
 from projection.db.task_row_cache import TaskRowCache
+from projection.db.workflow_projection import decode_workflow_record, project_workflow_records
 from projection.salvage import salvage_task
 from projection.webhook_delivery import WebhookDispatcher
 from projection.webhooks import WebhookSettings
@@ -114,6 +115,7 @@ class ProjectorStats:
     skipped: int = 0
     db_retries: int = 0
     generations_written: int = 0
+    workflows_written: int = 0
     stale_rows: int = 0  # batches written again because a remembered row had changed
 
 
@@ -125,6 +127,9 @@ class Batch:
     # GenerationRecord documents of the compacted generations-state topic, in topic order.
     generations: list[Any] = field(default_factory=list)
     generation_messages: list[Message] = field(default_factory=list)
+    # WorkflowState records of the compacted workflows-state topic, in topic order.
+    workflows: list[Any] = field(default_factory=list)
+    workflow_messages: list[Message] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def drop(self, messages: list[Message]) -> None:
@@ -135,11 +140,13 @@ class Batch:
         kept = [(m, g) for m, g in zip(self.generation_messages, self.generations)
                 if id(m) not in gone]
         self.generation_messages, self.generations = [m for m, _ in kept], [g for _, g in kept]
+        kept = [(m, w) for m, w in zip(self.workflow_messages, self.workflows) if id(m) not in gone]
+        self.workflow_messages, self.workflows = [m for m, _ in kept], [w for _, w in kept]
 
 
 def projector_topics(kafka: KafkaSettings) -> list[str]:
     topics = kafka.topics
-    return [topics.status, *topics.task_topics(), topics.generations_state]
+    return [topics.status, *topics.task_topics(), topics.generations_state, topics.workflows_state]
 
 
 def _decode(codec: EventCodec, msg: Message, status_topic: str) -> Event:
@@ -159,7 +166,8 @@ def _decode(codec: EventCodec, msg: Message, status_topic: str) -> Event:
 
 
 def collect_batch(codec: EventCodec, messages: Iterable[Message], status_topic: str,
-                  stats: ProjectorStats, generations_topic: str | None = None) -> Batch:
+                  stats: ProjectorStats, generations_topic: str | None = None,
+                  workflows_topic: str | None = None) -> Batch:
     batch = Batch()
     for msg in messages:
         if msg.error() is not None:
@@ -174,6 +182,9 @@ def collect_batch(codec: EventCodec, messages: Iterable[Message], status_topic: 
             if msg.topic() == generations_topic:
                 batch.generations.append(decode_generation_record(msg.value(), msg.headers()))
                 batch.generation_messages.append(msg)
+            elif msg.topic() == workflows_topic:
+                batch.workflows.append(decode_workflow_record(codec, msg.value()))
+                batch.workflow_messages.append(msg)
             else:
                 batch.events.append(_decode(codec, msg, status_topic))
                 batch.event_messages.append(msg)
@@ -276,7 +287,7 @@ class Projector:
         if self._batch_size > 1:
             messages += self._consumer.consume(self._batch_size - 1, 0)
         batch = collect_batch(self._codec, messages, self._status_topic, self.stats,
-                              self.kafka.topics.generations_state)
+                              self.kafka.topics.generations_state, self.kafka.topics.workflows_state)
         result = self._write_batch(batch, stop)
         self._dead_letter(batch.bad)
         if result is None:  # stopped while the database was down: offsets stay uncommitted
@@ -291,6 +302,7 @@ class Projector:
         self.stats.tasks_written += result.tasks_written
         self.stats.events_inserted += result.events_inserted
         self.stats.generations_written += result.generations_written
+        self.stats.workflows_written += result.workflows_written
         if self._on_batch is not None:
             self._on_batch(result)
         return len(messages)
@@ -312,42 +324,48 @@ class Projector:
         alone in a transaction that is rolled back, the refused ones are moved to ``batch.bad``
         (dead-lettered like undecodable ones) and the rest is written."""
         try:
-            return self._write(batch.events, stop, batch.generations)
+            return self._write(batch.events, stop, batch.generations, batch.workflows)
         except psycopg.DataError as exc:
             log.warning("PostgreSQL refused a batch of %d records (%s); finding the refused ones",
-                        len(batch.events) + len(batch.generations), exc)
+                        len(batch.events) + len(batch.generations) + len(batch.workflows), exc)
         refused = [(m, err) for m, e in zip(batch.event_messages, batch.events)
                    if (err := self._refusal([e], [])) is not None]
         refused += [(m, err) for m, g in zip(batch.generation_messages, batch.generations)
                     if (err := self._refusal([], [g])) is not None]
+        refused += [(m, err) for m, w in zip(batch.workflow_messages, batch.workflows)
+                    if (err := self._refusal([], [], workflows=[w])) is not None]
         batch.drop([m for m, _ in refused])
         batch.bad.extend(refused)
-        return self._write(batch.events, stop, batch.generations)
+        return self._write(batch.events, stop, batch.generations, batch.workflows)
 
-    def _refusal(self, events: list[Event], generations: list[Any]) -> psycopg.DataError | None:
+    def _refusal(self, events: list[Event], generations: list[Any], *, workflows: list[Any] = ()
+                 ) -> psycopg.DataError | None:
         """The DataError projecting these alone raises, if any (nothing is kept either way)."""
         assert self._conn is not None
         try:
             with self._conn.transaction(force_rollback=True):
-                self._project(events, generations)
+                self._project(events, generations, workflows=workflows)
         except psycopg.DataError as exc:
             return exc
         return None
 
     def _project(self, events: list[Event], generations: list[Any],
-                 cache: TaskRowCache | None = None) -> ProjectedBatch:
-        """Everything a batch writes, in the caller's transaction. Generation locks are taken
-        before task locks in every batch of every projector: no deadlock."""
+                 cache: TaskRowCache | None = None, *, workflows: list[Any] = ()) -> ProjectedBatch:
+        """Everything a batch writes, in the caller's transaction. Generation locks, then
+        workflow locks, are taken before task locks in every batch of every projector: no
+        deadlock."""
         assert self._conn is not None
         generation_result = project_generation_records(self._conn, generations)
-        result = ProjectedBatch.of(apply_events(self._conn, events, cache), generation_result)
+        workflow_result = project_workflow_records(self._conn, workflows)
+        result = ProjectedBatch.of(apply_events(self._conn, events, cache), generation_result,
+                                   workflow_result)
         if self._in_transaction is not None:
             self._in_transaction(self._conn, result)
         return result
 
     def _write(self, events: list[Event], stop: threading.Event | None,
-               generations: list[Any] = ()) -> ProjectedBatch | None:
-        if not events and not generations:
+               generations: list[Any] = (), workflows: list[Any] = ()) -> ProjectedBatch | None:
+        if not events and not generations and not workflows:
             return ProjectedBatch()
         delay = DB_RETRY_BASE_S
         while True:
@@ -358,7 +376,7 @@ class Projector:
                 # (the projection's read, then the rest with the commit), one when every
                 # task's row is remembered.
                 with pipelined_transaction(self._conn):
-                    result = self._project(events, generations, self._rows)
+                    result = self._project(events, generations, self._rows, workflows=workflows)
                 if result.pending_rows is not None:
                     self._rows.store(result.pending_rows.entries())
                 self._consumer.signals.waiting_on = None

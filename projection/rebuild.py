@@ -21,6 +21,7 @@ from projection.db.errors import NotEmptyError
 from projection.db.generation_projection import apply_generation_records
 from projection.db.migrate import migrate
 from projection.db.projection import apply_batch
+from projection.db.workflow_projection import project_workflow_records
 from projection.projector import (
     BATCH_SIZE,
     METADATA_TIMEOUT_S,
@@ -40,6 +41,7 @@ class RebuildReport:
     events: int = 0
     skipped: int = 0
     generations: int = 0
+    workflows: int = 0
 
 
 def rebuild(
@@ -50,7 +52,7 @@ def rebuild(
     batch_size: int = BATCH_SIZE,
     timeout_s: float = 600.0,
 ) -> RebuildReport:
-    """Replay the status, task and generations-state topics from the beginning (up to their ends
+    """Replay the status, task, generations-state and workflows-state topics from the beginning (up to their ends
     when called) into the empty database at ``database_url`` (migrated first). Raises
     NotEmptyError if its tasks or generations table holds rows. Joins no consumer group and
     commits nothing."""
@@ -58,7 +60,7 @@ def rebuild(
     codec = codec or EventCodec()
     report = RebuildReport()
     with psycopg.connect(database_url, autocommit=True) as conn:
-        for table in ("tasks", "generations"):
+        for table in ("tasks", "generations", "workflows"):
             if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0]:
                 raise NotEmptyError(f"the {table} table of {_redacted(database_url)} is not empty")
         consumer = Consumer({**kafka.client_config(), "group.id": f"rebuild-{uuid.uuid4().hex}",
@@ -72,8 +74,9 @@ def rebuild(
                     raise TimeoutError(f"rebuild did not reach the end of the topics in {timeout_s}s")
                 messages = consumer.consume(batch_size, POLL_TIMEOUT_S)
                 batch = collect_batch(codec, messages, kafka.topics.status, stats,
-                                      kafka.topics.generations_state)
+                                      kafka.topics.generations_state, kafka.topics.workflows_state)
                 apply_generation_records(conn, batch.generations)
+                project_workflow_records(conn, batch.workflows)
                 result = apply_batch(conn, batch.events)
                 report.skipped += len(batch.bad)
                 report.events += result.events_inserted
@@ -89,6 +92,7 @@ def rebuild(
             consumer.close()
         report.tasks = conn.execute("SELECT count(*) FROM tasks").fetchone()[0]
         report.generations = conn.execute("SELECT count(*) FROM generations").fetchone()[0]
+        report.workflows = conn.execute("SELECT count(*) FROM workflows").fetchone()[0]
     return report
 
 

@@ -1,7 +1,8 @@
 """Webhooks: each status change of a task or a generation is POSTed, signed, to its webhook URL
 — durably.
 
-A delivery has a subject: a task (``subject_kind`` ``task``) or a generation (``generation``).
+A delivery has a subject: a task (``subject_kind`` ``task``), a generation (``generation``) or a
+workflow (``workflow``).
 
 Where a delivery goes: the subject's own ``webhook_url`` (a task's from its task-submitted event,
 a generation's from its GenerationRecord) or, when it has none, the URL configured for the
@@ -9,7 +10,11 @@ subject's ``origin_instance`` (``WebhookSettings.origin_urls``, ``COMPUTE_WEBHOO
 the subject's own URL always wins. Only status changes count: a task's new status or attempt
 (progress-only reports are not sent); a generation's new status (RUNNING when first projected,
 then COMPLETED / FAILED / CANCELLED; not every version of its record), event id
-``uuid5(generation_id, status)``.
+``uuid5(generation_id, status)``; a workflow's new status (CREATED, RUNNING, PAUSED, RUNNING
+again, then COMPLETED / FAILED / CANCELLED), event id ``uuid5(workflow_id, "<status>:<version>")``
+(a workflow can be RUNNING twice). The task of a workflow step whose workflow has
+``suppress_subtask_events`` (its orchestration's ``suppress_events``) sends none: only its
+workflow's changes are sent.
 
 Durability (a transactional outbox): the projector calls :func:`enqueue` inside the transaction
 of the projection batch that produced the status changes (task and generation rows alike), so
@@ -54,6 +59,7 @@ import psycopg
 
 from projection.db.generation_projection import GenerationChange
 from projection.db.projection import BatchResult, Transition, flatten
+from projection.db.workflow_projection import WorkflowChange
 from schemas.address_policy import forbidden_reason
 from schemas.events import StatusChanged
 from state.lifecycle import fold
@@ -62,7 +68,7 @@ SIGNATURE_HEADER = "X-Compute-Signature"
 EVENT_ID_HEADER = "X-Compute-Event-Id"
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
-TASK, GENERATION = "task", "generation"  # webhook_outbox.subject_kind
+TASK, GENERATION, WORKFLOW = "task", "generation", "workflow"  # webhook_outbox.subject_kind
 
 
 @dataclass(frozen=True)
@@ -213,9 +219,47 @@ def generation_target_url(c: GenerationChange, settings: WebhookSettings) -> str
     return settings.origin_urls.get(instance) if instance else None
 
 
+def workflow_event_id(workflow_id: str, status: str, version: int) -> str:
+    """The stable event id of a workflow's change to ``status`` at ``version`` of its record
+    (the same whichever projector, or a replay, reports it)."""
+    return str(uuid.uuid5(uuid.UUID(workflow_id), f"{status}:{version}"))
+
+
+def workflow_payload(c: WorkflowChange) -> dict[str, Any]:
+    r = c.record
+    steps = []
+    for s in r.steps:
+        result = s.result
+        steps.append({
+            "id": s.step_id, "task_type": s.task_type.value, "status": s.status.value,
+            "task_id": s.task_id, "attempt": s.attempt,
+            "result_image_url": None if result is None else result.result_image_url,
+            "result_video_url": None if result is None else result.result_video_url,
+            "error": None if s.error_code is None else {"code": s.error_code.value,
+                                                        "message": s.error_message},
+        })
+    return {
+        "type": "workflow.status_changed",
+        "event_id": workflow_event_id(c.workflow_id, c.after, c.version),
+        "workflow_id": c.workflow_id, "name": r.spec.name, "status": c.after,
+        "previous_status": c.before, "version": c.version, "failed_step": r.failed_step,
+        "message": r.message, "steps": steps, "occurred_at": r.updated_at.isoformat(),
+    }
+
+
+def workflow_target_url(c: WorkflowChange, settings: WebhookSettings) -> str | None:
+    """Where a workflow's deliveries go: its own URL, else its origin instance's."""
+    if c.record.webhook_url:
+        return c.record.webhook_url
+    return settings.origin_urls.get(c.record.spec.origin_instance)
+
+
 def target_url(row: Mapping[str, Any], settings: WebhookSettings) -> str | None:
     """Where a task's deliveries go: its own URL, else its origin instance's (once its
-    task-submitted event is projected, so that a task's own URL can never lose to it)."""
+    task-submitted event is projected, so that a task's own URL can never lose to it); nowhere
+    for a step of a workflow with ``suppress_subtask_events``."""
+    if (row.get("orchestration") or {}).get("suppress_events"):
+        return None
     own = row.get("webhook_url")
     if own:
         return own
@@ -240,7 +284,7 @@ def enqueue(conn: psycopg.Connection, result: BatchResult, settings: WebhookSett
     """Queue one outbox row per status change in ``result`` that has a target URL: its task
     ``transitions`` (and, for a task whose submitted event came after some of its statuses, those
     earlier changes first) and, for a :class:`~projection.db.generation_projection.ProjectedBatch`,
-    its ``generation_changes``. Call it inside the batch's transaction (the projector's
+    its ``generation_changes`` and ``workflow_changes``. Call it inside the batch's transaction (the projector's
     ``in_transaction`` hook). Returns the rows given."""
     rows = []
     for c in getattr(result, "generation_changes", ()):
@@ -248,6 +292,11 @@ def enqueue(conn: psycopg.Connection, result: BatchResult, settings: WebhookSett
         if url is not None:
             rows.append((GENERATION, c.generation_id, generation_event_id(c.generation_id, c.after),
                          url, _json(generation_payload(c))))
+    for w in getattr(result, "workflow_changes", ()):
+        url = workflow_target_url(w, settings)
+        if url is not None:
+            rows.append((WORKFLOW, w.workflow_id, workflow_event_id(w.workflow_id, w.after, w.version),
+                         url, _json(workflow_payload(w))))
     missed = [t for tid, row in result.late_submissions if target_url(row, settings)
               for t in _transitions_so_far(conn, tid, row)]
     for t in [*missed, *result.transitions]:  # a transition in both is queued once, in order

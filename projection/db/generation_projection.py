@@ -227,13 +227,18 @@ class ProjectedBatch(BatchResult):
 
     generations_written: int = 0
     generation_changes: list[GenerationChange] = field(default_factory=list)
+    # The workflows' part (projection/db/workflow_projection.py): rows written, status changes.
+    workflows_written: int = 0
+    workflow_changes: list[Any] = field(default_factory=list)
 
     @classmethod
-    def of(cls, tasks: BatchResult, generations: GenerationBatchResult | None = None
-           ) -> ProjectedBatch:
+    def of(cls, tasks: BatchResult, generations: GenerationBatchResult | None = None,
+           workflows: Any = None) -> ProjectedBatch:
         generations = generations or GenerationBatchResult()
         return cls(**vars(tasks), generations_written=generations.written,
-                   generation_changes=generations.changes)
+                   generation_changes=generations.changes,
+                   workflows_written=0 if workflows is None else workflows.written,
+                   workflow_changes=[] if workflows is None else workflows.changes)
 
 
 def apply_generation_records(conn: psycopg.Connection, records: Iterable[GenerationRecord]) -> int:
