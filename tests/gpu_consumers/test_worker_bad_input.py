@@ -192,6 +192,25 @@ def test_a_mask_of_the_wrong_size_fails_with_invalid_input(kafka, status_log, ru
     assert not (results_dir / UNTENANTED / task_id).exists()
 
 
+def test_a_subject_swap_whose_catalog_lora_is_unknown_fails_with_invalid_input(kafka, status_log, run_worker,
+                                                                               inputs, results_dir):
+    # The catalog entry the planner resolved names a LoRA this worker cannot find: checked before
+    # any image is fetched or model loaded (gpu_consumers/handlers/editing.py).
+    subject = {"id": "0b6f4d1e-8f7c-4f65-9a57-3c2b1d0e9f11", "name": "Nobody", "lora_ref": "clients/nobody",
+               "lora_weight": 0.8}
+    task_id = submit(kafka, TaskType.EDITING, {
+        "base_image_url": image_url(inputs, "shot.png"), "prompt": "replace the person",
+        "provider_config": {"tool": "SUBJECT_SWAP", "subject": subject}})
+
+    stats = run_worker()
+
+    assert stats.failed == 1
+    state = failed(status_log, task_id)
+    assert state.error_code is ErrorCode.INVALID_INPUT
+    assert "subject: unknown LoRA reference 'clients/nobody'" in state.error_message
+    assert not (results_dir / UNTENANTED / task_id).exists()
+
+
 # --------------------------------------------------------------------------- parameters
 
 
