@@ -1,10 +1,30 @@
-"""IMAGE_ADJUSTER: brightness, contrast, saturation and warmth, exact and deterministic.
+"""IMAGE_ADJUSTER: brightness, contrast, saturation and warmth, exact and deterministic, and the
+``prompt`` ("Adjustment guidance") turned into those same four values.
 
-There is no model: the adjustment is plain pixel math, so the only provider is ``classical``.
+Providers of this type live here, one class each:
 
-The image is taken as float32 RGB in [0, 1] (``x = v / 255``). Each parameter is in -1..1 and
-0 (or None) means "unchanged"; the steps run in this fixed order, each followed by a clip to
-[0, 1] so the next step sees a valid image:
+* ``transformers`` (:class:`TransformersImageAdjuster`, the default): the guidance is read by the
+  registry's ``llm`` role (the model LLM_INTERACTION runs: Qwen2.5-Instruct in production, a tiny
+  Qwen2 offline), asked for one JSON object of values at temperature 0
+  (:mod:`.adjust_guidance` has the prompt); the answer is parsed strictly, and an unusable one
+  (not exactly that JSON) falls back to the keyword reading below. The model is loaded only for a
+  task that has a prompt;
+* ``classical`` (:class:`ImageAdjusterHandler`, weight-free): the guidance is read by the
+  documented keyword rules of :func:`.adjust_guidance.interpret_keywords` ("brighter", "too
+  dark", "more contrast", "muted", "warmer", "a bit" / "much" ...).
+
+Either way the guidance is never silently ignored: a prompt from which neither reading gets a
+value is INVALID_INPUT (it names the words the rules know). **Precedence**: the explicit
+parameters are the base and the guidance is added (``clip(explicit + guided, -1, 1)``). With no
+prompt both providers run exactly the classical pixel math below, with no model, and report
+provider ``classical``. Which path decided the values is in the result metadata: ``model`` is
+``numpy-color-adjust`` (no prompt), ``numpy-color-adjust+keywords`` (the rules decided) or
+``numpy-color-adjust+<llm model id>`` (the model decided); ``extra["guidance"]`` holds the
+values, the matched phrases or the model's answer, and why an answer was unusable.
+
+The pixel math: the image is taken as float32 RGB in [0, 1] (``x = v / 255``). Each parameter is
+in -1..1 and 0 (or None) means "unchanged"; the steps run in this fixed order, each followed by a
+clip to [0, 1] so the next step sees a valid image:
 
 1. brightness ``b``:  ``x' = x * (1 + b)``              (b = -1 gives black)
 2. contrast ``c``:    ``x' = (x - 0.5) * (1 + c) + 0.5``  (c = -1 gives flat mid-grey)
@@ -12,23 +32,36 @@ The image is taken as float32 RGB in [0, 1] (``x = v / 255``). Each parameter is
                       ``x' = Y + (x - Y) * (1 + s)``     (s = -1 gives greyscale)
 4. warmth ``w``:      ``R' = R * (1 + 0.2 w)``, ``B' = B * (1 - 0.2 w)``, G unchanged
 
-The result is rounded once to uint8 (``rint(x * 255)``, half to even). A step whose parameter is
-0 or None is skipped, so all-zero parameters return the input pixels exactly. The alpha channel,
-if any, is copied unchanged. ``prompt`` is accepted (the seed lists it) but no model reads it;
-it is recorded in the result's ``extra`` so that a caller can see it arrived.
+The result is rounded once to uint8 (``rint(x * 255)``, half to even). A step whose value is 0 is
+skipped, so all-zero values return the input pixels exactly. The alpha channel, if any, is
+copied unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import ClassVar
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
+from gpu_consumers.errors import InvalidInput
+from gpu_consumers.handlers.adjust_guidance import (
+    ANSWER_MAX_TOKENS,
+    FIELDS,
+    SYSTEM_PROMPT,
+    USER_PROMPT,
+    UnusableAnswer,
+    combine,
+    interpret_keywords,
+    parse_answer,
+)
 from gpu_consumers.handlers.base import HandlerResult, TaskContext
-from gpu_consumers.handlers.classical import StepCounter, encode_image, load_picture, to_uint8
+from gpu_consumers.handlers.classical import Picture, StepCounter, encode_image, load_picture, to_uint8
 from schemas.enums import TaskType
-from schemas.task_params import ImageAdjusterParams
+from schemas.task_params import ImageAdjusterParams, LlmInteractionParams
+
+DEFAULT_PROVIDER = "transformers"
 
 # Rec. 601 luma weights (the same ones Pillow's convert("L") uses).
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -66,10 +99,11 @@ ADJUSTMENTS = (
 )
 
 
-def adjust(rgb: np.ndarray, params: ImageAdjusterParams,
+def adjust(rgb: np.ndarray, params: ImageAdjusterParams | Mapping[str, float | None],
            on_step: Callable[[], None] = lambda: None) -> np.ndarray:
-    """Apply the non-zero adjustments of ``params`` to uint8 RGB; return uint8 RGB."""
-    active = [(name, fn, getattr(params, name)) for name, fn in ADJUSTMENTS if getattr(params, name)]
+    """Apply the non-zero adjustments (of ``params`` or a ``{field: value}`` map) to uint8 RGB."""
+    get = params.get if isinstance(params, Mapping) else lambda name: getattr(params, name)
+    active = [(name, fn, get(name)) for name, fn in ADJUSTMENTS if get(name)]
     if not active:
         return rgb  # the identity, exactly: nothing is converted or rounded
     x = rgb.astype(np.float32) / np.float32(255.0)
@@ -79,7 +113,42 @@ def adjust(rgb: np.ndarray, params: ImageAdjusterParams,
     return to_uint8(x, 255.0)
 
 
+def explicit_values(params: ImageAdjusterParams) -> dict[str, float | None]:
+    return {name: getattr(params, name) for name in FIELDS}
+
+
+def keyword_guidance(guidance: str) -> tuple[dict[str, float], dict[str, Any]]:
+    """The rules' values and what to record; INVALID_INPUT if they find nothing to change."""
+    reading = interpret_keywords(guidance)
+    if not reading.values:
+        raise InvalidInput(
+            f"prompt: no adjustment found in {guidance[:200]!r}; say what to change (brighter / "
+            "darker, more / less contrast, more vivid / muted, warmer / cooler, black and white; "
+            "'a bit' or 'much' for how far) or set brightness, contrast, saturation, warmth")
+    return reading.values, {"decided_by": "keywords", "values": reading.values,
+                            "matched": list(reading.matched)}
+
+
+def _render(picture: Picture, values: Mapping[str, float], ctx: TaskContext, model: str, provider: str,
+            prompt: str | None, guidance: dict[str, Any] | None,
+            scale: Callable[[float], float] = lambda f: f) -> HandlerResult:
+    """Stages 3-5 shared by both providers: the pixel math, the encoding, the result."""
+    applied = {name: float(values[name]) for name in FIELDS if values.get(name)}
+    steps = StepCounter(dataclasses.replace(ctx, progress=lambda f: ctx.progress(scale(f))),
+                        len(applied) + 1)
+    rgb = adjust(picture.rgb, applied, on_step=steps.step)
+    output = encode_image(rgb, picture.alpha)
+    steps.finish()
+    extra: dict[str, Any] = {"applied": applied, "prompt": prompt}
+    if guidance is not None:
+        extra["guidance"] = guidance
+    return HandlerResult(outputs=[output], model=model, provider=provider, seed=None,
+                         width=picture.width, height=picture.height, extra=extra)
+
+
 class ImageAdjusterHandler:
+    """The weight-free provider: explicit values plus the keyword reading of the guidance."""
+
     task_type: ClassVar[TaskType] = TaskType.IMAGE_ADJUSTER
     providers: ClassVar[tuple[str, ...]] = ("classical",)
 
@@ -88,24 +157,67 @@ class ImageAdjusterHandler:
         picture = load_picture(ctx, params.base_image_url, "base_image_url")
         ctx.cancel.raise_if_cancelled()
 
-        # 2. prepare: one progress step per active adjustment, plus encoding
-        applied = {name: float(getattr(params, name)) for name, _ in ADJUSTMENTS if getattr(params, name)}
-        steps = StepCounter(ctx, len(applied) + 1)
+        # 2. prepare: the values (the guidance read by the rules, added to the explicit ones)
+        if not params.prompt:
+            return _render(picture, explicit_values(params), ctx, MODEL_NAME, "classical", None, None)
+        guided, record = keyword_guidance(params.prompt)
+        values = combine(explicit_values(params), guided)
 
-        # 3. process
-        rgb = adjust(picture.rgb, params, on_step=steps.step)
+        # 3-5. process, encode, return
+        return _render(picture, values, ctx, f"{MODEL_NAME}+keywords", "classical", params.prompt, record)
 
-        # 4. encode
-        output = encode_image(rgb, picture.alpha)
-        steps.finish()
 
-        # 5. return
-        return HandlerResult(
-            outputs=[output],
-            model=MODEL_NAME,
-            provider="classical",
-            seed=None,
-            width=picture.width,
-            height=picture.height,
-            extra={"applied": applied, "prompt": params.prompt},
-        )
+# The language model's part of the progress bar (its answer streams token by token).
+LLM_PROGRESS_SHARE = 0.5
+# (LLM_INTERACTION params, ctx) -> (answer text, model id); tests pass a scripted one.
+AnswerFn = Callable[[LlmInteractionParams, TaskContext], tuple[str, str]]
+
+
+def llm_answer(params: LlmInteractionParams, ctx: TaskContext) -> tuple[str, str]:
+    """The worker's language model answers, through the LLM_INTERACTION handler itself (its
+    chat template, context-window check, greedy decoding, per-token cancel check)."""
+    from gpu_consumers.handlers.llm_interaction import TransformersLlmInteraction
+
+    result = TransformersLlmInteraction().run(params, ctx)
+    return result.text or "", result.model
+
+
+class TransformersImageAdjuster:
+    """The default provider: the language model reads the guidance; the rules if it cannot."""
+
+    task_type: ClassVar[TaskType] = TaskType.IMAGE_ADJUSTER
+    providers: ClassVar[tuple[str, ...]] = ("transformers",)
+
+    def __init__(self, answer: AnswerFn | None = None) -> None:
+        self._answer = answer or llm_answer
+
+    def run(self, params: ImageAdjusterParams, ctx: TaskContext) -> HandlerResult:
+        # 1. check inputs
+        picture = load_picture(ctx, params.base_image_url, "base_image_url")
+        ctx.cancel.raise_if_cancelled()
+        if not params.prompt:  # no guidance: the classical path exactly, no model loaded
+            return _render(picture, explicit_values(params), ctx, MODEL_NAME, "classical", None, None)
+
+        # 2. ask the model (greedy: the same guidance gives the same values)
+        question = LlmInteractionParams(prompt=USER_PROMPT.format(guidance=params.prompt),
+                                        system_prompt=SYSTEM_PROMPT, max_tokens=ANSWER_MAX_TOKENS,
+                                        temperature=0.0)
+        share = dataclasses.replace(ctx, progress=lambda f: ctx.progress(LLM_PROGRESS_SHARE * f))
+        text, llm_model = self._answer(question, share)
+        ctx.cancel.raise_if_cancelled()
+
+        # 3. the values: the model's answer if usable, else the rules
+        try:
+            guided = parse_answer(text)
+            record: dict[str, Any] = {"decided_by": "llm", "values": guided}
+            model = f"{MODEL_NAME}+{llm_model}"
+        except UnusableAnswer as exc:
+            guided, record = keyword_guidance(params.prompt)
+            record["llm_unusable"] = str(exc)
+            model = f"{MODEL_NAME}+keywords"
+        record.update(llm_model=llm_model, llm_answer=text[:500])
+        values = combine(explicit_values(params), guided)
+
+        # 4-6. process, encode, return
+        return _render(picture, values, ctx, model, "transformers", params.prompt, record,
+                       scale=lambda f: LLM_PROGRESS_SHARE + (1.0 - LLM_PROGRESS_SHARE) * f)

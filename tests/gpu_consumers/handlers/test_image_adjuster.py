@@ -119,14 +119,30 @@ def test_alpha_channel_is_preserved(harness):
 
 def test_deterministic_bytes_and_result_fields(harness):
     rgb = np.random.default_rng(3).integers(0, 256, (12, 12, 3), dtype=np.uint8)
-    a = run(harness, rgb, contrast=0.3, prompt="a bit punchier")
-    b = run(Harness(), rgb, contrast=0.3, prompt="a bit punchier")
+    a = run(harness, rgb, contrast=0.3)
+    b = run(Harness(), rgb, contrast=0.3)
     assert a.outputs[0].data == b.outputs[0].data
     assert (a.provider, a.model, a.seed) == ("classical", "numpy-color-adjust", None)
     assert (a.width, a.height) == (12, 12)
     assert a.outputs[0].content_type == "image/png" and a.outputs[0].suffix == ".png"
-    assert a.extra == {"applied": {"contrast": 0.3}, "prompt": "a bit punchier"}
+    assert a.extra == {"applied": {"contrast": 0.3}, "prompt": None}
     assert ImageAdjusterHandler.task_type is TaskType.IMAGE_ADJUSTER
+
+
+def test_the_guidance_is_read_by_the_rules_and_added_to_the_explicit_values(harness):
+    rgb = np.random.default_rng(3).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    guided = run(harness, rgb, contrast=0.3, prompt="a bit punchier")
+    # "punchier" is +0.2 contrast, "a bit" halves it: 0.3 + 0.1
+    assert guided.model == "numpy-color-adjust+keywords" and guided.provider == "classical"
+    assert guided.extra["applied"] == {"contrast": 0.4}
+    assert guided.extra["guidance"] == {"decided_by": "keywords", "values": {"contrast": 0.1},
+                                        "matched": ["punchier"]}
+    assert np.array_equal(decode(guided), decode(run(Harness(), rgb, contrast=0.4)))
+
+
+def test_guidance_the_rules_cannot_read_is_invalid_input_not_ignored(harness):
+    with pytest.raises(InvalidInput, match="no adjustment found"):
+        run(harness, one_pixel_image(), brightness=0.1, prompt="make it look nice")
 
 
 def test_progress_is_monotonic_and_ends_at_one(harness):
