@@ -32,6 +32,8 @@ from processors.orchestrator import FetchImage, Orchestrator, Outbox, install
 from processors.progress import install as install_progress_watch
 from processors.settings import ProcessorSettings
 from processors.transport import ProcessorsApp
+from processors.workflows import WorkflowEngine
+from processors.workflows import install as install_workflows
 from schemas.codec import EventCodec
 from schemas.enums import TaskStatus
 from schemas.errors import DecodeError
@@ -40,6 +42,7 @@ from schemas.headers import header_dict, json_record_headers
 from schemas.kafka_settings import KafkaSettings
 from schemas.partitioning import key_partition
 from schemas.record_rules import check_task_record
+from schemas.workflow_events import is_workflow_id
 from state.lifecycle import TaskState
 from state.retry import decide
 from state.stops import STOPS_TO_FAIL
@@ -249,10 +252,11 @@ def create_app(
                 if changed.task_id in submissions.data:
                     _delete(submissions, changed.partition, changed.task_id)
                 generation_id = changed.state.generation_id
-                if generation_id is not None:  # repartition: task id -> generation id
+                if generation_id is not None:  # repartition: task id -> generation/workflow id
                     key = generation_id.encode()
                     delivery = await app.producer.send(
-                        topics.generations, key, changed.document,
+                        topics.workflows if is_workflow_id(generation_id) else topics.generations,
+                        key, changed.document,
                         key_partition(key, kafka.partitions), None, headers)
                     delivery.add_done_callback(on_state_delivered)
 
@@ -291,6 +295,8 @@ def create_app(
         evaluator_settings or EvaluatorSettings.from_env(), fetch_image or _default_fetch_image())
     install(app, kafka, orchestrator, dead_letter_headers=_dead_letter_headers,
             on_delivered=on_state_delivered)
+    install_workflows(app, kafka, WorkflowEngine(Outbox(kafka, codec)), codec,
+                      dead_letter_headers=_dead_letter_headers, on_delivered=on_state_delivered)
     # Committed offsets of the fold's sources must move while they have records to commit
     # (processors/progress.py: rejoin, then crash for the supervisor; issue 15 item 2).
     app.progress = install_progress_watch(
