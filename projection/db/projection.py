@@ -9,8 +9,10 @@ Rules (ARCHITECTURE.md section 4):
   loaded from the row, so duplicates, reordering and replays never regress a row; ``version``
   counts the changes the fold applied (0: only the task-submitted event seen so far).
 * Task-submitted columns (params, webhook, orchestration, origin) come from the submitted event
-  of the highest attempt (the earliest one of that attempt on a tie); origin fields a submitted
-  event leaves empty are taken from the status events.
+  of the highest attempt (the earliest one of that attempt on a tie); the tenant, origin version
+  and entity id a submitted event leaves empty are taken from the status events, which carry the
+  task's. Not the origin instance and zone: a status event's name whoever wrote it (a worker, a
+  processor; issue 17), not the task's submitter.
 * ``task_events`` holds every distinct status event once, numbered 1, 2, 3... per task in the
   order first seen (the SSE ids).
 * Concurrency: each transaction takes a per-task advisory lock (in sorted order, so two
@@ -92,9 +94,11 @@ STATUS_COLUMNS = (
 SUBMITTED_COLUMNS = (
     "params", "origin_instance", "origin_zone", "origin_tenant_id", "provider_type", "webhook_url",
     "idempotency_key", "generation_id", "orchestration", "submitted_event_id", "submitted_attempt",
-    "submitted_at",
+    "submitted_at", "origin_version", "entity_id",
 )
-ORIGIN_COLUMNS = ("origin_instance", "origin_zone", "origin_tenant_id")
+ORIGIN_COLUMNS = ("origin_instance", "origin_zone", "origin_tenant_id", "origin_version", "entity_id")
+# The task's own values that every status event carries too (migration 0012).
+STATUS_CARRIED_COLUMNS = ("origin_tenant_id", "origin_version", "entity_id")
 WRITE_COLUMNS = ("task_id", *STATUS_COLUMNS, *SUBMITTED_COLUMNS)
 _JSON_COLUMNS = frozenset({"params", "result", "orchestration"})
 
@@ -326,7 +330,7 @@ def apply_events(conn: psycopg.Connection, events: Iterable[StatusChanged | Task
         new_events.append((env.event_id, tid, row["event_seq"], env.attempt,
                            event.status.value, event.progress, env.occurred_at,
                            jsonb(_event_payload(event))))
-        for column in ORIGIN_COLUMNS:
+        for column in STATUS_CARRIED_COLUMNS:
             row[column] = row[column] or getattr(env, column)
     changed: list[dict[str, Any]] = []
     for tid in task_ids:

@@ -22,7 +22,7 @@ TASK_COLUMNS = (
     "task_id", "task_type", "status", "attempt", "progress", "message", "params", "result",
     "error_code", "error_message", "origin_instance", "origin_zone", "origin_tenant_id",
     "provider_type", "webhook_url", "generation_id", "created_at", "queued_at", "started_at",
-    "completed_at", "duration_ms", "updated_at", "version", "event_seq",
+    "completed_at", "duration_ms", "updated_at", "version", "event_seq", "origin_version", "entity_id",
 )
 _SELECT = sql.SQL("SELECT {} FROM tasks").format(sql.SQL(", ").join(map(sql.Identifier, TASK_COLUMNS)))
 _TIMESTAMP_COLUMNS = ("created_at", "queued_at", "started_at", "completed_at", "updated_at")
