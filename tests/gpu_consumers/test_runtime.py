@@ -92,7 +92,7 @@ def test_a_task_completes_with_its_result_and_one_commit(kafka, status_log, resu
     assert files_of(results_dir, task_id) and Image.open(files_of(results_dir, task_id)[0]).size == (12, 10)
     meta = result.metadata
     assert (meta.model, meta.provider, meta.width, meta.height, meta.content_type) == (
-        "numpy-color-adjust", "classical", 12, 10, "image/png")
+        "numpy-color-adjust+keywords", "classical", 12, 10, "image/png")  # the prompt "warmer" read by the rules
     assert meta.timing_ms >= 0
     statuses = [e.status for e in status_log.events[task_id]]
     assert statuses[:3] == [TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.PROCESSING]
