@@ -188,6 +188,10 @@ def test_editing_tasks_carry_the_tool_and_the_catalog_entries_for_the_worker():
                     "lora_weight": 0.65}}
     plain = plan_generation({"strategy": "EDITING", "base_img_path": "s3://in/look.png", "tool": "EDIT"}, store)
     assert plain.tasks[0].params.provider_config == {"tool": "EDIT"}
+    missing = "3f1c2b4a-0000-4000-8000-000000000001"  # an unknown subject: refused before any task exists
+    with pytest.raises(UnknownCatalogEntry, match=f"subject {missing}"):
+        plan_generation({"strategy": "EDITING", "base_img_path": "s3://in/look.png", "tool": "SUBJECT_SWAP",
+                         "subject_id": missing}, store)
 
 
 @pytest.mark.parametrize("request_, task_type", [
