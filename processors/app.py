@@ -2,7 +2,7 @@
 (docs/PROCESSORS.md).
 
     status topic ──fold_status──> tasks table ══ its changelog: <prefix>.tasks.state (compacted)
-         │                            ├─> lease book ──lease timer──> FAILED, retry record
+         │                            ├─> lease book ──lease timer──> time-out, retry rec.
          └─ unreadable ──> <status>.dlq│                   ▲   (status topic, task topic)
     task topics ──keep_submissions──> submissions table ───┘
                                        └─> final states of generation tasks, keyed by generation
@@ -35,7 +35,6 @@ from processors.transport import ProcessorsApp
 from processors.workflows import WorkflowEngine
 from processors.workflows import install as install_workflows
 from schemas.codec import EventCodec
-from schemas.enums import TaskStatus
 from schemas.errors import DecodeError
 from schemas.events import TaskSubmitted
 from schemas.headers import header_dict, json_record_headers
@@ -44,8 +43,6 @@ from schemas.partitioning import key_partition
 from schemas.record_rules import check_task_record
 from schemas.workflow_events import is_workflow_id
 from state.lifecycle import TaskState
-from state.retry import decide
-from state.stops import STOPS_TO_FAIL
 
 log = logging.getLogger("processors.app")
 
@@ -213,12 +210,9 @@ def create_app(
         decoded[task_id] = (document, state)
 
     def is_final(state: TaskState) -> bool:
-        if state.status in (TaskStatus.COMPLETED, TaskStatus.CANCELLED):
-            return True
-        if state.status is TaskStatus.FAILED and len(state.stopped_attempts) >= STOPS_TO_FAIL:
-            return True  # the poison rule ended it, whatever attempts the policy has left
-        return state.status is TaskStatus.FAILED and not (
-            state.error_code and decide(state.error_code, state.attempt, policy).retry)
+        # Every terminal is final: a retry is QUEUED for the next attempt, never FAILED (the
+        # retry policy and the poison rule are applied by whoever emits it; state/lifecycle.py).
+        return state.is_terminal
 
     def on_state_delivered(delivery: Any) -> None:
         if not delivery.cancelled() and delivery.exception() is not None:

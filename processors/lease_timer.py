@@ -19,7 +19,15 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from processors.leases import LeaseAction, LeaseBook, Retry, TimeOut, retry_events, timeout_event
+from processors.leases import (
+    LeaseAction,
+    LeaseBook,
+    Retry,
+    TimeOut,
+    lost_record_event,
+    retry_events,
+    timeout_event,
+)
 from processors.settings import ProcessorSettings
 from schemas.codec import EventCodec
 from schemas.emit import produce_event
@@ -103,7 +111,7 @@ class LeaseTimer:
         state = action.state
         if isinstance(action, TimeOut):
             self.timeouts += 1
-            log.info("task %s attempt %d: lease of %gs ran out; FAILED/PROVIDER_TIMEOUT (%s)",
+            log.info("task %s attempt %d: lease of %gs ran out; PROVIDER_TIMEOUT (%s)",
                      state.task_id, state.attempt, action.lease_s, action.decision.reason)
             return [(self._status_topic, timeout_event(action), None)]
         assert isinstance(action, Retry)
@@ -114,14 +122,14 @@ class LeaseTimer:
             log.error("task %s: its task record cannot be read (%s); not retried", state.task_id, exc)
             submitted = None
         if not isinstance(submitted, TaskSubmitted):
-            log.error("task %s: no task record to start attempt %d from; it stays FAILED",
-                      state.task_id, state.attempt + 1)
+            log.error("task %s: no task record to start attempt %d from; it ends FAILED",
+                      state.task_id, state.attempt)
             self._book.forget(state.task_id)
-            return []
+            return [(self._status_topic, lost_record_event(action), None)]
         record, queued = retry_events(action, submitted)
         self.retries += 1
-        log.info("task %s: attempt %d resubmitted after a lease time-out", state.task_id,
-                 record.envelope.attempt)
+        log.info("task %s: attempt %d resubmitted (%s)", state.task_id,
+                 record.envelope.attempt, action.decision.reason)
         return [(self._kafka.topics.task(record.envelope.task_type), record, action.stops),
                 (self._status_topic, queued, None)]
 

@@ -46,7 +46,7 @@ def lifecycle(task_id: str, start: datetime, rng: random.Random) -> list[StatusC
         return [*head, *run, status(task_id, TaskStatus.COMPLETED, t[4], result=True)]
     if kind == "retried":
         return [*head, *run,
-                status(task_id, TaskStatus.FAILED, t[4], error=ErrorCode.PROVIDER_ERROR),
+                status(task_id, TaskStatus.QUEUED, t[4], attempt=2, error=ErrorCode.PROVIDER_ERROR),
                 status(task_id, TaskStatus.PROCESSING, t[5], attempt=2, progress=0.2),
                 status(task_id, TaskStatus.COMPLETED, t[6], attempt=2, result=True)]
     if kind == "cancelled":

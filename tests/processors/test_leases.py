@@ -13,7 +13,9 @@ from processors.leases import (
     Retry,
     TimeOut,
     is_lease_failure,
+    is_lease_retry_wait,
     lease_event_id,
+    lost_record_event,
     needs_watching,
     resolve,
     retry_events,
@@ -41,7 +43,7 @@ def after(seconds: float):
 
 
 def timed_out(state):
-    """The state once the lease's FAILED event was folded."""
+    """The state once the lease's time-out event (QUEUED for a retry, else FAILED) was folded."""
     action = resolve(state, state.updated_at + timedelta(seconds=LEASE_S + 1), LEASE_S, POLICY)
     assert isinstance(action, TimeOut)
     return fold(state, timeout_event(action)), action
@@ -52,12 +54,14 @@ def test_a_fresh_processing_task_is_left_alone() -> None:
 
 
 def test_a_stale_task_times_out_retryably_with_a_deterministic_event() -> None:
+    """A retryable time-out is not FAILED (final): QUEUED for attempt 2 with the error."""
     state = processing()
     action = resolve(state, after(LEASE_S + 0.001), LEASE_S, POLICY)
     assert isinstance(action, TimeOut) and action.decision.retry
     event = timeout_event(action)
-    assert event.status is TaskStatus.FAILED and event.envelope.attempt == 1
+    assert event.status is TaskStatus.QUEUED and event.envelope.attempt == 2
     assert event.error.code is ErrorCode.PROVIDER_TIMEOUT and event.error.retryable
+    assert "runs at" in event.message
     assert event.envelope.occurred_at == state.updated_at + timedelta(seconds=LEASE_S)
     # Judged again later (after a crash, by another worker): the very same event.
     again = timeout_event(resolve(state, after(10 * LEASE_S), LEASE_S, POLICY))
@@ -75,7 +79,10 @@ def test_only_processing_tasks_have_a_lease(st: TaskStatus) -> None:
 
 def test_the_retry_waits_for_the_backoff_then_starts_the_next_attempt() -> None:
     failed, action = timed_out(processing())
-    assert is_lease_failure(failed) and needs_watching(failed, POLICY)
+    assert (failed.status, failed.attempt, failed.error_code) == (
+        TaskStatus.QUEUED, 2, ErrorCode.PROVIDER_TIMEOUT)
+    assert failed.awaiting_retry and not failed.is_terminal
+    assert is_lease_failure(failed) and is_lease_retry_wait(failed) and needs_watching(failed, POLICY)
     due = failed.updated_at + timedelta(seconds=POLICY.backoff_base_s)
     assert resolve(failed, due - timedelta(milliseconds=1), LEASE_S, POLICY) is None
     retry = resolve(failed, due, LEASE_S, POLICY)
@@ -89,28 +96,78 @@ def test_the_retry_waits_for_the_backoff_then_starts_the_next_attempt() -> None:
     assert record.envelope.event_id == lease_event_id(failed.task_id, 2, "retry")
     assert queued.envelope.event_id == lease_event_id(failed.task_id, 2, "queued")
     assert retry_events(retry, original) == (record, queued)  # deterministic
-    assert fold(failed, queued).attempt == 2  # the new attempt takes over in the fold
+    resubmitted = fold(failed, queued)
+    assert (resubmitted.status, resubmitted.attempt) == (TaskStatus.QUEUED, 2)
+    assert resubmitted.error_code is ErrorCode.PROVIDER_TIMEOUT  # still says why it runs again
+    assert not needs_watching(resubmitted, POLICY)  # resubmitted once: now a worker's
+    assert resolve(resubmitted, after(1e6), LEASE_S, POLICY) is None
+
+
+def test_a_cancel_during_the_retry_wait_stops_the_resubmission() -> None:
+    waiting, _ = timed_out(processing())
+    cancelled = fold(waiting, status(waiting.task_id, TaskStatus.CANCELLED,
+                                     waiting.updated_at + timedelta(seconds=0.5), attempt=2))
+    assert cancelled.status is TaskStatus.CANCELLED and cancelled.attempt == 2
+    assert not needs_watching(cancelled, POLICY)
+    assert resolve(cancelled, after(1e6), LEASE_S, POLICY) is None
+
+
+def test_a_workers_retry_wait_is_resubmitted_only_a_lease_after_its_backoff() -> None:
+    """The worker that wrote QUEUED(2) runs attempt 2 itself after the back-off; if the task is
+    still QUEUED a lease later, that worker is gone and the lease timer resubmits the record."""
+    task_id = str(uuid.uuid4())
+    waiting = fold(processing(task_id=task_id),
+                   status(task_id, TaskStatus.QUEUED, after(1), attempt=2,
+                          error=ErrorCode.PROVIDER_ERROR))
+    assert waiting.awaiting_retry and needs_watching(waiting, POLICY)
+    assert not is_lease_retry_wait(waiting)
+    due = after(1) + timedelta(seconds=POLICY.backoff_base_s + LEASE_S)
+    assert resolve(waiting, due - timedelta(milliseconds=1), LEASE_S, POLICY) is None
+    retry = resolve(waiting, due, LEASE_S, POLICY)
+    assert isinstance(retry, Retry) and retry.due_at == due
+    record, queued = retry_events(retry, submitted(task_id))
+    assert record.envelope.attempt == queued.envelope.attempt == 2
+    # The worker did run it: PROCESSING(2) ends the watch.
+    running = fold(waiting, status(task_id, TaskStatus.PROCESSING, after(3), attempt=2))
+    assert running.status is TaskStatus.PROCESSING  # watched for its lease again, not the wait
+    assert resolve(running, after(4), LEASE_S, POLICY) is None
+
+
+def test_a_retry_wait_with_no_task_record_ends_failed_once() -> None:
+    waiting, _ = timed_out(processing())
+    retry = resolve(waiting, after(1e6), LEASE_S, POLICY)
+    assert isinstance(retry, Retry)
+    event = lost_record_event(retry)
+    assert (event.status, event.envelope.attempt) == (TaskStatus.FAILED, 2)
+    assert event.error.code is ErrorCode.PROVIDER_TIMEOUT and not event.error.retryable
+    assert event == lost_record_event(retry)  # deterministic id and time
+    ended = fold(waiting, event)
+    assert ended.status is TaskStatus.FAILED and not needs_watching(ended, POLICY)
 
 
 def test_the_last_allowed_attempt_fails_for_good() -> None:
     state = processing(attempt=POLICY.max_attempts)
     failed, action = timed_out(state)
     assert not action.decision.retry and not timeout_event(action).error.retryable
+    assert (failed.status, failed.attempt) == (TaskStatus.FAILED, POLICY.max_attempts)
     assert is_lease_failure(failed) and not needs_watching(failed, POLICY)
     assert resolve(failed, after(10_000), LEASE_S, POLICY) is None
 
 
-def test_a_workers_own_failure_is_not_retried_by_the_lease() -> None:
+def test_a_workers_final_failure_is_left_alone() -> None:
     task_id = str(uuid.uuid4())
     state = fold(processing(task_id=task_id),
                  status(task_id, TaskStatus.FAILED, after(1), error=ErrorCode.PROVIDER_ERROR))
-    assert not is_lease_failure(state)
-    assert resolve(state, after(10_000), LEASE_S, POLICY) is None  # the worker retries it
+    assert not is_lease_failure(state) and not needs_watching(state, POLICY)
+    assert resolve(state, after(10_000), LEASE_S, POLICY) is None  # FAILED is final
 
 
 def test_a_late_completion_beats_the_lease_failure() -> None:
-    failed, _ = timed_out(processing())
-    done = fold(failed, status(failed.task_id, TaskStatus.COMPLETED, after(LEASE_S + 5), result=True))
+    """The final time-out (FAILED) races the slow worker's COMPLETED: the result wins."""
+    failed, _ = timed_out(processing(attempt=POLICY.max_attempts))
+    assert failed.status is TaskStatus.FAILED
+    done = fold(failed, status(failed.task_id, TaskStatus.COMPLETED, after(LEASE_S + 5), result=True,
+                               attempt=POLICY.max_attempts))
     assert done.status is TaskStatus.COMPLETED
     assert resolve(done, after(10_000), LEASE_S, POLICY) is None
 
@@ -144,13 +201,11 @@ def test_a_lease_time_out_after_a_hard_stop_is_the_second_stop() -> None:
     """Attempt 1 ended by the worker's hard stop (its deterministic event id), attempt 2's worker
     vanished: the lease ends the task instead of starting attempt 3."""
     task_id = str(uuid.uuid4())
-    hard = status(task_id, TaskStatus.FAILED, after(1), error=ErrorCode.PROVIDER_TIMEOUT,
-                  event_id=worker_stop_event_id(task_id, 1))
+    hard = status(task_id, TaskStatus.QUEUED, after(1), error=ErrorCode.PROVIDER_TIMEOUT,
+                  event_id=worker_stop_event_id(task_id, 1), attempt=2)
     state = fold_all([hard], processing(task_id=task_id))
-    assert state.stopped_attempts == {1}
-    assert resolve(state, after(1e6), LEASE_S, POLICY) is None  # the worker retries its own stop
-    second = fold_all([status(task_id, TaskStatus.QUEUED, after(5), attempt=2),
-                       status(task_id, TaskStatus.PROCESSING, after(6), attempt=2)], state)
+    assert state.stopped_attempts == {1} and state.awaiting_retry
+    second = fold_all([status(task_id, TaskStatus.PROCESSING, after(6), attempt=2)], state)
     failed, action = timed_out(second)
     assert action.stop.poisoned and not action.decision.retry
     assert (failed.status, failed.error_code) == (TaskStatus.FAILED, ErrorCode.PROVIDER_ERROR)

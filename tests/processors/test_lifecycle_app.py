@@ -277,17 +277,21 @@ def test_a_stuck_task_is_resolved_by_its_lease_and_a_second_worker_stop_ends_it(
     assert attempts[doomed] == [(1, None), (2, "1")]
     assert attempts[recovers] == [(1, None), (2, "1")]
 
-    timeouts = [e for e in (CODEC.decode(m.value(), expect=StatusChanged)
-                            for m in read_all(kafka, kafka.topics.status))
-                if e.status is TaskStatus.FAILED]
-    doomed_failures = sorted((e.envelope.attempt, e.error.retryable) for e in timeouts
-                             if e.envelope.task_id == doomed)
-    assert doomed_failures == [(1, True), (2, False)]
-    assert {(e.envelope.attempt, e.error.code) for e in timeouts} == {
-        (1, ErrorCode.PROVIDER_TIMEOUT), (2, ErrorCode.PROVIDER_ERROR)}  # the second: doomed's
-    assert all(e.envelope.event_id == lease_event_id(e.envelope.task_id, e.envelope.attempt, "timeout")
-               for e in timeouts)
-    assert not [e for e in timeouts if e.envelope.task_id == healthy]
+    events = [CODEC.decode(m.value(), expect=StatusChanged) for m in read_all(kafka, kafka.topics.status)]
+    # FAILED only where a task ended (issue 17): doomed's second stop, and the sentinel, whose
+    # retry found no task record to resubmit (it was never submitted).
+    failed = {(e.envelope.task_id, e.envelope.attempt): e for e in events if e.status is TaskStatus.FAILED}
+    assert set(failed) == {(doomed, 2), (sentinel, 2)}
+    assert (failed[doomed, 2].error.code, failed[doomed, 2].error.retryable) == (ErrorCode.PROVIDER_ERROR, False)
+    assert failed[doomed, 2].envelope.event_id == lease_event_id(doomed, 2, "timeout")
+    assert failed[sentinel, 2].envelope.event_id == lease_event_id(sentinel, 2, "lost")
+    # Each first time-out is a retry: QUEUED for attempt 2 with the time-out's error.
+    waits = {(e.envelope.task_id, e.envelope.attempt, e.error.code, e.error.retryable) for e in events
+             if e.envelope.event_id == lease_event_id(e.envelope.task_id, 1, "timeout")}
+    assert waits == {(t, 2, ErrorCode.PROVIDER_TIMEOUT, True) for t in (doomed, recovers, sentinel)}
+    assert all(e.status is TaskStatus.QUEUED for e in events
+               if e.envelope.event_id == lease_event_id(e.envelope.task_id, 1, "timeout"))
+    assert not [e for e in events if e.envelope.task_id == healthy and e.envelope.source == "processors"]
 
     states = latest_states(kafka)
     assert states[doomed]["error_code"] == "PROVIDER_ERROR"
