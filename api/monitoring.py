@@ -105,7 +105,14 @@ async def task_stats(conn: psycopg.AsyncConnection, tenant_id: str) -> dict[str,
         " FROM tasks WHERE origin_tenant_id = %s AND status = 'COMPLETED'"
         " AND duration_ms IS NOT NULL GROUP BY 1 ORDER BY 1", (tenant_id,))
     durations = {r["task_type"]: r for r in await cur.fetchall()}
-    return {"counts": counts, "durations": durations}
+    # Results a fallback provider produced (the worker stamps the reason in their metadata).
+    cur = await conn.execute(
+        "SELECT task_type, result->'metadata'->>'fallback_reason' AS reason, count(*) AS n"
+        " FROM tasks WHERE origin_tenant_id = %s AND status = 'COMPLETED'"
+        " AND result->'metadata'->>'fallback_reason' IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2",
+        (tenant_id,))
+    fallbacks = await cur.fetchall()
+    return {"counts": counts, "durations": durations, "fallbacks": fallbacks}
 
 
 async def oldest_queued_s(conn: psycopg.AsyncConnection) -> dict[str, float]:

@@ -46,6 +46,9 @@ class TypeStats(BaseModel):
     failure_rate: float | None = Field(description="FAILED / (COMPLETED + FAILED); null if none ended")
     p50_ms: float | None
     p95_ms: float | None
+    fallbacks: dict[str, int] = Field(
+        default_factory=dict, description="COMPLETED tasks a fallback provider produced, by reason: "
+        "capability (over the primary's limits) or the primary's error (docs/WORKERS.md)")
 
 
 class StatsPublic(BaseModel):
@@ -53,3 +56,4 @@ class StatsPublic(BaseModel):
     by_status: dict[str, int]
     total: int
     failure_rate: float | None
+    fallbacks: dict[str, int] = Field(default_factory=dict, description="The by_type fallbacks, summed")

@@ -68,6 +68,11 @@ async def stats(caller: CallerDep, db: DbDep) -> StatsPublic:
     raw = await task_stats(db, caller.tenant_id)
     per_type: dict[str, dict[str, int]] = defaultdict(dict)
     overall: dict[str, int] = defaultdict(int)
+    fallbacks: dict[str, dict[str, int]] = defaultdict(dict)
+    all_fallbacks: dict[str, int] = defaultdict(int)
+    for row in raw["fallbacks"]:
+        fallbacks[row["task_type"]][row["reason"]] = row["n"]
+        all_fallbacks[row["reason"]] += row["n"]
     for row in raw["counts"]:
         per_type[row["task_type"]][row["status"]] = row["n"]
         overall[row["status"]] += row["n"]
@@ -79,6 +84,6 @@ async def stats(caller: CallerDep, db: DbDep) -> StatsPublic:
         d = raw["durations"].get(task_type.value) or {}
         by_type.append(TypeStats(task_type=task_type, by_status=counts, total=sum(counts.values()),
                                  failure_rate=_failure_rate(counts), p50_ms=d.get("p50"),
-                                 p95_ms=d.get("p95")))
+                                 p95_ms=d.get("p95"), fallbacks=fallbacks.get(task_type.value, {})))
     return StatsPublic(by_type=by_type, by_status=dict(overall), total=sum(overall.values()),
-                       failure_rate=_failure_rate(overall))
+                       failure_rate=_failure_rate(overall), fallbacks=dict(all_fallbacks))

@@ -83,3 +83,28 @@ def test_stats_of_the_callers_tasks(api: ApiStack, client: httpx.Client, tenant:
     (llm,) = body["by_type"]
     assert llm["task_type"] == "LLM_INTERACTION" and llm["total"] == 4
     assert llm["p50_ms"] == pytest.approx(2000) and llm["p95_ms"] == pytest.approx(2900)
+
+
+def test_stats_count_the_results_a_fallback_provider_produced(api: ApiStack, client: httpx.Client,
+                                                              tenant: Tenant) -> None:
+    """The worker stamps ``fallback_reason`` in a result's metadata (gpu_consumers/providers.py);
+    the stats count COMPLETED tasks by it, per type and in all."""
+    events, ids = [], []
+    for i, reason in enumerate(["capability", "PROVIDER_ERROR", "PROVIDER_ERROR", None]):
+        tid = str(uuid.uuid4())
+        ids.append(tid)
+        start = T0 + timedelta(minutes=i)
+        kw = {"task_type": TaskType.BACKGROUND_REMOVE, "tenant": tenant.name}
+        done = status(tid, TaskStatus.COMPLETED, at=start + timedelta(seconds=2), **kw)
+        meta = done.result.metadata.model_copy(update={
+            "provider_name": "primary" if reason is None else "fallback", "fallback_reason": reason})
+        done = done.model_copy(update={"result": done.result.model_copy(update={"metadata": meta})})
+        events += [submitted(tid, at=start, **kw), status(tid, TaskStatus.QUEUED, at=start, **kw),
+                   status(tid, TaskStatus.PROCESSING, at=start + timedelta(seconds=1), **kw), done]
+    produce(api.kafka, events)
+    wait_for(lambda: all((task_row(api.db_url, t) or {}).get("status") == "COMPLETED" for t in ids),
+             what="the tasks projected")
+    body = client.get("/api/v1/monitoring/stats", headers=tenant.headers).json()
+    (bg,) = body["by_type"]
+    assert bg["fallbacks"] == {"capability": 1, "PROVIDER_ERROR": 2}
+    assert body["fallbacks"] == {"capability": 1, "PROVIDER_ERROR": 2}
