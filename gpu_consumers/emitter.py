@@ -56,14 +56,18 @@ class Emitter:
     topics: Topics
     worker_id: str
     source: str = "worker"
+    zone: str | None = None  # WORKER_ORIGIN_ZONE: where this worker runs
 
     def status(self, env: Envelope, attempt: int, status: TaskStatus, generation_id: str | None,
                event_id: str | None = None, **fields: Any) -> StatusChanged:
         """A status event of the task ``env`` describes, for ``attempt``, from this worker (with
-        a given ``event_id``: a deterministic one, as a worker stop's FAILED)."""
+        a given ``event_id``: a deterministic one, as a worker stop's FAILED). Its origin
+        instance and zone are this worker's (who wrote it, issue 17); the tenant, origin version
+        and entity id stay the task's."""
         envelope = env.model_copy(update={
             "event_id": event_id or str(uuid.uuid4()), "occurred_at": datetime.now(UTC),
-            "attempt": attempt, "source": self.source})
+            "attempt": attempt, "source": self.source,
+            "origin_instance": self.worker_id, "origin_zone": self.zone})
         return StatusChanged(envelope=envelope, status=status, worker_id=self.worker_id,
                              generation_id=generation_id, **fields)
 

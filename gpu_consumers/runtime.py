@@ -252,7 +252,8 @@ class Worker:
         publish_event_schemas(self.kafka, self._codec.framing)  # for readers of its statuses
         producer = Producer({**self.kafka.producer_config(), **_PRODUCER_CONFIG,
                              "linger.ms": self.settings.status_linger_ms, "client.id": self.worker_id})
-        self._emitter = Emitter(producer, self._codec, self.kafka.topics, self.worker_id)
+        self._emitter = Emitter(producer, self._codec, self.kafka.topics, self.worker_id,
+                                zone=self.settings.origin_zone)
         supervisor = None
         if self._child is not None:
             s = self.settings

@@ -40,6 +40,9 @@ class WorkerSettings(RetrySettings, BaseSettings):
     # name) takes its partitions back at once, instead of after the broker's session timeout
     # (45 s) spent waiting for the killed one. Unique per worker process of a group.
     group_instance_id: str | None = None
+    # WORKER_ORIGIN_ZONE: the zone or region this worker runs in, written as origin_zone on the
+    # status events it reports (their origin_instance is its worker id; issue 17).
+    origin_zone: str | None = None
     # The consumer group protocol (docs/WORKERS.md, "Group membership"; gpu_consumers/
     # group_protocol.py). consumer: KIP-848 (Kafka 4.x), the broker assigns incrementally;
     # classic: the client rebalances (cooperative-sticky). auto: KIP-848 when the broker lets the
