@@ -43,18 +43,21 @@ class ReadModelCollector(Collector):
                                      labels=["task_type"])
         generations = GaugeMetricFamily("compute_generations", "Generations in the read model by status.",
                                         labels=["strategy", "generation_type", "status"])
+        fallbacks = CounterMetricFamily(
+            "compute_task_fallbacks", "COMPLETED tasks a fallback provider produced, by reason "
+            "(capability, or the primary's error code; docs/WORKERS.md).", labels=["task_type", "reason"])
         up = GaugeMetricFamily("compute_read_model_up", "1 when the read model answered this scrape.")
         try:
-            self._fill(completed, failed, by_status, hist, generations)
+            self._fill(completed, failed, by_status, hist, generations, fallbacks)
             up.add_metric([], 1)
         except psycopg.Error as exc:
             log.warning("metrics: read model unavailable: %s", exc)
             up.add_metric([], 0)
-        yield from (completed, failed, by_status, hist, generations, up)
+        yield from (completed, failed, by_status, hist, generations, fallbacks, up)
 
     def _fill(self, completed: CounterMetricFamily, failed: CounterMetricFamily,
               by_status: GaugeMetricFamily, hist: HistogramMetricFamily,
-              generations: GaugeMetricFamily) -> None:
+              generations: GaugeMetricFamily, fallbacks: CounterMetricFamily) -> None:
         bucket_sql = ", ".join(f"count(*) FILTER (WHERE duration_ms <= {b * 1000:g})" for b in BUCKETS_S)
         with psycopg.connect(self._url, connect_timeout=_SCRAPE_TIMEOUT_S) as conn:
             for task_type, status, code, n in conn.execute(
@@ -79,6 +82,12 @@ class ReadModelCollector(Collector):
                 " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
             ):
                 generations.add_metric([strategy, generation_type, status], n)
+            for task_type, reason, n in conn.execute(
+                "SELECT task_type, result->'metadata'->>'fallback_reason', count(*) FROM tasks"
+                " WHERE status = 'COMPLETED' AND result->'metadata'->>'fallback_reason' IS NOT NULL"
+                " GROUP BY 1, 2 ORDER BY 1, 2"
+            ):
+                fallbacks.add_metric([task_type, reason], n)
 
 
 class ApiMetrics:

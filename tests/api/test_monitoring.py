@@ -86,7 +86,7 @@ def test_stats_of_the_callers_tasks(api: ApiStack, client: httpx.Client, tenant:
 
 
 def test_stats_count_the_results_a_fallback_provider_produced(api: ApiStack, client: httpx.Client,
-                                                              tenant: Tenant) -> None:
+                                                              tenant: Tenant, operator: Tenant) -> None:
     """The worker stamps ``fallback_reason`` in a result's metadata (gpu_consumers/providers.py);
     the stats count COMPLETED tasks by it, per type and in all."""
     events, ids = [], []
@@ -108,3 +108,6 @@ def test_stats_count_the_results_a_fallback_provider_produced(api: ApiStack, cli
     (bg,) = body["by_type"]
     assert bg["fallbacks"] == {"capability": 1, "PROVIDER_ERROR": 2}
     assert body["fallbacks"] == {"capability": 1, "PROVIDER_ERROR": 2}
+    metrics = client.get("/metrics", headers=operator.headers).text
+    assert ('compute_task_fallbacks_total{reason="PROVIDER_ERROR",task_type="BACKGROUND_REMOVE"} 2.0'
+            in metrics.splitlines())
