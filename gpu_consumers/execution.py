@@ -3,9 +3,9 @@
 :class:`TaskRun.execute` runs in the worker's task thread and walks the same stages for every
 attempt: PROCESSING -> content policy -> the handler in its own thread under the time limit ->
 store the outputs -> COMPLETED. On a typed failure the retry policy (``state.retry.decide``)
-picks FAILED-and-retry (the next attempt has its own ``attempt`` in the envelope, after the
-backoff) or FAILED. The worker's main thread never waits on a handler: it keeps polling Kafka and
-commits what ``execute`` reports.
+picks a retry -- QUEUED for attempt ``n + 1`` carrying the error, then that attempt after the
+backoff (its own ``attempt`` in the envelope) -- or FAILED, which is final. The worker's main
+thread never waits on a handler: it keeps polling Kafka and commits what ``execute`` reports.
 
 Errors never vanish: a ``TaskFailure`` keeps its code; a time limit is PROVIDER_TIMEOUT; a GPU
 out-of-memory frees the CUDA cache and runs once more with ``ctx.low_memory`` (same attempt),
@@ -21,13 +21,14 @@ worker's child process, and a handler that ignores its token past the grace (``t
 after the time limit, ``cancel_grace_s`` after a user cancel or a shutdown), crosses the memory
 ceiling, or dies, is killed with its process; the worker stays healthy and a fresh child takes
 the next attempt. Inline execution (tests, benchmarks): a handler that ignores its token past
-``timeout_grace_s`` can only be abandoned: the attempt is FAILED/PROVIDER_TIMEOUT, no retry runs
+``timeout_grace_s`` can only be abandoned: the attempt fails with PROVIDER_TIMEOUT, no retry runs
 in this process (the retry is handed back to the group) and the run reports the worker
 unhealthy.
 
-Either way such an attempt is a *worker stop* (``state.stops``): its FAILED carries the
-deterministic stop event id, the run counts it with the stops the task record's header reports,
-and the second stop ends the task FAILED/PROVIDER_ERROR ("the task stopped a worker twice").
+Either way such an attempt is a *worker stop* (``state.stops``): its FAILED (or the retry's
+QUEUED) carries the deterministic stop event id, the run counts it with the stops the task
+record's header reports, and the second stop ends the task FAILED/PROVIDER_ERROR ("the task
+stopped a worker twice").
 Before any of this, a task over its type's admission budget is FAILED/INVALID_INPUT.
 """
 
@@ -40,7 +41,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +67,7 @@ from schemas.enums import TaskStatus
 from schemas.events import ResultMetadata, TaskError, TaskResult, TaskSubmitted
 from schemas.headers import trace_id_of
 from state.lifecycle import TaskState, check_new_attempt, fold
-from state.retry import decide
+from state.retry import RetryDecision, decide
 from state.stops import STOPS_HEADER, decide_after_stop, worker_stop_event_id
 
 if TYPE_CHECKING:
@@ -151,6 +152,12 @@ def _is_oom(exc: BaseException) -> bool:
     torch = sys.modules.get("torch")  # only handlers import torch; the runtime never does
     oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
     return oom is not None and isinstance(exc, oom)
+
+
+def retry_message(decision: RetryDecision, now: datetime) -> str:
+    """The QUEUED message of a retry: why, and when the next attempt starts (UTC)."""
+    due = now + timedelta(seconds=decision.delay_s)
+    return f"{decision.reason}; runs at {due.isoformat(timespec='milliseconds')}"
 
 
 def build_result(result: HandlerResult, urls: list[str], timing_ms: int) -> TaskResult:
@@ -246,12 +253,15 @@ class TaskRun:
                 if not decision.retry:
                     return self._terminal(Outcome.FAILED, TaskStatus.FAILED, error=error,
                                           event_id=event_id)
-                self._emit(TaskStatus.FAILED, error=error, event_id=event_id)
+                # A retry is not FAILED (that is final): QUEUED for the next attempt, with this
+                # attempt's error; a cancel meanwhile ends it CANCELLED (the loop's first check).
                 check_new_attempt(self._state, self.attempt + 1)  # type: ignore[arg-type]
-                if self._healthy:
-                    self._wake.wait(decision.delay_s)  # a cancel or a shutdown ends it early
                 self.attempt += 1
                 self.retried += 1
+                self._emit(TaskStatus.QUEUED, error=error, event_id=event_id,
+                           message=retry_message(decision, datetime.now(UTC)))
+                if self._healthy:
+                    self._wake.wait(decision.delay_s)  # a cancel or a shutdown ends it early
                 if not self._healthy:  # a stuck handler thread holds this process: hand it back
                     return self._hand_back(Outcome.FAILED)
 

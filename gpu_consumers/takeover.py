@@ -5,8 +5,9 @@ status. A worker that dies (SIGKILL, a crash, a lost session) between that ackno
 its commit leaves a finished record uncommitted, and whoever takes the partition next would run
 the task again: minutes of GPU time for a real model. So the first records a worker reads from a
 partition it was just assigned are checked against the status topic: a record whose task already
-has a *final* terminal status for the record's attempt or a later one (COMPLETED, CANCELLED, or a
-FAILED that says no attempt follows) is committed without running. The check stops at the first
+has a terminal status for the record's attempt or a later one (COMPLETED, FAILED, CANCELLED: all
+final), or any status of a later attempt (a retry someone else holds), is committed without
+running. The check stops at the first
 record that has not ended: the dead owner ran its records in order, so none after it has.
 
 The status topic is keyed by task id; this reads only the partition the task id hashes to (the
@@ -36,7 +37,7 @@ from enum import Enum
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from schemas.codec import EventCodec
-from schemas.enums import TaskStatus
+from schemas.enums import TERMINAL_STATUSES
 from schemas.errors import ComputeError, DecodeError
 from schemas.events import StatusChanged
 from schemas.kafka_settings import KafkaSettings
@@ -94,14 +95,16 @@ def recheck_delay(failed_checks: int, *, first_s: float = RECHECK_FIRST_S,
 
 
 def final_end(events: Iterable[StatusChanged], attempt: int) -> StatusChanged | None:
-    """The status among ``events`` that ends the task for good at ``attempt`` or later, if any:
-    COMPLETED, CANCELLED, or FAILED with no attempt following (``error.retryable`` False)."""
+    """The status among ``events`` that ends the record of ``attempt``, if any: a terminal
+    (COMPLETED, FAILED, CANCELLED: all final) of ``attempt`` or later, or any status of a later
+    attempt -- the record's attempt was retried (QUEUED ``attempt + 1``), and whoever holds that
+    retry runs it (the worker that waited, a hand-back's record, or the processors' lease timer
+    when that worker is gone); running the old attempt would only write statuses the fold
+    ignores."""
     for event in events:
         if event.envelope.attempt < attempt:
             continue
-        if event.status in (TaskStatus.COMPLETED, TaskStatus.CANCELLED):
-            return event
-        if event.status is TaskStatus.FAILED and (event.error is None or not event.error.retryable):
+        if event.envelope.attempt > attempt or event.status in TERMINAL_STATUSES:
             return event
     return None
 

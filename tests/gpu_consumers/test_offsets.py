@@ -43,14 +43,21 @@ def _status(status: TaskStatus, attempt: int, retryable: bool | None = None) -> 
     return StatusChanged(envelope=env, status=status, error=error)
 
 
-def test_final_end_is_a_completed_cancelled_or_last_failed_status_of_the_attempt_or_later():
-    processing, retried = _status(TaskStatus.PROCESSING, 1), _status(TaskStatus.FAILED, 1, True)
-    assert final_end([processing, retried], attempt=1) is None  # another attempt follows
+def test_final_end_is_a_terminal_of_the_attempt_or_later_or_any_later_attempt():
+    """Every terminal is final (issue 17); a later attempt's status means the record's attempt
+    was retried and someone else holds the retry: not to be run again either."""
+    processing = _status(TaskStatus.PROCESSING, 1)
+    assert final_end([processing], attempt=1) is None
+    retried = _status(TaskStatus.QUEUED, 2, True)  # attempt 1 failed, attempt 2 waits
+    assert final_end([processing, retried], attempt=1) is retried
+    assert final_end([processing, retried], attempt=2) is None  # the waiting attempt's record runs
     done = _status(TaskStatus.COMPLETED, 2)
-    assert final_end([processing, retried, done], attempt=1) is done
+    assert final_end([processing, retried, done], attempt=2) is done
     assert final_end([_status(TaskStatus.COMPLETED, 1)], attempt=2) is None  # an older attempt
     last = _status(TaskStatus.FAILED, 3, False)
     assert final_end([last], attempt=3) is last
+    cancelled = _status(TaskStatus.CANCELLED, 2)
+    assert final_end([processing, cancelled], attempt=2) is cancelled
 
 
 def test_the_status_partition_is_every_writers_murmur2_for_the_key():

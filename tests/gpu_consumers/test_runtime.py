@@ -188,12 +188,16 @@ def test_retryable_failures_are_retried_as_new_attempts(kafka, status_log, resul
     assert ok.status is TaskStatus.COMPLETED and ok.attempt == 2
     own = [(e.envelope.attempt, e.status, e.error and e.error.retryable)
            for e in status_log.events[recovers] if e.envelope.source == "worker"]
-    assert own == [(1, TaskStatus.PROCESSING, None), (1, TaskStatus.FAILED, True),
+    # Issue 17: a retry is QUEUED for the next attempt with the error, never FAILED.
+    assert own == [(1, TaskStatus.PROCESSING, None), (2, TaskStatus.QUEUED, True),
                    (2, TaskStatus.PROCESSING, None), (2, TaskStatus.COMPLETED, None)]
     bad = status_log.state(never)
     assert (bad.status, bad.attempt, bad.error_code) == (TaskStatus.FAILED, 3, ErrorCode.STORAGE_ERROR)
     failed = [e for e in status_log.events[never] if e.status is TaskStatus.FAILED]
-    assert [(e.envelope.attempt, e.error.retryable) for e in failed] == [(1, True), (2, True), (3, False)]
+    assert [(e.envelope.attempt, e.error.retryable) for e in failed] == [(3, False)]  # once, at the end
+    waits = [e for e in status_log.events[never] if e.status is TaskStatus.QUEUED and e.error]
+    assert [(e.envelope.attempt, e.error.code, e.error.retryable) for e in waits] == [
+        (2, ErrorCode.STORAGE_ERROR, True), (3, ErrorCode.STORAGE_ERROR, True)]
     assert sorted(handler.runs) == sorted([(recovers, 1), (recovers, 2), (never, 1), (never, 2), (never, 3)])
     assert committed(kafka) == 2
 
@@ -274,10 +278,12 @@ def test_a_handler_that_ignores_the_time_limit_makes_the_worker_exit_and_another
     stats = Running(stuck).join()  # no burst limit: it stops by itself, unhealthy
 
     assert not stuck.healthy and stats.failed == 1
-    status_log.wait(lambda log: any(e.status is TaskStatus.FAILED for e in log.events[task_id]), "FAILED")
-    [failed] = [e for e in status_log.events[task_id] if e.status is TaskStatus.FAILED]
-    assert (failed.envelope.attempt, failed.error.code, failed.error.retryable) == (
-        1, ErrorCode.PROVIDER_TIMEOUT, True)
+    status_log.wait(lambda log: any(e.status is TaskStatus.QUEUED and e.error
+                                    for e in log.events[task_id]), "the retry's QUEUED")
+    [retry] = [e for e in status_log.events[task_id] if e.status is TaskStatus.QUEUED and e.error]
+    assert (retry.envelope.attempt, retry.error.code, retry.error.retryable) == (
+        2, ErrorCode.PROVIDER_TIMEOUT, True)
+    assert not [e for e in status_log.events[task_id] if e.status is TaskStatus.FAILED]
     # The retry (attempt 2) was handed back to the group; a healthy worker finishes it.
     healthy = make_worker(kafka, Scripted(hang_is_ok=True), FileStore(results_dir))
     assert Running(healthy, max_tasks=1).join().completed == 1
@@ -285,6 +291,29 @@ def test_a_handler_that_ignores_the_time_limit_makes_the_worker_exit_and_another
     state = status_log.state(task_id)
     assert (state.status, state.attempt) == (TaskStatus.COMPLETED, 2)
     assert committed(kafka) == 2  # the original record and its hand-back
+
+
+def test_a_cancel_during_the_retry_wait_ends_it_cancelled_without_running_again(
+        kafka, status_log, results_dir):
+    """Attempt 1 fails retryably: QUEUED for attempt 2 (no FAILED), and a back-off far longer
+    than the test. A cancel then ends the wait at once: CANCELLED for attempt 2, never run."""
+    handler = Scripted()
+    worker = make_worker(kafka, handler, FileStore(results_dir), retry_max_attempts=3,
+                         retry_backoff_base_s=600.0, retry_backoff_max_s=600.0)
+    [task_id] = submit(kafka, "fail:PROVIDER_ERROR:1")
+    running = Running(worker, max_tasks=1)
+    status_log.wait(lambda log: any(e.status is TaskStatus.QUEUED and e.error
+                                    for e in log.events[task_id]), "the retry's QUEUED")
+    request_cancel(kafka, task_id)
+    stats = running.join()
+
+    status_log.wait_terminal(task_id)
+    state = status_log.state(task_id)
+    assert (state.status, state.attempt) == (TaskStatus.CANCELLED, 2)
+    assert (stats.cancelled, stats.completed, stats.retried) == (1, 0, 1)
+    assert handler.runs == [(task_id, 1)]  # attempt 2 never ran
+    assert not [e for e in status_log.events[task_id] if e.status is TaskStatus.FAILED]
+    assert committed(kafka) == 1
 
 
 def test_a_task_cancelled_while_queued_never_runs(kafka, status_log, results_dir):
