@@ -4,7 +4,8 @@ serving six task types with tiny recording handlers (a 1 px PNG each). Workflows
 ``WorkflowProducer``; the outcome is read from the workflows-state topic, the task topics and
 the handlers' own record of what they were given. Every wait is a condition with a deadline.
 
-Phases, one app: the fashion pipeline, a diamond and a failing chain at once; then pause/resume
+Phases, one app: the fashion pipeline, a diamond (one branch failing once with a retryable error,
+which its task's retry policy handles) and a failing chain at once; then pause/resume
 (a step held while the pause lands), cancel (a step held, then cancelled through the control
 topic), and a processors restart while a step runs.
 """
@@ -18,7 +19,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from gpu_consumers.errors import InvalidInput
+from gpu_consumers.errors import InvalidInput, ProviderError
 from gpu_consumers.handlers.base import HandlerResult, OutputFile, TaskContext
 from gpu_consumers.runtime import Worker
 from gpu_consumers.storage import FileStore
@@ -74,6 +75,7 @@ class Script:
 
     def __init__(self) -> None:
         self.fail: set[str] = set()
+        self.flaky: set[str] = set()  # PROVIDER_ERROR on attempt 1: retried by the task's policy
         self.holds: dict[str, threading.Event] = {}
         self.runs: list[tuple[str, dict[str, Any]]] = []
         self.started: dict[str, threading.Event] = {}
@@ -96,6 +98,8 @@ def handler_class(task_type: TaskType, script: Script) -> type:
                 script.runs.append((ctx.task_id, params.model_dump(mode="json", exclude_none=True)))
             if ctx.task_id in script.fail:
                 raise InvalidInput("scripted failure")
+            if ctx.task_id in script.flaky and ctx.attempt == 1:
+                raise ProviderError("scripted provider hiccup")
             if ctx.task_id in script.holds:
                 script.started[ctx.task_id].set()
                 release = script.holds[ctx.task_id]
@@ -178,6 +182,8 @@ def test_workflows_run_on_the_broker(kafka_settings: KafkaSettings, results_dir:
         # ---- phase 1: three workflows at once
         ids = {name: new_workflow_id() for name in ("fashion", "diamond", "failing")}
         script.fail.add(step_task_id(ids["failing"], "breaks"))
+        flaky = step_task_id(ids["diamond"], "right")
+        script.flaky.add(flaky)
         for name, steps in (("fashion", FASHION), ("diamond", DIAMOND), ("failing", FAILING)):
             client.create(spec(steps, name), start=True, workflow_id=ids[name])
         ended = {name: wait_for(f"the {name} workflow ended",
@@ -253,6 +259,9 @@ def test_workflows_run_on_the_broker(kafka_settings: KafkaSettings, results_dir:
     assert join["mask_url"] == diamond.step("right").result.result_image_url
     for branch in ("left", "right"):
         assert by_task[diamond.step(branch).task_id]["base_image_url"] == diamond.step("top").result.result_image_url
+    # A retryable failure is the task's business: its policy ran attempt 2, the workflow saw one end.
+    assert diamond.step("right").attempt == 2 and len(script.ran(flaky)) == 2
+    assert diamond.step("left").attempt == 1
 
     # The failing step failed the workflow; the step after it never became a task.
     failing = ended["failing"]
@@ -282,5 +291,5 @@ def test_workflows_run_on_the_broker(kafka_settings: KafkaSettings, results_dir:
         assert all(s.status is history[end].status for s in history[end:]), (wid, history)
     for step in ("generate", "refine"):
         assert len(script.ran(step_task_id(restart_id, step))) == 1
-    # every task ran at most once: no replay resubmitted a step that already ran
-    assert max(Counter(tid for tid, _ in script.runs).values()) == 1
+    # every other task ran once: no replay resubmitted a step that already ran
+    assert max(Counter(tid for tid, _ in script.runs if tid != flaky).values()) == 1
