@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 
+from generations.catalog import InMemoryCatalog
+from generations.plan import plan_generation
 from gpu_consumers.errors import InvalidInput, TaskCancelled
 from gpu_consumers.handlers.editing import DiffusersEditing
 from schemas.task_params import EditingParams
@@ -242,3 +246,22 @@ def test_bad_tool_settings_are_invalid_input(model_cache, config, message):
     with pytest.raises(InvalidInput, match=message):
         edit(model_cache, harness, provider_config=config)
     assert harness.progress == []
+
+
+def test_the_planners_subject_swap_task_runs_with_the_catalog_subjects_lora(model_cache):
+    # The contract between generations/plan.py and this handler: what the planner sends works.
+    store = InMemoryCatalog()
+    anna = store.add_subject("Anna", ANNA, 0.75)
+    plan = plan_generation({"strategy": "EDITING", "base_img_path": SHOT, "tool": "SUBJECT_SWAP",
+                            "subject_id": anna.id, "reference_images": [{"url": SUBJECT, "type": "subject"}]},
+                           store, random.Random(0))
+    [task] = plan.tasks
+    harness = Harness()
+    harness.add(SHOT, subject_on_plain((64, 64)))
+    harness.add(SUBJECT, noise_image(40, 32, seed=4))
+    result = DiffusersEditing().run(task.params, model_ctx(harness, model_cache))
+    assert model_cache.last_lora_switch.names == (adapter(model_cache, ANNA),)
+    assert model_cache.last_lora_switch.weights == (0.75,)
+    assert result.extra["tool"] == "SUBJECT_SWAP" and result.extra["subject"] == {"id": anna.id, "name": "Anna"}
+    assert result.extra["region"]["source"] == "grabcut" and result.extra["reference"]["url"] == SUBJECT
+    harness.assert_progress_complete()
