@@ -92,18 +92,21 @@ class TaskGateway:
         return self._tasks.idempotency_secret
 
     def submit(self, task_type: TaskType, params: Any, *, tenant_id: str,
-               idempotency_key: str | None, webhook_url: str | None) -> tuple[str, bool]:
+               idempotency_key: str | None, webhook_url: str | None,
+               entity_id: str | None = None, origin_version: str | None = None) -> tuple[str, bool]:
         """Produce the task and its PENDING/QUEUED; return its id once the broker has the task, and
         whether it was a repeat this process had already sent (nothing produced then).
         Raises DeliveryError when the broker did not acknowledge in time, TaskTooLargeError when
-        the producer or the broker refused the record as too large (nothing queued then)."""
-        origin = Origin(self._origin.instance, self._origin.zone, tenant_id)
+        the producer or the broker refused the record as too large (nothing queued then).
+        ``entity_id`` and ``origin_version`` are the caller's (the origin's instance and zone
+        stay this deployment's: they route webhooks, a caller must not pick another's)."""
+        origin = Origin(self._origin.instance, self._origin.zone, tenant_id, origin_version)
         delivery = _Delivery(self._forget)
         with self._lock:
             repeats = self._tasks.stats.deduplicated
             task_id = self._tasks.submit(task_type, params, idempotency_key=idempotency_key,
                                          webhook_url=webhook_url, origin=origin,
-                                         on_result=delivery)
+                                         on_result=delivery, entity_id=entity_id)
             repeat = self._tasks.stats.deduplicated > repeats
             if repeat:  # sent before: answer with the first one's report (None: it came already)
                 delivery = self._pending.get(task_id)  # type: ignore[assignment]

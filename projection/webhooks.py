@@ -60,6 +60,7 @@ import psycopg
 from projection.db.generation_projection import GenerationChange
 from projection.db.projection import BatchResult, Transition, flatten
 from projection.db.workflow_projection import WorkflowChange
+from projection.webhook_formats import COMPAT, PayloadFormats, compat_payload, payload_formats_from_env
 from schemas.address_policy import forbidden_reason
 from schemas.events import StatusChanged
 from state.lifecycle import fold
@@ -85,6 +86,9 @@ class WebhookSettings:
     threads: int = 4
     # origin_instance -> URL, for tasks and generations that carry no webhook_url of their own.
     origin_urls: Mapping[str, str] = field(default_factory=dict)
+    # A task delivery's payload format, by deployment and by the task's origin_instance
+    # (projection/webhook_formats.py: native, or the replaced backend's compat).
+    formats: PayloadFormats = field(default_factory=PayloadFormats)
     # How often idle delivery threads look for due rows queued by other processes (a batch of
     # this process wakes them at once).
     poll_s: float = 1.0
@@ -105,8 +109,10 @@ class WebhookSettings:
 
 def webhook_settings_from_env(env: Mapping[str, str] | None = None) -> WebhookSettings | None:
     """``COMPUTE_WEBHOOK_SECRET`` (unset: no webhooks), ``COMPUTE_WEBHOOK_ALLOW_PRIVATE_NETWORKS``
-    (``true`` for a laptop or a private cluster) and ``COMPUTE_WEBHOOK_ORIGIN_URLS`` (a JSON
-    object ``{"<origin_instance>": "<url>", ...}``). Raises ValueError on a malformed value."""
+    (``true`` for a laptop or a private cluster), ``COMPUTE_WEBHOOK_ORIGIN_URLS`` (a JSON
+    object ``{"<origin_instance>": "<url>", ...}``) and the payload formats
+    (``COMPUTE_WEBHOOK_PAYLOAD_FORMAT``, ``COMPUTE_WEBHOOK_ORIGIN_FORMATS``:
+    projection/webhook_formats.py). Raises ValueError on a malformed value."""
     env = os.environ if env is None else env
     secret = env.get("COMPUTE_WEBHOOK_SECRET")
     if not secret:
@@ -123,7 +129,8 @@ def webhook_settings_from_env(env: Mapping[str, str] | None = None) -> WebhookSe
             raise ValueError("COMPUTE_WEBHOOK_ORIGIN_URLS must be a JSON object of origin_instance"
                              " -> URL strings")
         origin_urls = parsed
-    return WebhookSettings(secret=secret, allow_private_networks=allow, origin_urls=origin_urls)
+    return WebhookSettings(secret=secret, allow_private_networks=allow, origin_urls=origin_urls,
+                           formats=payload_formats_from_env(env))
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -307,7 +314,9 @@ def enqueue(conn: psycopg.Connection, result: BatchResult, settings: WebhookSett
         url = target_url(t.row, settings)
         if url is None:
             continue
-        rows.append((TASK, t.task_id, t.after.last_event_id, url, _json(payload(t))))
+        native = settings.formats.for_origin(t.row.get("origin_instance")) != COMPAT
+        rows.append((TASK, t.task_id, t.after.last_event_id, url,
+                     _json(payload(t) if native else compat_payload(t))))
     if rows:
         with conn.cursor() as cur:
             cur.executemany(_ENQUEUE, rows)

@@ -35,6 +35,10 @@ def _object_not_text(cls: type, value: Any) -> Any:
     return value
 
 
+# entity_id and origin_version: one line of text (stored as PostgreSQL text, which cannot hold U+0000).
+_TEXT = r"^[^\x00-\x1f\x7f]*$"
+
+
 def _submit_model(task_type: TaskType) -> type[BaseModel]:
     params = PARAMS_MODELS[task_type]
     fields: dict[str, Any] = {n: (f.annotation, f) for n, f in params.model_fields.items()}
@@ -49,6 +53,14 @@ def _submit_model(task_type: TaskType) -> type[BaseModel]:
         task_type=(Literal[task_type.value], ...),  # type: ignore[valid-type]
         webhook_url=(WebhookUrl | None, Field(default=None, description=(
             "POST every status change of this task here (http or https)."))),
+        entity_id=(str | None, Field(default=None, min_length=1, max_length=255, pattern=_TEXT,
+                                     description=(
+            "Your business entity this task is about (an order, an asset...): opaque to us, "
+            "returned on the task, every status event and every webhook."))),
+        origin_version=(str | None, Field(default=None, min_length=1, max_length=200, pattern=_TEXT,
+                                          description=(
+            "The version of your system submitting the task: returned as origin.version and "
+            "on every status event and webhook."))),
         **fields,
     )
 
@@ -90,6 +102,7 @@ class TaskOrigin(BaseModel):
     instance: str | None
     zone: str | None
     tenant_id: str | None
+    version: str | None = Field(default=None, description="origin_version: the submitting system's version")
 
 
 class TaskPublic(BaseModel):
@@ -103,6 +116,7 @@ class TaskPublic(BaseModel):
     result: dict[str, Any] | None
     error: TaskErrorPublic | None
     origin: TaskOrigin
+    entity_id: str | None = Field(default=None, description="the caller's business entity, as submitted")
     provider_type: str | None
     webhook_url: str | None
     generation_id: str | None
@@ -124,7 +138,8 @@ class TaskPublic(BaseModel):
             error=None if row["error_code"] is None else TaskErrorPublic(
                 code=row["error_code"], message=row["error_message"]),
             origin=TaskOrigin(instance=row["origin_instance"], zone=row["origin_zone"],
-                              tenant_id=row["origin_tenant_id"]),
+                              tenant_id=row["origin_tenant_id"], version=row.get("origin_version")),
+            entity_id=row.get("entity_id"),
             provider_type=row["provider_type"], webhook_url=row["webhook_url"],
             generation_id=None if row["generation_id"] is None else str(row["generation_id"]),
             created_at=row["created_at"], queued_at=row["queued_at"],

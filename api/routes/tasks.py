@@ -53,7 +53,8 @@ async def submit_task(
     """Submit a task of any of the ten types; 202 once the broker has acknowledged it."""
     task_type = TaskType(body.task_type)
     try:
-        params = validate_params(task_type, body.model_dump(exclude={"task_type", "webhook_url"}))
+        params = validate_params(task_type, body.model_dump(
+            exclude={"task_type", "webhook_url", "entity_id", "origin_version"}))
     except TaskValidationError as exc:
         raise ApiProblem(422, "validation-error", str(exc)) from None
     if idempotency_key is not None:  # only then a database connection: a repeat is answered from it
@@ -63,6 +64,7 @@ async def submit_task(
         if existing is not None:
             same = (existing["task_type"] == task_type.value
                     and existing["webhook_url"] == body.webhook_url
+                    and existing.get("entity_id") in (None, body.entity_id)
                     and existing["params"] in (None, params.model_dump(mode="json")))
             if not same:
                 raise ApiProblem(409, "idempotency-key-reused",
@@ -72,7 +74,8 @@ async def submit_task(
     try:
         task_id, replay = await run_in_threadpool(
             producer.submit, task_type, params, tenant_id=caller.tenant_id,
-            idempotency_key=idempotency_key, webhook_url=body.webhook_url)
+            idempotency_key=idempotency_key, webhook_url=body.webhook_url,
+            entity_id=body.entity_id, origin_version=body.origin_version)
     except TaskTooLargeError as exc:
         raise ApiProblem(413, "task-too-large", str(exc)) from None
     except TaskValidationError as exc:  # what only writing the record finds (e.g. unencodable text)
