@@ -8,6 +8,7 @@ fallback; the counter counts it), no fallback for a bad task, and no route = tod
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from typing import Any
@@ -23,6 +24,7 @@ from gpu_consumers.providers import (
     Capabilities,
     ProviderRoute,
     ProviderSpec,
+    RoutedHandler,
     TaskSize,
     fallback_reason,
     plan,
@@ -250,3 +252,32 @@ def test_without_a_fallback_a_failure_is_retried_as_before_and_without_routes_no
     status_log.wait_terminal(task)
     meta = status_log.state(task).result.metadata
     assert (meta.provider_name, meta.fallback_reason, meta.model) == (None, None, "model-big")
+
+
+def test_the_handler_process_builds_the_same_provider_entries(tmp_path):
+    """``computectl worker``'s child kit (supervised, the default) has the route entries too."""
+    from gpu_consumers.cli import child_kit
+    from gpu_consumers.inputs import InputSettings
+
+    adjust = TaskType.IMAGE_ADJUSTER
+    routes = {adjust: ProviderRoute(primary=ProviderSpec(name="pixels", provider_type="classical"))}
+    kit = child_kit([adjust], InputSettings(), {"COMPUTE_MODEL_CACHE_DIR": str(tmp_path)}, "cpu", routes)
+    entry = kit.handlers[adjust]["route:pixels"]  # the classical implementation, as this provider
+    assert entry.func is RoutedHandler and entry.args == (kit.handlers[adjust]["classical"], routes[adjust].primary)
+
+
+@pytest.mark.integration
+def test_supervised_the_routed_task_reaches_the_providers_in_the_handler_process(
+        kafka, status_log, results_dir):  # noqa: F811
+    settings = worker_settings(kafka, types=[GEN], providers={GEN: ROUTE}, execution="supervised")
+    handlers = {GEN: {"big": functools.partial(Provider, "big"), "small": functools.partial(Provider, "small")}}
+    worker = Worker(kafka, settings, handlers, FileStore(results_dir), None, None)
+    flaky, wide = _submit(kafka, ("fail:PROVIDER_ERROR", 64, 64), ("ok", 96, 64))
+
+    stats = Running(worker, max_tasks=2).join(timeout_s=120)
+
+    status_log.wait_terminal(flaky, wide)
+    assert (stats.completed, stats.fallbacks) == (2, 2)
+    for task_id, reason in ((flaky, "PROVIDER_ERROR"), (wide, "capability")):
+        meta = status_log.state(task_id).result.metadata
+        assert (meta.provider_name, meta.fallback_reason, meta.model) == ("small-cpu", reason, "model-small")
