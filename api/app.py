@@ -25,6 +25,7 @@ from api.problems import BodySizeLimit, install_problem_handlers
 from api.routes import api_router
 from api.routes.health import router as health_router
 from api.settings import ApiSettings, load_settings
+from producers.workflows import WorkflowProducer
 from projection.db.migrate import migrate
 from projection.db.pool import AsyncPool
 from schemas.topic_admin import ensure_topics
@@ -45,6 +46,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             origin_zone=settings.origin_zone, ack_timeout_s=settings.submit_timeout_s)
         app.state.monitor = await run_in_threadpool(KafkaMonitor, settings.kafka,
                                                     settings.worker_group_prefix)
+        # The workflow requests and commands (api/routes/workflows.py).
+        app.state.workflows = await run_in_threadpool(
+            WorkflowProducer, settings.kafka, ack_timeout_s=settings.submit_timeout_s)
         app.state.notifier = EventNotifier(settings.database_url,
                                            on_key_revoked=app.state.key_cache.forget)
         app.state.notifier.start()
@@ -65,10 +69,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                 await run_in_threadpool(thread.join, _STOP_TIMEOUT_S)
             await app.state.notifier.stop()
             await run_in_threadpool(app.state.gateway.close)
+            await run_in_threadpool(app.state.workflows.close)
             await app.state.pool.close()
             # Drop the Kafka clients now rather than at garbage collection, so they stop
             # talking to the cluster with the app.
-            del app.state.gateway, app.state.notifier, app.state.monitor
+            del app.state.gateway, app.state.notifier, app.state.monitor, app.state.workflows
 
     app = FastAPI(
         title="Compute Server API",

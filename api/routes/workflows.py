@@ -1,0 +1,273 @@
+"""/workflows: create (and start) a workflow, read one, list them, start, pause, resume, cancel,
+clean up its outputs; /monitoring/workflows and /monitoring/workflows/stats.
+
+POST validates the DAG up front (``workflows.spec.validate_workflow``: a 422 naming the step and
+the field, nothing sent), produces a ``WorkflowRequested`` record to the workflows topic and
+answers 202 once the broker has it. The processors' workflow engine creates the workflow from
+that record (and starts it with ``start=true``); its progress comes back through the projected
+workflows-state topic (GET). The commands (start, pause, resume, cancel) are
+``WorkflowCommandRequested`` records on the same topic, checked first against the read model
+(404 for another tenant's workflow, 409 for a command its status does not allow).
+
+Reads are scoped like tasks: the key's tenant's workflows, every tenant's for an operator key.
+Commands and cleanup act on the key's own tenant's workflows only.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import CallerDep, DbDep, NotifierDep, PoolDep, SettingsDep
+from api.models.workflows import (
+    ENDED,
+    WorkflowAccepted,
+    WorkflowActionAccepted,
+    WorkflowCleanup,
+    WorkflowCreate,
+    WorkflowLinks,
+    WorkflowListQuery,
+    WorkflowMonitorItem,
+    WorkflowMonitorPublic,
+    WorkflowPublic,
+    WorkflowsPublic,
+    WorkflowStatsPublic,
+    WorkflowSummary,
+    workflow_path,
+)
+from api.problems import ApiProblem
+from api.routes.common import WaitQuery, check_wait, problem_responses
+from api.routes.overview import fleet_scope
+from api.routing import ApiRoute
+from api.workflow_outputs import cleanup_outputs, storage_settings
+from producers.errors import DeliveryError, TaskTooLargeError
+from producers.workflows import WorkflowProducer
+from projection.db.workflow_projection import (
+    WorkflowFilter,
+    active_workflows,
+    get_workflow,
+    list_workflows,
+    workflow_stats,
+)
+from schemas.workflow_events import WorkflowCommand
+from workflows.spec import WorkflowSpec, WorkflowValidationError, validate_workflow
+
+
+async def _workflow_producer(request: Request) -> WorkflowProducer:
+    return request.app.state.workflows
+
+
+WorkflowsDep = Annotated[WorkflowProducer, Depends(_workflow_producer)]
+
+router = APIRouter(prefix="/workflows", tags=["workflows"], route_class=ApiRoute)
+monitoring_router = APIRouter(prefix="/monitoring/workflows", tags=["monitoring"], route_class=ApiRoute)
+
+# Which statuses each command may be given in (docs/WORKFLOWS.md, the lifecycle).
+_ALLOWED = {
+    "start": frozenset({"CREATED"}),
+    "pause": frozenset({"RUNNING"}),
+    "resume": frozenset({"PAUSED"}),
+    "cancel": frozenset({"CREATED", "RUNNING", "PAUSED"}),
+}
+# A command right after the POST may find the workflow not projected yet: it waits this long
+# for the processors' first record (a few milliseconds on a healthy stack) before a 404.
+_APPEAR_WAIT_S = 5.0
+
+
+def _not_found(workflow_id: str, tenant_id: str) -> ApiProblem:
+    return ApiProblem(404, "workflow-not-found", f"no workflow {workflow_id} for tenant {tenant_id}")
+
+
+def _spec(body: WorkflowCreate) -> WorkflowSpec:
+    """The domain's validated spec; 422 naming the step and the field."""
+    try:
+        spec = WorkflowSpec.model_validate(body.model_dump(exclude={"webhook_url"}))
+    except ValidationError as exc:  # a value the event model refuses, e.g. an unknown task type
+        e = exc.errors()[0]
+        loc = list(e["loc"])
+        where = "field " + ".".join(map(str, loc))
+        if len(loc) >= 3 and loc[0] == "steps" and isinstance(loc[1], int):
+            where = f"step {body.steps[loc[1]].id!r}, field {'.'.join(map(str, loc[2:]))}"
+        raise ApiProblem(422, "workflow-invalid", f"invalid workflow: {where}: {e['msg']}") from None
+    try:
+        validate_workflow(spec)
+    except WorkflowValidationError as exc:
+        raise ApiProblem(422, "workflow-invalid", str(exc)) from None
+    return spec
+
+
+async def _send(call: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return await run_in_threadpool(call, *args, **kwargs)
+    except TaskTooLargeError as exc:
+        raise ApiProblem(413, "workflow-too-large", str(exc)) from None
+    except DeliveryError:
+        raise ApiProblem(503, "broker-unavailable", "the broker did not acknowledge the request, so "
+                         "it was not sent; retry", headers={"Retry-After": "1"}) from None
+
+
+@router.post("", status_code=202, response_model=WorkflowAccepted,
+             responses=problem_responses(400, 401, 413, 422, 503))
+async def create_workflow(body: Annotated[WorkflowCreate, Body()], caller: CallerDep,
+                          producer: WorkflowsDep, settings: SettingsDep, response: Response,
+                          start: Annotated[bool, Query(description=(
+                              "true: start it at once; false: CREATED until POST .../start"))] = False,
+                          ) -> WorkflowAccepted:
+    """Create a workflow (a DAG of steps, each an ordinary task) and, with ``start=true``, start
+    it. 422 names the step and the field of an invalid workflow (unknown task type, a cycle, a
+    mapping naming no real step or field, parameters invalid once the mappings are applied);
+    nothing is sent then. 202 once the broker has the request."""
+    spec = _spec(body)
+    event = await _send(producer.create, spec, start=start, origin_zone=settings.origin_zone,
+                        origin_tenant_id=caller.tenant_id, webhook_url=body.webhook_url,
+                        requested_by=f"api-key:{caller.key_id}")
+    workflow_id = event.workflow_id
+    links = WorkflowLinks(self_=workflow_path(workflow_id))
+    response.headers["Location"] = links.self_
+    return WorkflowAccepted(workflow_id=workflow_id, name=spec.name,
+                            status="START_REQUESTED" if start else "CREATED",
+                            step_ids=[s.id for s in spec.steps], links=links)
+
+
+@router.get("", response_model=WorkflowsPublic, responses=problem_responses(401, 403, 422))
+async def list_workflows_route(query: Annotated[WorkflowListQuery, Query()], caller: CallerDep,
+                               db: DbDep) -> WorkflowsPublic:
+    """The caller's tenant's workflows, newest first, filtered and paged; an operator key lists
+    every tenant's, or one tenant's with ``tenant``."""
+    if query.tenant is not None and not caller.operator:
+        raise ApiProblem(403, "operator-only", "tenant: only an operator key lists other "
+                         "tenants' workflows; a tenant key lists its own without it")
+    scope = query.tenant if query.tenant is not None else fleet_scope(caller)
+    f = WorkflowFilter(status=query.status, name=query.name, origin_instance=query.origin_instance,
+                       created_after=query.created_after, created_before=query.created_before)
+    rows, total = await list_workflows(db, scope, f, page=query.page, page_size=query.page_size,
+                                       sort_order=query.sort_order)
+    return WorkflowsPublic(items=[WorkflowSummary.from_row(r) for r in rows], total=total,
+                           page=query.page, page_size=query.page_size)
+
+
+@router.get("/{workflow_id:uuid}", response_model=WorkflowPublic,
+            responses=problem_responses(401, 404, 422))
+async def read_workflow(workflow_id: uuid.UUID, caller: CallerDep, pool: PoolDep,
+                        notifier: NotifierDep, settings: SettingsDep,
+                        wait: WaitQuery = 0.0) -> WorkflowPublic:
+    """The workflow with every step's status, task id, attempt and result; with ``wait``, a
+    long poll that answers when it has ended (COMPLETED, FAILED or CANCELLED). An operator key
+    reads any tenant's."""
+    wid = str(workflow_id)
+    check_wait(wait, settings)
+    scope = fleet_scope(caller)
+
+    async def read() -> dict | None:
+        async with pool.connection() as conn:  # not held while waiting
+            return await get_workflow(conn, wid, scope)
+
+    row = await (notifier.long_poll(wid, read, lambda r: r["status"] in ENDED, wait,
+                                    settings.sse_poll_s, may_end=ENDED.__contains__)
+                 if wait else read())
+    if row is None:
+        raise _not_found(wid, caller.tenant_id)
+    return WorkflowPublic.from_row(row)
+
+
+async def _own(wid: str, caller: Any, pool: Any, notifier: Any, settings: Any) -> dict[str, Any]:
+    """The caller's own workflow (waiting a moment for one just created); 404 otherwise."""
+    async def read() -> dict | None:
+        async with pool.connection() as conn:
+            return await get_workflow(conn, wid, caller.tenant_id)
+
+    row = await read()
+    if row is None:
+        async with pool.connection() as conn:
+            elsewhere = await get_workflow(conn, wid, None)
+        if elsewhere is None:  # perhaps not projected yet: wait for it a moment
+            row = await notifier.long_poll(wid, read, lambda r: True, _APPEAR_WAIT_S,
+                                           settings.sse_poll_s)
+    if row is None:
+        raise _not_found(wid, caller.tenant_id)
+    return row
+
+
+def _command_route(action: str) -> None:
+    async def command(workflow_id: uuid.UUID, caller: CallerDep, pool: PoolDep,
+                      notifier: NotifierDep, settings: SettingsDep,
+                      producer: WorkflowsDep) -> WorkflowActionAccepted:
+        wid = str(workflow_id)
+        row = await _own(wid, caller, pool, notifier, settings)
+        if row["status"] not in _ALLOWED[action]:
+            raise ApiProblem(409, "workflow-status-conflict",
+                             f"workflow {wid} is {row['status']}; {action} needs it "
+                             f"{' or '.join(sorted(_ALLOWED[action]))}")
+        await _send(producer.command, wid, WorkflowCommand(action.upper()),
+                    requested_by=f"api-key:{caller.key_id}")
+        return WorkflowActionAccepted(workflow_id=wid, action=action, status=row["status"],  # type: ignore[arg-type]
+                                      links=WorkflowLinks(self_=workflow_path(wid)))
+
+    command.__name__ = f"{action}_workflow"
+    command.__doc__ = {
+        "start": "Start a CREATED workflow: its steps without dependencies are submitted.",
+        "pause": "Pause a RUNNING workflow: running steps finish, no new step starts.",
+        "resume": "Resume a PAUSED workflow: the steps that became ready are started.",
+        "cancel": ("Cancel a workflow that has not ended: steps not started are not started, "
+                   "running steps' tasks are cancelled; it ends CANCELLED."),
+    }[action] + " 202 once the broker has the command; 409 when its status does not allow it."
+    router.add_api_route(f"/{{workflow_id:uuid}}/{action}", command, methods=["POST"],
+                         status_code=202, response_model=WorkflowActionAccepted,
+                         name=command.__name__, summary=f"{action.capitalize()} a workflow",
+                         responses=problem_responses(401, 404, 409, 413, 503))
+
+
+for _action in ("start", "pause", "resume", "cancel"):
+    _command_route(_action)
+
+
+@router.post("/{workflow_id:uuid}/cleanup", response_model=WorkflowCleanup,
+             responses=problem_responses(401, 404, 409, 503))
+async def cleanup_workflow(workflow_id: uuid.UUID, caller: CallerDep, db: DbDep,
+                           request: Request) -> WorkflowCleanup:
+    """Delete the stored outputs of the workflow's steps (the files or objects their results
+    name). Only an ended workflow (its steps' outputs are no longer another step's input), only
+    the key's own tenant's, and only outputs its steps' tasks wrote under the tenant's folder of
+    the results store; anything else is listed in ``not_deleted`` with why. Repeatable."""
+    wid = str(workflow_id)
+    row = await get_workflow(db, wid, caller.tenant_id)
+    if row is None:
+        raise _not_found(wid, caller.tenant_id)
+    if row["status"] not in ENDED:
+        raise ApiProblem(409, "workflow-not-ended",
+                         f"workflow {wid} is {row['status']}; clean up once it has ended (cancel it first)")
+    deleted, refused = await run_in_threadpool(cleanup_outputs, storage_settings(request.app),
+                                               caller.tenant_id, row["steps"])
+    return WorkflowCleanup(workflow_id=wid, deleted=deleted, not_deleted=refused)
+
+
+# --------------------------------------------------------------------------- monitoring
+
+
+@monitoring_router.get("", response_model=WorkflowMonitorPublic, responses=problem_responses(401))
+async def monitor_workflows(caller: CallerDep, db: DbDep) -> WorkflowMonitorPublic:
+    """The workflows not yet ended, each with its steps counted by status, and every workflow
+    counted by status: the caller's tenant's (every tenant's for an operator key)."""
+    active, by_status = await active_workflows(db, fleet_scope(caller))
+    return WorkflowMonitorPublic(active=[WorkflowMonitorItem(
+        workflow_id=str(r["workflow_id"]), name=r["name"], status=r["status"],
+        tenant_id=r["origin_tenant_id"], steps=r["steps"], created_at=r["created_at"],
+        updated_at=r["updated_at"]) for r in active], by_status=by_status)
+
+
+@monitoring_router.get("/stats", response_model=WorkflowStatsPublic, responses=problem_responses(401))
+async def monitor_workflow_stats(caller: CallerDep, db: DbDep) -> WorkflowStatsPublic:
+    """Workflows by status, failure rate, p50/p95 run time, steps by status and task type: the
+    caller's tenant's (every tenant's for an operator key)."""
+    raw = await workflow_stats(db, fleet_scope(caller))
+    by_status = raw["by_status"]
+    ended = by_status.get("COMPLETED", 0) + by_status.get("FAILED", 0)
+    return WorkflowStatsPublic(
+        by_status=by_status, total=sum(by_status.values()),
+        failure_rate=None if ended == 0 else by_status.get("FAILED", 0) / ended,
+        p50_ms=raw["p50_ms"], p95_ms=raw["p95_ms"], steps_by_status=raw["steps_by_status"],
+        steps_by_task_type=raw["steps_by_task_type"])
