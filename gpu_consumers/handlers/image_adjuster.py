@@ -19,8 +19,9 @@ parameters are the base and the guidance is added (``clip(explicit + guided, -1,
 prompt both providers run exactly the classical pixel math below, with no model, and report
 provider ``classical``. Which path decided the values is in the result metadata: ``model`` is
 ``numpy-color-adjust`` (no prompt), ``numpy-color-adjust+keywords`` (the rules decided) or
-``numpy-color-adjust+<llm model id>`` (the model decided); ``extra["guidance"]`` holds the
-values, the matched phrases or the model's answer, and why an answer was unusable.
+``numpy-color-adjust+<llm model id>`` (the model decided). With a prompt the result has a second
+output, ``guidance.json`` (``output_urls[1]``; ``extra["guidance"]`` too): the values applied, the
+guidance's values, the matched phrases or the model's answer, and why an answer was unusable.
 
 The pixel math: the image is taken as float32 RGB in [0, 1] (``x = v / 255``). Each parameter is
 in -1..1 and 0 (or None) means "unchanged"; the steps run in this fixed order, each followed by a
@@ -40,6 +41,7 @@ copied unchanged.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -56,7 +58,7 @@ from gpu_consumers.handlers.adjust_guidance import (
     interpret_keywords,
     parse_answer,
 )
-from gpu_consumers.handlers.base import HandlerResult, TaskContext
+from gpu_consumers.handlers.base import HandlerResult, OutputFile, TaskContext
 from gpu_consumers.handlers.classical import Picture, StepCounter, encode_image, load_picture, to_uint8
 from schemas.enums import TaskType
 from schemas.task_params import ImageAdjusterParams, LlmInteractionParams
@@ -137,12 +139,15 @@ def _render(picture: Picture, values: Mapping[str, float], ctx: TaskContext, mod
     steps = StepCounter(dataclasses.replace(ctx, progress=lambda f: ctx.progress(scale(f))),
                         len(applied) + 1)
     rgb = adjust(picture.rgb, applied, on_step=steps.step)
-    output = encode_image(rgb, picture.alpha)
-    steps.finish()
+    outputs = [encode_image(rgb, picture.alpha)]
     extra: dict[str, Any] = {"applied": applied, "prompt": prompt}
     if guidance is not None:
         extra["guidance"] = guidance
-    return HandlerResult(outputs=[output], model=model, provider=provider, seed=None,
+        # The decision travels with the result (output_urls[1]): what the guidance became and why.
+        record = {"prompt": prompt, "applied": applied, **guidance}
+        outputs.append(OutputFile(json.dumps(record, sort_keys=True).encode(), "application/json", ".json"))
+    steps.finish()
+    return HandlerResult(outputs=outputs, model=model, provider=provider, seed=None,
                          width=picture.width, height=picture.height, extra=extra)
 
 

@@ -94,5 +94,10 @@ def test_agentic_retries_of_a_classical_handler_differ_and_follow_the_reasons(
     assert len({f.read_bytes() for f in files}) == 3
     assert second.mean() > first.mean() + 5  # "underexposed" -> brighter
     assert third.std() > second.std() * 1.1  # "low contrast" -> more contrast
-    assert all(prediction.results[a["task_id"]]["metadata"]["model"] == "numpy-color-adjust+keywords"
-               for a in attempts)  # the guidance ("warmer") was read every time
+    for a in attempts:  # the guidance ("warmer") was read every time, and the result says how
+        result = prediction.results[a["task_id"]]
+        assert result["metadata"]["model"] == "numpy-color-adjust+keywords"
+        decision = json.loads(Path(urlparse(result["output_urls"][1]).path).read_text())
+        assert decision["values"] == {"warmth": 0.1} and decision["matched"] == ["warmer"]
+    assert json.loads(Path(urlparse(prediction.results[attempts[2]["task_id"]]["output_urls"][1]).path)
+                      .read_text())["applied"] == {"brightness": 0.15, "contrast": 0.15, "warmth": 0.1}

@@ -4,6 +4,8 @@ test_image_adjuster_model.py)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -92,6 +94,12 @@ def test_the_models_values_decide_and_move_the_image_the_way_the_guidance_says()
     assert (result.provider, result.model) == ("transformers", "numpy-color-adjust+scripted-llm")
     assert result.extra["guidance"]["decided_by"] == "llm"
     assert result.extra["applied"] == {"brightness": 0.3, "contrast": 0.1, "warmth": 0.5}
+    sidecar = result.outputs[1]  # the decision travels with the result
+    assert (sidecar.content_type, sidecar.suffix) == ("application/json", ".json")
+    assert json.loads(sidecar.data) == {"prompt": "brighter and golden", "decided_by": "llm",
+                                        "values": {"brightness": 0.3, "warmth": 0.5},
+                                        "applied": {"brightness": 0.3, "contrast": 0.1, "warmth": 0.5},
+                                        "llm_model": "scripted-llm", "llm_answer": model.text}
     [question] = model.questions
     assert "brighter and golden" in question.prompt and question.temperature == 0.0
     harness.assert_progress_complete()
@@ -104,6 +112,7 @@ def test_an_unusable_answer_falls_back_to_the_rules_and_says_so():
     guidance = result.extra["guidance"]
     assert guidance["decided_by"] == "keywords" and guidance["matched"] == ["darker"]
     assert guidance["llm_unusable"].startswith("not JSON") and guidance["llm_answer"] == "Make it brighter!"
+    assert json.loads(result.outputs[1].data)["llm_unusable"] == guidance["llm_unusable"]
     with pytest.raises(InvalidInput, match="no adjustment found"):  # neither reading found anything
         adjusted(ScriptedModel("no idea"), prompt="make it nice")
 
@@ -113,6 +122,7 @@ def test_without_a_prompt_the_classical_path_runs_and_no_model_is_asked():
     result = adjusted(model, brightness=0.2, saturation=-0.3)
     assert model.questions == []
     assert (result.provider, result.model) == ("classical", "numpy-color-adjust")
+    assert len(result.outputs) == 1  # no guidance, no decision to record
     assert np.array_equal(decode(result), classical(brightness=0.2, saturation=-0.3))
 
 
