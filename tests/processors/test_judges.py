@@ -101,7 +101,7 @@ def test_quality_and_alignment_combine_by_their_geometric_mean_keeping_both_reas
     noise = combined.combine(combined.parse('{"similarity": 0.3, "score": 0.95}'), Evaluation(0.0))
     assert noise.score == 0.0  # on-prompt does not rescue an unusable image
     assert combined.applies(RED_DRESS) and not combined.applies(EvaluationContext(prompt=" "))
-    # The reason asks the prompt revision (attempt 4 and later) for faithfulness.
+    # The reason asks the prompt revision (every retry) for faithfulness.
     assert revise_prompt("a red dress", result.reasons[1:]) == "a red dress, faithful to every detail of the description"
 
 
