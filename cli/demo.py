@@ -35,10 +35,9 @@ from cli.demo_tasks import demo_tasks
 from cli.tail import tail
 from devstack.procs import free_port
 from schemas.codec import EventCodec
-from schemas.enums import ErrorCode, TaskType
+from schemas.enums import TaskType
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
-from state.retry import decide
 
 # A record written a moment ago is readable within well under a second on a local broker; the
 # reader stops once it has them all, this is only the bound.
@@ -278,16 +277,9 @@ def _show_idempotency_and_refusal(api: httpx.Client, tasks: dict[TaskType, dict]
 
 
 def _ended(task: dict) -> bool:
-    """No further status to come: COMPLETED, CANCELLED, or FAILED with no retry under
-    state/retry.py's policy (the rule of the API's event stream)."""
-    if task.get("status") in ("COMPLETED", "CANCELLED"):
-        return True
-    if task.get("status") != "FAILED":
-        return False
-    try:
-        return not decide(ErrorCode(task["error"]["code"]), task["attempt"]).retry
-    except (KeyError, TypeError, ValueError):
-        return True
+    """No further status to come: COMPLETED, FAILED or CANCELLED (all final; a retry is QUEUED
+    for the next attempt), the rule of the API's event stream."""
+    return task.get("status") in ("COMPLETED", "FAILED", "CANCELLED")
 
 
 def _wait_ended(api: httpx.Client, ids: dict[TaskType, str], children: Children,

@@ -7,7 +7,8 @@ generations topic; it carries out the :data:`Effect` list each returns, in order
 * :func:`start` — a :class:`generations.plan.GenerationRequested` arrived: the record is
   created and the plan's first tasks (or its prompt task) are submitted;
 * :func:`on_task_final` — a task of the generation reached its *final* state (COMPLETED,
-  CANCELLED, or FAILED with no retry left; the fold forwards those). What it means depends on the
+  FAILED or CANCELLED: a task's own retry is QUEUED for its next attempt, never FAILED; the fold
+  forwards the terminals). What it means depends on the
   task's role: the prompt task (→ submit the waiting GENERATION tasks), an attempt of a
   prediction (BASE: the prediction's outcome; AGENTIC COMPLETED: :class:`Evaluate` it; AGENTIC
   FAILED: :func:`generations.agentic.on_attempt_finished` with ``Failed``), a vision-language

@@ -38,8 +38,7 @@ from api.routes.common import finished, task_uuid
 from api.routes.events import SSE_MEDIA_TYPE, stream_events
 from projection.db.apikeys import Caller
 from projection.db.queries import events_after, get_task
-from schemas.enums import ErrorCode, TaskStatus, TaskType
-from state.retry import decide
+from schemas.enums import TaskStatus, TaskType
 
 router = APIRouter(prefix="/console", include_in_schema=False, route_class=ConsoleRoute)
 _SUBMIT = TypeAdapter(TaskSubmit)
@@ -156,12 +155,11 @@ async def tasks(request: Request, status: str = "", task_type: str = "", origin_
 
 
 def _retryable(task: Any) -> bool | None:
+    """Whether another attempt follows the task's error: it waits QUEUED for it (FAILED is
+    final); None without an error."""
     if task.error is None:
         return None
-    try:
-        return decide(ErrorCode(task.error.code), task.attempt).retry
-    except ValueError:
-        return False
+    return task.status is TaskStatus.QUEUED
 
 
 async def _task(request: Request, caller: Caller, task_id: str) -> Any:

@@ -96,6 +96,10 @@ class TaskAccepted(BaseModel):
 class TaskErrorPublic(BaseModel):
     code: ErrorCode
     message: str | None
+    retryable: bool = Field(
+        default=False,
+        description="true: the task waits QUEUED for its next attempt (`attempt`) after this "
+                    "error, the message says when it runs; false: the task ended FAILED with it")
 
 
 class TaskOrigin(BaseModel):
@@ -136,7 +140,8 @@ class TaskPublic(BaseModel):
             attempt=row["attempt"], progress=row["progress"], message=row["message"],
             params=row["params"], result=row["result"],
             error=None if row["error_code"] is None else TaskErrorPublic(
-                code=row["error_code"], message=row["error_message"]),
+                code=row["error_code"], message=row["error_message"],
+                retryable=row["status"] == TaskStatus.QUEUED.value),
             origin=TaskOrigin(instance=row["origin_instance"], zone=row["origin_zone"],
                               tenant_id=row["origin_tenant_id"], version=row.get("origin_version")),
             entity_id=row.get("entity_id"),

@@ -9,9 +9,8 @@ from fastapi import Path, Query
 
 from api.problems import PROBLEM_MEDIA_TYPE, ApiProblem, Problem
 from api.settings import ApiSettings
-from schemas.enums import ErrorCode, TaskStatus
+from schemas.enums import TERMINAL_STATUSES
 from schemas.records import UUID_PATTERN
-from state.retry import decide
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -39,23 +38,20 @@ def not_found(task_id: str, tenant_id: str) -> ApiProblem:
 
 
 def finished(row: dict) -> bool:
-    """True once no further status event is expected for the task."""
-    status = TaskStatus(row["status"])
-    if status is not TaskStatus.FAILED:
-        return status in (TaskStatus.COMPLETED, TaskStatus.CANCELLED)
-    try:
-        return not decide(ErrorCode(row["error_code"]), row["attempt"]).retry
-    except (ValueError, TypeError):
-        return True
+    """True once no further status event is expected for the task: its status is terminal.
+    FAILED is final (a retry is QUEUED for the next attempt, state/lifecycle.py), so this needs
+    no retry policy and agrees with whatever policy the workers and processors are configured
+    with."""
+    return may_have_finished(row["status"])
 
 
-_MAY_HAVE_FINISHED = frozenset(s.value for s in (TaskStatus.COMPLETED, TaskStatus.FAILED,
-                                                 TaskStatus.CANCELLED))
+_FINISHED = frozenset(s.value for s in TERMINAL_STATUSES)
 
 
 def may_have_finished(status: str) -> bool:
-    """Whether a task with this status may have :func:`finished` (FAILED may still retry)."""
-    return status in _MAY_HAVE_FINISHED
+    """Whether a task with this status has :func:`finished` (the status alone tells; kept as the
+    long poll's cheap check of a notification)."""
+    return status in _FINISHED
 
 
 WaitQuery = Annotated[float, Query(ge=0, description=(

@@ -3,8 +3,9 @@
 Each event is ``id: <seq>`` (1, 2, 3... per task, the order the projector stored them),
 ``event: status``, ``data: <TaskEventPublic JSON>``. A client resumes with ``Last-Event-ID`` (or
 ``?after=``) and gets exactly the events after that one: ids come from the table, not from the
-connection, so nothing is skipped or repeated. When the task has ended for good (COMPLETED,
-CANCELLED, or FAILED with no retry to come) the stream sends ``event: end`` and closes.
+connection, so nothing is skipped or repeated. When the task has ended (COMPLETED, FAILED or
+CANCELLED: all final; a retry is QUEUED for the next attempt) the stream sends ``event: end`` and
+closes.
 """
 
 from __future__ import annotations

@@ -125,8 +125,9 @@ async def list_tasks_route(query: Annotated[TaskListQuery, Query()], caller: Cal
 async def read_task(task_id: UuidPath, caller: CallerDep, pool: PoolDep, notifier: NotifierDep,
                     settings: SettingsDep, wait: WaitQuery = 0.0) -> TaskPublic:
     """Status, progress, attempt, result, error and timestamps of one task; with ``wait``, a
-    long poll that answers when the task has ended (COMPLETED, CANCELLED, or FAILED with no
-    retry to come). An operator key reads any tenant's task."""
+    long poll that answers when the task has ended (COMPLETED, FAILED or CANCELLED: all final;
+    a retry shows as QUEUED for the next attempt with the last error). An operator key reads any
+    tenant's task."""
     tid = task_uuid(task_id)
     check_wait(wait, settings)
     scope = fleet_scope(caller)
@@ -165,7 +166,8 @@ async def read_result(task_id: UuidPath, caller: CallerDep, db: DbDep) -> TaskRe
              responses=problem_responses(401, 404, 409, 503))
 async def cancel_task(task_id: UuidPath, caller: CallerDep, db: DbDep,
                       producer: GatewayDep, metrics: MetricsDep) -> CancelAccepted:
-    """Cancel a pending, queued or running task; 409 for a task that already ended."""
+    """Cancel a pending, queued or running task, or one waiting for its retry (QUEUED after a
+    failed attempt: it ends CANCELLED and never runs again); 409 for a task that already ended."""
     tid = task_uuid(task_id)
     row = await get_task(db, tid, caller.tenant_id)
     if row is None:

@@ -46,8 +46,8 @@ class StatusEvent:
 
     @property
     def final(self) -> bool:
-        """A terminal status that ends the task: a retryable FAILED is followed by an attempt."""
-        return self.status.is_terminal and not (self.status is TaskStatus.FAILED and self.retryable)
+        """A terminal status: it ends the task (FAILED too: a retry is QUEUED, issue 17)."""
+        return self.status.is_terminal
 
 
 @dataclass(frozen=True)

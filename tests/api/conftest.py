@@ -19,6 +19,8 @@ from api import create_app, load_settings
 from projection.db.apikeys import create_key
 from projection.db.migrate import migrate
 from projection.projector import Projector
+from projection.webhook_delivery import WebhookDispatcher
+from projection.webhooks import WebhookSettings
 from schemas.kafka_settings import KafkaSettings
 from tests.projection.db.helpers import fresh_database, wait_for
 
@@ -50,9 +52,11 @@ class _Server(uvicorn.Server):
 
 
 @contextlib.contextmanager
-def serving(app: Any, db_url: str, kafka: KafkaSettings) -> Iterator[tuple[str, Projector]]:
+def serving(app: Any, db_url: str, kafka: KafkaSettings,
+            webhooks: WebhookSettings | None = None) -> Iterator[tuple[str, Projector]]:
     """``app`` under uvicorn on a free port, with a projector filling ``db_url``: (base URL,
-    projector) until the block ends."""
+    projector) until the block ends. With ``webhooks``, the projector also queues and delivers
+    the webhook outbox (as ``run_projector`` does)."""
     server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
                                     lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -60,7 +64,10 @@ def serving(app: Any, db_url: str, kafka: KafkaSettings) -> Iterator[tuple[str, 
     wait_for(lambda: server.started or not thread.is_alive(), what="uvicorn to start")
     assert server.started, "the API server did not start"
     port = server.servers[0].sockets[0].getsockname()[1]
-    projector = Projector(db_url, kafka, create_topics=False)
+    dispatcher = None if webhooks is None else WebhookDispatcher(db_url, webhooks)
+    projector = Projector(db_url, kafka, create_topics=False,
+                          on_batch=None if dispatcher is None else dispatcher.on_batch,
+                          in_transaction=None if dispatcher is None else dispatcher.enqueue)
     stop = threading.Event()
     projecting = threading.Thread(target=projector.run, args=(stop,), daemon=True)
     projecting.start()
@@ -69,6 +76,8 @@ def serving(app: Any, db_url: str, kafka: KafkaSettings) -> Iterator[tuple[str, 
     finally:
         stop.set()
         projecting.join(30)
+        if dispatcher is not None:
+            dispatcher.stop()
         server.should_exit = True
         thread.join(30)
 

@@ -23,8 +23,9 @@ from schemas.enums import TaskType
     ({"status": "PROCESSING", "attempt": 1, "error": None}, False),
     ({"status": "COMPLETED", "attempt": 1, "error": None}, True),
     ({"status": "CANCELLED", "attempt": 1, "error": None}, True),
-    # a retryable failure below the policy's attempts is retried: the demo keeps waiting
-    ({"status": "FAILED", "attempt": 1, "error": {"code": "PROVIDER_ERROR", "message": "x"}}, False),
+    # a retry waits QUEUED with the last error: the demo keeps waiting; FAILED is final (issue 17)
+    ({"status": "QUEUED", "attempt": 2, "error": {"code": "PROVIDER_ERROR", "message": "x"}}, False),
+    ({"status": "FAILED", "attempt": 1, "error": {"code": "PROVIDER_ERROR", "message": "x"}}, True),
     ({"status": "FAILED", "attempt": 3, "error": {"code": "PROVIDER_ERROR", "message": "x"}}, True),
     ({"status": "FAILED", "attempt": 1, "error": {"code": "INVALID_INPUT", "message": "x"}}, True),
 ])
