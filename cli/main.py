@@ -60,6 +60,7 @@ _LAZY_COMMANDS = {
     "processors": "processors.cli:processors",
     "catalog": "cli.catalog:catalog",
     "generate": "cli.generate:generate",
+    "workflow": "cli.workflow:workflow",
     "apikey": "cli.server:apikey",
     "db": "cli.server:db",
     "projector": "cli.server:projector",
