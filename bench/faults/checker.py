@@ -3,8 +3,8 @@
 For the tasks a scenario submitted and the broker acknowledged:
 
 - **lost**: never seen on the status topic at all;
-- **stuck**: seen, but its latest attempt has no final status (COMPLETED, CANCELLED, or a FAILED
-  that is not retried) once the quiet period is over;
+- **stuck**: seen, but its latest attempt has no final status (COMPLETED, FAILED, CANCELLED; a
+  retry is QUEUED for the next attempt) once the quiet period is over;
 - **duplicate terminal statuses**: more than one terminal status for one attempt of a task
   (distinct events: one event read twice is not a duplicate);
 - **regressions**: a task's row in the read model going back between two samples (an older

@@ -33,7 +33,7 @@ def clean(task: str, at: float = 100.0) -> list[StatusEvent]:
 
 def test_a_clean_history_passes_even_with_the_apis_queued_after_processing() -> None:
     racing = [ev("b", S.PROCESSING), ev("b", S.PENDING), ev("b", S.QUEUED), ev("b", S.COMPLETED)]
-    retried = [ev("c", S.PROCESSING), ev("c", S.FAILED, retryable=True),
+    retried = [ev("c", S.PROCESSING), ev("c", S.QUEUED, attempt=2, retryable=True),
                ev("c", S.PROCESSING, attempt=2), ev("c", S.COMPLETED, attempt=2)]
     v = check("clean", history(*clean("a"), *racing, *retried), {"a", "b", "c"}, [])
     assert (v.lost, v.duplicates, v.regressions, v.stuck, v.reruns) == (0, 0, 0, 0, 0)
@@ -69,7 +69,7 @@ def test_regressions_are_detected_in_the_read_model_and_on_the_wire() -> None:
 
 
 def test_a_task_whose_last_attempt_never_ends_is_stuck() -> None:
-    events = [ev("a", S.PROCESSING), ev("a", S.FAILED, retryable=True),  # the retry never came
+    events = [ev("a", S.PROCESSING), ev("a", S.QUEUED, attempt=2, retryable=True),  # never ran
               ev("b", S.QUEUED), ev("b", S.PROCESSING)]
     v = check("stuck", history(*events), {"a", "b"}, [])
     assert v.stuck == 2 and v.lost == 0
