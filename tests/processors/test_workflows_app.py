@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from confluent_kafka import Producer
 
 from gpu_consumers.errors import InvalidInput, ProviderError
 from gpu_consumers.handlers.base import HandlerResult, OutputFile, TaskContext
@@ -27,6 +28,7 @@ from processors.folding import STATE_CONTENT_TYPE, decode_state, encode_state
 from processors.workflows import BadWorkflowRecord, read_workflow_message
 from producers.workflows import WorkflowProducer
 from schemas.enums import TaskStatus, TaskType
+from schemas.headers import header_dict
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
 from schemas.workflow_events import WorkflowSpec, WorkflowState, WorkflowStatus, WorkflowStepStatus, new_workflow_id
@@ -186,6 +188,12 @@ def test_workflows_run_on_the_broker(kafka_settings: KafkaSettings, results_dir:
         script.flaky.add(flaky)
         for name, steps in (("fashion", FASHION), ("diamond", DIAMOND), ("failing", FAILING)):
             client.create(spec(steps, name), start=True, workflow_id=ids[name])
+        client.create(spec(FASHION, "fashion"), start=True, workflow_id=ids["fashion"])  # a repeat
+        stranger = new_workflow_id()
+        client.cancel(stranger)  # a command for no workflow: logged, skipped
+        junk = Producer(kafka.producer_config())
+        junk.produce(kafka.topics.workflows, b"not a record", ids["fashion"])
+        assert junk.flush(10) == 0
         ended = {name: wait_for(f"the {name} workflow ended",
                                 reaches(kafka, wid, W.COMPLETED, W.FAILED), app, timeout_s=120)
                  for name, wid in ids.items()}
@@ -238,6 +246,14 @@ def test_workflows_run_on_the_broker(kafka_settings: KafkaSettings, results_dir:
     assert code == 0, app.tail()
     assert "Traceback" not in app.tail(), app.tail()
     by_task = {tid: params for tid, params in script.runs}
+
+    # The repeated request started nothing twice; the stranger's cancel made no state; the junk
+    # record went to the dead letters, and the agent went on.
+    fashion_first = step_task_id(ids["fashion"], "generate")
+    assert submitted_task_ids(kafka)[fashion_first] == 1 and len(script.ran(fashion_first)) == 1
+    assert stranger not in states(kafka)
+    [dead] = read_all(kafka, kafka.topics.dlq(kafka.topics.workflows))
+    assert dead.value() == b"not a record" and header_dict(dead.headers())["error.class"] == "BadWorkflowRecord"
 
     # The fashion pipeline: each step ran once, fed by its parent's result.
     fashion = ended["fashion"]
