@@ -132,9 +132,13 @@ def topics_create(as_json: bool) -> None:
 @click.option("--tenant", help="origin_tenant_id of the task (straight to Kafka only: with an API "
                                "key, the key's tenant).")
 @click.option("--webhook-url", help="POST status changes of this task to this URL.")
+@click.option("--entity-id", help="Your business entity the task is about (carried on every status "
+                                  "event and webhook).")
+@click.option("--origin-version", help="The version of the submitting system (origin_version).")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def submit(task_type: str, params: tuple[str, ...], json_file: Any, idempotency_key: str | None,
-           tenant: str | None, webhook_url: str | None, output: str) -> None:
+           tenant: str | None, webhook_url: str | None, entity_id: str | None,
+           origin_version: str | None, output: str) -> None:
     """Submit a task of TASK_TYPE (generation, editing, refine, video_generation, ...) and print
     its id once the broker has acknowledged it.
 
@@ -157,15 +161,17 @@ def submit(task_type: str, params: tuple[str, ...], json_file: Any, idempotency_
         if tenant is not None:
             raise click.UsageError("--tenant: with COMPUTE_API_KEY set the key's tenant is the "
                                    "task's; unset COMPUTE_API_KEY to submit straight to Kafka")
-        task_id, task_type = _submit_through_api(*api, task_type, values, idempotency_key,
+        extra = {k: v for k, v in (("entity_id", entity_id), ("origin_version", origin_version)) if v}
+        task_id, task_type = _submit_through_api(*api, task_type, {**values, **extra}, idempotency_key,
                                                  webhook_url)
     else:
         from producers.submit import Origin, TaskProducer
 
         settings = _settings()
-        with TaskProducer(settings, codec=_codec(settings), origin=Origin(tenant_id=tenant)) as producer:
+        origin = Origin(tenant_id=tenant, version=origin_version)
+        with TaskProducer(settings, codec=_codec(settings), origin=origin) as producer:
             task_id = producer.submit(task_type, values, idempotency_key=idempotency_key,
-                                      webhook_url=webhook_url)
+                                      webhook_url=webhook_url, entity_id=entity_id)
     if output == "json":
         click.echo(json.dumps({"task_id": task_id, "task_type": task_type.upper()}))
     else:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -32,7 +34,7 @@ from processors.settings import ProcessorSettings
 from schemas.codec import EventCodec
 from schemas.emit import produce_event
 from schemas.errors import ComputeError
-from schemas.events import TaskSubmitted
+from schemas.events import StatusChanged, TaskSubmitted
 from schemas.kafka_settings import KafkaSettings
 from state.stops import STOPS_HEADER
 
@@ -58,6 +60,10 @@ class LeaseTimer:
         self._offsets: Consumer | None = None
         self.timeouts = 0  # counters, for logs and tests
         self.retries = 0
+        # Who writes this timer's status events (their origin_instance / origin_zone, issue 17):
+        # this processor, named by its static member id when it has one.
+        self.instance = settings.group_instance_id or f"processors/{socket.gethostname()}-{os.getpid()}"
+        self._zone = settings.origin_zone
 
     # ---- the timer -------------------------------------------------------------------------
 
@@ -113,7 +119,8 @@ class LeaseTimer:
             self.timeouts += 1
             log.info("task %s attempt %d: lease of %gs ran out; PROVIDER_TIMEOUT (%s)",
                      state.task_id, state.attempt, action.lease_s, action.decision.reason)
-            return [(self._status_topic, timeout_event(action), None)]
+            return [(self._status_topic, self._written_here(timeout_event(action),
+                                                            self._decoded(state.task_id)), None)]
         assert isinstance(action, Retry)
         raw = self._submission(state.task_id)
         try:
@@ -125,13 +132,32 @@ class LeaseTimer:
             log.error("task %s: no task record to start attempt %d from; it ends FAILED",
                       state.task_id, state.attempt)
             self._book.forget(state.task_id)
-            return [(self._status_topic, lost_record_event(action), None)]
+            return [(self._status_topic, self._written_here(lost_record_event(action), None), None)]
         record, queued = retry_events(action, submitted)
         self.retries += 1
         log.info("task %s: attempt %d resubmitted (%s)", state.task_id,
                  record.envelope.attempt, action.decision.reason)
         return [(self._kafka.topics.task(record.envelope.task_type), record, action.stops),
-                (self._status_topic, queued, None)]
+                (self._status_topic, self._written_here(queued, submitted), None)]
+
+    def _written_here(self, event: StatusChanged, submitted: TaskSubmitted | None) -> StatusChanged:
+        """``event`` naming this processor as its writer, with the task's tenant, origin version
+        and entity id when its task record is at hand (the folded state does not hold them)."""
+        update: dict[str, Any] = {"origin_instance": self.instance, "origin_zone": self._zone}
+        if submitted is not None:
+            env = submitted.envelope
+            update.update(origin_tenant_id=env.origin_tenant_id, origin_version=env.origin_version,
+                          entity_id=env.entity_id)
+        return event.model_copy(update={"envelope": event.envelope.model_copy(update=update)})
+
+    def _decoded(self, task_id: str) -> TaskSubmitted | None:
+        """The task's record from the submissions table, if it is there and readable."""
+        raw = self._submission(task_id)
+        try:
+            event = self._codec.decode(raw, expect=None) if raw else None
+        except ComputeError:
+            return None
+        return event if isinstance(event, TaskSubmitted) else None
 
     def _read_offsets(self, partitions: Iterable[int]) -> tuple[dict[int, int], dict[int, int | None]]:
         """End offsets first, then committed ones (the order :meth:`LeaseBook.fresh_as_of`

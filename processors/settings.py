@@ -34,6 +34,9 @@ class ProcessorSettings(RetrySettings, BaseSettings):
     # (a pod name, a systemd instance) takes its partitions back at once instead of waiting for
     # the group to notice the old process is gone.
     group_instance_id: str | None = None
+    # PROCESSORS_ORIGIN_ZONE: the zone or region this processor runs in, written as origin_zone
+    # on the status events it writes (a lease time-out, a retry's QUEUED; issue 17).
+    origin_zone: str | None = None
     # A worker silent for this long loses its partitions to the others: 30 s, against Faust's
     # 60, so a crashed worker's tasks move on sooner (heartbeats go every 3 s).
     session_timeout_s: float = Field(default=30.0, ge=6.0)

@@ -112,10 +112,13 @@ def test_submit_and_generate_with_a_key_are_the_keys_tenants(api: ApiStack, clie
     env = {"COMPUTE_API_URL": api.base_url, "COMPUTE_API_KEY": tenant.key,
            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}  # nothing listens there: not used
     made = runner.invoke(computectl, ["submit", "face_enhancer", "-p", "base_image_url=file:///f.png",
-                                      "-p", "strength=0.5", "--output", "json"], env=env)
+                                      "-p", "strength=0.5", "--entity-id", "order-9", "--origin-version", "cli-1",
+                                      "--output", "json"], env=env)
     assert made.exit_code == 0, made.output
     tid = json.loads(made.stdout)["task_id"]
-    assert wait_status(client, tenant, tid, "QUEUED")["origin"]["tenant_id"] == tenant.name
+    queued = wait_status(client, tenant, tid, "QUEUED")
+    assert queued["origin"]["tenant_id"] == tenant.name
+    assert (queued["entity_id"], queued["origin"]["version"]) == ("order-9", "cli-1")
     listed = runner.invoke(computectl, ["tasks", "--json"], env=env)
     assert [t["task_id"] for t in json.loads(listed.stdout)["items"]] == [tid]
     shown = runner.invoke(computectl, ["status", tid, "--json"], env=env)

@@ -232,7 +232,10 @@ def test_a_stuck_task_is_resolved_by_its_lease_and_a_second_worker_stop_ends_it(
     kafka = kafka_settings
     ensure_topics(kafka)
     doomed, recovers, healthy, sentinel = (str(uuid.uuid4()) for _ in range(4))
-    produce(kafka, [submitted(doomed), submitted(recovers)], kafka.topics.task(submitted(doomed).envelope.task_type))
+    doomed_record = submitted(doomed)
+    doomed_record = doomed_record.model_copy(update={"envelope": doomed_record.envelope.model_copy(
+        update={"entity_id": "order-doomed", "origin_version": "backend-1"})})
+    produce(kafka, [doomed_record, submitted(recovers)], kafka.topics.task(submitted(doomed).envelope.task_type))
     produce(kafka, [status(t, TaskStatus.PROCESSING, now(), progress=0.1) for t in (doomed, recovers, healthy)]
             + [status(healthy, TaskStatus.COMPLETED, now(), result=True)])
 
@@ -292,6 +295,12 @@ def test_a_stuck_task_is_resolved_by_its_lease_and_a_second_worker_stop_ends_it(
     assert all(e.status is TaskStatus.QUEUED for e in events
                if e.envelope.event_id == lease_event_id(e.envelope.task_id, 1, "timeout"))
     assert not [e for e in events if e.envelope.task_id == healthy and e.envelope.source == "processors"]
+    # The statuses the processors wrote name them (issue 17: PROCESSORS_GROUP_INSTANCE_ID), and
+    # carry the task's entity id and origin version from its task record (the sentinel has none).
+    written = [e for e in events if e.envelope.source == "processors"]
+    assert written and {e.envelope.origin_instance for e in written} == {"test-processor"}
+    assert {(e.envelope.entity_id, e.envelope.origin_version) for e in written
+            if e.envelope.task_id == doomed} == {("order-doomed", "backend-1")}
 
     states = latest_states(kafka)
     assert states[doomed]["error_code"] == "PROVIDER_ERROR"
