@@ -13,6 +13,7 @@ from schemas.enums import TaskStatus, TaskType
 from tests.api.conftest import ApiStack, Tenant
 from tests.api.helpers import run_task, submit, wait_status
 from tests.projection.db import generation_helpers as gh
+from tests.projection.db import workflow_helpers as wh
 from tests.projection.db.helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -47,7 +48,19 @@ def test_every_operation_answers_as_documented(api: ApiStack, client: httpx.Clie
     gh.produce_records(api.kafka, [generation])
     wait_for(lambda: client.get(f"/api/v1/generations/{generation.generation_id}",
                                 headers=tenant.headers).status_code == 200, what="the generation")
-    bodies = {**gh.route_bodies(subject["id"]),
+    # One workflow in each status a route needs (the processors' records, produced here).
+    wspec = wh.spec()
+    workflows = {status: wh.state(wspec, tenant=tenant.name, status=status, version=2,
+                                  done=4 if status == "COMPLETED" else 0,
+                                  running=status == "RUNNING")
+                 for status in ("CREATED", "RUNNING", "PAUSED", "COMPLETED")}
+    wh.produce_states(api.kafka, workflows.values())
+    wait_for(lambda: all(client.get(f"/api/v1/workflows/{w.workflow_id}", headers=tenant.headers)
+                         .status_code == 200 for w in workflows.values()), what="the workflows")
+    workflow_for = {f"/api/v1/workflows/{{workflow_id}}/{action}": workflows[status].workflow_id
+                    for action, status in (("start", "CREATED"), ("pause", "RUNNING"),
+                                           ("resume", "PAUSED"), ("cancel", "RUNNING"))}
+    bodies = {**gh.route_bodies(subject["id"]), "/api/v1/workflows": wh.pipeline_body(),
               "/api/v1/catalog/{kind}": {"name": "Studio", "lora_ref": "loras/s", "default_weight": 0.5},
               "/api/v1/generations/{generation_id}/cancel": {"reason": "not needed"}}
     path_values = {"generation_id": generation.generation_id, "kind": "subjects",
@@ -59,12 +72,13 @@ def test_every_operation_answers_as_documented(api: ApiStack, client: httpx.Clie
         for method, op in operations.items():
             task_id = queued if path.endswith("/cancel") else done
             url = re.sub(r"\{task_id\}", task_id, path)
+            url = url.replace("{workflow_id}", workflow_for.get(path, workflows["COMPLETED"].workflow_id))
             url = re.sub(r"\{(\w+)\}", lambda m: path_values[m[1]], url)
             body = bodies.get(path, GOOD) if method == "post" and "requestBody" in op else None
             needs_key = "security" in op
             # Fleet-wide routes: an operator key. GET /tasks documents 403 for its operator-only
             # `tenant` filter, checked below; without it a tenant key lists its own tasks.
-            fleet_filter = (method, path) == ("get", "/api/v1/tasks")
+            fleet_filter = (method, path) in (("get", "/api/v1/tasks"), ("get", "/api/v1/workflows"))
             operator_only = "403" in op["responses"] and not fleet_filter
             headers = (operator if operator_only else tenant).headers if needs_key else {}
             resp = client.request(method.upper(), url, json=body, headers=headers)
