@@ -11,9 +11,11 @@ from __future__ import annotations
 import functools
 import json
 import threading
+import time
 from typing import Any
 
 import pytest
+import torch  # here, not in the handler: its first import would outlast the 1 s time limit
 from prometheus_client import generate_latest
 
 from gpu_consumers.errors import InvalidInput, ProviderError, ProviderTimeout, StorageFailure
@@ -155,6 +157,12 @@ class Provider:
         with self._lock:
             self.runs.append((ctx.task_id, ctx.attempt, params.provider_type))
         verb, _, code = params.prompt.partition(":")
+        if verb == "oom" and self.name == "big":  # also on its low_memory run
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (scripted)")
+        if verb == "slow" and self.name == "big":  # past the time limit, then stops at its token
+            while not ctx.cancel.cancelled:
+                time.sleep(0.01)  # one simulated denoising step
+            ctx.cancel.raise_if_cancelled()
         if verb == "fail" and self.name == "big":
             raise {"PROVIDER_ERROR": ProviderError, "INVALID_INPUT": InvalidInput}[code](
                 f"scripted {code} of {self.name}")
@@ -208,12 +216,13 @@ def test_capability_routing_on_the_broker(kafka, status_log, results_dir):  # no
 @pytest.mark.integration
 def test_a_retryable_failure_of_the_primary_runs_on_the_fallback_in_the_same_attempt(
         kafka, status_log, results_dir):  # noqa: F811
-    worker, big, small = _worker(kafka, results_dir, {GEN: ROUTE}, metrics_port=0)
-    flaky, bad = _submit(kafka, ("fail:PROVIDER_ERROR", 64, 64), ("fail:INVALID_INPUT", 64, 64))
+    worker, big, small = _worker(kafka, results_dir, {GEN: ROUTE}, metrics_port=0, task_timeout_s=1.0)
+    flaky, bad, oom, slow = _submit(kafka, ("fail:PROVIDER_ERROR", 64, 64), ("fail:INVALID_INPUT", 64, 64),
+                                    ("oom", 64, 64), ("slow", 64, 64))
 
-    stats = Running(worker, max_tasks=2).join()
+    stats = Running(worker, max_tasks=4).join()
 
-    status_log.wait_terminal(flaky, bad)
+    status_log.wait_terminal(flaky, bad, oom, slow)
     state = status_log.state(flaky)
     assert state.status is TaskStatus.COMPLETED and state.attempt == 1
     meta = state.result.metadata
@@ -226,7 +235,14 @@ def test_a_retryable_failure_of_the_primary_runs_on_the_fallback_in_the_same_att
     refused = status_log.state(bad)
     assert refused.status is TaskStatus.FAILED and refused.error_code is ErrorCode.INVALID_INPUT
     assert all(r[0] != bad for r in small.runs)
-    assert (stats.completed, stats.failed, stats.retried, stats.fallbacks) == (1, 1, 0, 1)
+    # A GPU out of memory falls back after its low_memory run; a time limit at once.
+    for task_id, reason in ((oom, "GPU_OUT_OF_MEMORY"), (slow, "PROVIDER_TIMEOUT")):
+        state = status_log.state(task_id)
+        assert state.status is TaskStatus.COMPLETED and state.attempt == 1
+        assert (state.result.metadata.provider_name, state.result.metadata.fallback_reason) == ("small-cpu", reason)
+        assert _fallbacks(worker, reason) == 1.0
+    assert [r for r in big.runs if r[0] == oom] == [(oom, 1, "big")] * 2  # normal, then low_memory
+    assert (stats.completed, stats.failed, stats.retried, stats.fallbacks) == (3, 1, 0, 3)
     assert _fallbacks(worker, "PROVIDER_ERROR") == 1.0
     assert _fallbacks(worker, "INVALID_INPUT") is None
     exposition = generate_latest(worker.providers.metrics).decode()
