@@ -30,6 +30,12 @@ QUEUED) carries the deterministic stop event id, the run counts it with the stop
 record's header reports, and the second stop ends the task FAILED/PROVIDER_ERROR ("the task
 stopped a worker twice").
 Before any of this, a task over its type's admission budget is FAILED/INVALID_INPUT.
+
+Provider routes (``gpu_consumers.providers``, ``WORKER_PROVIDERS``): where the task's type has
+one, the attempt runs on the primary provider, or on the fallback when the task is over the
+primary's capabilities (over both: INVALID_INPUT) or the primary failed with PROVIDER_ERROR,
+PROVIDER_TIMEOUT or a GPU out of memory -- at once, within the same attempt; the result's
+metadata names the provider.
 """
 
 from __future__ import annotations
