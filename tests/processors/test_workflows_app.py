@@ -116,8 +116,9 @@ def handler_class(task_type: TaskType, script: Script) -> type:
     return Recording
 
 
-def spec(steps: list[dict[str, Any]], name: str) -> WorkflowSpec:
-    return WorkflowSpec.model_validate({"name": name, "origin_instance": "tests", "steps": steps})
+def spec(steps: list[dict[str, Any]], name: str, suppress: bool = False) -> WorkflowSpec:
+    return WorkflowSpec.model_validate({"name": name, "origin_instance": "tests", "steps": steps,
+                                        "suppress_subtask_events": suppress})
 
 
 def states(kafka: KafkaSettings) -> dict[str, list[WorkflowState]]:
@@ -187,7 +188,7 @@ def test_workflows_run_on_the_broker(kafka_settings: KafkaSettings, results_dir:
         flaky = step_task_id(ids["diamond"], "right")
         script.flaky.add(flaky)
         for name, steps in (("fashion", FASHION), ("diamond", DIAMOND), ("failing", FAILING)):
-            client.create(spec(steps, name), start=True, workflow_id=ids[name])
+            client.create(spec(steps, name, suppress=name == "fashion"), start=True, workflow_id=ids[name])
         client.create(spec(FASHION, "fashion"), start=True, workflow_id=ids["fashion"])  # a repeat
         stranger = new_workflow_id()
         client.cancel(stranger)  # a command for no workflow: logged, skipped
@@ -254,6 +255,19 @@ def test_workflows_run_on_the_broker(kafka_settings: KafkaSettings, results_dir:
     assert stranger not in states(kafka)
     [dead] = read_all(kafka, kafka.topics.dlq(kafka.topics.workflows))
     assert dead.value() == b"not a record" and header_dict(dead.headers())["error.class"] == "BadWorkflowRecord"
+
+    # Each step's task record names its workflow and step (what the projection reads), the
+    # workflow id also as generation_id (what the worker copies onto the task's statuses).
+    records = {m.key().decode(): CODEC.decode(m.value(), expect=None)
+               for t in TYPES for m in read_all(kafka, kafka.topics.task(t))}
+    for name, wid in ids.items():
+        for step in ended[name].steps:
+            if step.task_id is None:
+                continue
+            o = records[step.task_id].orchestration
+            assert (o.generation_id, o.workflow_id, o.step_id) == (wid, wid, step.step_id)
+            assert o.suppress_events is (name == "fashion")
+            assert records[step.task_id].envelope.origin_instance == "tests"
 
     # The fashion pipeline: each step ran once, fed by its parent's result.
     fashion = ended["fashion"]
