@@ -1,5 +1,5 @@
-"""The Faust app: the lifecycle fold, its state topic, leases, and the generations orchestrator
-(docs/PROCESSORS.md).
+"""The Faust app: the lifecycle fold, its state topic, leases, the generations orchestrator and
+the workflow engine (docs/PROCESSORS.md).
 
     status topic ──fold_status──> tasks table ══ its changelog: <prefix>.tasks.state (compacted)
          │                            ├─> lease book ──lease timer──> time-out, retry rec.
@@ -8,6 +8,9 @@
                                        └─> final states of generation tasks, keyed by generation
                                            id ──> <prefix>.generations ──orchestrate──> (see
                                            processors/orchestrator.py)
+                                       └─> final states of workflow steps' tasks (their
+                                           generation_id is a workflow id) ──> <prefix>.workflows
+                                           ──run_workflows──> (see processors/workflows.py)
 
 :func:`create_app` builds one app per call (no module-level app). The agents only move records
 between Kafka and the pure functions of ``processors/folding.py`` and ``processors/leases.py``.
