@@ -37,3 +37,29 @@ def test_three_attempts_give_three_different_images(handler, first):
         harness.add(URL, image)
         outputs.append(handler.run(params, harness.ctx()).outputs[0].data)
     assert len(set(outputs)) == 3
+
+
+# The provider_config whitelist of each type's model provider, as the handlers define it.
+WHITELISTS = {
+    "EDITING": ("editing", "OPTIONS"), "BACKGROUND_FIX": ("background_fix", "OPTIONS"),
+    "REFINE": ("refine", "DIFFUSION_REFINE_OPTIONS"), "FACE_ENHANCER": ("face_enhancer", "OPTIONS"),
+    "DETAIL_ENHANCER": ("detail_enhancer", "OPTIONS"), "GENERATION": ("generation", "GENERATION_OPTIONS"),
+    "VIDEO_GENERATION": ("video_generation", "OPTIONS"),
+}
+
+
+@pytest.mark.parametrize("name", WHITELISTS)
+def test_the_retry_knobs_are_keys_the_model_providers_accept(name):
+    """A retry's provider_config must pass the handler's whitelist (else INVALID_INPUT)."""
+    import importlib
+
+    from generations.steering import _KNOBS
+    from schemas.enums import TaskType
+
+    module, attribute = WHITELISTS[name]
+    accepted = getattr(importlib.import_module(f"gpu_consumers.handlers.{module}"), attribute)
+    knobs = _KNOBS[TaskType(name)]
+    wanted = {"seed": knobs.seed == "config", "num_inference_steps": knobs.steps,
+              "guidance_scale": knobs.guidance}
+    keys = {key for key, used in wanted.items() if used}
+    assert keys <= set(accepted)
