@@ -8,9 +8,9 @@ retry is a genuinely different try **for every provider of its task type**, the 
 1. **seed** — a new one, where the type has one (``_KNOBS``);
 2. **dials** (:data:`DIALS`) — the amounts a type's providers all read (IMAGE_ADJUSTER's four
    adjustments, FACE/DETAIL ``strength``, REFINE ``upscale_steps`` / ``upscale_denoise``,
-   BACKGROUND_FIX ``blend_strength``, EDITING ``strength``). The reasons steer them: each reason
-   is read for :class:`Signal` keywords ("underexposed" / "too dark" → DARK, "blurry" / "not
-   sharp" → SOFT, ...), and a dial moves one ``step`` up for a signal in its ``up`` set, down for
+   BACKGROUND_FIX ``blend_strength``, EDITING ``strength``). The reasons steer them: each clause
+   of a reason is read for :class:`Signal` keywords ("underexposed" / "too dark" → DARK,
+   "blurry" / "not sharp" → SOFT, ...), and a dial moves one ``step`` up for a signal in its ``up`` set, down for
    one in its ``down`` set (both: it stays). Each change of a dial's direction halves its step (a
    bisection between the too-little and too-much already seen), and a move that lands on a
    setting already tried goes half as far again (twice at most). When no signal moved a dial of
@@ -31,6 +31,7 @@ default still applies).
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -77,7 +78,7 @@ class Signal(StrEnum):
 
 
 # Keywords per signal, looked for in the lower-cased reason (the quality evaluator's names, the
-# VLM judge's free text, a person's words). The first signal whose keyword a reason contains
+# VLM judge's free text, a person's words). The first signal whose keyword a clause contains
 # wins, so the specific ones come first ("clipped highlights: overexposed" is BRIGHT, not DARK).
 _SIGNAL_WORDS: tuple[tuple[Signal, tuple[str, ...]], ...] = (
     (Signal.BRIGHT, ("overexposed", "too bright", "clipped highlights", "blown", "too light")),
@@ -98,14 +99,19 @@ _SIGNAL_WORDS: tuple[tuple[Signal, tuple[str, ...]], ...] = (
 )
 
 
+# A judge's sentence may name several faults: each clause gives at most one signal.
+_CLAUSES = re.compile(r"[;,.]\s|\band\b|\bbut\b|\bwhile\b")
+
+
 def signals(reasons: Iterable[str]) -> tuple[Signal, ...]:
-    """The signals of ``reasons``, in order, each once (a reason gives at most one)."""
+    """The signals of ``reasons``, in order, each once: per clause of a reason, the first signal
+    one of whose keywords it contains."""
     found: list[Signal] = []
     for reason in reasons:
-        low = reason.lower()
-        hit = next((s for s, words in _SIGNAL_WORDS if any(w in low for w in words)), None)
-        if hit is not None and hit not in found:
-            found.append(hit)
+        for clause in _CLAUSES.split(reason.lower()):
+            hit = next((s for s, words in _SIGNAL_WORDS if any(w in clause for w in words)), None)
+            if hit is not None and hit not in found:
+                found.append(hit)
     return tuple(found)
 
 

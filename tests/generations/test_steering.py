@@ -122,6 +122,12 @@ def test_signals_read_the_evaluators_reasons():
         Signal.OFF_PROMPT)
 
 
+def test_a_judges_sentence_can_name_several_faults():
+    assert signals(["The image is too dark, and the colours look dull while the edges are soft."]) == (
+        Signal.DARK, Signal.DULL, Signal.SOFT)
+    assert signals(["bad cut-out: soft, semi-transparent matte (alpha 0.30; 20% transparent)"]) == (Signal.CUTOUT,)
+
+
 def test_adjust_is_deterministic_and_keeps_values_in_range():
     far = ImageAdjusterParams(base_image_url=URL, brightness=0.95)
     once = adjust(far, 2, ["too dark"], 7, tried=[far])
