@@ -37,10 +37,12 @@ def _scripted(rng: random.Random, n_tasks: int) -> list:
         tid = str(uuid.uuid4())
         start = T0 + timedelta(minutes=i)
         final = [TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.PROCESSING][i % 3]
+        if i % 4 == 0:  # a retried attempt: QUEUED for attempt 2 with the error (issue 17)
+            final = TaskStatus.PROCESSING
         events = lifecycle(tid, start=start, final=final, tenant="acme")
-        if i % 4 == 0:  # a retried attempt
-            events.append(status(tid, TaskStatus.FAILED, at=start + timedelta(seconds=10),
-                                 attempt=1, code=ErrorCode.PROVIDER_TIMEOUT))
+        if i % 4 == 0:
+            events.append(status(tid, TaskStatus.QUEUED, at=start + timedelta(seconds=10),
+                                 attempt=2, code=ErrorCode.PROVIDER_TIMEOUT))
             events.append(status(tid, TaskStatus.PROCESSING, at=start + timedelta(seconds=12),
                                  attempt=2, progress=0.5))
         deliveries = events + rng.sample(events, 2)  # duplicates

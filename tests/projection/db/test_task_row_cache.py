@@ -63,8 +63,8 @@ def _scripted(rng: random.Random, n_tasks: int) -> list:
         tid = str(uuid.uuid4())
         start = T0 + timedelta(minutes=i)
         events = lifecycle(tid, start=start, tenant="acme") + [
-            status(tid, TaskStatus.FAILED, at=start + timedelta(seconds=9),
-                   code=ErrorCode.PROVIDER_TIMEOUT),
+            status(tid, TaskStatus.QUEUED, at=start + timedelta(seconds=9), attempt=2,
+                   code=ErrorCode.PROVIDER_TIMEOUT),  # a retry (issue 17: never FAILED)
             status(tid, TaskStatus.PROCESSING, at=start + timedelta(seconds=12), attempt=2),
         ]
         events += rng.sample(events, 3)  # duplicates
