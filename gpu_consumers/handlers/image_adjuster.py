@@ -163,7 +163,7 @@ class ImageAdjusterHandler:
         ctx.cancel.raise_if_cancelled()
 
         # 2. prepare: the values (the guidance read by the rules, added to the explicit ones)
-        if not params.prompt:
+        if not (params.prompt or "").strip():  # no guidance (a blank one is none)
             return _render(picture, explicit_values(params), ctx, MODEL_NAME, "classical", None, None)
         guided, record = keyword_guidance(params.prompt)
         values = combine(explicit_values(params), guided)
@@ -200,7 +200,7 @@ class TransformersImageAdjuster:
         # 1. check inputs
         picture = load_picture(ctx, params.base_image_url, "base_image_url")
         ctx.cancel.raise_if_cancelled()
-        if not params.prompt:  # no guidance: the classical path exactly, no model loaded
+        if not (params.prompt or "").strip():  # no guidance: the classical path exactly, no model
             return _render(picture, explicit_values(params), ctx, MODEL_NAME, "classical", None, None)
 
         # 2. ask the model (greedy: the same guidance gives the same values)
@@ -208,11 +208,17 @@ class TransformersImageAdjuster:
                                         system_prompt=SYSTEM_PROMPT, max_tokens=ANSWER_MAX_TOKENS,
                                         temperature=0.0)
         share = dataclasses.replace(ctx, progress=lambda f: ctx.progress(LLM_PROGRESS_SHARE * f))
-        text, llm_model = self._answer(question, share)
+        try:
+            text, llm_model = self._answer(question, share)
+            refused = None
+        except InvalidInput as exc:  # e.g. guidance longer than the model's context window
+            text, llm_model, refused = "", "", f"the model could not be asked: {exc}"
         ctx.cancel.raise_if_cancelled()
 
         # 3. the values: the model's answer if usable, else the rules
         try:
+            if refused:
+                raise UnusableAnswer(refused)
             guided = parse_answer(text)
             record: dict[str, Any] = {"decided_by": "llm", "values": guided}
             model = f"{MODEL_NAME}+{llm_model}"

@@ -129,3 +129,18 @@ def test_without_a_prompt_the_classical_path_runs_and_no_model_is_asked():
 def test_the_model_provider_is_the_default_and_classical_stays_available():
     providers = registry([TaskType.IMAGE_ADJUSTER])[TaskType.IMAGE_ADJUSTER]
     assert list(providers) == ["transformers", "classical"]
+
+
+def test_a_blank_prompt_is_no_guidance_and_a_model_that_cannot_be_asked_leaves_it_to_the_rules():
+    model = ScriptedModel("never read")
+    assert adjusted(model, prompt="   ", contrast=0.2).model == "numpy-color-adjust" and model.questions == []
+
+    def too_long(params, ctx):
+        raise InvalidInput("the prompt is 900 tokens; the model's context window is 512")
+
+    harness = Harness()
+    harness.add(URL, RGB)
+    result = TransformersImageAdjuster(too_long).run(ImageAdjusterParams(base_image_url=URL, prompt="warmer"),
+                                                     harness.ctx())
+    assert result.model == "numpy-color-adjust+keywords" and result.extra["applied"] == {"warmth": 0.2}
+    assert result.extra["guidance"]["llm_unusable"].startswith("the model could not be asked")
