@@ -29,11 +29,15 @@ def _add_command(kind: CatalogKind) -> click.Command:
     @click.option("--weight", "default_weight", type=click.FloatRange(0.0, 1.0),
                   help="Default LoRA weight, 0..1 (default: none, the worker's own).")
     @click.option("--id", "entry_id", help="Use this UUID instead of a new one.")
+    @click.option("--reference", "reference_urls", metavar="URL", multiple=True,
+                  help="A reference image of the entry (repeatable, up to 8): EDITING's SUBJECT_SWAP / "
+                       "PRODUCT_ENHANCEMENT use it when a request brings none.")
     @_database_url
     def add(name: str, lora_ref: str | None, default_weight: float | None, entry_id: str | None,
-            database_url: str) -> None:
+            reference_urls: tuple[str, ...], database_url: str) -> None:
         lora_ref = (lora_ref or "").strip() or None  # "" is no LoRA, as leaving --lora out is
-        entry = PostgresCatalog(database_url).add(kind, name, lora_ref, default_weight, entry_id)
+        entry = PostgresCatalog(database_url).add(kind, name, lora_ref, default_weight, entry_id,
+                                                  reference_urls)
         click.echo(entry.id)
 
     return add

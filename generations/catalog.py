@@ -3,7 +3,9 @@
 Each entry has a name (used in prompts), a LoRA reference (a model id or a path the workers'
 model registry knows) and a default LoRA weight in 0..1 (what a GENERATION task of that entry
 gets as ``subject_lora_weight`` / ``product_lora_weight`` / ``style_lora_weight``). Both may be
-NULL in the database (an entry without a LoRA: its weight is left out of the task).
+NULL in the database (an entry without a LoRA: its weight is left out of the task). Its
+``reference_urls`` (up to 8 image URLs, none by default) show the subject or product: an EDITING
+SUBJECT_SWAP / PRODUCT_ENHANCEMENT uses them when its request brings no reference of that kind.
 
 The domain model and :class:`InMemoryCatalog` (for tests) are here; the store of record is
 :class:`projection.db.catalog.PostgresCatalog` (tables in the read model's migrations), and
@@ -13,6 +15,7 @@ The domain model and :class:`InMemoryCatalog` (for tests) are here; the store of
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -29,6 +32,11 @@ class CatalogKind(StrEnum):
     @property
     def table(self) -> str:
         return f"{self.value}s"
+
+
+# Reference images per entry: a few views of a subject or product; the worker uses one per task.
+MAX_REFERENCE_URLS = 8
+MAX_REFERENCE_URL_CHARS = 2000
 
 
 def entry_weight(value: float | None) -> float | None:
@@ -58,9 +66,16 @@ class CatalogEntry:
     lora_ref: str | None  # None: an entry without a LoRA (the migration allows it)
     default_weight: float | None
     created_at: datetime | None = None
+    reference_urls: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
+        object.__setattr__(self, "reference_urls", tuple(self.reference_urls))
+        if len(self.reference_urls) > MAX_REFERENCE_URLS:
+            problems.append(f"at most {MAX_REFERENCE_URLS} reference_urls, got {len(self.reference_urls)}")
+        if any(not isinstance(u, str) or not u.strip() or len(u) > MAX_REFERENCE_URL_CHARS
+               for u in self.reference_urls):
+            problems.append(f"reference_urls must be non-blank URLs of at most {MAX_REFERENCE_URL_CHARS} characters")
         try:
             object.__setattr__(self, "id", str(uuid.UUID(str(self.id))))
         except ValueError:
@@ -78,7 +93,7 @@ class CatalogEntry:
 class Catalog(Protocol):
     def get(self, kind: CatalogKind, entry_id: str) -> CatalogEntry: ...
     def add(self, kind: CatalogKind, name: str, lora_ref: str | None, default_weight: float | None,
-            entry_id: str | None = None) -> CatalogEntry: ...
+            entry_id: str | None = None, reference_urls: Sequence[str] = ()) -> CatalogEntry: ...
     def list(self, kind: CatalogKind) -> list[CatalogEntry]: ...
     def get_subject(self, entry_id: str) -> CatalogEntry: ...
     def get_product(self, entry_id: str) -> CatalogEntry: ...
@@ -94,7 +109,7 @@ class NamedCatalog:
 
     def get(self, kind: CatalogKind, entry_id: str) -> CatalogEntry: raise NotImplementedError
     def add(self, kind: CatalogKind, name: str, lora_ref: str | None, default_weight: float | None,
-            entry_id: str | None = None) -> CatalogEntry: raise NotImplementedError
+            entry_id: str | None = None, reference_urls: Sequence[str] = ()) -> CatalogEntry: raise NotImplementedError
 
     def get_subject(self, entry_id: str) -> CatalogEntry:
         return self.get(CatalogKind.SUBJECT, entry_id)
@@ -134,8 +149,9 @@ class InMemoryCatalog(NamedCatalog):
         return entry
 
     def add(self, kind: CatalogKind, name: str, lora_ref: str | None, default_weight: float | None,
-            entry_id: str | None = None) -> CatalogEntry:
-        entry = CatalogEntry(entry_id or str(uuid.uuid4()), kind, name, lora_ref, entry_weight(default_weight))
+            entry_id: str | None = None, reference_urls: Sequence[str] = ()) -> CatalogEntry:
+        entry = CatalogEntry(entry_id or str(uuid.uuid4()), kind, name, lora_ref, entry_weight(default_weight),
+                             reference_urls=tuple(reference_urls))
         if (kind, entry.id) in self._entries:
             raise CatalogError(f"{kind.value} {entry.id} already exists")
         self._entries[(kind, entry.id)] = entry

@@ -225,7 +225,8 @@ def _template(request: Any, entries: dict[CatalogKind, CatalogEntry], i: int, rn
         config: dict[str, Any] = {"tool": request.tool.value}
         for slot, e in (("subject", subject), ("product", product)):
             if e is not None:
-                config[slot] = {"id": e.id, "name": e.name, "lora_ref": e.lora_ref, "lora_weight": e.default_weight}
+                config[slot] = {"id": e.id, "name": e.name, "lora_ref": e.lora_ref, "lora_weight": e.default_weight,
+                                **({"reference_urls": list(e.reference_urls)} if e.reference_urls else {})}
         return _some(base_image_url=request.base_img_path, prompt=prompt, width=request.width, height=request.height,
                      reference_images=[cast(ReferenceImage, r).model_dump() for r in request.reference_images],  # made by _urls
                      provider_config=config)

@@ -27,7 +27,7 @@ from api.models.tasks import (
     QueryDatetime,
     TaskOrigin,
 )
-from generations.catalog import CatalogEntry, CatalogKind
+from generations.catalog import MAX_REFERENCE_URLS, CatalogEntry, CatalogKind
 from generations.requests import (
     BackgroundFixingRequest,
     EditingRequest,
@@ -38,7 +38,7 @@ from generations.requests import (
     VideoRequest,
 )
 from schemas.enums import GenerationStrategy, GenerationType, TaskStatus
-from schemas.records import UuidStr, WebhookUrl
+from schemas.records import Url, UuidStr, WebhookUrl
 
 S = GenerationStrategy
 
@@ -304,6 +304,10 @@ class CatalogEntryCreate(BaseModel):
                                              "null: an entry without a LoRA")
     default_weight: Annotated[float, Strict()] | None = Field(
         default=None, ge=0.0, le=1.0, description="the LoRA weight GENERATE tasks get, 0..1")
+    reference_urls: list[Url] = Field(
+        default_factory=list, max_length=MAX_REFERENCE_URLS,
+        description="reference images of the subject or product; EDITING's SUBJECT_SWAP and "
+                    "PRODUCT_ENHANCEMENT use them when a request brings none of that kind")
 
 
 class CatalogLinks(BaseModel):
@@ -318,13 +322,15 @@ class CatalogEntryPublic(BaseModel):
     name: str
     lora_ref: str | None
     default_weight: float | None
+    reference_urls: list[str]
     created_at: datetime | None
     links: CatalogLinks
 
     @classmethod
     def of(cls, entry: CatalogEntry) -> CatalogEntryPublic:
         return cls(id=entry.id, kind=entry.kind, name=entry.name, lora_ref=entry.lora_ref,
-                   default_weight=entry.default_weight, created_at=entry.created_at,
+                   default_weight=entry.default_weight, reference_urls=list(entry.reference_urls),
+                   created_at=entry.created_at,
                    links=CatalogLinks(self_=f"{API_PREFIX}/catalog/{entry.kind.table}/{entry.id}"))
 
 

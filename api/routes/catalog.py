@@ -58,7 +58,8 @@ async def add_entry(kind: CatalogKindPath, body: Annotated[CatalogEntryCreate, B
     store = PostgresCatalog(settings.database_url)
     try:
         entry: CatalogEntry = await run_in_threadpool(
-            store.add, kind.kind, body.name.strip(), body.lora_ref, body.default_weight, body.id)
+            store.add, kind.kind, body.name.strip(), body.lora_ref, body.default_weight, body.id,
+            body.reference_urls)
     except CatalogError as exc:
         message = str(exc)
         if "already exists" in message:

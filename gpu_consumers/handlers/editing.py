@@ -24,9 +24,11 @@ no weight-free method does.
   - SUBJECT_SWAP: the region repainted (strength 1.0) with ``provider_config.subject``'s LoRA
     (slot ``subject``) and the reference of type ``subject`` / ``person`` / ``model`` (else the
     first) through the IP-Adapter. Needs a subject or a reference (INVALID_INPUT otherwise).
+    Without a reference of its types in the request, the entry's own (catalog
+    ``reference_urls``) is used.
   - PRODUCT_ENHANCEMENT: the region re-noised half way (strength 0.5, so the product keeps its
     shape) with ``provider_config.product``'s LoRA (slot ``product``) and the reference of type
-    ``product`` / ``garment`` through the IP-Adapter.
+    ``product`` / ``garment`` through the IP-Adapter (else the product's own, as above).
 
   A tool with a LoRA, and SUBJECT_SWAP / PRODUCT_ENHANCEMENT always, inpaint with the pipeline
   derived from the text-to-image model (``ModelCache.inpaint_from_base``): the catalog's LoRAs
@@ -133,7 +135,8 @@ class DiffusersEditing:
         weights, refs = tool_loras(spec, entries)
         cache = ModelCache.for_context(ctx)
         cache.check_loras(weights, refs)
-        chosen = choose_reference(params.reference_images, spec.reference_types)
+        stored = [r for slot in spec.slots if slot in entries for r in entries[slot].references]
+        chosen = choose_reference(params.reference_images, spec.reference_types, stored)
         if tool is EditingTool.SUBJECT_SWAP and "subject" not in entries and chosen is None:
             raise InvalidInput("SUBJECT_SWAP needs the new subject: provider_config.subject (a "
                                "catalog subject) or a reference image of it")

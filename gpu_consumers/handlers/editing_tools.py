@@ -7,9 +7,11 @@ when the generation is submitted (an unknown id is refused there, before any tas
 puts what the worker needs in ``provider_config``:
 
 * ``tool``: ``EDIT`` (default), ``SUBJECT_SWAP`` or ``PRODUCT_ENHANCEMENT``;
-* ``subject`` / ``product``: the catalog entry, ``{"id", "name", "lora_ref", "lora_weight"}``
-  (``name`` required; ``lora_ref`` a LoRA reference the worker resolves like GENERATION's,
-  ``lora_weight`` 0..1, None meaning 1.0, the adapter at its trained strength).
+* ``subject`` / ``product``: the catalog entry, ``{"id", "name", "lora_ref", "lora_weight",
+  "reference_urls"}`` (``name`` required; ``lora_ref`` a LoRA reference the worker resolves like
+  GENERATION's, ``lora_weight`` 0..1, None meaning 1.0, the adapter at its trained strength;
+  ``reference_urls`` the entry's reference images, used when the request brings none of the
+  tool's kind).
 
 The task stays self-contained (a replay runs the same entry even if the catalog changed since),
 and the worker needs no database. This module is pure (numpy / OpenCV), so it is tested without
@@ -24,7 +26,9 @@ from typing import Any
 
 import cv2
 import numpy as np
+from pydantic import ValidationError
 
+from generations.catalog import MAX_REFERENCE_URLS
 from generations.requests import EditingTool
 from gpu_consumers.errors import InvalidInput
 from gpu_consumers.handlers.classical import to_uint8
@@ -52,6 +56,7 @@ class EntryRef:
     id: str | None = None
     lora_ref: str | None = None
     lora_weight: float | None = None
+    references: tuple[ReferenceImage, ...] = ()  # the entry's reference images (type: the slot)
 
     @property
     def weight(self) -> float:
@@ -93,7 +98,7 @@ def tool_option(key: str, value: Any) -> EditingTool:
 
 def entry_option(key: str, value: Any) -> EntryRef:
     """``provider_config.subject`` / ``provider_config.product``: a catalog entry."""
-    fields = ("id", "name", "lora_ref", "lora_weight")
+    fields = ("id", "name", "lora_ref", "lora_weight", "reference_urls")
     if not isinstance(value, dict) or set(value) - set(fields):
         raise InvalidInput(f"provider_config.{key} must be a catalog entry: an object of "
                            f"{', '.join(fields)} (the planner sets it from the catalog)")
@@ -108,8 +113,16 @@ def entry_option(key: str, value: Any) -> EntryRef:
         raise InvalidInput(f"provider_config.{key}.lora_weight must be a number in 0..1 or null")
     if entry_id is not None and not isinstance(entry_id, str):
         raise InvalidInput(f"provider_config.{key}.id must be a string or null")
+    urls = value.get("reference_urls") or []
+    if not isinstance(urls, list) or len(urls) > MAX_REFERENCE_URLS:
+        raise InvalidInput(f"provider_config.{key}.reference_urls must be a list of at most "
+                           f"{MAX_REFERENCE_URLS} URLs")
+    try:
+        references = tuple(ReferenceImage(url=url, type=key) for url in urls)
+    except ValidationError as exc:
+        raise InvalidInput(f"provider_config.{key}.reference_urls: {exc.errors()[0]['msg']}") from None
     return EntryRef(key, name.strip(), entry_id, lora_ref,
-                    None if weight is None else float(weight))
+                    None if weight is None else float(weight), references)
 
 
 def tool_loras(spec: ToolSpec, entries: dict[str, EntryRef]) -> tuple[dict[str, float], dict[str, str]]:
@@ -118,13 +131,17 @@ def tool_loras(spec: ToolSpec, entries: dict[str, EntryRef]) -> tuple[dict[str, 
     return {e.slot: e.weight for e in used}, {e.slot: str(e.lora_ref) for e in used}
 
 
-def choose_reference(references: Sequence[ReferenceImage], preferred: tuple[str, ...]) -> ReferenceImage | None:
-    """The first reference of the tool's preferred types (in the order of ``preferred``), else
-    the first reference; None without references."""
+def choose_reference(references: Sequence[ReferenceImage], preferred: tuple[str, ...],
+                     stored: Sequence[ReferenceImage] = ()) -> ReferenceImage | None:
+    """The request's first reference of the tool's preferred types (in the order of
+    ``preferred``); else the first of ``stored`` (the tool's catalog entries' own references);
+    else the request's first reference; None without any."""
     for kind in preferred:
         for reference in references:
             if reference.type.lower() == kind:
                 return reference
+    if stored:
+        return stored[0]
     return references[0] if references else None
 
 

@@ -5,6 +5,7 @@ of :mod:`generations.catalog`. Its tables belong to the read model's migrations
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from generations.catalog import CatalogEntry, CatalogError, CatalogKind, NamedCatalog, UnknownCatalogEntry, entry_weight, valid_entry_id
@@ -36,29 +37,38 @@ class PostgresCatalog(NamedCatalog):
         row = None
         if valid is not None:
             with self._connect() as conn:
-                row = conn.execute(f"SELECT id, name, lora_ref, default_weight, created_at "
-                                   f"FROM {kind.table} WHERE id = %s", (valid,)).fetchone()
+                row = conn.execute(f"SELECT {_COLUMNS} FROM {kind.table} WHERE id = %s", (valid,)).fetchone()
         if row is None:
             raise UnknownCatalogEntry([(kind, str(entry_id))])
-        return CatalogEntry(str(row[0]), kind, row[1], row[2], row[3], row[4])
+        return _entry(kind, row)
 
     def add(self, kind: CatalogKind, name: str, lora_ref: str | None, default_weight: float | None,
-            entry_id: str | None = None) -> CatalogEntry:
+            entry_id: str | None = None, reference_urls: Sequence[str] = ()) -> CatalogEntry:
         import psycopg
 
-        entry = CatalogEntry(entry_id or str(uuid.uuid4()), kind, name, lora_ref, entry_weight(default_weight))
+        entry = CatalogEntry(entry_id or str(uuid.uuid4()), kind, name, lora_ref, entry_weight(default_weight),
+                             reference_urls=tuple(reference_urls))
         with self._connect() as conn:
             try:
                 created = cast(tuple[Any, ...], conn.execute(
-                    f"INSERT INTO {kind.table} (id, name, lora_ref, default_weight) "
-                    f"VALUES (%s, %s, %s, %s) RETURNING created_at",
-                    (entry.id, entry.name, entry.lora_ref, entry.default_weight)).fetchone())[0]
+                    f"INSERT INTO {kind.table} (id, name, lora_ref, default_weight, reference_urls) "
+                    f"VALUES (%s, %s, %s, %s, %s) RETURNING created_at",
+                    (entry.id, entry.name, entry.lora_ref, entry.default_weight,
+                     list(entry.reference_urls))).fetchone())[0]
             except psycopg.errors.UniqueViolation:
                 raise CatalogError(f"{kind.value} {entry.id} already exists") from None
-        return CatalogEntry(entry.id, kind, entry.name, entry.lora_ref, entry.default_weight, created)
+        return CatalogEntry(entry.id, kind, entry.name, entry.lora_ref, entry.default_weight, created,
+                            entry.reference_urls)
 
     def list(self, kind: CatalogKind) -> list[CatalogEntry]:
         with self._connect() as conn:
-            rows = conn.execute(f"SELECT id, name, lora_ref, default_weight, created_at "
-                                f"FROM {kind.table} ORDER BY created_at, id").fetchall()
-        return [CatalogEntry(str(r[0]), kind, r[1], r[2], r[3], r[4]) for r in rows]
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM {kind.table} ORDER BY created_at, id").fetchall()
+        return [_entry(kind, r) for r in rows]
+
+
+# reference_urls: migration 0013 (NOT NULL, default empty).
+_COLUMNS = "id, name, lora_ref, default_weight, created_at, reference_urls"
+
+
+def _entry(kind: CatalogKind, row: tuple[Any, ...]) -> CatalogEntry:
+    return CatalogEntry(str(row[0]), kind, row[1], row[2], row[3], row[4], tuple(row[5]))

@@ -21,16 +21,19 @@ def test_add_list_and_get_each_kind(api: ApiStack, client: httpx.Client, tenant:
     for kind in ("subjects", "products", "styles"):
         name = f"{kind} {uuid.uuid4().hex[:6]}"
         resp = client.post(f"/api/v1/catalog/{kind}", headers=tenant.headers,
-                           json={"name": name, "lora_ref": f"loras/{kind}", "default_weight": 0.65})
+                           json={"name": name, "lora_ref": f"loras/{kind}", "default_weight": 0.65,
+                                 "reference_urls": [f"s3://catalog/{kind}.png"]})
         assert resp.status_code == 201, resp.text
         entry = resp.json()
         assert entry["name"] == name and entry["kind"] == kind.removesuffix("s")
         assert entry["lora_ref"] == f"loras/{kind}" and entry["default_weight"] == 0.65
+        assert entry["reference_urls"] == [f"s3://catalog/{kind}.png"]
         assert entry["created_at"] is not None
         assert resp.headers["location"] == entry["links"]["self"] == f"/api/v1/catalog/{kind}/{entry['id']}"
         # The same store the planner reads.
         stored = PostgresCatalog(api.db_url).get(CatalogKind(kind.removesuffix("s")), entry["id"])
         assert stored.name == name and stored.default_weight == 0.65
+        assert stored.reference_urls == (f"s3://catalog/{kind}.png",)
         # Any tenant's key reads it.
         got = client.get(entry["links"]["self"], headers=other_tenant.headers)
         assert got.status_code == 200 and got.json() == entry
@@ -45,6 +48,7 @@ def test_an_entry_without_a_lora_and_a_chosen_id(client: httpx.Client, tenant: T
                        json={"id": chosen.upper(), "name": "Studio Minimal"})
     assert resp.status_code == 201, resp.text
     assert resp.json()["id"] == chosen and resp.json()["lora_ref"] is None
+    assert resp.json()["reference_urls"] == []
     again = client.post("/api/v1/catalog/styles", headers=tenant.headers,
                         json={"id": chosen, "name": "Another"})
     assert assert_problem(again, 409)["type"].endswith(":catalog-entry-exists")
@@ -71,6 +75,8 @@ def test_missing_entries_are_404(client: httpx.Client, tenant: Tenant) -> None:
     ({"name": "x", "lora_ref": "a\nb"}, ["body", "lora_ref"]),
     ({"name": "x", "weight": 0.5}, ["body", "weight"]),
     ({"name": "x", "id": "not-a-uuid"}, ["body", "id"]),
+    ({"name": "x", "reference_urls": ["ftp://x.example/a.png"]}, ["body", "reference_urls", 0]),
+    ({"name": "x", "reference_urls": [f"s3://c/{i}.png" for i in range(9)]}, ["body", "reference_urls"]),
 ])
 def test_bad_entries_are_422(client: httpx.Client, tenant: Tenant, body: dict, where: list) -> None:
     before = client.get("/api/v1/catalog/subjects", headers=tenant.headers).json()["total"]

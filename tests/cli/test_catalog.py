@@ -35,3 +35,15 @@ def test_add_subject_refuses_a_weight_out_of_range(database_url):
     made = CliRunner().invoke(cli, ["catalog", "add-subject", "Anna", "--weight", "1.5"],
                               env={"DATABASE_URL": database_url})
     assert made.exit_code == 2 and "--weight" in made.output
+
+
+def test_add_product_with_reference_images(database_url):
+    with fresh_database(database_url) as db_url:
+        migrate(db_url)
+        made = CliRunner().invoke(cli, ["catalog", "add-product", "Dress", "--reference", "s3://catalog/front.png",
+                                        "--reference", "s3://catalog/back.png"], env={"DATABASE_URL": db_url})
+        assert made.exit_code == 0, made.output
+        store = PostgresCatalog(db_url)
+        entry = store.get(CatalogKind.PRODUCT, made.stdout.strip())
+        assert entry.reference_urls == ("s3://catalog/front.png", "s3://catalog/back.png")
+        assert store.list(CatalogKind.PRODUCT) == [entry]

@@ -188,6 +188,12 @@ def test_editing_tasks_carry_the_tool_and_the_catalog_entries_for_the_worker():
                     "lora_weight": 0.65}}
     plain = plan_generation({"strategy": "EDITING", "base_img_path": "s3://in/look.png", "tool": "EDIT"}, store)
     assert plain.tasks[0].params.provider_config == {"tool": "EDIT"}
+    dress = store.add(CatalogKind.PRODUCT, "Dress", None, None, reference_urls=["s3://catalog/dress-front.png"])
+    enhance = plan_generation({"strategy": "EDITING", "base_img_path": "s3://in/look.png", "tool": "PRODUCT_ENHANCEMENT",
+                               "product_id": dress.id}, store)
+    assert enhance.tasks[0].params.provider_config["product"] == {
+        "id": dress.id, "name": "Dress", "lora_ref": None, "lora_weight": None,
+        "reference_urls": ["s3://catalog/dress-front.png"]}
     missing = "3f1c2b4a-0000-4000-8000-000000000001"  # an unknown subject: refused before any task exists
     with pytest.raises(UnknownCatalogEntry, match=f"subject {missing}"):
         plan_generation({"strategy": "EDITING", "base_img_path": "s3://in/look.png", "tool": "SUBJECT_SWAP",

@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from generations.catalog import InMemoryCatalog
+from generations.catalog import CatalogKind, InMemoryCatalog
 from generations.plan import plan_generation
 from gpu_consumers.errors import InvalidInput, TaskCancelled
 from gpu_consumers.handlers.editing import DiffusersEditing
@@ -250,18 +250,28 @@ def test_bad_tool_settings_are_invalid_input(model_cache, config, message):
 
 def test_the_planners_subject_swap_task_runs_with_the_catalog_subjects_lora(model_cache):
     # The contract between generations/plan.py and this handler: what the planner sends works.
+    # The subject's reference comes from the catalog: the request brings none.
     store = InMemoryCatalog()
-    anna = store.add_subject("Anna", ANNA, 0.75)
-    plan = plan_generation({"strategy": "EDITING", "base_img_path": SHOT, "tool": "SUBJECT_SWAP",
-                            "subject_id": anna.id, "reference_images": [{"url": SUBJECT, "type": "subject"}]},
-                           store, random.Random(0))
-    [task] = plan.tasks
-    harness = Harness()
-    harness.add(SHOT, subject_on_plain((64, 64)))
-    harness.add(SUBJECT, noise_image(40, 32, seed=4))
-    result = DiffusersEditing().run(task.params, model_ctx(harness, model_cache))
+    anna = store.add(CatalogKind.SUBJECT, "Anna", ANNA, 0.75, reference_urls=[SUBJECT])
+    anna_b = store.add(CatalogKind.SUBJECT, "Anna", ANNA, 0.75, reference_urls=[SUBJECT_B])
+
+    def swap(subject_id):
+        plan = plan_generation({"strategy": "EDITING", "base_img_path": SHOT, "tool": "SUBJECT_SWAP",
+                                "subject_id": subject_id}, store, random.Random(0))
+        [task] = plan.tasks
+        harness = Harness()
+        harness.add(SHOT, subject_on_plain((64, 64)))
+        harness.add(SUBJECT, noise_image(40, 32, seed=4))
+        harness.add(SUBJECT_B, noise_image(40, 32, seed=7))
+        result = DiffusersEditing().run(task.params.model_copy(update={"provider_config": {
+            **task.params.provider_config, "seed": 0, "reference_image_strength": 1.0}}), model_ctx(harness, model_cache))
+        harness.assert_progress_complete()
+        return result
+
+    result = swap(anna.id)
     assert model_cache.last_lora_switch.names == (adapter(model_cache, ANNA),)
     assert model_cache.last_lora_switch.weights == (0.75,)
     assert result.extra["tool"] == "SUBJECT_SWAP" and result.extra["subject"] == {"id": anna.id, "name": "Anna"}
-    assert result.extra["region"]["source"] == "grabcut" and result.extra["reference"]["url"] == SUBJECT
-    harness.assert_progress_complete()
+    assert result.extra["region"]["source"] == "grabcut"
+    assert result.extra["reference"] == {"url": SUBJECT, "type": "subject", "scale": 1.0}
+    assert differs(decode(swap(anna_b.id)), decode(result), 5)  # another stored reference, another subject

@@ -42,6 +42,13 @@ def test_the_reference_of_the_tools_type_is_chosen():
     assert choose_reference(refs, TOOLS[EditingTool.PRODUCT_ENHANCEMENT].reference_types) is refs[0]
     assert choose_reference(refs[1:], ("product",)) is refs[1]  # none of the type: the first
     assert choose_reference([], ("product",)) is None
+    # The catalog entry's own references come after the request's of the tool's types, before the rest.
+    anna = entry_option("subject", {"name": "Anna", "reference_urls": ["s3://catalog/anna.png"]})
+    assert anna.references == (ReferenceImage(url="s3://catalog/anna.png", type="subject"),)
+    assert choose_reference(refs[:1], ("subject",), anna.references) is anna.references[0]
+    assert choose_reference(refs, ("subject",), anna.references) is refs[1]
+    with pytest.raises(InvalidInput, match="subject.reference_urls"):
+        entry_option("subject", {"name": "Anna", "reference_urls": ["ftp://x/anna.png"]})
 
 
 def test_a_region_is_the_foreground_grown_and_none_without_a_boundary():

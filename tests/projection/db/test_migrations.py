@@ -88,7 +88,7 @@ def test_catalog_tables_created_before_migrations_keep_their_rows(db_url: str) -
         cols = [r[0] for r in conn.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'products'"
             " ORDER BY ordinal_position")]
-    assert cols == ["id", "name", "lora_ref", "default_weight", "created_at"]
+    assert cols == ["id", "name", "lora_ref", "default_weight", "created_at", "reference_urls"]  # 0013 adds the last
 
 
 def test_duration_ms_is_computed_from_started_and_completed(db_url: str) -> None:
