@@ -57,7 +57,7 @@ from schemas.headers import header_dict
 from schemas.kafka_settings import KafkaSettings
 from schemas.partitioning import key_partition
 from schemas.topic_admin import ensure_topics
-from state.lifecycle import fold_all
+from state.lifecycle import TaskState, fold_all
 from tests.processors.scripted import T0, status
 from tests.processors.test_lifecycle_app import CODEC, App, read_all, wait_for
 
@@ -316,8 +316,10 @@ def photo_png(path: Path, seed: int, blurred: bool) -> None:
 class FakeWorker:
     """Plays the GENERATION worker group. A task's behaviour comes from ``behaviours`` (prompt
     prefix → one entry per shot attempt, or per prediction for BASE): ``sharp`` / ``blurred``
-    (PROCESSING, then COMPLETED with that PNG), ``fail`` (FAILED, CONTENT_POLICY: final) or
-    ``hold`` (nothing until :meth:`release`). Each task id is run once."""
+    (PROCESSING, then COMPLETED with that PNG), ``fail`` (FAILED, CONTENT_POLICY: final),
+    ``retried`` (the task's own retry, issue 17: PROCESSING, QUEUED for attempt 2 with a
+    PROVIDER_ERROR, then attempt 2 as ``sharp``) or ``hold`` (nothing until :meth:`release`).
+    Each task id is run once."""
 
     def __init__(self, kafka: KafkaSettings, results: Path, behaviours: dict[str, list[str]]) -> None:
         self.kafka, self.results, self.behaviours = kafka, results, behaviours
@@ -366,14 +368,20 @@ class FakeWorker:
         assert self.producer.flush(30) == 0
 
     def run(self, task: TaskSubmitted, kind: str) -> None:
+        attempt = task.envelope.attempt
+
         def emit(st: TaskStatus, **fields: Any) -> None:
-            env = task.envelope.model_copy(update={"event_id": str(uuid.uuid4()),
+            env = task.envelope.model_copy(update={"event_id": str(uuid.uuid4()), "attempt": attempt,
                                                    "occurred_at": now(), "source": "fake-worker"})
             event = StatusChanged(envelope=env, status=st, worker_id="fake-worker",
                                   generation_id=task.orchestration.generation_id, **fields)
             produce_event(self.producer, self.kafka.topics.status, event, codec=CODEC)
 
         emit(TaskStatus.PROCESSING, progress=0.0)
+        if kind == "retried":
+            attempt += 1
+            emit(TaskStatus.QUEUED, error=TaskError.of(ErrorCode.PROVIDER_ERROR, "scripted blip"))
+            emit(TaskStatus.PROCESSING, progress=0.0)
         if kind == "fail":
             emit(TaskStatus.FAILED, error=TaskError.of(ErrorCode.CONTENT_POLICY, "scripted refusal"))
             return
@@ -414,7 +422,7 @@ def attempts(record: GenerationRecord) -> list[dict[str, Any]]:
 
 SCRIPTS = {"accept:": [0.9], "retry:": [0.4, 0.9], "best:": [0.3, 0.6, 0.5], "failed:": [0.0, 0.5],
            "cli:": [0.2, 0.8], "cancel:": [0.4, 0.9]}
-BEHAVIOURS = {"accept:": ["sharp"], "retry:": ["sharp"] * 2, "best:": ["sharp"] * 3,
+BEHAVIOURS = {"accept:": ["retried"], "retry:": ["sharp"] * 2, "best:": ["sharp"] * 3,
               "failed:": ["fail", "sharp"], "base:": ["sharp", "hold"],
               "quality:": ["blurred", "sharp"], "cli:": ["sharp"] * 2, "cancel:": ["hold", "sharp"]}
 
@@ -431,6 +439,13 @@ def forwarded(kafka: KafkaSettings, task_id: str, st: TaskStatus) -> bool:
             if state.task_id == task_id and state.status is st:
                 return True
     return False
+
+
+def final_states(kafka: KafkaSettings, task_id: str) -> list[TaskState]:
+    """The final states of ``task_id`` the fold forwarded to the generations topic."""
+    return [state for m in read_all(kafka, kafka.topics.generations)
+            if header_dict(m.headers() or []).get("content-type") == STATE_CONTENT_TYPE.decode()
+            and (state := decode_state(m.value())) is not None and state.task_id == task_id]
 
 
 def sentinel(kafka: KafkaSettings, gid: str) -> GenerationRequested:
@@ -554,10 +569,14 @@ def test_generations_run_the_agentic_loop_on_the_broker(kafka_settings: KafkaSet
     def tasks_of(name: str) -> list[TaskSubmitted]:
         return [t for t in worker.tasks.values() if t.orchestration.generation_id == gids[name]]
 
-    # Accepted at attempt 1; the repeated request started nothing twice.
+    # Accepted at attempt 1; the repeated request started nothing twice. Its task was retried
+    # by the worker (QUEUED for task attempt 2, issue 17): the loop saw only the task's one end.
     accept = by_gid["accept"]
     assert decisions("accept") == [(1, 0.9, "ACCEPT")]
     assert len(tasks_of("accept")) == 1 and accept.version >= 2
+    [accepted_task] = tasks_of("accept")
+    ends = final_states(kafka, accepted_task.envelope.task_id)
+    assert [(e.status, e.attempt) for e in ends] == [(TaskStatus.COMPLETED, 2)]
     assert accept.predictions[0].result["result_image_url"].startswith("file://")
 
     # Rejected, then accepted at attempt 2 with a new seed.
