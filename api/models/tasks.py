@@ -203,6 +203,8 @@ class TaskListQuery(BaseModel):
     origin_instance: str | None = Field(default=None, max_length=200, pattern=_NO_CONTROL)
     origin_zone: str | None = Field(default=None, max_length=200, pattern=_NO_CONTROL)
     origin_tenant_id: str | None = Field(default=None, max_length=200, pattern=_NO_CONTROL)
+    entity_id: str | None = Field(default=None, max_length=255, pattern=_NO_CONTROL,
+                                  description="the tasks submitted for this entity_id")
     tenant: str | None = Field(default=None, max_length=200, pattern=_NO_CONTROL, description=(
         "operator keys only (403 for a tenant key): this tenant's tasks; without it an operator "
         "key lists every tenant's"))

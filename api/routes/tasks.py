@@ -111,7 +111,7 @@ async def list_tasks_route(query: Annotated[TaskListQuery, Query()], caller: Cal
         task_type=None if query.task_type is None else query.task_type.value,
         provider_type=query.provider_type, origin_instance=query.origin_instance,
         origin_zone=query.origin_zone, origin_tenant_id=query.origin_tenant_id,
-        created_after=query.created_after, created_before=query.created_before,
+        entity_id=query.entity_id, created_after=query.created_after, created_before=query.created_before,
         search=query.search,
     )
     rows, total = await list_tasks(db, scope, f, page=query.page,

@@ -52,6 +52,7 @@ class TaskFilter:
     origin_instance: str | None = None
     origin_zone: str | None = None
     origin_tenant_id: str | None = None
+    entity_id: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
     search: str | None = None  # task id prefix
@@ -92,7 +93,7 @@ def tenant_where(tenant_id: str | None, f: Any, columns: tuple[str, ...]) -> tup
 
 def _where(tenant_id: str | None, f: TaskFilter) -> tuple[sql.Composable, list[Any]]:
     clauses, args = tenant_where(tenant_id, f, ("status", "task_type", "provider_type", "origin_instance",
-                                                "origin_zone", "origin_tenant_id"))
+                                                "origin_zone", "origin_tenant_id", "entity_id"))
     if f.search:
         escaped = f.search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         clauses.append(sql.SQL("task_id::text LIKE %s"))

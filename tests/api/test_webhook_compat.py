@@ -149,6 +149,8 @@ def test_compat_webhooks_field_by_field_native_for_another_origin(
             assert task["origin"] == {"instance": "backend-7", "zone": "eu-1", "tenant_id": tenant,
                                       "version": "backend-4.2.1"}
             assert client.get(f"/api/v1/tasks/{failed_id}", headers=headers).json()["entity_id"] is None
+            listed = client.get("/api/v1/tasks", headers=headers, params={"entity_id": "order-42"}).json()
+            assert [t["task_id"] for t in listed["items"]] == [done_id]
 
     # Signed as always.
     for request_headers, body, _ in receiver.requests:
