@@ -313,7 +313,7 @@ def test_catalog_cli_adds_and_lists(catalog_db):
     listed = runner.invoke(catalog, ["list", "--kind", "product", "--json", "--database-url", database_url])
     rows = [json.loads(line) for line in listed.output.splitlines()]
     assert {"id": product_id, "kind": "product", "name": "Blue Shirt", "lora_ref": "hf:x/blue-shirt",
-            "default_weight": 0.7} == {k: v for k, v in next(r for r in rows if r["id"] == product_id).items()
+            "default_weight": 0.7, "reference_urls": []} == {k: v for k, v in next(r for r in rows if r["id"] == product_id).items()
                                        if k != "created_at"}
     refused = runner.invoke(catalog, ["add-style", "S", "--lora", "x", "--weight", "2", "--database-url", database_url])
     assert refused.exit_code == 2
