@@ -166,7 +166,7 @@ class TaskResult(AvroRecord):
 
 
 class TaskError(AvroRecord):
-    """Why a FAILED task failed."""
+    """Why a FAILED task failed, or, on the QUEUED that starts a retry, why the attempt before did."""
 
     avro_name: ClassVar[str] = f"{_NS}.TaskError"
 
