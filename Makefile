@@ -46,8 +46,16 @@ lint: install
 test: lint jars
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: install jars
+bench: bench-deps jars
 	$(PY) bench/bench_submit.py
+	$(PY) bench/bench_peer.py
+
+# The peer benchmark's Celery + Redis (bench/bench_peer.py): the bench extra and Debian's
+# redis-server when none is on PATH. Not part of `make install` (no test needs them to pass).
+.PHONY: bench-deps
+bench-deps: install
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .hypothesis
