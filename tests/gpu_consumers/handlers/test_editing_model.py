@@ -224,6 +224,12 @@ def test_edit_places_the_reference_in_the_mask_then_harmonises_it(model_cache):
     assert np.array_equal(decode(red)[~inside], base[~inside]) and np.array_equal(blue[~inside], base[~inside])
     assert differs(decode(red), blue, 10)
     assert model_cache.last_lora_switch.names == ()  # no entry, no LoRA
+    # With a catalog LoRA, EDIT inpaints with the base model's UNet (the one the LoRA fits).
+    dressed = tool(model_cache, "EDIT", mask_url=MASK, reference_images=[{"url": RED, "type": "garment"}],
+                   provider_config={"product": entry("Summer Dress", DRESS, 0.5)})
+    assert dressed.model.startswith("offline:text_to_image-") and dressed.extra["lora_refs"] == {"product": DRESS}
+    assert model_cache.last_lora_switch.names == (adapter(model_cache, DRESS),)
+    assert np.array_equal(decode(dressed)[~inside], base[~inside])
 
 
 def test_an_unknown_subject_lora_is_invalid_input_before_any_work(model_cache):
