@@ -147,14 +147,15 @@ class TaskGateway:
 
     def cancel(self, row: dict[str, Any], *, requested_by: str, reason: str | None) -> None:
         """Ask for the task in ``row`` to be cancelled (control topic); a task that has not
-        started yet is also marked CANCELLED on the status topic right away."""
+        started yet is also marked CANCELLED on the status topic right away. Their origin instance
+        and zone are this API's (who wrote them, issue 17); tenant, version and entity the task's."""
         def envelope() -> Envelope:
             return Envelope(event_id=str(uuid.uuid4()), task_id=str(row["task_id"]),
                             task_type=TaskType(row["task_type"]), attempt=row["attempt"],
                             occurred_at=datetime.now(UTC), source=SOURCE,
-                            origin_instance=row.get("origin_instance"),
-                            origin_zone=row.get("origin_zone"),
-                            origin_tenant_id=row.get("origin_tenant_id"))
+                            origin_instance=self._origin.instance, origin_zone=self._origin.zone,
+                            origin_tenant_id=row.get("origin_tenant_id"),
+                            origin_version=row.get("origin_version"), entity_id=row.get("entity_id"))
 
         not_started = row["status"] in (TaskStatus.PENDING.value, TaskStatus.QUEUED.value)
         marker = ([(STATUS_WRITTEN_HEADER, TaskStatus.CANCELLED.value.encode())] if not_started

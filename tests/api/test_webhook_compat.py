@@ -131,6 +131,14 @@ def test_compat_webhooks_field_by_field_native_for_another_origin(
                 native_id = producer.submit(TYPE, {"base_image_url": "file:///in/a.png", "prompt": "ok"},
                                             webhook_url=receiver.url, entity_id="n-1")
 
+            # A type no worker here serves, cancelled while QUEUED: the API writes its CANCELLED.
+            cancel_id = client.post("/api/v1/tasks", headers=headers, json={
+                "task_type": "BACKGROUND_REMOVE", "image_url": "file:///in/a.png", "entity_id": "order-77",
+                "origin_version": "backend-4.2.1"}).json()["task_id"]
+            wait_for(lambda: client.get(f"/api/v1/tasks/{cancel_id}", headers=headers).json().get("status")
+                     == "QUEUED", what="the task to cancel queued")
+            assert client.post(f"/api/v1/tasks/{cancel_id}/cancel", headers=headers).status_code == 202
+
             worker = make_worker(kafka, Scripted(), FileStore(results_dir), origin_zone="gpu-b")
             assert Running(worker, max_tasks=3).join().handled == 3
 
@@ -141,6 +149,7 @@ def test_compat_webhooks_field_by_field_native_for_another_origin(
             done = wait_for(lambda: by_task(done_id, "COMPLETED"), what="the COMPLETED webhook")
             failed = wait_for(lambda: by_task(failed_id, "FAILED"), what="the FAILED webhook")
             native = wait_for(lambda: by_task(native_id, "COMPLETED"), what="the native webhook")
+            cancelled = wait_for(lambda: by_task(cancel_id, "CANCELLED"), what="the CANCELLED webhook")
 
             # The API shows what was submitted; the origin is the task's (the API deployment's
             # instance and zone, the caller's version), never the worker's.
@@ -178,6 +187,9 @@ def test_compat_webhooks_field_by_field_native_for_another_origin(
     meta = completed["metadata"]
     assert (meta["model"], meta["provider"], meta["seed"], meta["width"], meta["height"]) == ("scripted", "test", 7, 1, 1)
     assert meta["result_image_url"].endswith(".png") and meta["timing_ms"] >= 0
+    assert [d["event_type"] for d in cancelled] == ["task.pending", "task.queued", "task.cancelled"]
+    assert cancelled[-1]["completed_at"] is not None and cancelled[-1]["started_at"] is None
+    assert (cancelled[-1]["entity_id"], cancelled[-1]["error_category"]) == ("order-77", None)
     last = failed[-1]
     assert (last["event_type"], last["status"], last["error_category"]) == ("task.failed", "failed", "validation")
     assert "scripted INVALID_INPUT" in last["error_message"] and last["metadata"]["error_code"] == "INVALID_INPUT"
@@ -202,3 +214,9 @@ def test_compat_webhooks_field_by_field_native_for_another_origin(
         expected = (worker.worker_id, "gpu-b") if e.worker_id else ("backend-7", "eu-1")
         assert (env.origin_instance, env.origin_zone) == expected
     assert {e.worker_id for e in statuses} == {None, worker.worker_id}
+    # The CANCELLED the API wrote carries the task's version and entity too.
+    [by_api] = [e for m in read_topic(kafka, kafka.topics.status, expect=record_count(kafka, kafka.topics.status))
+                if (e := codec.decode(m.value(), expect=StatusChanged)).envelope.task_id == cancel_id
+                and e.status is TaskStatus.CANCELLED]
+    assert (by_api.envelope.entity_id, by_api.envelope.origin_version) == ("order-77", "backend-4.2.1")
+    assert (by_api.envelope.origin_instance, by_api.envelope.source) == ("backend-7", "api")
