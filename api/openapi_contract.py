@@ -40,7 +40,9 @@ _EXACT = {float(n): n for n in (AVRO_LONG_MAX, -AVRO_LONG_MAX - 1)}
 _DESCRIPTION = (
     "Every error is application/problem+json (RFC 9457). Rules of every request that JSON Schema "
     "cannot state per field: no string may contain U+0000 (NUL) or a lone surrogate, no number "
-    "may be NaN or Infinity (422); the catalog ids a generation names must exist (422 unknown-catalog-entry); a task or "
+    "may be NaN or Infinity (422); the catalog ids a generation names must exist (422 unknown-catalog-entry); "
+    "a workflow's steps must form a DAG that can run: unique ids, real dependencies without a cycle, mappings "
+    "from an ancestor's result field, each step's parameters valid once mapped (422 workflow-invalid); a task or "
     "generation record the broker would refuse as too large is 413 task-too-large. "
     "See docs/API.md, \"The OpenAPI document is the contract\".")
 

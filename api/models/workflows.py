@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.models.tasks import API_PREFIX, DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, QueryDatetime, TaskOrigin
+from schemas.enums import TaskType
 from schemas.records import WebhookUrl
 
 # A workflow's status (docs/WORKFLOWS.md): CREATED -> RUNNING <-> PAUSED -> COMPLETED | FAILED |
@@ -47,7 +48,8 @@ class WorkflowStepCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(pattern=_ID, description="unique within the workflow")
-    task_type: str = Field(min_length=1, max_length=50, examples=["GENERATION"],
+    # Checked with the rest of the workflow (a 422 naming the step), listed here for the document.
+    task_type: str = Field(examples=["GENERATION"], json_schema_extra={"enum": [t.value for t in TaskType]},
                            description="one of the ten task types")
     config: dict[str, Any] = Field(default_factory=dict, description=(
         "the task's parameters; a field an input mapping fills may be left out"))

@@ -73,9 +73,6 @@ _ALLOWED = {
     "resume": frozenset({"PAUSED"}),
     "cancel": frozenset({"CREATED", "RUNNING", "PAUSED"}),
 }
-# A command right after the POST may find the workflow not projected yet: it waits this long
-# for the processors' first record (a few milliseconds on a healthy stack) before a 404.
-_APPEAR_WAIT_S = 5.0
 
 
 def _not_found(workflow_id: str, tenant_id: str) -> ApiProblem:
@@ -174,30 +171,22 @@ async def read_workflow(workflow_id: uuid.UUID, caller: CallerDep, pool: PoolDep
     return WorkflowPublic.from_row(row)
 
 
-async def _own(wid: str, caller: Any, pool: Any, notifier: Any, settings: Any) -> dict[str, Any]:
-    """The caller's own workflow (waiting a moment for one just created); 404 otherwise."""
-    async def read() -> dict | None:
-        async with pool.connection() as conn:
-            return await get_workflow(conn, wid, caller.tenant_id)
-
-    row = await read()
+async def _own(wid: str, caller: Any, db: Any) -> dict[str, Any]:
+    """The caller's own workflow; 404 otherwise (also one accepted a moment ago that the
+    processors have not recorded yet: it is readable within a moment, so a retry finds it)."""
+    row = await get_workflow(db, wid, caller.tenant_id)
     if row is None:
-        async with pool.connection() as conn:
-            elsewhere = await get_workflow(conn, wid, None)
-        if elsewhere is None:  # perhaps not projected yet: wait for it a moment
-            row = await notifier.long_poll(wid, read, lambda r: True, _APPEAR_WAIT_S,
-                                           settings.sse_poll_s)
-    if row is None:
-        raise _not_found(wid, caller.tenant_id)
+        raise ApiProblem(404, "workflow-not-found",
+                         f"no workflow {wid} for tenant {caller.tenant_id} (one accepted a moment ago "
+                         "is readable once the processors recorded it; retry then)")
     return row
 
 
 def _command_route(action: str) -> None:
-    async def command(workflow_id: uuid.UUID, caller: CallerDep, pool: PoolDep,
-                      notifier: NotifierDep, settings: SettingsDep,
+    async def command(workflow_id: uuid.UUID, caller: CallerDep, db: DbDep,
                       producer: WorkflowsDep) -> WorkflowActionAccepted:
         wid = str(workflow_id)
-        row = await _own(wid, caller, pool, notifier, settings)
+        row = await _own(wid, caller, db)
         if row["status"] not in _ALLOWED[action]:
             raise ApiProblem(409, "workflow-status-conflict",
                              f"workflow {wid} is {row['status']}; {action} needs it "

@@ -29,7 +29,7 @@ from api.problems import PROBLEM_MEDIA_TYPE
 from projection.db.apikeys import create_key
 from schemas.kafka_settings import KafkaSettings
 from tests.api.conftest import ApiStack, new_tenant
-from tests.api.contract_hooks import CATALOG_FIELDS, name_real_catalog_entries
+from tests.api.contract_hooks import CATALOG_FIELDS, make_steps_runnable, name_real_catalog_entries
 
 pytestmark = pytest.mark.integration
 
@@ -104,6 +104,7 @@ def _is_operator_route(case: Any) -> bool:
 def test_every_operation_keeps_its_contract(case: Any, contract: Contract) -> None:
     headers = contract.operator if _is_operator_route(case) else contract.tenant
     name_real_catalog_entries(case, contract.catalog)
+    make_steps_runnable(case)
     case.call_and_validate(base_url=contract.base_url, headers=headers)
 
 
@@ -140,6 +141,7 @@ def test_sequences_of_calls_keep_the_contract(contract: Contract) -> None:
     class Sequences(schema.as_state_machine()):  # type: ignore[misc]
         def before_call(self, case: Any) -> None:
             name_real_catalog_entries(case, contract.catalog)
+            make_steps_runnable(case)
 
         def get_call_kwargs(self, case: Any) -> dict[str, Any]:
             headers = contract.operator if _is_operator_route(case) else contract.tenant
