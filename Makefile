@@ -17,6 +17,7 @@ help:
 	@echo "make test   - set up, then lint and run the whole test suite"
 	@echo "make bench  - set up, then run the benchmarks in bench/"
 	@echo "make browser - install Debian's Chromium for the console's browser tests (make test does)"
+	@echo "make conformance - build the Java wire-contract conformance program (make test does)"
 	@echo "make clean  - remove the virtualenv and caches"
 
 $(PY):
@@ -69,3 +70,17 @@ browser:
 	@test -x $(CHROMIUM) || $(SUDO) apt-get install -y chromium \
 		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
 test: browser
+
+# The wire-contract conformance program (tests/conformance/java, docs/WIRE_FORMAT.md): Java,
+# Apache Avro and the plain Kafka client from Maven Central, built into .cache/conformance-java.
+# Rebuilt only when its sources change; once Maven's cache holds the jars it needs no network.
+CONFORMANCE_JAR := .cache/conformance-java/wire-conformance-1.jar
+CONFORMANCE_SRC := tests/conformance/java/pom.xml $(shell find tests/conformance/java/src -name '*.java' 2>/dev/null)
+.PHONY: conformance
+$(CONFORMANCE_JAR): $(CONFORMANCE_SRC)
+	@command -v mvn >/dev/null || { echo "make conformance: install Maven 3 and a JDK 17 (apt-get install maven openjdk-17-jdk-headless)"; exit 1; }
+	@mkdir -p .cache && mvn -q -B -f tests/conformance/java/pom.xml package > .cache/conformance-java.log 2>&1 \
+		|| { cat .cache/conformance-java.log; exit 1; }
+	@touch $@
+conformance: $(CONFORMANCE_JAR)
+test: conformance
