@@ -231,19 +231,23 @@ def test_a_stuck_task_is_resolved_by_its_lease_and_a_second_worker_stop_ends_it(
         kafka_settings: KafkaSettings, tmp_path: Path) -> None:
     kafka = kafka_settings
     ensure_topics(kafka)
-    doomed, recovers, healthy, sentinel = (str(uuid.uuid4()) for _ in range(4))
+    doomed, recovers, healthy, sentinel, orphan = (str(uuid.uuid4()) for _ in range(5))
     doomed_record = submitted(doomed)
     doomed_record = doomed_record.model_copy(update={"envelope": doomed_record.envelope.model_copy(
         update={"entity_id": "order-doomed", "origin_version": "backend-1"})})
-    produce(kafka, [doomed_record, submitted(recovers)], kafka.topics.task(submitted(doomed).envelope.task_type))
+    produce(kafka, [doomed_record, submitted(recovers), submitted(orphan)],
+            kafka.topics.task(submitted(doomed).envelope.task_type))
     produce(kafka, [status(t, TaskStatus.PROCESSING, now(), progress=0.1) for t in (doomed, recovers, healthy)]
-            + [status(healthy, TaskStatus.COMPLETED, now(), result=True)])
+            + [status(healthy, TaskStatus.COMPLETED, now(), result=True)]
+            # orphan's worker wrote its retry (QUEUED for attempt 2) and died in the back-off
+            + [status(orphan, TaskStatus.PROCESSING, now()),
+               status(orphan, TaskStatus.QUEUED, now(), attempt=2, error=ErrorCode.PROVIDER_ERROR)])
 
     app = App(kafka, tmp_path, lease_s=2.0, lease_check_interval_s=0.3, retry_max_attempts=3,
               retry_backoff_base_s=0.3, retry_jitter=0.0)
     app.start()
     task_topic = kafka.topics.task(submitted(doomed).envelope.task_type)
-    handled: set[tuple[str, int]] = {(doomed, 1), (recovers, 1)}
+    handled: set[tuple[str, int]] = {(doomed, 1), (recovers, 1), (orphan, 1)}
 
     def dying_workers() -> bool:
         """Play the workers: every new attempt starts and dies, but ``recovers`` completes its
@@ -256,12 +260,13 @@ def test_a_stuck_task_is_resolved_by_its_lease_and_a_second_worker_stop_ends_it(
                 continue
             handled.add(key)
             events = [status(key[0], TaskStatus.PROCESSING, now(), attempt=key[1], progress=0.0)]
-            if key[0] == recovers:
+            if key[0] in (recovers, orphan):
                 events.append(status(key[0], TaskStatus.COMPLETED, now(), attempt=key[1], result=True))
             produce(kafka, events)
         states = latest_states(kafka)
         return (states.get(doomed, {}).get("status") == "FAILED" and states[doomed]["attempt"] == 2
-                and states.get(recovers, {}).get("status") == "COMPLETED")
+                and states.get(recovers, {}).get("status") == "COMPLETED"
+                and states.get(orphan, {}).get("status") == "COMPLETED")
 
     try:
         wait_for("both tasks settled", dying_workers, app, timeout_s=90)
@@ -279,6 +284,8 @@ def test_a_stuck_task_is_resolved_by_its_lease_and_a_second_worker_stop_ends_it(
     # Two attempts, not max_attempts; the retry tells its worker of the earlier stop.
     assert attempts[doomed] == [(1, None), (2, "1")]
     assert attempts[recovers] == [(1, None), (2, "1")]
+    # The dead worker's retry wait, resubmitted by the lease timer a lease after its back-off.
+    assert attempts[orphan] == [(1, None), (2, "0")]
 
     events = [CODEC.decode(m.value(), expect=StatusChanged) for m in read_all(kafka, kafka.topics.status)]
     # FAILED only where a task ended (issue 17): doomed's second stop, and the sentinel, whose
@@ -295,6 +302,9 @@ def test_a_stuck_task_is_resolved_by_its_lease_and_a_second_worker_stop_ends_it(
     assert all(e.status is TaskStatus.QUEUED for e in events
                if e.envelope.event_id == lease_event_id(e.envelope.task_id, 1, "timeout"))
     assert not [e for e in events if e.envelope.task_id == healthy and e.envelope.source == "processors"]
+    [resubmitted] = [e for e in events if e.envelope.event_id == lease_event_id(orphan, 2, "queued")]
+    assert resubmitted.status is TaskStatus.QUEUED and resubmitted.error.code is ErrorCode.PROVIDER_ERROR
+    assert not [e for e in events if e.envelope.task_id == orphan and e.status is TaskStatus.FAILED]
     # The statuses the processors wrote name them (issue 17: PROCESSORS_GROUP_INSTANCE_ID), and
     # carry the task's entity id and origin version from its task record (the sentinel has none).
     written = [e for e in events if e.envelope.source == "processors"]
