@@ -44,6 +44,7 @@ from api.routes.common import WaitQuery, check_wait, problem_responses
 from api.routes.overview import fleet_scope
 from api.routing import ApiRoute
 from api.workflow_outputs import cleanup_outputs, storage_settings
+from gpu_consumers.errors import StorageFailure
 from producers.errors import DeliveryError, TaskTooLargeError
 from producers.workflows import WorkflowProducer
 from projection.db.workflow_projection import (
@@ -229,8 +230,12 @@ async def cleanup_workflow(workflow_id: uuid.UUID, caller: CallerDep, db: DbDep,
     if row["status"] not in ENDED:
         raise ApiProblem(409, "workflow-not-ended",
                          f"workflow {wid} is {row['status']}; clean up once it has ended (cancel it first)")
-    deleted, refused = await run_in_threadpool(cleanup_outputs, storage_settings(request.app),
-                                               caller.tenant_id, row["steps"])
+    try:
+        deleted, refused = await run_in_threadpool(cleanup_outputs, storage_settings(request.app),
+                                                   caller.tenant_id, row["steps"])
+    except StorageFailure as exc:  # the store cannot be opened (an S3 client's setup)
+        raise ApiProblem(503, "results-store-unavailable", f"the results store is unavailable: {exc}"[:500],
+                         headers={"Retry-After": "1"}) from None
     return WorkflowCleanup(workflow_id=wid, deleted=deleted, not_deleted=refused)
 
 
