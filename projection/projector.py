@@ -19,7 +19,8 @@ It also reads the compacted generations-state topic (the processors' GenerationR
 generation) and hands those documents to
 :func:`projection.db.generation_projection.project_generation_records` (version-guarded replace of the
 generation's rows, reporting the generations' status changes); an unreadable one is skipped and
-counted.
+counted. The compacted workflows-state topic (the engine's WorkflowState of each workflow, Avro)
+goes the same way through :func:`projection.db.workflow_projection.project_workflow_records`.
 
 One batch is one transaction: its generation rows, its task rows and what the ``in_transaction``
 hook writes (the webhook outbox rows of both kinds of status change) commit together, or none of
