@@ -102,4 +102,4 @@ def test_paging_sorting_and_total(client: httpx.Client, tenant: Tenant, known: l
     assert default["page"] == 1 and default["page_size"] == 50
     item = next(i for i in default["items"] if i["task_id"] == known[2])
     assert item["task_type"] == "LLM_INTERACTION" and item["provider_type"] == "transformers"
-    assert item["origin"] == {"instance": "web-2", "zone": "eu", "tenant_id": tenant.name}
+    assert item["origin"] == {"instance": "web-2", "zone": "eu", "tenant_id": tenant.name, "version": None}
