@@ -154,7 +154,8 @@ def deploy(stack: ExitStack, workdir: Path, args: argparse.Namespace) -> tuple[
         services.start("processors", "processors", "--no-create-topics", "--log-level", "WARNING")
     services.start("projector", "projector")
     services.start("api", "api", "--port", str(port))
-    services.start("worker", "worker", "--types", "image_adjuster", "--log-level", "WARNING")
+    if getattr(args, "start_worker", True):  # bench_backlog.py queues its tasks before any worker
+        services.start("worker", "worker", "--types", "image_adjuster", "--log-level", "WARNING")
     base_url = f"http://127.0.0.1:{port}"
     services.wait_ready(base_url)
     return kafka, services, base_url, key, image

@@ -1,0 +1,88 @@
+"""CPU time and resident memory of the deployment's processes, by service, for bench_load.py and
+bench_backlog.py.
+
+A service is a process and its descendants, summed: a worker runs its handlers in a supervised
+child process (``WORKER_EXECUTION=supervised``), PostgreSQL is a postmaster and one backend per
+connection, the API may fork. RSS of a tree counts a page shared by two of its processes twice
+(PostgreSQL's shared buffers, touched by each backend): for PostgreSQL the figure is an upper
+bound, and it grows while backends touch more of the buffers, up to their fixed size.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import psutil
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+class ProcessSet:
+    """Named root pids (``None`` or a dead pid is left out: a broker not started here)."""
+
+    def __init__(self, roots: dict[str, int | None]) -> None:
+        self.roots = {name: pid for name, pid in roots.items() if pid is not None}
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """User + system CPU seconds of each service's live processes so far."""
+        out: dict[str, float] = {}
+        for name, pid in self.roots.items():
+            total = 0.0
+            for proc in _tree(pid):
+                try:
+                    t = proc.cpu_times()
+                    total += t.user + t.system
+                except psutil.NoSuchProcess:  # exited between the listing and the read
+                    continue
+            out[name] = total
+        return out
+
+    def rss_mb(self) -> dict[str, float]:
+        """Resident set size of each service's processes, summed, in MiB."""
+        out: dict[str, float] = {}
+        for name, pid in self.roots.items():
+            total = 0
+            for proc in _tree(pid):
+                try:
+                    total += proc.memory_info().rss
+                except psutil.NoSuchProcess:
+                    continue
+            out[name] = round(total / 2**20, 1)
+        return out
+
+
+def cpu_percent(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
+    """Each service's CPU over a window, in % of one core (200 = both cores of this machine)."""
+    return {name: round((after[name] - before.get(name, 0.0)) / wall_s * 100, 1)
+            for name in after if wall_s > 0}
+
+
+def saturated(cpu_pct: dict[str, float]) -> dict[str, Any]:
+    """Which process limits the rate. A service running one Python thread of work cannot pass
+    ~100 % of a core; the machine cannot pass ``cores`` x 100 %. ``busiest``: the service with
+    the most CPU; ``machine_pct``: the sum; ``machine_bound``: the sum is within 15 % of the
+    cores (everything waits for a core then, and the busiest is what to make cheaper)."""
+    cores = os.cpu_count() or 1
+    total = sum(cpu_pct.values())
+    busiest = max(cpu_pct, key=lambda n: cpu_pct[n]) if cpu_pct else None
+    return {"busiest": busiest, "busiest_pct": cpu_pct.get(busiest, 0.0) if busiest else 0.0,
+            "machine_pct": round(total, 1), "cores": cores,
+            "machine_bound": total >= 0.85 * cores * 100,
+            "one_core_bound": [n for n, v in cpu_pct.items() if v >= 85.0]}
+
+
+def least_squares_slope(xs: list[float], ys: list[float]) -> float:
+    """dy/dx of the least-squares line through the points (0 for fewer than two)."""
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
