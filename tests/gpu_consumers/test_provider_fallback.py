@@ -8,10 +8,11 @@ fallback; the counter counts it), no fallback for a bad task, and no route = tod
 
 from __future__ import annotations
 
-import functools
 import json
+import socket
 import threading
 import time
+import urllib.request
 from typing import Any
 
 import pytest
@@ -26,7 +27,6 @@ from gpu_consumers.providers import (
     Capabilities,
     ProviderRoute,
     ProviderSpec,
-    RoutedHandler,
     TaskSize,
     fallback_reason,
     plan,
@@ -44,6 +44,12 @@ from schemas.kafka_settings import KafkaSettings
 from schemas.task_params import GenerationParams, RefineParams, VideoGenerationParams
 from tests.gpu_consumers.runtime_helpers import PNG, Running, worker_settings
 from tests.gpu_consumers.test_runtime import kafka, status_log  # noqa: F401  (topics, statuses)
+from tests.gpu_consumers.test_worker_e2e import (  # noqa: F401  (worker processes, tiny models)
+    inputs,
+    model_cache_dir,
+    statuses,
+    workers,
+)
 
 GEN = TaskType.GENERATION
 ROUTE = ProviderRoute(
@@ -270,30 +276,42 @@ def test_without_a_fallback_a_failure_is_retried_as_before_and_without_routes_no
     assert (meta.provider_name, meta.fallback_reason, meta.model) == (None, None, "model-big")
 
 
-def test_the_handler_process_builds_the_same_provider_entries(tmp_path):
-    """``computectl worker``'s child kit (supervised, the default) has the route entries too."""
-    from gpu_consumers.cli import child_kit
-    from gpu_consumers.inputs import InputSettings
-
-    adjust = TaskType.IMAGE_ADJUSTER
-    routes = {adjust: ProviderRoute(primary=ProviderSpec(name="pixels", provider_type="classical"))}
-    kit = child_kit([adjust], InputSettings(), {"COMPUTE_MODEL_CACHE_DIR": str(tmp_path)}, "cpu", routes)
-    entry = kit.handlers[adjust]["route:pixels"]  # the classical implementation, as this provider
-    assert entry.func is RoutedHandler and entry.args == (kit.handlers[adjust]["classical"], routes[adjust].primary)
+# --------------------------------------------------------------------------- computectl worker
 
 
 @pytest.mark.integration
-def test_supervised_the_routed_task_reaches_the_providers_in_the_handler_process(
-        kafka, status_log, results_dir):  # noqa: F811
-    settings = worker_settings(kafka, types=[GEN], providers={GEN: ROUTE}, execution="supervised")
-    handlers = {GEN: {"big": functools.partial(Provider, "big"), "small": functools.partial(Provider, "small")}}
-    worker = Worker(kafka, settings, handlers, FileStore(results_dir), None, None)
-    flaky, wide = _submit(kafka, ("fail:PROVIDER_ERROR", 64, 64), ("ok", 96, 64))
+def test_a_worker_process_routes_refine_between_a_diffusion_and_a_classical_provider(
+        kafka, statuses, workers, inputs):  # noqa: F811
+    """The real ``computectl worker`` (supervised, tiny offline models), routes from
+    WORKER_PROVIDERS: the diffusion primary takes 64 x 64, the classical fallback what is over its
+    pixels, nothing takes what is over both; the worker serves its fallback counter."""
+    routes = {"refine": {
+        "primary": {"name": "refine-diffusion", "provider_type": "diffusers",
+                    "capabilities": {"max_pixels": 64 * 64}},
+        "fallback": {"name": "refine-classical", "provider_type": "classical",
+                     "capabilities": {"max_width": 128, "max_height": 128}}}}
+    with socket.socket() as probe:  # a free port for the worker's metrics
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = inputs.image("base.png", (32, 32))
+    with TaskProducer(kafka) as producer:
+        small, large, huge = [producer.submit(TaskType.REFINE, {
+            "base_image_url": base, "target_width": w, "target_height": w}) for w in (64, 128, 256)]
+    worker = workers("refine", "--burst", "--idle-timeout", "120", env={
+        "WORKER_PROVIDERS": json.dumps(routes), "WORKER_METRICS_PORT": str(port)})
 
-    stats = Running(worker, max_tasks=2).join(timeout_s=120)
-
-    status_log.wait_terminal(flaky, wide)
-    assert (stats.completed, stats.fallbacks) == (2, 2)
-    for task_id, reason in ((flaky, "PROVIDER_ERROR"), (wide, "capability")):
-        meta = status_log.state(task_id).result.metadata
-        assert (meta.provider_name, meta.fallback_reason, meta.model) == ("small-cpu", reason, "model-small")
+    statuses.wait(lambda log: all((s := log.state(t)) is not None and s.is_terminal
+                                  for t in (small, large, huge)),
+                  "the three terminal statuses", also=worker.check_alive)
+    on_primary, on_fallback = (statuses.state(t).result.metadata for t in (small, large))
+    assert (on_primary.provider, on_primary.provider_name, on_primary.fallback_reason) == (
+        "diffusers", "refine-diffusion", None)
+    assert (on_fallback.provider, on_fallback.provider_name, on_fallback.fallback_reason) == (
+        "classical", "refine-classical", "capability")
+    assert (on_primary.width, on_fallback.width) == (64, 128)
+    refused = statuses.state(huge)
+    assert (refused.status, refused.error_code) == (TaskStatus.FAILED, ErrorCode.INVALID_INPUT)
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'compute_worker_provider_fallbacks_total{reason="capability",task_type="refine"} 1.0' in metrics
+    summary = worker.stop()
+    assert (summary["completed"], summary["failed"], summary["fallbacks"]) == (2, 1, 1)
