@@ -9,6 +9,8 @@ each type THROUGH the API; read every task back from its per-type topic with an 
 Kafka reader; show that a repeated Idempotency-Key is the same task and that a bad task is
 refused. Wait, polling ``GET /api/v1/tasks/{id}``, until every task has ended; show each task's
 status history from its event stream, and the processors' folded state from the state topic.
+Then one AGENTIC generation and one four-step workflow (examples/fashion_pipeline.yaml: each
+step's input is its parent's result), each followed to its end through the API.
 End with the API URL, a ready-made ``curl`` and the final state of every task as the API serves
 it; then stop the children (SIGTERM) and the stack. Results are kept in ``.cache/demo-results``.
 """
@@ -32,6 +34,7 @@ from rich.table import Table
 from cli.demo_children import Children
 from cli.demo_generation import run_generation
 from cli.demo_tasks import demo_tasks
+from cli.demo_workflow import run_workflow
 from cli.tail import tail
 from devstack.procs import free_port
 from schemas.codec import EventCodec
@@ -182,9 +185,11 @@ def run_flow(stack, settings: KafkaSettings, children: Children, api_url: str,
             _show_processor_states(settings, ids, console)
         else:
             console.print("processors: exited; the reason ends this demo's output")
-        generation = None
+        generation = workflow = None
         if children.died() is None:
             generation = run_generation(api, console, children.died)
+        if children.died() is None:
+            workflow = run_workflow(api, console, children.died)
         _show_final(api_url, key, ids, final, console)
         # The web console (docs/CONSOLE.md): good while this demo's stack runs. At a terminal the
         # demo holds the stack until Enter, so the link can be opened; with no terminal (CI, a
@@ -200,6 +205,9 @@ def run_flow(stack, settings: KafkaSettings, children: Children, api_url: str,
         raise click.ClickException(why or f"only {done} of {len(ids)} tasks COMPLETED")
     if generation is None or generation["status"] != "COMPLETED":
         raise click.ClickException(f"the generation ended {generation and generation['status']}")
+    if workflow is None or workflow["status"] != "COMPLETED":
+        raise click.ClickException(f"the workflow ended {workflow and workflow['status']}"
+                                   + (f": {workflow['message']}" if workflow and workflow["message"] else ""))
 
 
 def _wait_api_ready(api: httpx.Client, api_url: str, children: Children,

@@ -96,7 +96,7 @@ def test_demo_runs_the_main_flow_and_stops_everything(demo_tmp):
         assert statuses[-1] == "COMPLETED", row
     assert "processors: 10 of 10 tasks folded" in out and "{'COMPLETED': 10}" in out
     # One AGENTIC generation through the API: every prediction scored, decided and COMPLETED.
-    generation = out[out.index("a generation: AGENTIC"):out.index("the API")]
+    generation = out[out.index("a generation: AGENTIC"):out.index("a workflow: four steps")]
     assert re.search(r"generation [0-9a-f-]{36}: COMPLETED", generation), generation
     assert "prediction 0: COMPLETED" in generation and "prediction 1: COMPLETED" in generation
     # The quality loop works on the offline models' noise: every first attempt is rejected as noisy
@@ -111,6 +111,15 @@ def test_demo_runs_the_main_flow_and_stops_everything(demo_tmp):
         assert all(float(r[6]) < 0.7 and "noisy" in r[8] for r in attempts), generation
         assert attempts[2][4:6] == ["45", "8.0"], generation  # the third rung: more steps, guidance
         assert sum(r[1].endswith("✓") for r in attempts) == 1, generation
+    # The four-step workflow: every step COMPLETED, each on its parent's result.
+    workflow = out[out.index("a workflow: four steps"):out.index("the API")]
+    assert re.search(r"workflow [0-9a-f-]{36}: COMPLETED", workflow), workflow
+    steps = [[c.strip() for c in line.split("│")[1:-1]] for line in workflow.splitlines()
+             if line.startswith("│ ") and not line.startswith("│  ")]
+    assert [(r[0], r[1], r[2]) for r in steps] == [
+        ("generate", "GENERATION", "COMPLETED"), ("refine", "REFINE", "COMPLETED"),
+        ("cutout", "BACKGROUND_REMOVE", "COMPLETED"), ("adjust", "IMAGE_ADJUSTER", "COMPLETED")], workflow
+    assert all(r[5].startswith("file://") for r in steps), workflow
     # The end: the API URL, a ready-made curl with the real key, every task's final state.
     final = out[out.index("the API"):]
     api_url = re.search(r"^API: (http://127\.0\.0\.1:\d+) ", final, re.M).group(1)
