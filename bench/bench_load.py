@@ -194,12 +194,12 @@ def run_one(services: Services, stack_pids: dict[str, int | None], base_url: str
 
 def table(runs: list[dict[str, Any]]) -> str:
     names = sorted({n for r in runs for n in r["cpu_pct"]}, key=lambda n: (n.startswith("worker") and n != "workers", n))
-    head = f"{'workers':>7}{'tasks/s':>9}{'p50':>8}{'p99':>8}{'fail':>5}{'api ms/task':>12}  cpu % of one core"
+    head = f"{'workers':>7}{'tasks/s':>9}{'p50 ms':>10}{'p99 ms':>10}{'fail':>5}{'api ms/task':>12}  cpu % of one core"
     lines = [head]
     for r in runs:
         lat = r["latency_ms"] or {"p50": float("nan"), "p99": float("nan")}
         cpu = " ".join(f"{n}={r['cpu_pct'][n]:g}" for n in names if n in r["cpu_pct"])
-        lines.append(f"{r['workers']:>7}{r['tasks_per_s']:>9}{lat['p50']:>8}{lat['p99']:>8}{r['failed']:>5}"
+        lines.append(f"{r['workers']:>7}{r['tasks_per_s']:>9}{lat['p50']:>10.1f}{lat['p99']:>10.1f}{r['failed']:>5}"
                      f"{r['api_cpu_ms_per_task'] or 0:>12}  {cpu}")
         s = r["saturation"]
         lines.append(f"{'':7}busiest: {s['busiest']} {s['busiest_pct']} %; ours {s['machine_pct']} % of "
