@@ -435,7 +435,7 @@ def test_the_worker_command_runs_the_registered_handlers_in_burst_mode(kafka, st
                                                                        results_dir):
     image = tmp_path / "in.png"
     Image.new("RGB", (12, 10), (1, 2, 3)).save(image)
-    [task_id] = submit(kafka, "x", base_image_url=image.as_uri())
+    [task_id] = submit(kafka, "a bit brighter", base_image_url=image.as_uri())
     env = {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
            "WORKER_GROUP_PREFIX": f"{kafka.topic_prefix}-workers", "WORKER_DEVICE": "cpu",
            "RESULTS_URL": results_dir.as_uri(), "INPUT_ALLOWED_FILE_ROOTS": str(tmp_path),
