@@ -89,6 +89,20 @@ def _uuid(text: str) -> uuid.UUID:
     return value
 
 
+# The UUIDs of recently read texts: a task's id comes back on each of its status events (PENDING,
+# QUEUED, PROCESSING, COMPLETED...), and UUID objects are immutable, so one is shared. Bounded
+# (cleared when full); dict get/set are atomic under the GIL.
+_UUIDS: dict[bytes, uuid.UUID] = {}
+
+
+def _uuid_of(raw: bytes) -> uuid.UUID:
+    value = _uuid(raw.decode())
+    if len(_UUIDS) >= 4096:
+        _UUIDS.clear()
+    _UUIDS[raw] = value
+    return value
+
+
 def _skip_string(data: bytes, p: int) -> int:
     n, p = _varint(data, p)
     if n < 0:
@@ -109,7 +123,7 @@ class _Gen:
         self.globals: dict[str, Any] = {
             "_varint": _varint, "_count": _count, "_skip_string": _skip_string, "BadBody": BadBody,
             "_unpack_d": struct.Struct("<d").unpack_from, "_unpack_f": struct.Struct("<f").unpack_from,
-            "_uuid": _uuid, "_EPOCH": _EPOCH, "_td": timedelta, "_divmod": divmod, "_BOOL": {0: False, 1: True},
+            "_uuid_of": _uuid_of, "_UUIDS": _UUIDS, "_EPOCH": _EPOCH, "_td": timedelta, "_divmod": divmod, "_BOOL": {0: False, 1: True},
         }
         self.writer_named: dict[str, Any] = {}
         self.reader_named: dict[str, Any] = {}
@@ -227,7 +241,7 @@ class _Gen:
                 return self.emit(depth, "p = _skip_string(data, p)")
             self.raw(depth, target)
             if logical == "uuid":  # fastavro's read_uuid: uuid.UUID of the text
-                return self.emit(depth, f"{target} = _uuid({target}.decode())")
+                return self.emit(depth, f"{target} = _UUIDS.get({target}) or _uuid_of({target})")
             return self.emit(depth, f"{target} = {target}.decode()")
         if kind == "bytes" and logical is None:
             return self.raw(depth, target)
