@@ -75,7 +75,8 @@ def workflow() -> None:
 @api_options
 def run(pipeline: Path, wait: bool, timeout_s: float, no_start: bool, name: str | None,
         webhook_url: str | None, as_json: bool, api_url: str, api_key: str) -> None:
-    """Create and start the workflow in PIPELINE (YAML: the body of POST /api/v1/workflows).
+    """Create and start the workflow in PIPELINE (YAML: the body of POST /api/v1/workflows;
+    origin_instance defaults to "computectl").
 
     Exit codes: 0 accepted (with --wait: it ended COMPLETED); 1 it ended FAILED or CANCELLED, or
     the API refused it (a 422 names the step and the field); 2 not ended within --timeout, or a
@@ -84,6 +85,7 @@ def run(pipeline: Path, wait: bool, timeout_s: float, no_start: bool, name: str 
     Example: computectl workflow run examples/fashion_pipeline.yaml --wait
     """
     body = load_pipeline(pipeline)
+    body.setdefault("origin_instance", "computectl")  # required by the API; a file may leave it out
     if name:
         body["name"] = name
     if webhook_url:
