@@ -167,12 +167,15 @@ class WorkflowSummary(BaseModel):
 
 
 class WorkflowPublic(WorkflowSummary):
+    failed_step: str | None = Field(description="the step whose failure failed the workflow (FAILED)")
     steps: list[WorkflowStepPublic]
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> WorkflowPublic:
         steps = [_step(s) for s in row["steps"]]
-        return cls(**cls._fields(row, [s.task_id for s in steps if s.task_id]), steps=steps)
+        failed = next((s.id for s in steps if s.status == "FAILED"), None)
+        return cls(**cls._fields(row, [s.task_id for s in steps if s.task_id]), steps=steps,
+                   failed_step=failed if row["status"] == "FAILED" else None)
 
 
 def _step(s: dict[str, Any]) -> WorkflowStepPublic:

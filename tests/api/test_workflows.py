@@ -149,6 +149,7 @@ def test_reads_and_lists_are_tenant_scoped_and_an_operator_reads_all(
     assert got["links"]["tasks"] == [f"/api/v1/tasks/{s.task_id}" for s in mine[0].steps]
     failed = client.get(f"{PATH}/{theirs.workflow_id}", headers=other_tenant.headers).json()
     assert failed["steps"][1]["error"] == {"code": "INVALID_INPUT", "message": "the image is empty"}
+    assert failed["failed_step"] == "refine" and got["failed_step"] is None
 
     assert_problem(client.get(f"{PATH}/{theirs.workflow_id}", headers=tenant.headers), 404)
     assert client.get(f"{PATH}/{theirs.workflow_id}", headers=operator.headers).status_code == 200
