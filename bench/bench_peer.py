@@ -105,8 +105,9 @@ class Peer:
 class Direct:
     """Ours without the API: TaskProducer.submit, COMPLETED read from the status topic."""
 
-    def __init__(self, kafka: KafkaSettings) -> None:
-        self.producer = TaskProducer(kafka, source="bench-peer")  # default settings
+    def __init__(self, kafka: KafkaSettings, producer_config: dict[str, Any] | None = None) -> None:
+        # Default settings unless producer_config (--compare-linger's second path).
+        self.producer = TaskProducer(kafka, source="bench-peer", producer_config=producer_config)
         self.consumer = Consumer({**kafka.client_config(), "group.id": f"bench-{uuid.uuid4().hex}",
                                   "enable.auto.commit": False})
         topic = kafka.topics.status
@@ -174,9 +175,9 @@ def report(args: argparse.Namespace, samples: dict[str, list[float]], before: di
 
 def table(out: dict) -> str:
     cols = ("p50", "p90", "p99", "max")
-    lines = [f"{'path':<10}" + "".join(f"{c:>9}" for c in cols) + f"{'p99/celery p99':>16}"]
+    lines = [f"{'path':<14}" + "".join(f"{c:>9}" for c in cols) + f"{'p99/celery p99':>16}"]
     for name, s in out["latency_ms"].items():
-        lines.append(f"{name:<10}" + "".join(f"{s[c]:9.2f}" for c in cols)
+        lines.append(f"{name:<14}" + "".join(f"{s[c]:9.2f}" for c in cols)
                      + f"{out['ratio_to_celery_p99'][name]:>15.2f}x")
     lines.append(f"(ms; {out['count']} rounds after {out['warmup']} warm-up; load "
                  f"{out['before']['load']} -> {out['after']['load']}; targets kafka <= "
@@ -195,6 +196,8 @@ def main() -> None:
                         help="do not run the Faust processors (on no measured path)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for every one of our services")
+    parser.add_argument("--compare-linger", type=int, metavar="MS",
+                        help="also run the Kafka path with the producer's linger.ms MS (path kafka-linger<MS>)")
     parser.add_argument("--redis-server", default=shutil.which("redis-server"),
                         help="the redis-server binary (default: the one on PATH)")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
@@ -217,6 +220,10 @@ def main() -> None:
         image_url = image.as_uri()
         paths: dict[str, Any] = {"celery": lambda: peer.run(image_url, str(celery_results)),
                                  "kafka": lambda: direct.run(image_url)}
+        if args.compare_linger is not None:
+            other = Direct(kafka, {"linger.ms": args.compare_linger})
+            stack.callback(other.close)
+            paths[f"kafka-linger{args.compare_linger}"] = lambda: other.run(image_url)
         if not args.no_rest:
             client = stack.enter_context(LeanClient(base_url, key))
             body = {"task_type": "IMAGE_ADJUSTER", "base_image_url": image_url, **PARAMS}

@@ -51,11 +51,14 @@ from schemas.schema_store import publish_schemas
 from schemas.task_params import PARAMS_MODELS
 
 # librdkafka settings for the task producer. Idempotence implies acks=all and bounded in-flight
-# requests; linger of 5 ms lets bursts batch without hurting single-task latency much.
+# requests (5). linger.ms 0: a lone submit is sent at once (5 ms of linger was most of a single
+# task's round trip, issue 19), and a burst still batches, adaptively: while 5 requests are in
+# flight to a partition's leader, what is produced meanwhile queues and goes in the next request
+# (docs/PERFORMANCE.md, "Latency defaults").
 _PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,
     "acks": "all",
-    "linger.ms": 5,
+    "linger.ms": 0,
     "compression.type": "lz4",
     "queue.buffering.max.messages": 500_000,
 }
