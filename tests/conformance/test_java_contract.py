@@ -22,8 +22,8 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +85,14 @@ def java(classpath: str, *args: str) -> list[dict[str, Any]]:
 
 
 def exported_schemas(folder: Path) -> Path:
-    """``computectl schemas export``, as a developer in another language gets the schemas."""
-    subprocess.run([sys.executable, "-c", "from cli.main import main; main()", "schemas", "export",
-                    str(folder)], cwd=REPO, check=True, capture_output=True, timeout=120)
+    """``computectl schemas export``, as a developer in another language gets the schemas (the
+    command itself, run in this process)."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    result = CliRunner().invoke(cli, ["schemas", "export", str(folder)])
+    assert result.exit_code == 0, result.output
     return folder
 
 
@@ -178,9 +183,11 @@ def test_java_tasks_follow_the_contract_through_two_processors_and_real_workers(
                 out.append((task.envelope.attempt, msg.partition()))
             return out
 
-        wait_for(lambda: [a.check_alive() for a in apps] and len(attempts()) == 2,
+        wait_for(lambda: [a.check_alive() for a in apps] and len(attempts()) >= 2,
                  "the leased task's retry record", DEADLINE_S)
-        assert attempts() == [(1, leased["partition"]), (2, leased["partition"])]
+        retried = attempts()
+        assert [a for a, _ in retried[:2]] == [1, 2]  # the Java record, then the processors' retry
+        assert {p for _, p in retried} == {leased["partition"]}  # on the partition Java chose
         workers.append(Running(Worker(kafka, worker_settings(kafka, types=[TaskType.BACKGROUND_FIX]),
                                       registry([TaskType.BACKGROUND_FIX]), FileStore(results_dir),
                                       fetchers[1], models)))
@@ -193,8 +200,8 @@ def test_java_tasks_follow_the_contract_through_two_processors_and_real_workers(
             running.worker.stop()
         for running in workers:
             running.join()
-        for app in apps:
-            app.stop()
+        with ThreadPoolExecutor(len(apps)) as pool:  # each stop takes seconds: side by side
+            list(pool.map(lambda a: a.stop(), apps))
         for fetcher in fetchers:
             fetcher.close()
         if status_log is not None:
@@ -237,7 +244,7 @@ def test_java_tasks_follow_the_contract_through_two_processors_and_real_workers(
         assert [s["status"] for s in lines][-1] == "COMPLETED" and lines[0]["status"] == "PROCESSING"
         want = produced[case]["trace_id"] or task_trace_id(produced[case]["task_id"])  # no headers: derived
         assert {s["trace_id"] for s in lines} == {want}, case
-    assert by_task["leased"][-1]["status"] == "COMPLETED"
+    assert "COMPLETED" in {s["status"] for s in by_task["leased"]}
 
     # --- the processors: folded on the task's partition, leased, removed from the changelog --
     states = records_of(kafka, kafka.topics.state)
