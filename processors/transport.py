@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import faust
+from faust.sensors import Monitor
 from faust.transport.drivers import aiokafka as driver
 
 
@@ -37,6 +38,37 @@ class _Consumer(driver.Consumer):
 
 class _Transport(driver.Transport):
     Consumer = _Consumer
+
+
+class PerRecordQuietMonitor(Monitor):
+    """Faust's ``Monitor`` sensor (the ``Monitor`` setting) without its per-record bookkeeping.
+
+    The default Monitor runs on every record received, every stream event in and out, every
+    record acknowledged and every record sent: counters keyed by stream and topic, a clock read
+    and a latency deque per record, a dict per event. Those statistics are shown only by Faust's
+    web views, which this app does not serve (``web_enabled=False``), yet they cost ≈ 8 % of the
+    fold's CPU (bench/bench_fold.py, docs/PROCESSORS.md). The commit, rebalance and assignment
+    hooks (once per commit or rebalance) stay as Faust has them."""
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        return None
+
+    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
+        return None
+
+    def on_stream_event_out(self, tp: Any, offset: int, stream: Any, event: Any,
+                            state: Any = None) -> None:
+        return None
+
+    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
+        return None
+
+    def on_send_initiated(self, producer: Any, topic: str, message: Any, keysize: int,
+                          valsize: int) -> None:
+        return None
+
+    def on_send_completed(self, producer: Any, state: Any, metadata: Any) -> None:
+        return None
 
 
 class ProcessorsApp(faust.App):
