@@ -13,10 +13,12 @@ postgres), the worker group's lag on the task topic, and the read model's COMPLE
 counts for the run's tenant. Drained: the read model shows every task COMPLETED (or FAILED).
 
 Reported: submit rate, drain rate (tasks / seconds from the workers' start to drained), time to
-drain, the steady drain rate (from the first COMPLETED: a worker spends tens of seconds starting
-its handler process first), and for each service its RSS over the steady drain (first COMPLETED
-to drained: start, middle, end, max) and the slope of the least-squares line through its samples
-of the second half of it, in MiB per minute and KiB per 1,000 tasks. **Memory is flat** when every
+drain, the workers' own rate (from their first committed task to their last, by the group's lag:
+a worker spends tens of seconds starting its handler process, and the read model trails the
+workers on a backlog), and for each service its RSS over the drain (the workers' first commit to
+drained in the read model: start, middle, end, max) and the slope of the least-squares line
+through its samples of the second half of it, in MiB per minute and KiB per 1,000 tasks; the
+same slope of PSS (shared pages split between the processes sharing them). **Memory is flat** when every
 service's second-half slope is below ``--flat-mib-per-min`` (2 MiB/min by default: a leak of
 1 KiB per task at the ~50 tasks/s of two workers on this machine would be ~3 MiB/min). The first
 half is left out because a process fills its caches and pools there and the JVM touches its
@@ -99,10 +101,10 @@ class Sampler:
 
     def sample(self) -> dict[str, Any]:
         roots = {n: p.pid for n, p in self.services.procs.items()}
-        rss = ProcessSet({**roots, **self.stack_pids}).rss_mb()
+        rss, pss = ProcessSet({**roots, **self.stack_pids}).memory_mb()
         rows, completed, failed = self.counts()
         s = {"t": round(time.monotonic() - self.t0, 2), "phase": self.phase, "lag": self._lag(),
-             "rows": rows, "completed": completed, "failed": failed, "rss_mib": rss,
+             "rows": rows, "completed": completed, "failed": failed, "rss_mib": rss, "pss_mib": pss,
              "load1": round(os.getloadavg()[0], 2)}
         self.samples.append(s)
         return s
@@ -132,11 +134,14 @@ def memory_report(samples: list[dict[str, Any]], start: float, end: float, rate:
     for name in names:
         pts = [(s["t"], s["rss_mib"][name]) for s in second if name in s["rss_mib"]]
         slope = least_squares_slope([p[0] for p in pts], [p[1] for p in pts]) * 60  # MiB/min
+        pss = [(s["t"], s["pss_mib"][name]) for s in second if name in s["pss_mib"]]
+        pss_slope = least_squares_slope([p[0] for p in pss], [p[1] for p in pss]) * 60
         at = [s["rss_mib"][name] for s in drain if name in s["rss_mib"]]
         out[name] = {"start_mib": at[0] if at else None,
                      "mid_mib": next((s["rss_mib"].get(name) for s in drain if s["t"] >= mid), None),
                      "end_mib": at[-1] if at else None, "max_mib": max(at, default=None),
-                     "slope_mib_per_min": round(slope, 2),
+                     "slope_mib_per_min": round(slope, 2), "pss_slope_mib_per_min": round(pss_slope, 2),
+                     "pss_end_mib": pss[-1][1] if pss else None,
                      "kib_per_1000_tasks": round(slope / 60 / rate * 1024 * 1000, 1) if rate else None,
                      "samples": len(pts), "flat": abs(slope) < flat_mib_per_min}
     return out
@@ -146,21 +151,23 @@ def write_curve(path: Path, samples: list[dict[str, Any]]) -> None:
     names = sorted({n for s in samples for n in s["rss_mib"]})
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["t_s", "phase", "lag", "rows", "completed", "failed", "load1", *(f"{n}_rss_mib" for n in names)])
+        w.writerow(["t_s", "phase", "lag", "rows", "completed", "failed", "load1",
+                    *(f"{n}_rss_mib" for n in names), *(f"{n}_pss_mib" for n in names)])
         for s in samples:
             w.writerow([s["t"], s["phase"], s["lag"], s["rows"], s["completed"], s["failed"], s["load1"],
-                        *(s["rss_mib"].get(n, "") for n in names)])
+                        *(s["rss_mib"].get(n, "") for n in names), *(s["pss_mib"].get(n, "") for n in names)])
 
 
 def table(report: dict[str, Any]) -> str:
     lines = [f"{report['tasks']} tasks: submitted at {report['submit_per_s']}/s; {report['workers']} workers "
              f"drained them in {report['drain_s']} s = {report['drain_per_s']} tasks/s "
-             f"(first COMPLETED after {report['first_completed_s']} s, then {report['steady_drain_per_s']} "
-             f"tasks/s; workers' lag 0 after {report['workers_committed_s']} s); failed {report['failed']}",
-             f"{'service':14}{'start':>9}{'mid':>9}{'end':>9}{'max':>9}{'MiB/min':>9}{'KiB/1k':>9}  flat"]
+             f"into the read model; the workers committed their first task after {report['first_committed_s']} s, "
+             f"their last after {report['workers_committed_s']} s ({report['workers_steady_per_s']} tasks/s "
+             f"between); failed {report['failed']}",
+             f"{'service':14}{'start':>9}{'mid':>9}{'end':>9}{'max':>9}{'MiB/min':>9}{'KiB/1k':>9}{'PSS/min':>9}  flat"]
     for name, m in report["memory"].items():
         lines.append(f"{name:14}{m['start_mib']!s:>9}{m['mid_mib']!s:>9}{m['end_mib']!s:>9}{m['max_mib']!s:>9}"
-                     f"{m['slope_mib_per_min']:>9}{m['kib_per_1000_tasks']!s:>9}  {m['flat']}")
+                     f"{m['slope_mib_per_min']:>9}{m['kib_per_1000_tasks']!s:>9}{m['pss_slope_mib_per_min']:>9}  {m['flat']}")
     lines.append(f"memory flat (every second-half slope < {report['flat_mib_per_min']} MiB/min): "
                  f"{report['memory_flat']}; load {report['before']['load']} -> {report['after']['load']}")
     return "\n".join(lines)
@@ -210,11 +217,12 @@ def main() -> None:
         sampler.phase = "drain"
         t_start = time.monotonic() - sampler.t0
         scale_workers(services, kafka, args.workers)
-        # Times (sampler clock) of the first sample with a task COMPLETED, with every task ended
-        # in the read model (t_end), and with the workers' committed offsets at the end (they
-        # commit after COMPLETED is acknowledged, so this comes a little after).
+        # Times (sampler clock) of the first sample where the workers committed a task (first_done),
+        # with every task ended in the read model (t_end), and with the workers' committed offsets
+        # at the end (workers_done: the projector may trail them by far, on a backlog it does).
         first_done: float | None = None
         t_end: float | None = None
+        workers_done: float | None = None
         deadline = time.monotonic() + args.deadline
         while True:  # the sampler's own samples say when it is drained: no second query
             time.sleep(args.interval)
@@ -222,12 +230,13 @@ def main() -> None:
             last = sampler.samples[-1]
             if last["phase"] != "drain":
                 continue
-            if first_done is None and last["completed"] + last["failed"] > 0:
+            if first_done is None and last["lag"] < args.tasks:
                 first_done = last["t"]
+            if workers_done is None and first_done is not None and last["lag"] == 0:
+                workers_done = last["t"]
             if t_end is None and last["completed"] + last["failed"] >= args.tasks:
                 t_end = last["t"]
-            if t_end is not None and last["lag"] == 0:
-                workers_done = last["t"]
+            if t_end is not None and workers_done is not None:
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not drained in {args.deadline} s: {last}")
@@ -236,21 +245,22 @@ def main() -> None:
         sampler.phase = "drained"  # one sample more after the end, for the curve
         wait_until(lambda: sampler.samples[-1]["phase"] == "drained", 10 * args.interval + 10)
         names = worker_names(services)
-    assert first_done is not None
+    assert first_done is not None and t_end is not None and workers_done is not None
     drain_s = t_end - t_start
     rate = args.tasks / drain_s if drain_s > 0 else 0.0
     samples = sampler.samples
-    done_at_first = next(s["completed"] + s["failed"] for s in samples if s["t"] == first_done)
-    steady_s = t_end - first_done
+    done_at_first = next(args.tasks - s["lag"] for s in samples if s["t"] == first_done)
+    steady_s = workers_done - first_done
     steady = (args.tasks - done_at_first) / steady_s if steady_s > 0 else None
     report.update(
         submit_s=round(submit_s, 1), submit_per_s=round(args.tasks / submit_s, 1), worker_names=names,
         drain_s=round(drain_s, 1), drain_per_s=round(rate, 1),
-        first_completed_s=round(first_done - t_start, 1),
-        steady_drain_per_s=round(steady, 1) if steady is not None else None,
+        first_committed_s=round(first_done - t_start, 1),
+        workers_steady_per_s=round(steady, 1) if steady is not None else None,
         workers_committed_s=round(workers_done - t_start, 1),
         failed=samples[-1]["failed"], after=machine_state(),
-        memory=memory_report(samples, first_done, t_end, steady or rate, args.flat_mib_per_min))
+        memory=memory_report(samples, first_done, t_end, args.tasks / max(t_end - first_done, 1e-9),
+                             args.flat_mib_per_min))
     report["memory_flat"] = all(m["flat"] for m in report["memory"].values())
     report["curve"] = samples
     if args.curve is not None:

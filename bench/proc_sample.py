@@ -46,16 +46,27 @@ class ProcessSet:
 
     def rss_mb(self) -> dict[str, float]:
         """Resident set size of each service's processes, summed, in MiB."""
-        out: dict[str, float] = {}
+        return self.memory_mb()[0]
+
+    def memory_mb(self) -> tuple[dict[str, float], dict[str, float]]:
+        """(RSS, PSS) of each service's processes, summed, in MiB. PSS splits a shared page
+        between the processes sharing it, so a tree's PSS counts PostgreSQL's shared buffers
+        once; where smaps cannot be read (another user's process) PSS falls back to RSS."""
+        rss: dict[str, float] = {}
+        pss: dict[str, float] = {}
         for name, pid in self.roots.items():
-            total = 0
+            r = p = 0
             for proc in _tree(pid):
                 try:
-                    total += proc.memory_info().rss
+                    full = proc.memory_full_info()
+                    r, p = r + full.rss, p + full.pss
+                except psutil.AccessDenied:
+                    info = proc.memory_info()
+                    r, p = r + info.rss, p + info.rss
                 except psutil.NoSuchProcess:
                     continue
-            out[name] = round(total / 2**20, 1)
-        return out
+            rss[name], pss[name] = round(r / 2**20, 1), round(p / 2**20, 1)
+        return rss, pss
 
 
 def cpu_percent(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
