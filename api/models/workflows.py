@@ -93,6 +93,8 @@ class WorkflowAccepted(BaseModel):
         "CREATED: stored, not started (start=false; POST .../start starts it); START_REQUESTED: "
         "started with it, RUNNING once the processors applied it"))
     step_ids: list[str]
+    idempotent_replay: bool = Field(default=False, description=(
+        "True when the Idempotency-Key named a workflow already recorded: nothing new was sent."))
     links: WorkflowLinks
 
 

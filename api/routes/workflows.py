@@ -18,11 +18,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, DbDep, NotifierDep, PoolDep, SettingsDep
+from api.deps import CallerDep, DbDep, GatewayDep, NotifierDep, PoolDep, SettingsDep
 from api.models.workflows import (
     ENDED,
     WorkflowAccepted,
@@ -46,6 +46,7 @@ from api.routing import ApiRoute
 from api.workflow_outputs import cleanup_outputs, storage_settings
 from gpu_consumers.errors import StorageFailure
 from producers.errors import DeliveryError, TaskTooLargeError
+from producers.task_ids import keyed_uuid
 from producers.workflows import WorkflowProducer
 from projection.db.workflow_projection import (
     WorkflowFilter,
@@ -66,6 +67,15 @@ WorkflowsDep = Annotated[WorkflowProducer, Depends(_workflow_producer)]
 
 router = APIRouter(prefix="/workflows", tags=["workflows"], route_class=ApiRoute)
 monitoring_router = APIRouter(prefix="/monitoring/workflows", tags=["monitoring"], route_class=ApiRoute)
+
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=255,
+    description="The same key (per tenant) always names the same workflow: a repeat creates nothing.")]
+# Fixed namespace of idempotency-derived workflow ids; changing it would break replays.
+_IDEMPOTENCY_NS = uuid.UUID("0b6f2a4e-9d3c-4e71-8a5f-2c7d9e1b4a60")
+# The fields of a workflow's definition a repeat must match (else 409: a key reused).
+_DEFINITION = ("name", "description", "suppress_subtask_events", "config")
+_STEP_DEFINITION = ("task_type", "config", "depends_on", "input_mappings")
 
 # Which statuses each command may be given in (docs/WORKFLOWS.md, the lifecycle).
 _ALLOWED = {
@@ -98,6 +108,27 @@ def _spec(body: WorkflowCreate) -> WorkflowSpec:
     return spec
 
 
+def keyed_workflow_id(tenant_id: str, idempotency_key: str, secret: bytes | None) -> str:
+    """The workflow id of (tenant, key), keyed with the deployment's ``IDEMPOTENCY_SECRET``
+    (producers/task_ids.py), as a workflow id must be: a version-8 UUID
+    (``schemas.workflow_events.new_workflow_id``)."""
+    bits = keyed_uuid(_IDEMPOTENCY_NS, f"{tenant_id}\x1f{idempotency_key}", secret).int
+    bits &= ~((0xC000 << 48) | (0xF000 << 64))
+    bits |= (0x8000 << 48) | (8 << 76)
+    return str(uuid.UUID(int=bits))
+
+
+def _same_definition(row: dict[str, Any], spec: WorkflowSpec) -> bool:
+    """Whether the stored workflow ``row`` is the one ``spec`` describes."""
+    wanted = spec.model_dump(mode="json")
+    if any(row[f] != (wanted[f] if f != "config" else wanted[f] or {}) for f in _DEFINITION):
+        return False
+    stored = [(s["step_id"], *(s[f] for f in _STEP_DEFINITION)) for s in row["steps"]]
+    given = [(st["id"], st["task_type"], st["config"] or {}, st["depends_on"], st["input_mappings"])
+             for st in wanted["steps"]]
+    return stored == given
+
+
 async def _send(call: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return await run_in_threadpool(call, *args, **kwargs)
@@ -112,23 +143,35 @@ async def _send(call: Any, *args: Any, **kwargs: Any) -> Any:
              responses=problem_responses(400, 401, 413, 422, 503))
 async def create_workflow(body: Annotated[WorkflowCreate, Body()], caller: CallerDep,
                           producer: WorkflowsDep, settings: SettingsDep, response: Response,
+                          db: DbDep, gateway: GatewayDep,
                           start: Annotated[bool, Query(description=(
                               "true: start it at once; false: CREATED until POST .../start"))] = False,
-                          ) -> WorkflowAccepted:
+                          idempotency_key: IdempotencyKey = None) -> WorkflowAccepted:
     """Create a workflow (a DAG of steps, each an ordinary task) and, with ``start=true``, start
     it. 422 names the step and the field of an invalid workflow (unknown task type, a cycle, a
     mapping naming no real step or field, parameters invalid once the mappings are applied);
-    nothing is sent then. 202 once the broker has the request."""
+    nothing is sent then. 202 once the broker has the request. With an ``Idempotency-Key``, a
+    repeat names the same workflow (409 when the key named another definition)."""
     spec = _spec(body)
-    event = await _send(producer.create, spec, start=start, origin_zone=settings.origin_zone,
-                        origin_tenant_id=caller.tenant_id, webhook_url=body.webhook_url,
-                        requested_by=f"api-key:{caller.key_id}")
-    workflow_id = event.workflow_id
+    workflow_id, replay = None, False
+    if idempotency_key is not None:
+        workflow_id = keyed_workflow_id(caller.tenant_id, idempotency_key, gateway.idempotency_secret)
+        existing = await get_workflow(db, workflow_id, caller.tenant_id)
+        if existing is not None:  # recorded: answer from it, send nothing
+            if not _same_definition(existing, spec):
+                raise ApiProblem(409, "idempotency-key-reused",
+                                 "this Idempotency-Key was used for a different workflow; use a new key")
+            replay = True
+    if not replay:  # a repeat not recorded yet is sent again: the engine absorbs the same id
+        event = await _send(producer.create, spec, start=start, workflow_id=workflow_id,
+                            origin_zone=settings.origin_zone, origin_tenant_id=caller.tenant_id,
+                            webhook_url=body.webhook_url, requested_by=f"api-key:{caller.key_id}")
+        workflow_id = event.workflow_id
     links = WorkflowLinks(self_=workflow_path(workflow_id))
     response.headers["Location"] = links.self_
     return WorkflowAccepted(workflow_id=workflow_id, name=spec.name,
                             status="START_REQUESTED" if start else "CREATED",
-                            step_ids=[s.id for s in spec.steps], links=links)
+                            step_ids=[s.id for s in spec.steps], idempotent_replay=replay, links=links)
 
 
 @router.get("", response_model=WorkflowsPublic, responses=problem_responses(401, 403, 422))

@@ -17,7 +17,7 @@ import pytest
 
 from gpu_consumers.storage import StorageSettings
 from schemas.codec import EventCodec
-from schemas.workflow_events import WorkflowCommandRequested, WorkflowRequested
+from schemas.workflow_events import WorkflowCommandRequested, WorkflowRequested, is_workflow_id
 from tests.api.conftest import ApiStack, Tenant
 from tests.api.helpers import assert_problem
 from tests.kafka_helpers import read_topic, record_count
@@ -219,3 +219,27 @@ def test_cleanup_deletes_only_the_workflows_own_outputs(
     assert foreign.exists() and outside.exists() and outputs[2].exists()
     again = client.post(f"{PATH}/{wid}/cleanup", headers=tenant.headers).json()  # repeatable
     assert sorted(again["deleted"]) == sorted(answer["deleted"])
+
+
+def test_an_idempotency_key_names_one_workflow_per_tenant(
+        api: ApiStack, client: httpx.Client, tenant: Tenant, other_tenant: Tenant) -> None:
+    body = wh.pipeline_body("keyed")
+    keyed = {**tenant.headers, "Idempotency-Key": "order-42"}
+    first = client.post(PATH, json=body, headers=keyed).json()
+    again = client.post(PATH, json=body, headers=keyed).json()  # not recorded yet: sent again
+    wid = first["workflow_id"]
+    assert again["workflow_id"] == wid and is_workflow_id(wid) and first["idempotent_replay"] is False
+    theirs = client.post(PATH, json=body, headers={**other_tenant.headers, "Idempotency-Key": "order-42"})
+    assert theirs.json()["workflow_id"] != wid  # keys are per tenant
+    # the engine records it (its state, produced here); then a repeat is answered from it
+    wh.produce_states(api.kafka, [wh.state(wh.spec(name="keyed"), workflow_id=wid, tenant=tenant.name,
+                                           status="CREATED", running=False)])
+    wait_for(lambda: client.get(f"{PATH}/{wid}", headers=tenant.headers).status_code == 200,
+             what="the keyed workflow projected")
+    before = record_count(api.kafka, api.kafka.topics.workflows)
+    replay = client.post(PATH, json=body, headers=keyed)
+    assert replay.status_code == 202 and replay.json()["workflow_id"] == wid
+    assert replay.json()["idempotent_replay"] is True
+    assert record_count(api.kafka, api.kafka.topics.workflows) == before  # nothing sent
+    other = client.post(PATH, json={**body, "name": "another"}, headers=keyed)
+    assert assert_problem(other, 409)["type"].endswith("idempotency-key-reused")
