@@ -114,6 +114,7 @@ def test_pause_resume_and_cancel_through_the_api(
     engine.hold(step_task_id(held, "generate"))
     wait_for(lambda: step_task_id(held, "generate") in engine.started
              and engine.started[step_task_id(held, "generate")].is_set(), timeout_s=60, what="the step running")
+    _when(client, tenant, held, lambda w: w["status"] == "RUNNING", "RUNNING recorded")  # else a 404
     assert client.post(f"{PATH}/{held}/cancel", headers=tenant.headers).status_code == 202
     ended = _when(client, tenant, held, lambda w: w["status"] == "CANCELLED", "CANCELLED")
     assert ended["steps"][1]["status"] != "COMPLETED" and engine.ran(step_task_id(held, "refine")) == []
