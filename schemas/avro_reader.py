@@ -465,5 +465,7 @@ def compile_reader(writer: dict[str, Any], reader: dict[str, Any] | None = None)
     exec(compile(src, filename, "exec"), namespace)  # noqa: S102 - code generated just above
     fn = cast(Reader, namespace[fname])
     fn.__avro_source__ = src  # type: ignore[attr-defined]
+    if len(_CACHE) >= 1024:  # bounded: a process meets a few dozen pairs; codecs keep their own
+        _CACHE.clear()
     _CACHE[key] = (writer, reader, fn)  # the schemas are held, so their ids stay theirs
     return fn
