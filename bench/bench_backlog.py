@@ -204,6 +204,8 @@ def main() -> None:
         tenant = f"bench-{kafka.topic_prefix}"
         sampler = Sampler(services, stack_pids, kafka, os.environ["DATABASE_URL"], tenant, args.interval)
         stack.callback(sampler.stop)
+        if args.curve is not None:  # also when the run fails or is interrupted: the curve so far
+            stack.callback(write_curve, args.curve, sampler.samples)
         params = {"base_image_url": image.as_uri(), "brightness": 0.1, "contrast": 0.2, "warmth": 0.3}
         sampler.start()
         say(f"submitting {args.tasks} tasks...")
@@ -263,8 +265,6 @@ def main() -> None:
                              args.flat_mib_per_min))
     report["memory_flat"] = all(m["flat"] for m in report["memory"].values())
     report["curve"] = samples
-    if args.curve is not None:
-        write_curve(args.curve, samples)
     say(table(report))
     if args.json:
         print(json.dumps(report), flush=True)
