@@ -52,11 +52,18 @@ bench: bench-deps jars
 	$(PY) bench/bench_peer.py
 
 # The peer benchmark's Celery + Redis (bench/bench_peer.py): the bench extra and Debian's
-# redis-server when none is on PATH. Not part of `make install` (no test needs them to pass).
-.PHONY: bench-deps
-bench-deps: install
+# redis-server when none is on PATH. Not part of `make install` (the services do not need them);
+# `make test` installs them for the bench's short form (tests/bench/test_bench_peer.py).
+BENCH_INSTALLED := $(VENV)/.bench-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+$(BENCH_INSTALLED): pyproject.toml | $(INSTALLED)
 	$(PY) -m pip install --quiet -e ".[dev,bench]"
-	command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
+	rm -f $(VENV)/.bench-*
+	touch $@
+.PHONY: bench-deps
+bench-deps: $(BENCH_INSTALLED)
+	@command -v redis-server >/dev/null || $(SUDO) apt-get install -y -qq redis-server \
+		|| { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
+test: bench-deps
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .hypothesis
