@@ -34,7 +34,7 @@ from processors.leases import LeaseBook
 from processors.orchestrator import FetchImage, Orchestrator, Outbox, install
 from processors.progress import install as install_progress_watch
 from processors.settings import ProcessorSettings
-from processors.transport import PerRecordQuietMonitor, ProcessorsApp
+from processors.transport import PerRecordQuietMonitor, ProcessorsApp, RawBytesSchema
 from processors.workflows import WorkflowEngine
 from processors.workflows import install as install_workflows
 from schemas.codec import EventCodec
@@ -180,7 +180,7 @@ def create_app(
                         **_faust_settings(kafka, settings, app_id))
     policy = settings.retry_policy
 
-    status_topic = app.topic(topics.status, partitions=kafka.partitions)
+    status_topic = app.topic(topics.status, partitions=kafka.partitions, schema=RawBytesSchema())
     # str keys: the table's keys, also when recovery reads them back from this topic.
     state_topic = app.topic(topics.state, partitions=kafka.partitions, key_type=str,
                             value_type=bytes, compacting=True, acks=False)

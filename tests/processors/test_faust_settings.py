@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import faust.streams
+from faust.types import Message
 
 from processors.app import _faust_settings
 from processors.settings import ProcessorSettings
-from processors.transport import PerRecordQuietMonitor, ProcessorsApp
+from processors.transport import PerRecordQuietMonitor, ProcessorsApp, RawBytesSchema
 from schemas.kafka_settings import KafkaSettings
 
 
@@ -37,3 +39,13 @@ def test_the_quiet_monitor_skips_per_record_statistics_but_keeps_commits() -> No
     state = monitor.on_commit_initiated(object())  # once per commit: still measured
     monitor.on_commit_completed(object(), state)
     assert len(monitor.commit_latency) == 1
+
+
+def test_the_raw_bytes_schema_hands_the_agent_the_broker_bytes(tmp_path: Path) -> None:
+    settings = _faust_settings(KafkaSettings(bootstrap_servers="127.0.0.1:9"),
+                               ProcessorSettings(datadir=tmp_path), "faust-schema-test")
+    app = ProcessorsApp("faust-schema-test", fetch_min_bytes=1, fetch_max_wait_ms=1, **settings)
+    topic = app.topic("t", schema=RawBytesSchema())
+    message = Message("t", 0, 7, 0.0, 0, [("h", b"1")], b"task-1", b"\xc3\x01avro", None)
+    event = asyncio.run(topic.decode(message, propagate=True))
+    assert (event.key, event.value, event.message) == (b"task-1", b"\xc3\x01avro", message)
