@@ -13,6 +13,13 @@ assignment after a broker freeze (its group EMPTY, the backlog not moving), and 
 folding on while one partition's commits had stopped. A partition with nothing to commit is never
 stalled, however long it is quiet.
 
+One allowance: while the member commits on *other* partitions within ``stall_after_s``, a
+partition waiting its turn gets up to ``busy_grace_s`` (default six times ``stall_after_s``). A
+consumer draining a large backlog is fed a fetched chunk of one partition after another, and
+judging each partition alone made the projector exit while it worked through 100,000 queued
+statuses (issue 19's backlog bench). A member that commits nothing anywhere is still stalled
+after ``stall_after_s``.
+
 Which partitions are judged: the member's assignment; with no assignment (or an unknown one),
 every partition observed - "no assignment while the topic has a backlog" is a stall unless some
 other member of the group commits it.
@@ -124,10 +131,13 @@ class ProgressWatch:
     # False: skip the recreate step, exit at the first stall (a consumer that cannot be
     # recreated in place).
     recreate: bool = True
+    # How long a partition may wait while the member commits others (None: 6 x stall_after_s).
+    busy_grace_s: float | None = None
     _partitions: dict[PartitionKey, _Partition] = field(default_factory=dict)
     _recovering: set[PartitionKey] = field(default_factory=set)  # stalled at the last recreate
     _recovering_commits: bool = False  # commits were failing at the last recreate
     _unknown_since: float | None = None
+    _member_moved_at: float | None = None  # when any judged partition's commit last moved
     _commit_failing_since: float | None = None
     _gave_up: str | None = None
     last: Verdict = field(default_factory=lambda: Verdict(ready=True))
@@ -135,6 +145,11 @@ class ProgressWatch:
     def __post_init__(self) -> None:
         if self.stall_after_s <= 0:
             raise ValueError(f"stall_after_s must be positive, got {self.stall_after_s}")
+        if self.busy_grace_s is None:
+            self.busy_grace_s = 6 * self.stall_after_s
+        elif self.busy_grace_s < self.stall_after_s:
+            raise ValueError(f"busy_grace_s ({self.busy_grace_s}) must be >= stall_after_s"
+                             f" ({self.stall_after_s})")
 
     def observe(self, obs: Observation) -> Verdict:
         self.last = self._judge(obs)
@@ -185,16 +200,20 @@ class ProgressWatch:
         if obs.waiting_on:
             self._restart(obs.at)
             return Verdict(False, reason=f"waiting for {obs.waiting_on}")
+        # The member committed somewhere within the window: a partition waiting its turn is
+        # judged against the busy grace instead (see the module's docstring).
+        busy = (self._member_moved_at is not None
+                and obs.at - self._member_moved_at < self.stall_after_s)
+        limit = self.busy_grace_s if busy else self.stall_after_s
+        assert limit is not None
         stalled = tuple(sorted(key for key, part in self._partitions.items()
-                               if judged[key].backlog > 0
-                               and obs.at - part.since >= self.stall_after_s))
+                               if judged[key].backlog > 0 and obs.at - part.since >= limit))
         reasons = []
         if stalled:
             backlog = sum(judged[k].backlog for k in stalled)
             whose = "no partition assigned; " if not obs.assigned else ""
             reasons.append(f"{whose}committed offsets of {len(stalled)} partition(s) with"
-                           f" {backlog} record(s) to commit did not move for"
-                           f" {self.stall_after_s:g}s")
+                           f" {backlog} record(s) to commit did not move for {limit:g}s")
         if obs.commit_failing:
             if self._commit_failing_since is None:
                 self._commit_failing_since = obs.at
@@ -234,6 +253,8 @@ class ProgressWatch:
                 if moved or offsets.backlog == 0:
                     part.since = at
                 part.committed = offsets.committed
+            if moved:
+                self._member_moved_at = at
             if moved or offsets.backlog == 0:
                 self._recovering.discard(key)
         # a partition that went to another member is that member's to move

@@ -65,6 +65,9 @@ class WatchdogSettings(BaseSettings):
     # a commit interval and a rebalance (a few seconds each), far shorter than the minutes a
     # silent stall lasted in issue 15.
     stall_after_s: float = Field(default=30.0, gt=0)
+    # How long a partition may wait its turn while the same consumer commits others (a large
+    # backlog is fetched unevenly); None: 6 x stall_after_s (3 minutes). See schemas/consumer_health.py.
+    busy_grace_s: float | None = Field(default=None, gt=0)
     # How often the offsets are read: 2 requests to the broker per check.
     check_interval_s: float = Field(default=5.0, gt=0)
     # How long one read of the offsets may take (a frozen broker: it fails after this).
@@ -184,7 +187,8 @@ class Watchdog:
         self.name = name
         self.signals = signals
         self.settings = settings
-        self.watch = ProgressWatch(settings.stall_after_s, recreate=recreate)
+        self.watch = ProgressWatch(settings.stall_after_s, recreate=recreate,
+                                   busy_grace_s=settings.busy_grace_s)
         self._probe = probe
         self._clock = clock
         self._last_logged: Verdict | None = None

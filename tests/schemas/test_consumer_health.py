@@ -57,11 +57,39 @@ def test_the_timer_starts_when_the_partition_was_last_seen_caught_up():
 
 
 def test_one_stuck_partition_is_a_stall_while_the_others_move():
-    """Issue 15 item 2: the processors folded on while one partition's commits had stopped."""
-    watch = ProgressWatch(STALL)
-    for i, t in enumerate(range(0, 35, 5)):
+    """Issue 15 item 2: the processors folded on while one partition's commits had stopped.
+    While the member commits elsewhere, the stuck one is judged against the busy grace."""
+    watch = ProgressWatch(STALL, busy_grace_s=90)
+    for i, t in enumerate(range(0, 95, 5)):
         verdict = watch.observe(obs(t, {A: Offsets(10 * i, 10 * i + 50), B: Offsets(3, 90)}, {A, B}))
+        assert verdict.ready == (t < 90), t
     assert verdict.stalled == (B,) and verdict.action is Action.RECREATE
+    assert "did not move for 90s" in verdict.reason
+
+
+def test_a_partition_waiting_its_turn_in_a_backlog_is_not_a_stall():
+    """Issue 19's backlog bench: the projector drained 100,000 statuses a fetched chunk of one
+    partition at a time; the others waited longer than stall_after_s and it exited."""
+    watch = ProgressWatch(STALL)  # busy grace: 6 x 30 s
+    assert watch.busy_grace_s == 6 * STALL
+    for i, t in enumerate(range(0, 175, 5)):  # A drains; B waits 170 s for its turn
+        assert watch.observe(obs(t, {A: Offsets(100 * i, 10**5), B: Offsets(0, 10**5)}, {A, B})).ready
+    for i, t in enumerate(range(175, 345, 5)):  # then B drains while A waits
+        assert watch.observe(obs(t, {A: Offsets(3400, 10**5), B: Offsets(100 * i, 10**5)}, {A, B})).ready
+
+
+def test_a_member_that_commits_nowhere_is_stalled_after_stall_after_s_whatever_the_grace():
+    watch = ProgressWatch(STALL, busy_grace_s=600)
+    watch.observe(obs(0, {A: Offsets(0, 50), B: Offsets(3, 90)}, {A, B}))
+    watch.observe(obs(10, {A: Offsets(20, 50), B: Offsets(3, 90)}, {A, B}))  # A moved at 10 s
+    assert watch.observe(obs(39, {A: Offsets(20, 50), B: Offsets(3, 90)}, {A, B})).ready
+    verdict = watch.observe(obs(40, {A: Offsets(20, 50), B: Offsets(3, 90)}, {A, B}))
+    assert verdict.action is Action.RECREATE and verdict.stalled == (A, B)
+
+
+def test_busy_grace_s_is_at_least_stall_after_s():
+    with pytest.raises(ValueError, match="busy_grace_s"):
+        ProgressWatch(STALL, busy_grace_s=10)
 
 
 def test_no_assignment_while_the_topics_have_a_backlog_is_a_stall():
