@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -474,3 +475,14 @@ def test_kafka_nodes_let_workers_use_kip848_as_the_local_stack_does(services: di
     for node in KAFKA_NODES:
         env = env_of(services[node])
         assert env.get("KAFKA_GROUP_CONSUMER_MIN_SESSION_TIMEOUT_MS") == floor, node
+
+
+def test_the_image_copies_every_package_the_project_installs() -> None:
+    """The app image runs `pip install .` on what the Dockerfile copied: a package missing there
+    is missing in every container (after the layout of issue 16 it copied five of ten, so
+    `computectl` could not even import its root)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    dockerfile = (ROOT / "gpu_consumers" / "Dockerfile").read_text(encoding="utf-8")
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", dockerfile, flags=re.MULTILINE))
+    assert copied == packages, f"Dockerfile copies {sorted(copied)}, pyproject lists {sorted(packages)}"
