@@ -66,9 +66,13 @@ def publish_event_schemas(settings: KafkaSettings, framing: Framing, *,
     if framing is not Framing.SINGLE_OBJECT:
         return 0
     topic = settings.topics.schemas
-    producer = Producer({**settings.producer_config(), "linger.ms": 0})
+    # Never create the store by asking for it: a producer's metadata request for one topic
+    # auto-creates it on a broker that allows that (one partition, not compacted) - the store
+    # is `computectl topics create`'s to make. So: no auto-creation, and the whole topic list.
+    producer = Producer({**settings.producer_config(), "linger.ms": 0,
+                         "allow.auto.create.topics": False})
     try:
-        meta = producer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        meta = producer.list_topics(timeout=timeout_s).topics.get(topic)
         if meta is None or meta.error is not None:
             log.warning("schema store topic %s missing: schemas not published (run `computectl "
                         "topics create`)", topic)
