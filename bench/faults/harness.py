@@ -175,8 +175,10 @@ class Load:
         sent = time.time()
         try:
             resp = self.client.post("/api/v1/tasks", json={
+                # The tag rides as the entity id, not the prompt: a prompt is adjustment guidance
+                # that the LLM reads (issue 18), which would turn this no-op task into model work.
                 "task_type": "IMAGE_ADJUSTER", "brightness": 0.1, "base_image_url": self.image_uri,
-                "prompt": tag}, headers={"Idempotency-Key": uuid.uuid4().hex})
+                "entity_id": tag}, headers={"Idempotency-Key": uuid.uuid4().hex})
             task_id = resp.json().get("task_id") if resp.status_code == 202 else None
             sub = Submit(task_id, sent, time.time() if task_id else None, resp.status_code,
                          None if task_id else resp.text[:200])
