@@ -32,7 +32,7 @@ scoped to a tenant.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -46,9 +46,9 @@ from generations.record import (
     PredictionRecord,
     decode_record,
 )
-from projection.db.pg_values import jsonb, without_nul
-from projection.db.projection import NOTIFY_CHANNEL, BatchResult, notify_payload
+from projection.db.projection import BatchResult
 from projection.db.queries import tenant_where
+from projection.db.versioned_upsert import ChildTable, VersionedTable, replace_by_version
 from schemas.errors import DecodeError
 
 # Advisory-lock hash seed of generation ids ("gens"), apart from the tasks' locks.
@@ -76,18 +76,16 @@ REFINE_COLUMNS = ("refine_id", "generation_id", "task_id", "task_ids", "params",
 _JSON = frozenset({"settings", "task_ids", "result", "params", "reasons"})
 
 
-def _insert(table: str, columns: Sequence[str]) -> str:
-    return (f"INSERT INTO {table} ({', '.join(columns)}) "
-            f"VALUES ({', '.join(['%s'] * len(columns))})")
-
-
-_UPSERT_GENERATION = (
-    _insert("generations", GENERATION_COLUMNS)
-    + " ON CONFLICT (generation_id) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in GENERATION_COLUMNS[1:])
-    # The guard: a row only ever moves to a higher version.
-    + " WHERE generations.version < EXCLUDED.version RETURNING generation_id::text"
-)
+# The guarded replace (projection/db/versioned_upsert.py). Children in insert order; a shot's
+# attempts go with its ``orchestrated_shots`` row (ON DELETE CASCADE), so they are not deleted
+# by generation id.
+_GENERATIONS = VersionedTable(
+    table="generations", columns=GENERATION_COLUMNS, row_attr="generation",
+    children=(ChildTable("predictions", PREDICTION_COLUMNS, "predictions"),
+              ChildTable("orchestrated_shots", SHOT_COLUMNS, "shots"),
+              ChildTable("shot_attempts", ATTEMPT_COLUMNS, "attempts", cleared=False),
+              ChildTable("refines", REFINE_COLUMNS, "refines")),
+    json_columns=_JSON, lock_seed=_LOCK_SEED)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -251,69 +249,9 @@ def project_generation_records(conn: psycopg.Connection, records: Iterable[Gener
                                ) -> GenerationBatchResult:
     """Project ``records`` (in topic order) inside one transaction (a savepoint of the caller's,
     if one is open); report the generations written and their status changes."""
-    # generation id -> version -> the first record of that version seen in the batch
-    versions: dict[str, dict[int, GenerationRecord]] = {}
-    for record in records:
-        versions.setdefault(record.generation_id, {}).setdefault(record.version, record)
-    result = GenerationBatchResult()
-    if not versions:
-        return result
-    latest = {gid: by_version[max(by_version)] for gid, by_version in versions.items()}
-    ids = sorted(latest)
-    with conn.transaction():
-        conn.execute(
-            "SELECT count(pg_advisory_xact_lock(hashtextextended(x, %s)))"
-            " FROM (SELECT unnest(%s::text[]) AS x ORDER BY 1) AS ids", (_LOCK_SEED, ids))
-        # By primary key one id at a time, as every read and delete below: with ``= ANY(ids)``
-        # the plan kept from a small table (a fresh database) scans it whole (migration 0009).
-        stored = {str(gid): (version, status) for gid, version, status in conn.execute(
-            "SELECT g.* FROM unnest(%s::uuid[]) AS ids(id) CROSS JOIN LATERAL (SELECT"
-            " generation_id, version, status FROM generations WHERE generation_id = ids.id"
-            " OFFSET 0) AS g", (ids,))}
-        winners = [rows_of(latest[g]) for g in ids
-                   if latest[g].version > stored.get(g, (-1, None))[0]]
-        if not winners:
-            return result
-        written: list[str] = []
-        with conn.cursor() as cur:
-            for rows in winners:  # RETURNING per row: the guard may still refuse one
-                cur.execute(_UPSERT_GENERATION, _params(rows.generation, GENERATION_COLUMNS))
-                if cur.fetchone() is not None:
-                    written.append(rows.generation["generation_id"])
-        if not written:
-            return result
-        chosen = [r for r in winners if r.generation["generation_id"] in set(written)]
-        with conn.cursor() as cur:
-            for table in ("predictions", "orchestrated_shots", "refines"):  # shot_attempts cascade
-                cur.executemany(f"DELETE FROM {table} WHERE generation_id = %s", [(g,) for g in written])
-            for table, columns, attr in (
-                ("predictions", PREDICTION_COLUMNS, "predictions"),
-                ("orchestrated_shots", SHOT_COLUMNS, "shots"),
-                ("shot_attempts", ATTEMPT_COLUMNS, "attempts"),
-                ("refines", REFINE_COLUMNS, "refines"),
-            ):
-                values = [_params(row, columns) for rows in chosen for row in getattr(rows, attr)]
-                if values:
-                    cur.executemany(_insert(table, columns), values)
-        # Wakes the API's long polls of these generations (at commit; ids never collide with
-        # task ids, so they share the tasks' channel).
-        conn.execute("SELECT count(pg_notify(%s, x)) FROM unnest(%s::text[]) AS x",
-                     (NOTIFY_CHANNEL, [notify_payload(g, latest[g].status.value) for g in written]))
-    for gid in written:
-        stored_version, status = stored.get(gid, (-1, None))
-        for version in sorted(v for v in versions[gid] if v > stored_version):
-            record = versions[gid][version]
-            if record.status.value != status:
-                result.changes.append(GenerationChange(gid, status, record.status.value,
-                                                       version, record))
-                status = record.status.value
-    result.written = len(written)
-    return result
-
-
-def _params(row: dict[str, Any], columns: Sequence[str]) -> tuple[Any, ...]:
-    return tuple(jsonb(row[c]) if c in _JSON and row[c] is not None else without_nul(row[c])
-                 for c in columns)
+    written, changes = replace_by_version(conn, _GENERATIONS, records, lambda r: r.generation_id,
+                                          rows_of, GenerationChange)
+    return GenerationBatchResult(written, changes)
 
 
 # --------------------------------------------------------------------------- reading (API)

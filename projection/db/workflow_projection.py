@@ -3,7 +3,7 @@
 The processors publish each workflow's latest state (workflows/record.py) to the compacted
 ``<prefix>.workflows.state`` topic, keyed by workflow id, with a ``version`` that grows by one
 per change. Every record is the whole document, so projecting one is a replace guarded by the
-version, exactly as for generations (projection/db/generation_projection.py):
+version, exactly as for generations (both in projection/db/versioned_upsert.py):
 
 * ``workflows`` holds one row per workflow, written only when the record's version is higher
   than the row's: a duplicate, a replay or an older record never regresses it;
@@ -22,7 +22,7 @@ API; every query is scoped to a tenant, or to every tenant for an operator key (
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -30,9 +30,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from projection.db.pg_values import jsonb, without_nul
-from projection.db.projection import NOTIFY_CHANNEL, notify_payload
 from projection.db.queries import tenant_where
+from projection.db.versioned_upsert import ChildTable, VersionedTable, replace_by_version
 from schemas.codec import EventCodec
 from schemas.errors import DecodeError
 from schemas.workflow_events import WorkflowState
@@ -54,18 +53,12 @@ _JSON = frozenset({"config", "depends_on", "input_mappings", "params", "result"}
 ENDED_STATUSES = ("COMPLETED", "FAILED", "CANCELLED")
 
 
-def _insert(table: str, columns: Sequence[str]) -> str:
-    return (f"INSERT INTO {table} ({', '.join(columns)}) "
-            f"VALUES ({', '.join(['%s'] * len(columns))})")
-
-
-_UPSERT_WORKFLOW = (
-    _insert("workflows", WORKFLOW_COLUMNS)
-    + " ON CONFLICT (workflow_id) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in WORKFLOW_COLUMNS[1:])
-    # The guard: a row only ever moves to a higher version.
-    + " WHERE workflows.version < EXCLUDED.version RETURNING workflow_id::text"
-)
+# The guarded replace (projection/db/versioned_upsert.py): ``workflow_steps`` are deleted and
+# re-inserted with the workflow row.
+_WORKFLOWS = VersionedTable(
+    table="workflows", columns=WORKFLOW_COLUMNS, row_attr="workflow",
+    children=(ChildTable("workflow_steps", STEP_COLUMNS, "steps"),),
+    json_columns=_JSON, lock_seed=_LOCK_SEED)
 
 
 def decode_workflow_record(codec: EventCodec, value: bytes | None) -> WorkflowState:
@@ -150,58 +143,9 @@ def project_workflow_records(conn: psycopg.Connection, records: Iterable[Workflo
                              ) -> WorkflowBatchResult:
     """Project ``records`` (in topic order) inside one transaction (a savepoint of the caller's,
     if one is open); report the workflows written and their status changes."""
-    versions: dict[str, dict[int, WorkflowState]] = {}
-    for record in records:
-        versions.setdefault(record.workflow_id, {}).setdefault(record.version, record)
-    result = WorkflowBatchResult()
-    if not versions:
-        return result
-    latest = {wid: by_version[max(by_version)] for wid, by_version in versions.items()}
-    ids = sorted(latest)
-    with conn.transaction():
-        conn.execute(
-            "SELECT count(pg_advisory_xact_lock(hashtextextended(x, %s)))"
-            " FROM (SELECT unnest(%s::text[]) AS x ORDER BY 1) AS ids", (_LOCK_SEED, ids))
-        # By primary key one id at a time (the generations' reason: migration 0009).
-        stored = {str(wid): (version, status) for wid, version, status in conn.execute(
-            "SELECT w.* FROM unnest(%s::uuid[]) AS ids(id) CROSS JOIN LATERAL (SELECT"
-            " workflow_id, version, status FROM workflows WHERE workflow_id = ids.id"
-            " OFFSET 0) AS w", (ids,))}
-        winners = [rows_of(latest[w]) for w in ids
-                   if latest[w].version > stored.get(w, (-1, None))[0]]
-        if not winners:
-            return result
-        written: list[str] = []
-        with conn.cursor() as cur:
-            for rows in winners:  # RETURNING per row: the guard may still refuse one
-                cur.execute(_UPSERT_WORKFLOW, _params(rows.workflow, WORKFLOW_COLUMNS))
-                if cur.fetchone() is not None:
-                    written.append(rows.workflow["workflow_id"])
-        if not written:
-            return result
-        chosen = [r for r in winners if r.workflow["workflow_id"] in set(written)]
-        with conn.cursor() as cur:
-            cur.executemany("DELETE FROM workflow_steps WHERE workflow_id = %s", [(w,) for w in written])
-            values = [_params(row, STEP_COLUMNS) for rows in chosen for row in rows.steps]
-            if values:
-                cur.executemany(_insert("workflow_steps", STEP_COLUMNS), values)
-        # Wakes the API's long polls of these workflows (ids never collide with task ids).
-        conn.execute("SELECT count(pg_notify(%s, x)) FROM unnest(%s::text[]) AS x",
-                     (NOTIFY_CHANNEL, [notify_payload(w, latest[w].status.value) for w in written]))
-    for wid in written:
-        stored_version, status = stored.get(wid, (-1, None))
-        for version in sorted(v for v in versions[wid] if v > stored_version):
-            record = versions[wid][version]
-            if record.status.value != status:
-                result.changes.append(WorkflowChange(wid, status, record.status.value, version, record))
-                status = record.status.value
-    result.written = len(written)
-    return result
-
-
-def _params(row: dict[str, Any], columns: Sequence[str]) -> tuple[Any, ...]:
-    return tuple(jsonb(row[c]) if c in _JSON and row[c] is not None else without_nul(row[c])
-                 for c in columns)
+    written, changes = replace_by_version(conn, _WORKFLOWS, records, lambda r: r.workflow_id,
+                                          rows_of, WorkflowChange)
+    return WorkflowBatchResult(written, changes)
 
 
 # --------------------------------------------------------------------------- reading (API)
