@@ -28,9 +28,10 @@ them does and the batch is read again. The transaction's statements travel in on
 (projection/db/pipelined.py), and for tasks whose rows the projector remembers writing there is no
 read before the writes (projection/db/task_row_cache.py): one round trip to PostgreSQL per batch.
 
-:func:`projection.rebuild.rebuild` replays the same topics from the beginning into an empty database
-through the same code (:func:`collect_batch`, then the same projection functions), which is why
-it writes the same rows as the live projection.
+Sorting a poll's records into a batch (decoding, the unreadable ones set aside, the offsets to
+store) is projection/batch.py's. :func:`projection.rebuild.rebuild` replays the same topics from
+the beginning into an empty database through the same code (:func:`~projection.batch.collect_batch`,
+then the same projection functions), which is why it writes the same rows as the live projection.
 """
 
 from __future__ import annotations
@@ -39,8 +40,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -54,28 +54,20 @@ from confluent_kafka import (
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from projection.db.generation_projection import (
-    ProjectedBatch,
-    decode_generation_record,
-    project_generation_records,
-)
+from projection.batch import Batch, Event, ProjectorStats, collect_batch, projector_topics
+from projection.db.generation_projection import ProjectedBatch, project_generation_records
 from projection.db.migrate import migrate
 from projection.db.pipelined import pipelined_transaction
-from projection.db.projection import apply_events, flatten
+from projection.db.projection import apply_events
 from projection.db.task_row_cache import TaskRowCache
-from projection.db.workflow_projection import decode_workflow_record, project_workflow_records
-from projection.salvage import salvage_task
+from projection.db.workflow_projection import project_workflow_records
 from projection.webhook_delivery import WebhookDispatcher
 from projection.webhooks import WebhookSettings
 from schemas.codec import EventCodec
-from schemas.errors import DecodeError
-from schemas.events import StatusChanged, TaskSubmitted
 from schemas.kafka_settings import KafkaSettings
 from schemas.topic_admin import ensure_topics
 from state.consumer_watchdog import ConsumerStalled, WatchdogSettings
-from state.errors import LifecycleError
 from state.healing_consumer import HealingConsumer
-from state.lifecycle import view_event
 
 log = logging.getLogger("projection.projector")
 
@@ -91,9 +83,6 @@ DB_RETRY_BASE_S, DB_RETRY_MAX_S = 0.2, 5.0
 _ERROR_MESSAGE_MAX = 2000
 METADATA_TIMEOUT_S = 10.0
 
-Event = StatusChanged | TaskSubmitted
-
-
 class ProjectorSettings(BaseSettings):
     """``PROJECTOR_*``."""
 
@@ -104,94 +93,6 @@ class ProjectorSettings(BaseSettings):
     group_instance_id: str | None = None
     # librdkafka's default (45 s); a shorter one moves a dead member's partitions sooner.
     session_timeout_ms: int = Field(default=45_000, ge=1_000)
-
-
-@dataclass
-class ProjectorStats:
-    batches: int = 0
-    records: int = 0
-    tasks_written: int = 0
-    events_inserted: int = 0
-    dead_lettered: int = 0
-    skipped: int = 0
-    db_retries: int = 0
-    generations_written: int = 0
-    workflows_written: int = 0
-    stale_rows: int = 0  # batches written again because a remembered row had changed
-
-
-@dataclass
-class Batch:
-    events: list[Event] = field(default_factory=list)
-    event_messages: list[Message] = field(default_factory=list)  # each event's record
-    bad: list[tuple[Message, Exception]] = field(default_factory=list)
-    # GenerationRecord documents of the compacted generations-state topic, in topic order.
-    generations: list[Any] = field(default_factory=list)
-    generation_messages: list[Message] = field(default_factory=list)
-    # WorkflowState records of the compacted workflows-state topic, in topic order.
-    workflows: list[Any] = field(default_factory=list)
-    workflow_messages: list[Message] = field(default_factory=list)
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-
-    def drop(self, messages: list[Message]) -> None:
-        """Leave out the events and generation records of ``messages``."""
-        gone = {id(m) for m in messages}
-        kept = [(m, e) for m, e in zip(self.event_messages, self.events) if id(m) not in gone]
-        self.event_messages, self.events = [m for m, _ in kept], [e for _, e in kept]
-        kept = [(m, g) for m, g in zip(self.generation_messages, self.generations)
-                if id(m) not in gone]
-        self.generation_messages, self.generations = [m for m, _ in kept], [g for _, g in kept]
-        kept = [(m, w) for m, w in zip(self.workflow_messages, self.workflows) if id(m) not in gone]
-        self.workflow_messages, self.workflows = [m for m, _ in kept], [w for _, w in kept]
-
-
-def projector_topics(kafka: KafkaSettings) -> list[str]:
-    topics = kafka.topics
-    return [topics.status, *topics.task_topics(), topics.generations_state, topics.workflows_state]
-
-
-def _decode(codec: EventCodec, msg: Message, status_topic: str) -> Event:
-    """Decode one record to the event its topic carries; raise DecodeError/LifecycleError."""
-    expect = StatusChanged if msg.topic() == status_topic else TaskSubmitted
-    try:
-        event = codec.decode(msg.value() or b"")
-    except DecodeError as exc:
-        if expect is StatusChanged:
-            raise
-        event = salvage_task(codec, msg.value() or b"", exc)  # a foreign provider_config
-    if not isinstance(event, expect):
-        raise DecodeError(f"expected a {expect.__name__} on {msg.topic()}, got {type(event).__name__}")
-    if isinstance(event, StatusChanged):
-        view_event(flatten(event))  # the fold's own checks, before the batch depends on them
-    return event
-
-
-def collect_batch(codec: EventCodec, messages: Iterable[Message], status_topic: str,
-                  stats: ProjectorStats, generations_topic: str | None = None,
-                  workflows_topic: str | None = None) -> Batch:
-    batch = Batch()
-    for msg in messages:
-        if msg.error() is not None:
-            if msg.error().fatal():
-                raise RuntimeError(f"fatal Kafka error: {msg.error().str()}")
-            if msg.error().code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error: %s", msg.error().str())
-            continue
-        batch.offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
-        stats.records += 1
-        try:
-            if msg.topic() == generations_topic:
-                batch.generations.append(decode_generation_record(msg.value(), msg.headers()))
-                batch.generation_messages.append(msg)
-            elif msg.topic() == workflows_topic:
-                batch.workflows.append(decode_workflow_record(codec, msg.value()))
-                batch.workflow_messages.append(msg)
-            else:
-                batch.events.append(_decode(codec, msg, status_topic))
-                batch.event_messages.append(msg)
-        except (DecodeError, LifecycleError) as exc:
-            batch.bad.append((msg, exc))
-    return batch
 
 
 class Projector:

@@ -1,7 +1,7 @@
 """``computectl db rebuild``: the projector's topics replayed from the beginning into an empty
 database.
 
-The records go through the live projector's own code (:func:`projection.projector.collect_batch`,
+The records go through the live projector's own code (:func:`projection.batch.collect_batch`,
 then :func:`projection.db.generation_projection.apply_generation_records` and
 :func:`projection.db.projection.apply_batch`), batch by batch in topic order, so a rebuilt database
 holds the same rows as the live projection: tests/projection/db/test_projector.py checks them row for
@@ -17,19 +17,13 @@ from dataclasses import dataclass
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from projection.batch import ProjectorStats, collect_batch, projector_topics
 from projection.db.errors import NotEmptyError
 from projection.db.generation_projection import apply_generation_records
 from projection.db.migrate import migrate
 from projection.db.projection import apply_batch
 from projection.db.workflow_projection import project_workflow_records
-from projection.projector import (
-    BATCH_SIZE,
-    METADATA_TIMEOUT_S,
-    POLL_TIMEOUT_S,
-    ProjectorStats,
-    collect_batch,
-    projector_topics,
-)
+from projection.projector import BATCH_SIZE, METADATA_TIMEOUT_S, POLL_TIMEOUT_S
 from schemas.codec import EventCodec
 from schemas.kafka_settings import KafkaSettings
 
