@@ -59,6 +59,7 @@ sys.path.insert(0, str(REPO))
 import httpx  # noqa: E402
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+from machine import cpu_between, describe, machine_state  # noqa: E402 - bench/, run as a script or imported
 from PIL import Image  # noqa: E402
 
 from devstack.procs import free_port, spawn, stop_pid, tail, wait_until  # noqa: E402
@@ -351,11 +352,6 @@ def summary(values: list[float]) -> dict[str, float]:
             "max": round(ordered[-1], 2), "mean": round(statistics.fmean(ordered), 2)}
 
 
-def machine_state() -> dict[str, Any]:
-    return {"at": datetime.now().astimezone().isoformat(timespec="seconds"),
-            "load": [round(x, 2) for x in os.getloadavg()]}
-
-
 def table(report: dict[str, Any]) -> str:
     cols = ("p50", "p95", "p99", "max", "mean")
     lines = [" " * 36 + "".join(f"{c:>9}" for c in cols)]
@@ -366,8 +362,7 @@ def table(report: dict[str, Any]) -> str:
     t = report["target"]
     lines += [f"(ms; {report['count']} tasks, concurrency {report['concurrency']}, mode "
               f"{report['mode']}, poll {report['poll_ms']} ms, {report['gets_per_task']} GETs per "
-              f"task, {report['tasks_per_s']} tasks/s; load {report['before']['load']} -> "
-              f"{report['after']['load']})",
+              f"task, {report['tasks_per_s']} tasks/s; {describe(report['before'], report['after'])})",
               f"p99 / floor p99 = {t['ratio_p99']}; target p99 <= {TARGET_P99_MS:g} ms and <= "
               f"{TARGET_FLOOR_RATIO:g}x floor: {'met' if t['met'] else 'NOT met'}"]
     return "\n".join(lines)
@@ -423,6 +418,7 @@ def main() -> None:
         run_s = time.perf_counter() - t_run
         services.check()
         report["after"] = machine_state()
+        report["machine_cpu"] = cpu_between(report["before"], report["after"])
 
     report.update(run_s=round(run_s, 1), tasks_per_s=round(len(results) / run_s, 1),
                   latency_ms=summary([r["total"] for r in results]), floor_ms=summary(floor_ms),

@@ -7,10 +7,11 @@ first. ``--tasks`` IMAGE_ADJUSTER tasks (32x32 ``file://`` PNG, no prompt) are s
 as one :class:`TaskProducer` goes, then ``--workers`` ``computectl worker --types image_adjuster``
 processes are started (bench_load's scale_workers) and drain them.
 
-Every ``--interval`` second from the first submit to the end, a sample: each service's RSS (its
-process tree summed, bench/proc_sample.py: api, projector, processors, every worker, kafka,
-postgres), the worker group's lag on the task topic, and the read model's COMPLETED and FAILED
-counts for the run's tenant. Drained: the read model shows every task COMPLETED (or FAILED).
+Every ``--interval`` second from the first submit to the end, a sample: each service's CPU
+seconds, RSS and PSS (its process tree summed, bench/proc_sample.py's sampler, as bench_load.py
+reports them: api, projector, processors, every worker, kafka, postgres), the worker group's lag
+on the task topic, and the read model's COMPLETED and FAILED counts for the run's tenant.
+Drained: the read model shows every task COMPLETED (or FAILED).
 
 Reported: submit rate, drain rate (tasks / seconds from the workers' start to drained), time to
 drain, the workers' own rate (from their first committed task to their last, by the group's lag:
@@ -18,11 +19,15 @@ a worker spends tens of seconds starting its handler process, and the read model
 workers on a backlog), and for each service its RSS over the drain (the workers' first commit to
 drained in the read model: start, middle, end, max) and the slope of the least-squares line
 through its samples of the second half of it, in MiB per minute and KiB per 1,000 tasks; the
-same slope of PSS (shared pages split between the processes sharing them). **Memory is flat** when every
-service's second-half slope is below ``--flat-mib-per-min`` (2 MiB/min by default: a leak of
-1 KiB per task at the ~50 tasks/s of two workers on this machine would be ~3 MiB/min). The first
-half is left out because a process fills its caches and pools there and the JVM touches its
-fixed heap; what must not happen is growth that goes on.
+same slope of PSS (shared pages split between the processes sharing them); each service's CPU
+in % of one core over the drain; the machine's busy % and steal % over the run
+(bench/machine.py). **Memory is flat** when every service's second-half *PSS* slope is below
+``--flat-mib-per-min`` (2 MiB/min by default: a leak of 1 KiB per task at the ~50 tasks/s of two
+workers on this machine would be ~3 MiB/min); ``memory_flat_measure`` in the JSON names the
+measure. PSS, not RSS, since 2026-12-07: a tree's RSS counts PostgreSQL's shared buffers once per
+backend that touched them, and grows while backends touch more of them (docs/PERFORMANCE.md).
+The first half is left out because a process fills its caches and pools there and the JVM
+touches its fixed heap; what must not happen is growth that goes on.
 
     .venv/bin/python bench/bench_backlog.py [--tasks 100000] [--workers 2] [--interval 1]
         [--curve FILE.csv] [--flat-mib-per-min 2] [--deadline 3600] [--no-processors] [--json]
@@ -49,10 +54,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg  # noqa: E402
-from bench_api_latency import Services, deploy, machine_state, say  # noqa: E402 - bench/ is not a package
+from bench_api_latency import Services, deploy, say  # noqa: E402 - bench/ is not a package
 from bench_load import scale_workers, start_stack, worker_names  # noqa: E402
 from confluent_kafka import Consumer, TopicPartition  # noqa: E402
-from proc_sample import ProcessSet, least_squares_slope  # noqa: E402
+from machine import cpu_between, describe, machine_state  # noqa: E402
+from proc_sample import ProcessSet, cpu_percent, least_squares_slope  # noqa: E402
+
+# The field of memory_report's entries that the memory verdict judges: the PSS slope, since a
+# tree's RSS counts a page shared by its processes once per process (docs/PERFORMANCE.md).
+FLAT_MEASURE = "pss_slope_mib_per_min"
 
 from devstack.procs import wait_until  # noqa: E402
 from producers.submit import Origin, TaskProducer  # noqa: E402
@@ -101,10 +111,11 @@ class Sampler:
 
     def sample(self) -> dict[str, Any]:
         roots = {n: p.pid for n, p in self.services.procs.items()}
-        rss, pss = ProcessSet({**roots, **self.stack_pids}).memory_mb()
+        procs = ProcessSet({**roots, **self.stack_pids}).sample()
         rows, completed, failed = self.counts()
         s = {"t": round(time.monotonic() - self.t0, 2), "phase": self.phase, "lag": self._lag(),
-             "rows": rows, "completed": completed, "failed": failed, "rss_mib": rss, "pss_mib": pss,
+             "rows": rows, "completed": completed, "failed": failed, "rss_mib": procs.rss_mib,
+             "pss_mib": procs.pss_mib, "cpu_s": {n: round(v, 2) for n, v in procs.cpu_s.items()},
              "load1": round(os.getloadavg()[0], 2)}
         self.samples.append(s)
         return s
@@ -125,7 +136,8 @@ class Sampler:
 
 def memory_report(samples: list[dict[str, Any]], start: float, end: float, rate: float,
                   flat_mib_per_min: float) -> dict[str, Any]:
-    """Per service: RSS at the start, middle and end of [start, end] and its second half's slope."""
+    """Per service: RSS at the start, middle and end of [start, end], its second half's RSS and
+    PSS slopes, and ``flat`` by the PSS slope."""
     drain = [s for s in samples if start <= s["t"] <= end]
     mid = (start + end) / 2
     second = [s for s in drain if s["t"] >= mid]
@@ -137,13 +149,14 @@ def memory_report(samples: list[dict[str, Any]], start: float, end: float, rate:
         pss = [(s["t"], s["pss_mib"][name]) for s in second if name in s["pss_mib"]]
         pss_slope = least_squares_slope([p[0] for p in pss], [p[1] for p in pss]) * 60
         at = [s["rss_mib"][name] for s in drain if name in s["rss_mib"]]
-        out[name] = {"start_mib": at[0] if at else None,
-                     "mid_mib": next((s["rss_mib"].get(name) for s in drain if s["t"] >= mid), None),
-                     "end_mib": at[-1] if at else None, "max_mib": max(at, default=None),
-                     "slope_mib_per_min": round(slope, 2), "pss_slope_mib_per_min": round(pss_slope, 2),
-                     "pss_end_mib": pss[-1][1] if pss else None,
-                     "kib_per_1000_tasks": round(slope / 60 / rate * 1024 * 1000, 1) if rate else None,
-                     "samples": len(pts), "flat": abs(slope) < flat_mib_per_min}
+        entry = {"start_mib": at[0] if at else None,
+                 "mid_mib": next((s["rss_mib"].get(name) for s in drain if s["t"] >= mid), None),
+                 "end_mib": at[-1] if at else None, "max_mib": max(at, default=None),
+                 "slope_mib_per_min": round(slope, 2), "pss_slope_mib_per_min": round(pss_slope, 2),
+                 "pss_end_mib": pss[-1][1] if pss else None,
+                 "kib_per_1000_tasks": round(slope / 60 / rate * 1024 * 1000, 1) if rate else None,
+                 "samples": len(pts)}
+        out[name] = {**entry, "flat": abs(entry[FLAT_MEASURE]) < flat_mib_per_min}
     return out
 
 
@@ -152,10 +165,11 @@ def write_curve(path: Path, samples: list[dict[str, Any]]) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["t_s", "phase", "lag", "rows", "completed", "failed", "load1",
-                    *(f"{n}_rss_mib" for n in names), *(f"{n}_pss_mib" for n in names)])
+                    *(f"{n}_rss_mib" for n in names), *(f"{n}_pss_mib" for n in names), *(f"{n}_cpu_s" for n in names)])
         for s in samples:
             w.writerow([s["t"], s["phase"], s["lag"], s["rows"], s["completed"], s["failed"], s["load1"],
-                        *(s["rss_mib"].get(n, "") for n in names), *(s["pss_mib"].get(n, "") for n in names)])
+                        *(s["rss_mib"].get(n, "") for n in names), *(s["pss_mib"].get(n, "") for n in names),
+                        *(s["cpu_s"].get(n, "") for n in names)])
 
 
 def table(report: dict[str, Any]) -> str:
@@ -164,12 +178,15 @@ def table(report: dict[str, Any]) -> str:
              f"into the read model; the workers committed their first task after {report['first_committed_s']} s, "
              f"their last after {report['workers_committed_s']} s ({report['workers_steady_per_s']} tasks/s "
              f"between); failed {report['failed']}",
-             f"{'service':14}{'start':>9}{'mid':>9}{'end':>9}{'max':>9}{'MiB/min':>9}{'KiB/1k':>9}{'PSS/min':>9}  flat"]
+             f"{'service':14}{'start':>9}{'mid':>9}{'end':>9}{'max':>9}{'MiB/min':>9}{'KiB/1k':>9}{'PSS/min':>9}"
+             f"{'cpu %':>8}  flat"]
     for name, m in report["memory"].items():
         lines.append(f"{name:14}{m['start_mib']!s:>9}{m['mid_mib']!s:>9}{m['end_mib']!s:>9}{m['max_mib']!s:>9}"
-                     f"{m['slope_mib_per_min']:>9}{m['kib_per_1000_tasks']!s:>9}{m['pss_slope_mib_per_min']:>9}  {m['flat']}")
-    lines.append(f"memory flat (every second-half slope < {report['flat_mib_per_min']} MiB/min): "
-                 f"{report['memory_flat']}; load {report['before']['load']} -> {report['after']['load']}")
+                     f"{m['slope_mib_per_min']:>9}{m['kib_per_1000_tasks']!s:>9}{m['pss_slope_mib_per_min']:>9}"
+                     f"{report['cpu_pct'].get(name, '')!s:>8}  {m['flat']}")
+    lines.append(f"(start..max: RSS MiB; cpu: % of one core over the drain) memory flat (every service's "
+                 f"{report['memory_flat_measure']} < {report['flat_mib_per_min']}): "
+                 f"{report['memory_flat']}; {describe(report['before'], report['after'])}")
     return "\n".join(lines)
 
 
@@ -180,7 +197,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between two samples")
     parser.add_argument("--curve", type=Path, help="also write the samples to this CSV file")
     parser.add_argument("--flat-mib-per-min", type=float, default=2.0,
-                        help="the largest second-half RSS slope that counts as flat")
+                        help="the largest second-half PSS slope (MiB/min) that counts as flat")
     parser.add_argument("--deadline", type=float, default=3600.0, help="give up after this many seconds of drain")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for every service")
@@ -203,9 +220,11 @@ def main() -> None:
             overrides=args.overrides, no_processors=args.no_processors, start_worker=False))
         tenant = f"bench-{kafka.topic_prefix}"
         sampler = Sampler(services, stack_pids, kafka, os.environ["DATABASE_URL"], tenant, args.interval)
-        stack.callback(sampler.stop)
         if args.curve is not None:  # also when the run fails or is interrupted: the curve so far
+            # Registered before sampler.stop, so it runs after it (last in, first out): the file
+            # then holds every sample, as the JSON does, and none is appended while it is written.
             stack.callback(write_curve, args.curve, sampler.samples)
+        stack.callback(sampler.stop)
         params = {"base_image_url": image.as_uri(), "brightness": 0.1, "contrast": 0.2, "warmth": 0.3}
         sampler.start()
         say(f"submitting {args.tasks} tasks...")
@@ -264,6 +283,10 @@ def main() -> None:
         memory=memory_report(samples, first_done, t_end, args.tasks / max(t_end - first_done, 1e-9),
                              args.flat_mib_per_min))
     report["memory_flat"] = all(m["flat"] for m in report["memory"].values())
+    report["memory_flat_measure"] = FLAT_MEASURE
+    drain = [s for s in samples if first_done <= s["t"] <= t_end]
+    report["cpu_pct"] = cpu_percent(drain[0]["cpu_s"], drain[-1]["cpu_s"], drain[-1]["t"] - drain[0]["t"])
+    report["machine_cpu"] = cpu_between(report["before"], report["after"])
     report["curve"] = samples
     say(table(report))
     if args.json:

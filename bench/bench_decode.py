@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fastavro  # noqa: E402
 from bench_encode import sample_events  # noqa: E402 - bench/ is not a package
+from machine import cpu_between, describe, machine_state  # noqa: E402
 
 from schemas import avro_files  # noqa: E402
 from schemas.avro_reader import compile_reader  # noqa: E402
@@ -63,7 +64,8 @@ def main() -> None:
     out: dict[str, Any] = {"bench": "decode", "number": args.number, "python": platform.python_version(),
                            "fastavro": fastavro.__version__, "cores": os.cpu_count(),
                            "at": datetime.now().astimezone().isoformat(timespec="seconds"),
-                           "load_before": [round(x, 2) for x in os.getloadavg()], "events": {}}
+                           "load_before": [round(x, 2) for x in os.getloadavg()], "before": machine_state(),
+                           "events": {}}
     for label, event in sample_events().items():
         parsed = avro_files.parsed_schema(event.avro_name)
         framed = codec.encode(event)
@@ -85,12 +87,14 @@ def main() -> None:
             "encode": lambda: writer(event),
         }.items()}}
     out["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    out["after"] = machine_state()
+    out["machine_cpu"] = cpu_between(out["before"], out["after"])
     if args.json:
         print(json.dumps(out))
         return
     cols = ("fastavro", "compiled", "decode_dict", "decode", "encode")
-    print(f"Python {out['python']}, fastavro {out['fastavro']}, {out['cores']} cores, {out['at']}, load "
-          f"{out['load_before']} -> {out['load_after']}; CPU µs per call, best of 5 x {args.number}")
+    print(f"Python {out['python']}, fastavro {out['fastavro']}, {out['cores']} cores, {out['at']}, "
+          f"{describe(out['before'], out['after'])}; CPU µs per call, best of 5 x {args.number}")
     print(f"{'event':<28}" + "".join(f"{c:>12}" for c in cols) + f"{'speedup':>9}{'bytes':>7}")
     for label, row in out["events"].items():
         print(f"{label:<28}" + "".join(f"{row[c]:>12.2f}" for c in cols)

@@ -42,6 +42,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from machine import cpu_between, describe, machine_state  # noqa: E402 - bench/, the script's directory
+
 from processors.folding import fold_batch  # noqa: E402
 from schemas.codec import EventCodec  # noqa: E402
 from schemas.enums import TaskStatus, TaskType  # noqa: E402
@@ -279,7 +281,7 @@ def main() -> None:
     report: dict = {"events": events, "partitions": PARTITIONS, "in_flight": args.in_flight,
                     "python": platform.python_version(), "cpus": os.cpu_count(),
                     "overrides": overrides, "started": datetime.now(UTC).isoformat(),
-                    "load_average": [round(os.getloadavg()[0], 2)]}
+                    "load_average": [round(os.getloadavg()[0], 2)], "before": machine_state()}
     t0 = time.perf_counter()
     encoded = cached_events(events, args.in_flight)
     report["encode_s"] = round(time.perf_counter() - t0, 1)
@@ -312,6 +314,8 @@ def main() -> None:
             report["plain"] = run_plain(fresh_topics(), events, batch_max)
             print("plain:", report["plain"], file=sys.stderr)
         report["load_average"].append(round(os.getloadavg()[0], 2))
+        report["after"] = machine_state()
+        report["machine_cpu"] = cpu_between(report["before"], report["after"])
         if "faust" in report and "plain" in report:
             report["ratio"] = report["faust"]["events_per_s"] / report["plain"]["events_per_s"]
     if args.json:
@@ -325,6 +329,7 @@ def main() -> None:
                       f"{r['state_records']:,} state records)")
         if "ratio" in report:
             print(f"ratio  {report['ratio']:.2f} (faust / plain)")
+        print(describe(report["before"], report["after"]))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ run unmeasured until as many tasks as clients are done and ``--warmup`` seconds 
 tasks/s (tasks whose COMPLETED answer arrived in the window), latency p50/p99 (POST sent -> the
 GET showing COMPLETED), failed tasks, the API process's CPU seconds per task, and every service's
 CPU in % of one core over the window (api, projector, processors, each worker, kafka, postgres,
-and the clients: this process's own threads, on the same two cores) with which one saturates.
+and the clients: this process's own threads, on the same two cores) with which one saturates,
+every service's RSS and PSS at the window's end (bench/proc_sample.py's sampler, as
+bench_backlog.py reports them), and the machine's busy % and steal % over the window
+(bench/machine.py).
 
     .venv/bin/python bench/bench_load.py [--clients 64] [--duration 30] [--warmup 5]
         [--workers 1 2 4] [--set NAME=VALUE ...] [--no-processors] [--json]
@@ -40,17 +43,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import psutil  # noqa: E402
 from bench_api_latency import (  # noqa: E402 - bench/ is not a package
     LeanClient,
     Services,
     deploy,
-    machine_state,
     run_task,
     say,
     summary,
 )
 from confluent_kafka.admin import AdminClient  # noqa: E402
+from machine import cpu_between, describe, machine_state  # noqa: E402
 from proc_sample import ProcessSet, cpu_percent, saturated  # noqa: E402
 
 from devstack.procs import stop_pid, wait_until  # noqa: E402
@@ -153,8 +155,8 @@ def run_one(services: Services, stack_pids: dict[str, int | None], base_url: str
     roots = {"api": services.procs["api"].pid, "projector": services.procs["projector"].pid,
              **({"processors": services.procs["processors"].pid} if "processors" in services.procs else {}),
              **{n: services.procs[n].pid for n in worker_names(services)}, **stack_pids}
-    procs = ProcessSet(roots)
-    me = psutil.Process()
+    # The clients are this process alone: its descendants are the services.
+    procs = ProcessSet(roots, alone={"clients": os.getpid()})
     clients = Clients(base_url, key, body, args.clients)
     say(f"{workers} worker(s): {args.clients} clients, {args.warmup} s warm-up, {args.duration} s measured...")
     clients.start()
@@ -164,32 +166,32 @@ def run_one(services: Services, stack_pids: dict[str, int | None], base_url: str
         clients.stop()
         raise RuntimeError(f"fewer than {args.clients} tasks done in 300 s of warm-up: {clients.errors[:3]}")
     time.sleep(args.warmup)  # then a length of time, so that the window starts in the steady state
-    before, me_before, sys_before = procs.cpu_seconds(), sum(me.cpu_times()[:2]), psutil.cpu_times()
+    first = procs.sample()
     state_before, t0 = machine_state(), time.monotonic()
     time.sleep(args.duration)
     t1 = time.monotonic()
-    after, me_after, sys_after = procs.cpu_seconds(), sum(me.cpu_times()[:2]), psutil.cpu_times()
+    last = procs.sample()
     state_after = machine_state()
     clients.stop()
     services.check()
     wall = t1 - t0
     done = [lat for at, lat in clients.results if t0 <= at < t1]
     errors = [msg for at, msg in clients.errors if t0 <= at < t1]
-    cpu = cpu_percent(before, after, wall)
-    cpu["clients"] = round((me_after - me_before) / wall * 100, 1)
+    cpu = cpu_percent(first.cpu_s, last.cpu_s, wall)
     cpu["workers"] = round(sum(v for n, v in cpu.items() if n.startswith("worker")), 1)
-    busy = sum(getattr(sys_after, f) - getattr(sys_before, f) for f in ("user", "system", "nice", "irq", "softirq"))
+    machine_cpu = cpu_between(state_before, state_after)
     per_service = {n: v for n, v in cpu.items() if n != "workers"}
-    api_cpu = after["api"] - before["api"]
+    api_cpu = last.cpu_s["api"] - first.cpu_s["api"]
     return {
         "workers": workers, "clients": args.clients, "duration_s": round(wall, 1),
         "tasks": len(done), "tasks_per_s": round(len(done) / wall, 1),
         "latency_ms": summary(done) if done else None, "failed": len(errors), "failures": errors[:5],
         "api_cpu_ms_per_task": round(api_cpu / len(done) * 1e3, 2) if done else None,
-        "cpu_pct": cpu, "saturation": saturated(per_service),
+        "cpu_pct": cpu, "saturation": saturated(per_service), "rss_mib": last.rss_mib, "pss_mib": last.pss_mib,
         # Everything on the machine, other sessions included: what the load average says too.
-        "machine_cpu_pct": round(busy / wall * 100, 1),
-        "before": state_before, "after": state_after}
+        # machine_cpu_pct in % of one core (200 = both cores), as cpu_pct; machine_cpu in % of all.
+        "machine_cpu_pct": round(machine_cpu["busy_cpu_s"] / wall * 100, 1) if machine_cpu else None,
+        "machine_cpu": machine_cpu, "before": state_before, "after": state_after}
 
 
 def table(runs: list[dict[str, Any]]) -> str:
@@ -203,7 +205,8 @@ def table(runs: list[dict[str, Any]]) -> str:
                      f"{r['api_cpu_ms_per_task'] or 0:>12}  {cpu}")
         s = r["saturation"]
         lines.append(f"{'':7}busiest: {s['busiest']} {s['busiest_pct']} %; ours {s['machine_pct']} % of "
-                     f"{s['cores'] * 100}; machine {r['machine_cpu_pct']} %; load {r['before']['load']}")
+                     f"{s['cores'] * 100}; {describe(r['before'], r['after'])}")
+        lines.append(f"{'':7}PSS MiB: " + " ".join(f"{n}={v:g}" for n, v in r["pss_mib"].items()))
     return "\n".join(lines)
 
 
@@ -241,6 +244,7 @@ def main() -> None:
             say(table(runs[-1:]))
     report["runs"] = runs
     report["after"] = machine_state()
+    report["machine_cpu"] = cpu_between(report["before"], report["after"])
     say(table(runs))
     if args.json:
         print(json.dumps(report), flush=True)

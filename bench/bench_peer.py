@@ -17,7 +17,8 @@ Our services are bench_api_latency's ``deploy`` (Kafka + PostgreSQL started here
 Each round runs one task of each path in turn, so every path sees the same load. Latency: from
 just before the submit to the moment the caller holds the COMPLETED answer. Printed: p50, p90,
 p99, max per path and each path's p99 over Celery's p99 (the issue's targets: kafka <= 1.5x,
-rest <= 3x and <= 25 ms), with the load average before and after; ``--json``: one JSON line.
+rest <= 3x and <= 25 ms), with the load average before and after and the machine's busy % and
+steal % between (bench/machine.py); ``--json``: one JSON line.
 
 Needs the bench extra and Redis: ``make bench-deps`` (``pip install -e .[bench]`` and Debian's
 ``redis-server`` when it is missing), or ``--redis-server PATH``.
@@ -47,10 +48,10 @@ from bench_api_latency import (  # noqa: E402 - bench/ is not a package
     TASK_DEADLINE_S,
     LeanClient,
     deploy,
-    machine_state,
     run_task,
 )
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition  # noqa: E402
+from machine import cpu_between, describe, machine_state  # noqa: E402
 
 from devstack.procs import free_port, spawn, stop_pid, tail, wait_until  # noqa: E402
 from producers.submit import TaskProducer  # noqa: E402
@@ -162,6 +163,7 @@ def rounds(paths: dict[str, Any], count: int, check: Any) -> dict[str, list[floa
 def report(args: argparse.Namespace, samples: dict[str, list[float]], before: dict, after: dict) -> dict:
     out: dict[str, Any] = {"bench": "peer", "count": args.count, "warmup": args.warmup,
                            "machine": f"{os.cpu_count()} cores", "before": before, "after": after,
+                           "machine_cpu": cpu_between(before, after),
                            "latency_ms": {name: stats(v) for name, v in samples.items()}}
     celery_p99 = out["latency_ms"]["celery"]["p99"]
     out["ratio_to_celery_p99"] = {name: round(s["p99"] / celery_p99, 2)
@@ -179,8 +181,8 @@ def table(out: dict) -> str:
     for name, s in out["latency_ms"].items():
         lines.append(f"{name:<14}" + "".join(f"{s[c]:9.2f}" for c in cols)
                      + f"{out['ratio_to_celery_p99'][name]:>15.2f}x")
-    lines.append(f"(ms; {out['count']} rounds after {out['warmup']} warm-up; load "
-                 f"{out['before']['load']} -> {out['after']['load']}; targets kafka <= "
+    lines.append(f"(ms; {out['count']} rounds after {out['warmup']} warm-up; "
+                 f"{describe(out['before'], out['after'])}; targets kafka <= "
                  f"{TARGET_KAFKA_RATIO}x, rest <= {TARGET_REST_RATIO}x and <= {TARGET_REST_P99_MS:g} ms: "
                  + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in out["target"].items()) + ")")
     return "\n".join(lines)

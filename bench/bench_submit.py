@@ -12,7 +12,8 @@ librdkafka's; python_us_per_submit is what our Python adds per submit.
 Per-stage costs (no broker involved, µs per submit): validate (the params alone), and the whole
 submit with librdkafka replaced by a stand-in that reports every record delivered (validation,
 task record, PENDING and QUEUED, headers, bookkeeping: our Python). Also reported: the local
-broker's start time and the load average.
+broker's start time, the load average, and the machine's busy % and steal % over the run
+(bench/machine.py: the host is shared, and steal is what the load average does not show).
 
     .venv/bin/python bench/bench_submit.py [--count 200000] [--rounds 1] [--warmup 300000] [--json]
 
@@ -37,6 +38,7 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 
 from confluent_kafka import Producer
+from machine import cpu_between, describe, machine_state  # bench/, the script's directory
 
 from producers.examples import SEED_EXAMPLES
 from producers.submit import _POLL_EVERY, _POLL_INTERVAL_S, _PRODUCER_DEFAULTS, TaskProducer, validate_params
@@ -227,6 +229,7 @@ def main() -> None:
         settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:8]}")
         ensure_topics(settings)
         report["load_average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        report["before"] = machine_state()
         with TaskProducer(settings) as probe:
             report.update({k: round(v, 2) for k, v in micro(probe, 20_000).items()})
         del probe
@@ -256,11 +259,15 @@ def main() -> None:
         report["floor_process_cpu_us"] = round(min(r["process_cpu_us"] for r in floors), 2)
         report["submit_process_cpu_us"] = round(min(r["process_cpu_us"] for r in submits), 2)
         report["load_average_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        report["after"] = machine_state()
+        report["machine_cpu"] = cpu_between(report["before"], report["after"])
     if args.json:
         print(json.dumps(report))
     else:
         for key, value in report.items():
-            print(f"{key:>22}: {value}")
+            if key not in ("before", "after"):  # the raw counters: in the JSON, summed up below
+                print(f"{key:>22}: {value}")
+        print(f"{'machine':>22}: {describe(report['before'], report['after'])}")
 
 
 if __name__ == "__main__":

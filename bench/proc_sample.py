@@ -1,16 +1,18 @@
-"""CPU time and resident memory of the deployment's processes, by service, for bench_load.py and
-bench_backlog.py.
+"""CPU time and resident memory of the deployment's processes, by service: the one sampler
+(:meth:`ProcessSet.sample`) of bench_load.py and bench_backlog.py, so both report the same fields.
 
 A service is a process and its descendants, summed: a worker runs its handlers in a supervised
 child process (``WORKER_EXECUTION=supervised``), PostgreSQL is a postmaster and one backend per
 connection, the API may fork. RSS of a tree counts a page shared by two of its processes twice
 (PostgreSQL's shared buffers, touched by each backend): for PostgreSQL the figure is an upper
-bound, and it grows while backends touch more of the buffers, up to their fixed size.
+bound, and it grows while backends touch more of the buffers, up to their fixed size; PSS counts
+such a page once (bench_backlog.py's memory verdict judges PSS).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -24,49 +26,63 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
+@dataclass(frozen=True)
+class TreeSample:
+    """One reading of every service, by name: CPU seconds so far (user + system, every live
+    process of the tree), RSS and PSS summed over the tree in MiB. The load and backlog benches
+    both report these fields, from this one sampler."""
+
+    cpu_s: dict[str, float]
+    rss_mib: dict[str, float]
+    pss_mib: dict[str, float]
+
+
+def _read(proc: psutil.Process) -> tuple[float, int, int] | None:
+    """(CPU seconds, RSS bytes, PSS bytes) of one process; None when it has exited. PSS splits
+    a shared page between the processes sharing it, so a tree's PSS counts PostgreSQL's shared
+    buffers once; where smaps cannot be read (another user's process) PSS falls back to RSS."""
+    try:
+        with proc.oneshot():
+            t = proc.cpu_times()
+            try:
+                full = proc.memory_full_info()
+                rss, pss = full.rss, full.pss
+            except psutil.AccessDenied:
+                rss = pss = proc.memory_info().rss
+    except psutil.NoSuchProcess:  # exited between the listing and the read
+        return None
+    return t.user + t.system, rss, pss
+
+
 class ProcessSet:
-    """Named root pids (``None`` or a dead pid is left out: a broker not started here)."""
+    """Named root pids (``None`` or a dead pid is left out: a broker not started here), each
+    read as its process tree; ``alone``: named pids read without their descendants (the bench's
+    own process, whose children are the services it started)."""
 
-    def __init__(self, roots: dict[str, int | None]) -> None:
+    def __init__(self, roots: dict[str, int | None], alone: dict[str, int] | None = None) -> None:
         self.roots = {name: pid for name, pid in roots.items() if pid is not None}
+        self.alone = dict(alone or {})
 
-    def cpu_seconds(self) -> dict[str, float]:
-        """User + system CPU seconds of each service's live processes so far."""
-        out: dict[str, float] = {}
-        for name, pid in self.roots.items():
-            total = 0.0
-            for proc in _tree(pid):
-                try:
-                    t = proc.cpu_times()
-                    total += t.user + t.system
-                except psutil.NoSuchProcess:  # exited between the listing and the read
-                    continue
-            out[name] = total
-        return out
+    def _processes(self, name: str) -> list[psutil.Process]:
+        if name in self.alone:
+            try:
+                return [psutil.Process(self.alone[name])]
+            except psutil.NoSuchProcess:
+                return []
+        return _tree(self.roots[name])
 
-    def rss_mb(self) -> dict[str, float]:
-        """Resident set size of each service's processes, summed, in MiB."""
-        return self.memory_mb()[0]
-
-    def memory_mb(self) -> tuple[dict[str, float], dict[str, float]]:
-        """(RSS, PSS) of each service's processes, summed, in MiB. PSS splits a shared page
-        between the processes sharing it, so a tree's PSS counts PostgreSQL's shared buffers
-        once; where smaps cannot be read (another user's process) PSS falls back to RSS."""
+    def sample(self) -> TreeSample:
+        """Every service's CPU seconds, RSS and PSS now."""
+        cpu: dict[str, float] = {}
         rss: dict[str, float] = {}
         pss: dict[str, float] = {}
-        for name, pid in self.roots.items():
-            r = p = 0
-            for proc in _tree(pid):
-                try:
-                    full = proc.memory_full_info()
-                    r, p = r + full.rss, p + full.pss
-                except psutil.AccessDenied:
-                    info = proc.memory_info()
-                    r, p = r + info.rss, p + info.rss
-                except psutil.NoSuchProcess:
-                    continue
-            rss[name], pss[name] = round(r / 2**20, 1), round(p / 2**20, 1)
-        return rss, pss
+        for name in (*self.roots, *self.alone):
+            c, r, p = 0.0, 0, 0
+            for proc in self._processes(name):
+                if (read := _read(proc)) is not None:
+                    c, r, p = c + read[0], r + read[1], p + read[2]
+            cpu[name], rss[name], pss[name] = c, round(r / 2**20, 1), round(p / 2**20, 1)
+        return TreeSample(cpu, rss, pss)
 
 
 def cpu_percent(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:

@@ -20,3 +20,5 @@ def test_the_decode_bench_reports_each_event_and_path() -> None:
     for row in out["events"].values():
         assert row["bytes"] > 0
         assert all(row[c] > 0 for c in ("fastavro", "compiled", "decode_dict", "decode", "encode"))
+    cpu = out["machine_cpu"]  # the machine's busy % and steal % over the run, from /proc/stat
+    assert cpu["busy_pct"] > 0 and cpu["steal_pct"] >= 0 and cpu["busy_pct"] + cpu["steal_pct"] <= 100

@@ -44,6 +44,19 @@ def test_the_load_bench_reports_every_worker_count(kafka_bootstrap: str, databas
         assert {"api", "projector", "clients", "workers"} <= set(run["cpu_pct"])
         assert run["saturation"]["busiest"] in run["cpu_pct"]
         assert len(run["before"]["load"]) == 3
+        # one sampler: every service (the clients too) has CPU, RSS and PSS
+        assert set(run["rss_mib"]) == set(run["pss_mib"]) == set(run["cpu_pct"]) - {"workers"}
+        assert all(0 < run["pss_mib"][n] <= run["rss_mib"][n] for n in run["rss_mib"])
+        _check_machine_cpu(run["machine_cpu"])
+        assert run["machine_cpu_pct"] == pytest.approx(
+            run["machine_cpu"]["busy_cpu_s"] / run["duration_s"] * 100, rel=0.05, abs=1)
+    _check_machine_cpu(out["machine_cpu"])
+
+
+def _check_machine_cpu(cpu: dict) -> None:
+    """The machine's busy % and steal % between two /proc/stat readings: shares of all the time."""
+    assert set(cpu) == {"busy_pct", "steal_pct", "busy_cpu_s"}
+    assert cpu["busy_pct"] > 0 and cpu["steal_pct"] >= 0 and cpu["busy_pct"] + cpu["steal_pct"] <= 100
 
 
 @pytest.mark.timeout(300)
@@ -60,10 +73,16 @@ def test_the_backlog_bench_drains_and_records_the_memory_curve(kafka_bootstrap: 
     assert last["phase"] == "drained" and last["completed"] == 40 and last["lag"] == 0
     assert [s["phase"] for s in out["curve"]][0] == "submit"
     assert {"api", "projector", "worker1", "worker2"} <= set(out["memory"])
+    assert out["memory_flat_measure"] == "pss_slope_mib_per_min"
     for name, mem in out["memory"].items():
-        assert mem["flat"] == (abs(mem["slope_mib_per_min"]) < out["flat_mib_per_min"]), name
-        assert mem["end_mib"] > 0, name
+        assert mem["flat"] == (abs(mem["pss_slope_mib_per_min"]) < out["flat_mib_per_min"]), name
+        assert mem["end_mib"] > 0 and "slope_mib_per_min" in mem, name
     assert out["memory_flat"] == all(m["flat"] for m in out["memory"].values())
+    # one sampler, the load bench's fields: CPU seconds, RSS and PSS of every service in each sample
+    assert all(set(s["cpu_s"]) == set(s["rss_mib"]) == set(s["pss_mib"]) for s in out["curve"])
+    assert set(out["cpu_pct"]) <= set(out["memory"])
+    _check_machine_cpu(out["machine_cpu"])
     rows = curve.read_text().splitlines()
     assert rows[0].startswith("t_s,phase,lag,rows,completed,failed,load1,")
+    assert rows[0].endswith("_cpu_s")
     assert len(rows) == len(out["curve"]) + 1

@@ -37,3 +37,5 @@ def test_the_peer_bench_runs_every_path_and_reports_ratios(kafka_bootstrap: str,
         out["latency_ms"]["kafka"]["p99"] / out["latency_ms"]["celery"]["p99"], 2)
     assert set(out["target"]) == {"kafka", "rest"}
     assert len(out["before"]["load"]) == 3
+    cpu = out["machine_cpu"]  # the machine's busy % and steal % over the run, from /proc/stat
+    assert cpu["busy_pct"] > 0 and cpu["steal_pct"] >= 0 and cpu["busy_pct"] + cpu["steal_pct"] <= 100
