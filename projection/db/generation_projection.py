@@ -3,7 +3,8 @@
 The processors publish each generation's latest :class:`~generations.record.GenerationRecord`
 (JSON, ``encode_record``) to the compacted ``<prefix>.generations.state`` topic, keyed by
 generation id, with a ``version`` that grows by one per change. Every record is the *whole*
-document, so projecting one is a replace, guarded by the version:
+document, so projecting one is a replace, guarded by the version (the code, shared with the
+workflows' projection, is projection/db/versioned_upsert.py):
 
 * ``generations`` holds one row per generation; a record is written only when its version is
   higher than the row's (``WHERE generations.version < EXCLUDED.version``): a duplicate, a replay
