@@ -18,15 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, create_model, model_v
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
+from api.models.pages import DEFAULT_PAGE_SIZE, CreatedOrder, Page, PageNumber, PageSize
 from api.models.strict import strict_fields
-from api.models.tasks import (
-    API_PREFIX,
-    DEFAULT_PAGE_SIZE,
-    MAX_PAGE,
-    MAX_PAGE_SIZE,
-    QueryDatetime,
-    TaskOrigin,
-)
+from api.models.tasks import API_PREFIX, QueryDatetime, TaskOrigin, task_path
 from generations.catalog import MAX_REFERENCE_URLS, CatalogEntry, CatalogKind
 from generations.requests import (
     BackgroundFixingRequest,
@@ -194,12 +188,11 @@ class GenerationSummary(BaseModel):
             generation_id=gid, strategy=row["strategy"], generation_type=row["generation_type"],
             status=row["status"], batch_size=row["batch_size"], settings=row["settings"],
             prompt=row["prompt"], prompt_task_id=_text(row["prompt_task_id"]), message=row["message"],
-            origin=TaskOrigin(instance=row["origin_instance"], zone=row["origin_zone"],
-                              tenant_id=row["origin_tenant_id"]),
+            origin=TaskOrigin.of_row(row),
             webhook_url=row["webhook_url"], version=row["version"], created_at=row["created_at"],
             updated_at=row["updated_at"], completed_at=row["completed_at"],
             links=GenerationLinks(self_=generation_path(gid),
-                                  tasks=[f"{API_PREFIX}/tasks/{t}" for t in task_ids]),
+                                  tasks=[task_path(t) for t in task_ids]),
         )
 
     @classmethod
@@ -248,11 +241,8 @@ def _prediction(p: dict[str, Any]) -> PredictionPublic:
     )
 
 
-class GenerationsPublic(BaseModel):
-    items: list[GenerationSummary]
+class GenerationsPublic(Page[GenerationSummary]):
     total: int = Field(description="generations matching the filters, over all pages")
-    page: int
-    page_size: int
 
 
 class GenerationListQuery(BaseModel):
@@ -266,9 +256,9 @@ class GenerationListQuery(BaseModel):
     generation_type: GenerationType | None = None
     created_after: QueryDatetime | None = Field(default=None, description="inclusive")
     created_before: QueryDatetime | None = Field(default=None, description="exclusive")
-    page: int = Field(default=1, ge=1, le=MAX_PAGE)
-    page_size: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
-    sort_order: Literal["asc", "desc"] = Field(default="desc", description="by created_at")
+    page: PageNumber = 1
+    page_size: PageSize = DEFAULT_PAGE_SIZE
+    sort_order: CreatedOrder = "desc"
 
 
 # --------------------------------------------------------------------------- catalog

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, create_model, field_validator
 from pydantic_core import PydanticCustomError
 
+from api.models.pages import DEFAULT_PAGE_SIZE, Page, PageNumber, PageSize
 from api.models.strict import strict_fields
 from projection.db.queries import SORTABLE
 from schemas.enums import ErrorCode, TaskStatus, TaskType
@@ -21,10 +22,6 @@ from schemas.records import WebhookUrl
 from schemas.task_params import PARAMS_MODELS
 
 API_PREFIX = "/api/v1"
-# The issue's bounds: 50 a page unless asked, never more than 200 (a page stays one quick query).
-DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 200
-# Far beyond any real listing; keeps OFFSET arithmetic inside a bigint.
-MAX_PAGE = 1_000_000
 
 
 def _object_not_text(cls: type, value: Any) -> Any:
@@ -69,6 +66,10 @@ SUBMIT_MODELS: dict[TaskType, type[BaseModel]] = {t: _submit_model(t) for t in T
 TaskSubmit = Annotated[Union[tuple(SUBMIT_MODELS.values())], Field(discriminator="task_type")]  # type: ignore[valid-type]  # noqa: UP007
 
 
+def task_path(task_id: str) -> str:
+    return f"{API_PREFIX}/tasks/{task_id}"
+
+
 class TaskLinks(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
@@ -79,7 +80,7 @@ class TaskLinks(BaseModel):
 
     @classmethod
     def of(cls, task_id: str) -> TaskLinks:
-        base = f"{API_PREFIX}/tasks/{task_id}"
+        base = task_path(task_id)
         return cls(self_=base, result=f"{base}/result", events=f"{base}/events",
                    cancel=f"{base}/cancel")
 
@@ -107,6 +108,13 @@ class TaskOrigin(BaseModel):
     zone: str | None
     tenant_id: str | None
     version: str | None = Field(default=None, description="origin_version: the submitting system's version")
+
+    @classmethod
+    def of_row(cls, row: dict[str, Any]) -> TaskOrigin:
+        """The origin columns of a read-model row (a task's, a workflow's, a generation's; only
+        tasks record ``origin_version``)."""
+        return cls(instance=row["origin_instance"], zone=row["origin_zone"],
+                   tenant_id=row["origin_tenant_id"], version=row.get("origin_version"))
 
 
 class TaskPublic(BaseModel):
@@ -142,8 +150,7 @@ class TaskPublic(BaseModel):
             error=None if row["error_code"] is None else TaskErrorPublic(
                 code=row["error_code"], message=row["error_message"],
                 retryable=row["status"] == TaskStatus.QUEUED.value),
-            origin=TaskOrigin(instance=row["origin_instance"], zone=row["origin_zone"],
-                              tenant_id=row["origin_tenant_id"], version=row.get("origin_version")),
+            origin=TaskOrigin.of_row(row),
             entity_id=row.get("entity_id"),
             provider_type=row["provider_type"], webhook_url=row["webhook_url"],
             generation_id=None if row["generation_id"] is None else str(row["generation_id"]),
@@ -154,11 +161,8 @@ class TaskPublic(BaseModel):
         )
 
 
-class TasksPublic(BaseModel):
-    items: list[TaskPublic]
+class TasksPublic(Page[TaskPublic]):
     total: int = Field(description="tasks matching the filters, over all pages")
-    page: int
-    page_size: int
 
 
 class TaskResultPublic(BaseModel):
@@ -212,8 +216,8 @@ class TaskListQuery(BaseModel):
     created_before: QueryDatetime | None = Field(default=None, description="exclusive")
     search: str | None = Field(default=None, min_length=1, max_length=36,
                                pattern=r"^[0-9a-fA-F-]+$", description="task id prefix")
-    page: int = Field(default=1, ge=1, le=MAX_PAGE)
-    page_size: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    page: PageNumber = 1
+    page_size: PageSize = DEFAULT_PAGE_SIZE
     sort_by: Literal[SORTABLE] = "created_at"  # type: ignore[valid-type]
     sort_order: Literal["asc", "desc"] = "desc"
 

@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.models.tasks import API_PREFIX, DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, QueryDatetime, TaskOrigin
+from api.models.pages import DEFAULT_PAGE_SIZE, CreatedOrder, Page, PageNumber, PageSize
+from api.models.tasks import API_PREFIX, QueryDatetime, TaskOrigin, task_path
 from schemas.enums import TaskType
 from schemas.records import WebhookUrl
 
@@ -153,14 +154,13 @@ class WorkflowSummary(BaseModel):
             workflow_id=wid, name=row["name"], description=row["description"],
             status=row["status"], suppress_subtask_events=row["suppress_subtask_events"],
             config=row["config"],
-            origin=TaskOrigin(instance=row["origin_instance"], zone=row["origin_zone"],
-                              tenant_id=row["origin_tenant_id"]),
+            origin=TaskOrigin.of_row(row),
             webhook_url=row["webhook_url"], message=row["message"],
             steps_total=row["steps_total"], steps_completed=row["steps_completed"],
             version=row["version"], created_at=row["created_at"], updated_at=row["updated_at"],
             started_at=row["started_at"], completed_at=row["completed_at"],
             links=WorkflowLinks(self_=workflow_path(wid),
-                                tasks=[f"{API_PREFIX}/tasks/{t}" for t in task_ids]),
+                                tasks=[task_path(t) for t in task_ids]),
         )
 
     @classmethod
@@ -192,11 +192,8 @@ def _step(s: dict[str, Any]) -> WorkflowStepPublic:
         started_at=s["started_at"], completed_at=s["completed_at"])
 
 
-class WorkflowsPublic(BaseModel):
-    items: list[WorkflowSummary]
+class WorkflowsPublic(Page[WorkflowSummary]):
     total: int = Field(description="workflows matching the filters, over all pages")
-    page: int
-    page_size: int
 
 
 class WorkflowListQuery(BaseModel):
@@ -212,9 +209,9 @@ class WorkflowListQuery(BaseModel):
         "operator key lists every tenant's"))
     created_after: QueryDatetime | None = Field(default=None, description="inclusive")
     created_before: QueryDatetime | None = Field(default=None, description="exclusive")
-    page: int = Field(default=1, ge=1, le=MAX_PAGE)
-    page_size: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
-    sort_order: Literal["asc", "desc"] = Field(default="desc", description="by created_at")
+    page: PageNumber = 1
+    page_size: PageSize = DEFAULT_PAGE_SIZE
+    sort_order: CreatedOrder = "desc"
 
 
 class WorkflowCleanup(BaseModel):
