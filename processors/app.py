@@ -50,9 +50,11 @@ from state.lifecycle import TaskState
 log = logging.getLogger("processors.app")
 
 _ERROR_MESSAGE_MAX = 2000  # bytes of an error message copied into a DLQ header
-# Decoded states kept beside the table's JSON: a task in flight is folded every few seconds;
-# 100k states (~60 MB) cover the tasks in flight of a large farm.
-DECODED_CACHE_SIZE = 100_000
+# Decoded states kept beside the table's JSON: a task in flight is folded every few seconds, so
+# the cache needs to hold the tasks in flight, not every task seen. 20k states (~12 MB) cover a
+# farm finishing a few thousand tasks a second; 100k (the first value) made the processors grow
+# by ~60 MB over any backlog of that size before the first clear (docs/PERFORMANCE.md).
+DECODED_CACHE_SIZE = 20_000
 
 
 def _broker_credentials(kafka: KafkaSettings) -> Any:
@@ -210,7 +212,7 @@ def create_app(
         if document is None:
             return None
         hit = decoded.get(task_id)
-        if hit is not None and hit[0] is document:  # the very bytes in the table: still valid
+        if hit is not None and hit[0] == document:  # the same bytes as in the table: still valid
             return hit[1]
         return decode_state(document)
 

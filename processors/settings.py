@@ -26,9 +26,10 @@ class ProcessorSettings(RetrySettings, BaseSettings):
     # The Faust app id: the consumer group and the changelog topics' prefix. Empty: derived from
     # the topic prefix ("<prefix>.processors"), so deployments sharing a cluster stay apart.
     app_id: str = ""
-    # memory:// rebuilds the tables from their changelogs at every start; rocksdb:// keeps them
-    # on disk between starts where python-rocksdb is installed.
-    store: str = "memory://"
+    # disk:// keeps the tables in a SQLite file per table and process (processors/disk_store.py),
+    # memory:// in RAM; both rebuild them from their changelogs at every start, and only
+    # disk:// keeps the processors' memory flat however many tasks they have seen.
+    store: str = "disk://"
     datadir: Path = Field(default_factory=_default_datadir)
     # Static group membership (Kafka's group.instance.id): a worker restarted under the same id
     # (a pod name, a systemd instance) takes its partitions back at once instead of waiting for
