@@ -70,7 +70,13 @@ from processors.evaluators.base import (
     TaskEvaluator,
     UnparseableJudgement,
 )
-from processors.generation_messages import BadGenerationRecord, read_generation_message, record_headers
+from processors.generation_messages import (
+    BadGenerationRecord,
+    Incoming,
+    read_generation_message,
+    record_headers,
+)
+from processors.keyed_state import DeadLetterHeaders, KeyedState, OnDelivered
 from producers.errors import DeliveryError
 from schemas.codec import EventCodec
 from schemas.emit import produce_event
@@ -329,67 +335,35 @@ class Orchestrator:
 
 
 def install(app: Any, kafka: KafkaSettings, orchestrator: Orchestrator, *,
-            dead_letter_headers: Callable[[Any, Exception], list[tuple[str, bytes]]],
-            on_delivered: Callable[[Any], None]) -> Any:
+            dead_letter_headers: DeadLetterHeaders, on_delivered: OnDelivered) -> Any:
     """Add the ``generations`` table and the ``orchestrate`` agent to ``app``; returns the table.
-    ``on_delivered`` checks each changelog record's delivery (app.py's: crash on a failure)."""
+    ``on_delivered`` checks each changelog record's delivery (app.py's: crash on a failure).
+    The steps every keyed-state agent shares are :class:`processors.keyed_state.KeyedState`'s."""
     topics = kafka.topics
-    source = app.topic(topics.generations, partitions=kafka.partitions)
-    state_topic = app.topic(topics.generations_state, partitions=kafka.partitions, key_type=str,
-                            value_type=bytes, compacting=True, acks=False)
-    dlq = app.topic(topics.dlq(topics.generations), partitions=kafka.partitions)
-    # The record topic is the table's changelog: one record per change serves both.
-    table = app.Table("generations", partitions=kafka.partitions, key_type=str, value_type=bytes,
-                      changelog_topic=state_topic,
-                      help="generation id -> its GenerationRecord's JSON document")
+    keyed: KeyedState[GenerationRecord] = KeyedState(
+        app, kafka, source=topics.generations, state_topic=topics.generations_state,
+        table="generations", table_help="generation id -> its GenerationRecord's JSON document",
+        noun="generation", log=log, decode=decode_record, encode=encode_record,
+        headers=record_headers, dead_letter_headers=dead_letter_headers,
+        on_delivered=on_delivered, close=orchestrator.close)
 
-    async def dead_letter(message: Any, error: Exception) -> None:
-        log.warning("generations record %s[%d]@%d dead-lettered: %s", message.topic,
-                    message.partition, message.offset, error)
-        await dlq.send(key=message.key, value=message.value,
-                       headers=dead_letter_headers(message, error))
+    def read(message: Any) -> tuple[str, Incoming]:
+        incoming = read_generation_message(message.key, message.value, message.headers)
+        generation_id = (incoming.plan.generation_id if isinstance(incoming, GenerationRequested)
+                         else incoming.generation_id)
+        assert generation_id is not None  # read_generation_message checked it
+        return generation_id, incoming
 
-    @app.agent(source, name="orchestrate")
+    async def apply(current: GenerationRecord | None,
+                    incoming: Incoming) -> GenerationRecord | None:
+        if isinstance(incoming, GenerationRequested):
+            return await orchestrator.on_request(current, incoming)
+        if isinstance(incoming, GenerationCancelRequested):
+            return await orchestrator.on_cancel(current, incoming)
+        return await orchestrator.on_task_final(current, incoming)
+
+    @app.agent(keyed.source, name="orchestrate")
     async def orchestrate(stream: Any) -> None:
-        async for event in stream.events():
-            message = event.message
-            try:
-                incoming = read_generation_message(message.key, message.value, message.headers)
-            except BadGenerationRecord as exc:
-                await dead_letter(message, exc)
-                continue
-            generation_id = (incoming.plan.generation_id if isinstance(incoming, GenerationRequested)
-                             else incoming.generation_id)
-            try:
-                document = table.data.get(generation_id)
-                current = None if document is None else decode_record(document)
-                if isinstance(incoming, GenerationRequested):
-                    record = await orchestrator.on_request(current, incoming)
-                elif isinstance(incoming, GenerationCancelRequested):
-                    record = await orchestrator.on_cancel(current, incoming)
-                else:
-                    record = await orchestrator.on_task_final(current, incoming)
-            except DeliveryError as exc:
-                # Stop before a commit covers effects the broker never got; the next start
-                # replays this record.
-                log.error("generation %s: effects not delivered, stopping: %s", generation_id, exc)
-                await app.crash(exc)
-                return
-            except Exception as exc:  # never stop on one record: keep it for an operator
-                log.exception("generation %s: record not applied", generation_id)
-                await dead_letter(message, exc)
-                continue
-            if record is None or (current is not None and record.version == current.version):
-                continue
-            document = encode_record(record)
-            table.data[generation_id] = document  # the table: local store...
-            delivery = await app.producer.send(  # ...and its changelog, the records topic
-                topics.generations_state, generation_id.encode(), document, message.partition,
-                None, record_headers(record))
-            delivery.add_done_callback(on_delivered)
+        await keyed.run(stream, read=read, unreadable=BadGenerationRecord, apply=apply)
 
-    async def on_shutdown(app: Any = None, **_: Any) -> None:
-        await asyncio.to_thread(orchestrator.close)
-
-    app.on_before_shutdown.connect(on_shutdown)
-    return table
+    return keyed.table

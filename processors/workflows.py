@@ -36,12 +36,12 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from generations.flow import EVALUATION_SOURCE, cancel_event_id
 from processors.folding import STATE_CONTENT_TYPE, decode_state
+from processors.keyed_state import DeadLetterHeaders, KeyedState, OnDelivered
 from processors.orchestrator import Outbox
-from producers.errors import DeliveryError
 from schemas.codec import EventCodec
 from schemas.errors import ComputeError
 from schemas.events import CancelRequested, Envelope
@@ -184,63 +184,30 @@ class WorkflowEngine:
 
 
 def install(app: Any, kafka: KafkaSettings, engine: WorkflowEngine, codec: EventCodec, *,
-            dead_letter_headers: Callable[[Any, Exception], list[tuple[str, bytes]]],
-            on_delivered: Callable[[Any], None]) -> Any:
+            dead_letter_headers: DeadLetterHeaders, on_delivered: OnDelivered) -> Any:
     """Add the ``workflows`` table and the ``run_workflows`` agent to ``app``; returns the table.
-    ``on_delivered`` checks each changelog record's delivery (app.py's: crash on a failure)."""
+    ``on_delivered`` checks each changelog record's delivery (app.py's: crash on a failure).
+    The steps every keyed-state agent shares are :class:`processors.keyed_state.KeyedState`'s."""
     topics = kafka.topics
-    source = app.topic(topics.workflows, partitions=kafka.partitions)
-    state_topic = app.topic(topics.workflows_state, partitions=kafka.partitions, key_type=str,
-                            value_type=bytes, compacting=True, acks=False)
-    dlq = app.topic(topics.dlq(topics.workflows), partitions=kafka.partitions)
-    # The state topic is the table's changelog: one record per change serves both.
-    table = app.Table("workflows", partitions=kafka.partitions, key_type=str, value_type=bytes,
-                      changelog_topic=state_topic,
-                      help="workflow id -> its WorkflowState (framed Avro)")
 
-    async def dead_letter(message: Any, error: Exception) -> None:
-        log.warning("workflows record %s[%d]@%d dead-lettered: %s", message.topic,
-                    message.partition, message.offset, error)
-        await dlq.send(key=message.key, value=message.value,
-                       headers=dead_letter_headers(message, error))
+    def decode(document: bytes) -> WorkflowState:
+        return cast(WorkflowState, codec.decode(document, expect=WorkflowState))
 
-    @app.agent(source, name="run_workflows")
+    keyed: KeyedState[WorkflowState] = KeyedState(
+        app, kafka, source=topics.workflows, state_topic=topics.workflows_state,
+        table="workflows", table_help="workflow id -> its WorkflowState (framed Avro)",
+        noun="workflow", log=log, decode=decode, encode=codec.encode, headers=state_headers,
+        dead_letter_headers=dead_letter_headers, on_delivered=on_delivered, close=engine.close)
+
+    def read(message: Any) -> tuple[str, Incoming]:
+        incoming = read_workflow_message(codec, message.key, message.value, message.headers)
+        workflow_id = (incoming.generation_id if isinstance(incoming, TaskState)
+                       else incoming.workflow_id)
+        assert workflow_id is not None  # read_workflow_message checked it
+        return workflow_id, incoming
+
+    @app.agent(keyed.source, name="run_workflows")
     async def run_workflows(stream: Any) -> None:
-        async for event in stream.events():
-            message = event.message
-            try:
-                incoming = read_workflow_message(codec, message.key, message.value, message.headers)
-            except BadWorkflowRecord as exc:
-                await dead_letter(message, exc)
-                continue
-            workflow_id = (incoming.generation_id if isinstance(incoming, TaskState)
-                           else incoming.workflow_id)
-            assert workflow_id is not None  # read_workflow_message checked it
-            try:
-                document = table.data.get(workflow_id)
-                current = None if document is None else codec.decode(document, expect=WorkflowState)
-                state = await engine.apply(current, incoming)  # type: ignore[arg-type]
-            except DeliveryError as exc:
-                # Stop before a commit covers effects the broker never got; the next start
-                # replays this record.
-                log.error("workflow %s: effects not delivered, stopping: %s", workflow_id, exc)
-                await app.crash(exc)
-                return
-            except Exception as exc:  # never stop on one record: keep it for an operator
-                log.exception("workflow %s: record not applied", workflow_id)
-                await dead_letter(message, exc)
-                continue
-            if state is None:
-                continue
-            document = codec.encode(state)
-            table.data[workflow_id] = document  # the table: local store...
-            delivery = await app.producer.send(  # ...and its changelog, the state topic
-                topics.workflows_state, workflow_id.encode(), document, message.partition,
-                None, state_headers(state))
-            delivery.add_done_callback(on_delivered)
+        await keyed.run(stream, read=read, unreadable=BadWorkflowRecord, apply=engine.apply)
 
-    async def on_shutdown(app: Any = None, **_: Any) -> None:
-        await asyncio.to_thread(engine.close)
-
-    app.on_before_shutdown.connect(on_shutdown)
-    return table
+    return keyed.table
