@@ -23,8 +23,7 @@ from api.deps import CallerDep, NotifierDep, PoolDep, SettingsDep
 from api.models.tasks import TaskEventPublic
 from api.notifier import EventNotifier
 from api.problems import ApiProblem
-from api.routes.common import UuidPath, finished, not_found, problem_responses, task_uuid
-from api.routes.overview import fleet_scope
+from api.routes.common import UuidPath, finished, fleet_scope, problem_responses, row_or_404, task_uuid
 from api.routing import ApiRoute
 from api.settings import ApiSettings
 from projection.db.pool import AsyncPool
@@ -99,8 +98,7 @@ async def follow_task(
         start = max(start, int(last_event_id))
     scope = fleet_scope(caller)  # an operator key follows any tenant's task
     async with pool.connection() as conn:
-        if await get_task(conn, tid, scope) is None:
-            raise not_found(tid, caller.tenant_id)
+        await row_or_404(get_task, conn, "task", tid, caller, any_tenant=True)
     return StreamingResponse(
         stream_events(pool, notifier, settings, tid, scope, start),
         media_type=SSE_MEDIA_TYPE,

@@ -19,7 +19,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Query, Response
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -38,15 +38,22 @@ from api.models.generations import (
     GenerationSummary,
     generation_path,
 )
-from api.models.tasks import API_PREFIX
+from api.models.tasks import API_PREFIX, task_path
 from api.problems import ApiProblem
-from api.routes.common import WaitQuery, check_wait, problem_responses
+from api.routes.common import (
+    WaitQuery,
+    idempotency_header,
+    missing,
+    problem_responses,
+    read_row,
+    row_or_404,
+    send,
+)
 from api.routing import ApiRoute
 from generations.catalog import CatalogError, UnknownCatalogEntry
 from generations.plan import GenerationCancelRequested, GenerationPlan, GenerationRequested, plan_generation
 from generations.record import GenerationStatus
 from generations.requests import parse_request
-from producers.errors import DeliveryError, TaskTooLargeError
 from producers.task_ids import keyed_uuid
 from projection.db.catalog import PostgresCatalog
 from projection.db.generation_projection import GenerationFilter, get_generation, list_generations
@@ -61,9 +68,7 @@ _IDEMPOTENCY_NS = uuid.UUID("5d0f3a7e-8c1b-4f2a-9e6d-3b7c1a9f0e42")
 # A per-key advisory lock (its own hash seed), held while one request of that key is answered.
 _KEY_LOCK_SEED = 0x67656E6B
 
-IdempotencyKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", min_length=1, max_length=255,
-    description="The same key (per tenant) always names the same generation: a repeat sends nothing.")]
+IdempotencyKey = Annotated[str | None, idempotency_header("generation: a repeat sends nothing")]
 
 
 def generation_seed(tenant_id: str, idempotency_key: str, secret: bytes | None = None) -> uuid.UUID:
@@ -117,7 +122,7 @@ def _answer(response: Response, accepted: dict[str, Any], *, replay: bool) -> Ge
     gid = accepted["generation_id"]
     tasks = [*([accepted["prompt_task_id"]] if accepted["prompt_task_id"] else []),
              *accepted["task_ids"]]
-    links = GenerationLinks(self_=generation_path(gid), tasks=[f"{API_PREFIX}/tasks/{t}" for t in tasks])
+    links = GenerationLinks(self_=generation_path(gid), tasks=[task_path(t) for t in tasks])
     response.headers["Location"] = links.self_
     return GenerationAccepted(**accepted, idempotent_replay=replay, links=links)
 
@@ -133,15 +138,9 @@ async def _submit(strategy: GenerationStrategy, body: BaseModel, caller: Any, db
             plan=plan, requested_at=datetime.now(UTC).isoformat(),
             origin_instance=settings.origin_instance, origin_zone=settings.origin_zone,
             origin_tenant_id=caller.tenant_id, webhook_url=webhook_url)
-        try:
-            await run_in_threadpool(producer.submit_generation, requested)
-        except TaskTooLargeError as exc:
-            raise ApiProblem(413, "task-too-large", str(exc)) from None
-        except DeliveryError:
-            raise ApiProblem(503, "broker-unavailable",
-                             "the broker did not acknowledge the generation, so it was not started;"
-                             " retry (with the same Idempotency-Key)",
-                             headers={"Retry-After": "1"}) from None
+        await send(producer.submit_generation, requested, too_large="task-too-large", unsent=(
+            "the broker did not acknowledge the generation, so it was not started;"
+            " retry (with the same Idempotency-Key)"))
         metrics.generation_submits.labels(strategy.value, plan.request.generation_type.value).inc()
         return _accepted_of(plan)
 
@@ -204,8 +203,7 @@ async def list_generations_route(query: Annotated[GenerationListQuery, Query()],
                          created_after=query.created_after, created_before=query.created_before)
     rows, total = await list_generations(db, caller.tenant_id, f, page=query.page,
                                          page_size=query.page_size, sort_order=query.sort_order)
-    return GenerationsPublic(items=[GenerationSummary.from_row(r) for r in rows], total=total,
-                             page=query.page, page_size=query.page_size)
+    return GenerationsPublic.of(map(GenerationSummary.from_row, rows), total, query)
 
 
 # ``:uuid`` in the path: /generations/edit and its siblings are not ids, so a GET there is a 405
@@ -219,17 +217,11 @@ async def read_generation(generation_id: uuid.UUID, caller: CallerDep, pool: Poo
     score, reasons and decision, and the accepted one; with ``wait``, a long poll that answers
     when the generation has ended (COMPLETED, FAILED or CANCELLED)."""
     gid = str(generation_id)
-    check_wait(wait, settings)
-
-    async def read() -> dict | None:
-        async with pool.connection() as conn:  # not held while waiting
-            return await get_generation(conn, gid, caller.tenant_id)
-
-    row = await (notifier.long_poll(gid, read, _generation_ended, wait, settings.sse_poll_s,
-                                    may_end=_generation_status_ended) if wait else read())
+    row = await read_row(get_generation, gid, caller.tenant_id, pool=pool, notifier=notifier,
+                         settings=settings, wait=wait, ended=_generation_ended,
+                         may_end=_generation_status_ended)
     if row is None:
-        raise ApiProblem(404, "generation-not-found",
-                         f"no generation {gid} for tenant {caller.tenant_id}")
+        raise missing("generation", gid, caller.tenant_id)
     return GenerationPublic.from_row(row)
 
 
@@ -250,20 +242,14 @@ async def cancel_generation(generation_id: uuid.UUID, caller: CallerDep, db: DbD
     tasks asked to stop (a prediction that completed keeps its result). 202 once the broker has
     the GenerationCancelRequested record; 409 for a generation that already ended."""
     gid = str(generation_id)
-    row = await get_generation(db, gid, caller.tenant_id)
-    if row is None:
-        raise ApiProblem(404, "generation-not-found",
-                         f"no generation {gid} for tenant {caller.tenant_id}")
+    row = await row_or_404(get_generation, db, "generation", gid, caller)
     if row["status"] != "RUNNING":
         raise ApiProblem(409, "generation-finished",
                          f"generation {gid} already ended {row['status']}; there is nothing to cancel")
     requested = GenerationCancelRequested(
         generation_id=gid, requested_at=datetime.now(UTC).isoformat(),
         reason=body.reason if body is not None else None, requested_by=f"api-key:{caller.key_id}")
-    try:
-        await run_in_threadpool(producer.cancel_generation, requested)
-    except DeliveryError:
-        raise ApiProblem(503, "broker-unavailable", "the cancel could not be delivered; retry",
-                         headers={"Retry-After": "1"}) from None
+    await send(producer.cancel_generation, requested, too_large=None,
+               unsent="the cancel could not be delivered; retry")
     metrics.cancels.inc()
     return GenerationCancelAccepted(generation_id=gid, links=GenerationPublic.from_row(row).links)

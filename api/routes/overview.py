@@ -18,18 +18,12 @@ from api.models.overview import (
     WebhookDeliveriesPublic,
     WebhookDeliveryPublic,
 )
-from api.routes.common import UuidPath, not_found, problem_responses, task_uuid
+from api.routes.common import UuidPath, fleet_scope, not_found, problem_responses, task_uuid
 from api.routing import ApiRoute
-from projection.db.apikeys import Caller
 from projection.db.overview import last_hour, running_by_worker, webhook_deliveries
 from projection.db.queries import get_task
 
 router = APIRouter(route_class=ApiRoute)
-
-
-def fleet_scope(caller: Caller) -> str | None:
-    """The tenant a read is scoped to: None (every tenant) for an operator key."""
-    return None if caller.operator else caller.tenant_id
 
 
 @router.get("/monitoring/overview", tags=["monitoring"], response_model=OverviewPublic,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, DbDep, GatewayDep, MetricsDep, NotifierDep, PoolDep, SettingsDep
@@ -22,14 +22,18 @@ from api.problems import ApiProblem
 from api.routes.common import (
     UuidPath,
     WaitQuery,
-    check_wait,
     finished,
+    fleet_scope,
+    idempotency_header,
+    list_scope,
     may_have_finished,
     not_found,
     problem_responses,
+    read_row,
+    row_or_404,
+    send,
     task_uuid,
 )
-from api.routes.overview import fleet_scope
 from api.routing import ApiRoute
 from producers.errors import DeliveryError, TaskTooLargeError
 from producers.submit import validate_params
@@ -39,9 +43,7 @@ from schemas.errors import TaskValidationError
 
 router = APIRouter(prefix="/tasks", tags=["tasks"], route_class=ApiRoute)
 
-IdempotencyKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", min_length=1, max_length=255,
-    description="The same key (per tenant) always names the same task: a repeat queues nothing.")]
+IdempotencyKey = Annotated[str | None, idempotency_header("task: a repeat queues nothing")]
 
 
 @router.post("", status_code=202, response_model=TaskAccepted,
@@ -102,10 +104,7 @@ async def list_tasks_route(query: Annotated[TaskListQuery, Query()], caller: Cal
                            db: DbDep) -> TasksPublic:
     """The caller's tenant's tasks, filtered, sorted and paged; ``total`` counts every match.
     An operator key lists every tenant's tasks, or one tenant's with ``tenant``."""
-    if query.tenant is not None and not caller.operator:
-        raise ApiProblem(403, "operator-only", "tenant: only an operator key lists other "
-                         "tenants' tasks; a tenant key lists its own without it")
-    scope = query.tenant if query.tenant is not None else fleet_scope(caller)
+    scope = list_scope(caller, query.tenant, "tasks")
     f = TaskFilter(
         status=None if query.status is None else query.status.value,
         task_type=None if query.task_type is None else query.task_type.value,
@@ -117,8 +116,7 @@ async def list_tasks_route(query: Annotated[TaskListQuery, Query()], caller: Cal
     rows, total = await list_tasks(db, scope, f, page=query.page,
                                    page_size=query.page_size, sort_by=query.sort_by,
                                    sort_order=query.sort_order)
-    return TasksPublic(items=[TaskPublic.from_row(r) for r in rows], total=total,
-                       page=query.page, page_size=query.page_size)
+    return TasksPublic.of(map(TaskPublic.from_row, rows), total, query)
 
 
 @router.get("/{task_id}", response_model=TaskPublic, responses=problem_responses(401, 404, 422))
@@ -129,18 +127,13 @@ async def read_task(task_id: UuidPath, caller: CallerDep, pool: PoolDep, notifie
     a retry shows as QUEUED for the next attempt with the last error). An operator key reads any
     tenant's task."""
     tid = task_uuid(task_id)
-    check_wait(wait, settings)
     scope = fleet_scope(caller)
-
-    async def read() -> dict | None:
-        async with pool.connection() as conn:  # not held while waiting
-            return await get_task(conn, tid, scope)
 
     def accept(row: dict) -> dict | None:  # a notified row: only a task the caller may read
         return row if scope is None or row["origin_tenant_id"] == scope else None
 
-    row = await (notifier.long_poll(tid, read, finished, wait, settings.sse_poll_s,
-                                    may_end=may_have_finished, accept=accept) if wait else read())
+    row = await read_row(get_task, tid, scope, pool=pool, notifier=notifier, settings=settings,
+                         wait=wait, ended=finished, may_end=may_have_finished, accept=accept)
     if row is None:
         raise not_found(tid, caller.tenant_id)
     return TaskPublic.from_row(row)
@@ -152,9 +145,7 @@ async def read_result(task_id: UuidPath, caller: CallerDep, db: DbDep) -> TaskRe
     """The result of a COMPLETED task; 409 while it has none (not finished, failed, cancelled).
     An operator key reads any tenant's."""
     tid = task_uuid(task_id)
-    row = await get_task(db, tid, fleet_scope(caller))
-    if row is None:
-        raise not_found(tid, caller.tenant_id)
+    row = await row_or_404(get_task, db, "task", tid, caller, any_tenant=True)
     if row["status"] != TaskStatus.COMPLETED.value or row["result"] is None:
         why = f" ({row['error_code']}: {row['error_message']})" if row["error_code"] else ""
         raise ApiProblem(409, "no-result", f"task {tid} is {row['status']}{why}; it has no result")
@@ -169,17 +160,12 @@ async def cancel_task(task_id: UuidPath, caller: CallerDep, db: DbDep,
     """Cancel a pending, queued or running task, or one waiting for its retry (QUEUED after a
     failed attempt: it ends CANCELLED and never runs again); 409 for a task that already ended."""
     tid = task_uuid(task_id)
-    row = await get_task(db, tid, caller.tenant_id)
-    if row is None:
-        raise not_found(tid, caller.tenant_id)
+    row = await row_or_404(get_task, db, "task", tid, caller)
     if TaskStatus(row["status"]) in TERMINAL_STATUSES:
         raise ApiProblem(409, "task-finished",
                          f"task {tid} already ended {row['status']}; there is nothing to cancel")
-    try:
-        await run_in_threadpool(producer.cancel, row, requested_by=f"api-key:{caller.key_id}",
-                                reason="requested through the API")
-    except DeliveryError:
-        raise ApiProblem(503, "broker-unavailable", "the cancel could not be delivered; retry",
-                         headers={"Retry-After": "1"}) from None
+    await send(producer.cancel, row, requested_by=f"api-key:{caller.key_id}",
+               reason="requested through the API", too_large=None,
+               unsent="the cancel could not be delivered; retry")
     metrics.cancels.inc()
     return CancelAccepted(task_id=tid, status=TaskStatus(row["status"]))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -40,14 +40,23 @@ from api.models.workflows import (
     workflow_path,
 )
 from api.problems import ApiProblem
-from api.routes.common import WaitQuery, check_wait, problem_responses
-from api.routes.overview import fleet_scope
+from api.routes.common import (
+    WaitQuery,
+    fleet_scope,
+    idempotency_header,
+    list_scope,
+    missing,
+    problem_responses,
+    read_row,
+    row_or_404,
+    send,
+)
 from api.routing import ApiRoute
 from api.workflow_outputs import cleanup_outputs, storage_settings
 from gpu_consumers.errors import StorageFailure
-from producers.errors import DeliveryError, TaskTooLargeError
 from producers.task_ids import keyed_uuid
 from producers.workflows import WorkflowProducer
+from projection.db.apikeys import Caller
 from projection.db.workflow_projection import (
     WorkflowFilter,
     active_workflows,
@@ -68,9 +77,7 @@ WorkflowsDep = Annotated[WorkflowProducer, Depends(_workflow_producer)]
 router = APIRouter(prefix="/workflows", tags=["workflows"], route_class=ApiRoute)
 monitoring_router = APIRouter(prefix="/monitoring/workflows", tags=["monitoring"], route_class=ApiRoute)
 
-IdempotencyKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", min_length=1, max_length=255,
-    description="The same key (per tenant) always names the same workflow: a repeat creates nothing.")]
+IdempotencyKey = Annotated[str | None, idempotency_header("workflow: a repeat creates nothing")]
 # Fixed namespace of idempotency-derived workflow ids; changing it would break replays.
 _IDEMPOTENCY_NS = uuid.UUID("0b6f2a4e-9d3c-4e71-8a5f-2c7d9e1b4a60")
 # The fields of a workflow's definition a repeat must match (else 409: a key reused).
@@ -84,10 +91,6 @@ _ALLOWED = {
     "resume": frozenset({"PAUSED"}),
     "cancel": frozenset({"CREATED", "RUNNING", "PAUSED"}),
 }
-
-
-def _not_found(workflow_id: str, tenant_id: str) -> ApiProblem:
-    return ApiProblem(404, "workflow-not-found", f"no workflow {workflow_id} for tenant {tenant_id}")
 
 
 def _spec(body: WorkflowCreate) -> WorkflowSpec:
@@ -130,13 +133,8 @@ def _same_definition(row: dict[str, Any], spec: WorkflowSpec) -> bool:
 
 
 async def _send(call: Any, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return await run_in_threadpool(call, *args, **kwargs)
-    except TaskTooLargeError as exc:
-        raise ApiProblem(413, "workflow-too-large", str(exc)) from None
-    except DeliveryError:
-        raise ApiProblem(503, "broker-unavailable", "the broker did not acknowledge the request, so "
-                         "it was not sent; retry", headers={"Retry-After": "1"}) from None
+    return await send(call, *args, too_large="workflow-too-large", unsent=(
+        "the broker did not acknowledge the request, so it was not sent; retry"), **kwargs)
 
 
 @router.post("", status_code=202, response_model=WorkflowAccepted,
@@ -179,16 +177,12 @@ async def list_workflows_route(query: Annotated[WorkflowListQuery, Query()], cal
                                db: DbDep) -> WorkflowsPublic:
     """The caller's tenant's workflows, newest first, filtered and paged; an operator key lists
     every tenant's, or one tenant's with ``tenant``."""
-    if query.tenant is not None and not caller.operator:
-        raise ApiProblem(403, "operator-only", "tenant: only an operator key lists other "
-                         "tenants' workflows; a tenant key lists its own without it")
-    scope = query.tenant if query.tenant is not None else fleet_scope(caller)
+    scope = list_scope(caller, query.tenant, "workflows")
     f = WorkflowFilter(status=query.status, name=query.name, origin_instance=query.origin_instance,
                        created_after=query.created_after, created_before=query.created_before)
     rows, total = await list_workflows(db, scope, f, page=query.page, page_size=query.page_size,
                                        sort_order=query.sort_order)
-    return WorkflowsPublic(items=[WorkflowSummary.from_row(r) for r in rows], total=total,
-                           page=query.page, page_size=query.page_size)
+    return WorkflowsPublic.of(map(WorkflowSummary.from_row, rows), total, query)
 
 
 @router.get("/{workflow_id:uuid}", response_model=WorkflowPublic,
@@ -200,30 +194,19 @@ async def read_workflow(workflow_id: uuid.UUID, caller: CallerDep, pool: PoolDep
     long poll that answers when it has ended (COMPLETED, FAILED or CANCELLED). An operator key
     reads any tenant's."""
     wid = str(workflow_id)
-    check_wait(wait, settings)
-    scope = fleet_scope(caller)
-
-    async def read() -> dict | None:
-        async with pool.connection() as conn:  # not held while waiting
-            return await get_workflow(conn, wid, scope)
-
-    row = await (notifier.long_poll(wid, read, lambda r: r["status"] in ENDED, wait,
-                                    settings.sse_poll_s, may_end=ENDED.__contains__)
-                 if wait else read())
+    row = await read_row(get_workflow, wid, fleet_scope(caller), pool=pool, notifier=notifier,
+                         settings=settings, wait=wait, ended=lambda r: r["status"] in ENDED,
+                         may_end=ENDED.__contains__)
     if row is None:
-        raise _not_found(wid, caller.tenant_id)
+        raise missing("workflow", wid, caller.tenant_id)
     return WorkflowPublic.from_row(row)
 
 
-async def _own(wid: str, caller: Any, db: Any) -> dict[str, Any]:
+async def _own(wid: str, caller: Caller, db: Any) -> dict[str, Any]:
     """The caller's own workflow; 404 otherwise (also one accepted a moment ago that the
     processors have not recorded yet: it is readable within a moment, so a retry finds it)."""
-    row = await get_workflow(db, wid, caller.tenant_id)
-    if row is None:
-        raise ApiProblem(404, "workflow-not-found",
-                         f"no workflow {wid} for tenant {caller.tenant_id} (one accepted a moment ago "
-                         "is readable once the processors recorded it; retry then)")
-    return row
+    return await row_or_404(get_workflow, db, "workflow", wid, caller, hint=(
+        " (one accepted a moment ago is readable once the processors recorded it; retry then)"))
 
 
 def _command_route(action: str) -> None:
@@ -267,9 +250,7 @@ async def cleanup_workflow(workflow_id: uuid.UUID, caller: CallerDep, db: DbDep,
     the key's own tenant's, and only outputs its steps' tasks wrote under the tenant's folder of
     the results store; anything else is listed in ``not_deleted`` with why. Repeatable."""
     wid = str(workflow_id)
-    row = await get_workflow(db, wid, caller.tenant_id)
-    if row is None:
-        raise _not_found(wid, caller.tenant_id)
+    row = await row_or_404(get_workflow, db, "workflow", wid, caller)
     if row["status"] not in ENDED:
         raise ApiProblem(409, "workflow-not-ended",
                          f"workflow {wid} is {row['status']}; clean up once it has ended (cancel it first)")
