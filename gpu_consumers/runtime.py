@@ -1,7 +1,9 @@
 """The worker: Kafka consumer groups in, one task at a time, statuses out, then the commit.
 
 One confluent-kafka consumer per served task type, in the group ``<group_prefix>.<type slug>``
-(so adding processes shares a type's partitions), manual commits only. The loop is short:
+(so adding processes shares a type's partitions), manual commits only: the *lanes*
+(:mod:`gpu_consumers.lanes`: polling, pausing, commits, the rebalance callbacks). This module is
+the loop, and the loop is short:
 
 1. poll the types' consumers in turn; a record that cannot be decoded is dead-lettered (with a
    FAILED/INVALID_INPUT status when its key is a task id) and committed; a task cancelled while
@@ -18,8 +20,9 @@ One confluent-kafka consumer per served task type, in the group ``<group_prefix>
    (:class:`~gpu_consumers.offsets.CommitLedger`), and a revocation commits what it takes away.
 
 The first records of a partition this worker is assigned are checked against the status topic
-(:mod:`gpu_consumers.takeover`): one whose task already ended for good (its previous owner died
-between the terminal status and the commit) is committed without running again.
+(:mod:`gpu_consumers.takeover`, through :mod:`gpu_consumers.takeover_gate`): one whose task
+already ended for good (its previous owner died between the terminal status and the commit) is
+committed without running again.
 
 A partition revoked while its task runs (a worker joined) waits up to ``rebalance_wait_s`` for
 the task, so its owner commits it; otherwise the new owner runs it again (at-least-once: the
@@ -47,39 +50,26 @@ import socket
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from confluent_kafka import (
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import Message, Producer
 from prometheus_client import start_http_server
 
 from gpu_consumers.control import CancelledIds, CancelReason, ControlListener
 from gpu_consumers.emitter import Emitter
 from gpu_consumers.execution import Outcome, RunReport, Services, TaskRun
-from gpu_consumers.fault_points import fault_point
-from gpu_consumers.group_protocol import (
-    Protocol,
-    choose_protocol,
-    client_config_for,
-    group_config,
-)
+from gpu_consumers.group_protocol import Protocol, choose_protocol
 from gpu_consumers.handlers.handler_set import HandlerFactory, HandlerSet, Providers
-from gpu_consumers.offsets import CommitLedger, Partition, on_commit
+from gpu_consumers.lanes import POLL_S, InFlight, Lane, Lanes
 from gpu_consumers.providers import ProviderRouter, with_provider_handlers
 from gpu_consumers.settings import ContentPolicy, WorkerSettings
 from gpu_consumers.storage import OutputStore
 from gpu_consumers.supervisor import ChildKit, Supervisor
-from gpu_consumers.takeover import Answer, StatusLookup, Step, recheck_delay, step_for
-from gpu_consumers.threads import Call, ReusableThread
+from gpu_consumers.takeover import StatusLookup, Step
+from gpu_consumers.takeover_gate import TakeoverGate
+from gpu_consumers.threads import ReusableThread
+from gpu_consumers.worker_stats import WorkerStats
 from schemas.codec import EventCodec
 from schemas.enums import TaskType
 from schemas.errors import DecodeError
@@ -94,71 +84,18 @@ if TYPE_CHECKING:
     from gpu_consumers.inputs import InputFetcher
     from gpu_consumers.model_cache import ModelCache
 
+__all__ = ["Worker", "WorkerStats", "new_worker_id"]  # WorkerStats lives in worker_stats.py
+
 log = logging.getLogger("gpu_consumers.worker")
 
-_POLL_S = 0.1  # one loop turn; also how fast a stop request or a finished task is noticed
-_JOIN_ALLOWANCE_S = 60.0  # burst idle clock starts anyway if a group never assigns within this
-# A consumer replaced after a fatal error joins again after this pause; a static member's
-# previous process (SIGKILLed) holds its instance id until its session (10 s) expires.
-_REJOIN_PAUSE_S = 1.0
-_MAX_REJOINS = 60  # replacements with no assignment in between: then exit for the supervisor
-
-
-def _is_fatal(err: KafkaError) -> bool:
-    # librdkafka reports a fatal error to poll() as an event with the code _FATAL, whose
-    # fatal() flag is not always set.
-    return err.fatal() or err.code() == KafkaError._FATAL
 # Idempotent producer: a status or DLQ record is written once even when librdkafka retries it.
 # Its linger.ms is WorkerSettings.status_linger_ms: PROCESSING waits for a quick task's terminal
 # status, whose flush sends both at once (flush ignores linger.ms).
 _PRODUCER_CONFIG = {"enable.idempotence": True, "acks": "all"}
 
 
-@dataclass
-class WorkerStats:
-    completed: int = 0
-    failed: int = 0
-    retried: int = 0  # attempts started after a failed attempt
-    cancelled: int = 0
-    dead_lettered: int = 0
-    aborted: int = 0  # stopped by shutdown, left to the group
-    handled: int = 0  # records taken from the task topics
-    already_ended: int = 0  # taken over with a final status on the topic: committed, not run
-    takeover_waits: int = 0  # takeover checks that could not read the status topic (then waited)
-    fallbacks: int = 0  # tasks run on their type's fallback provider (gpu_consumers/providers.py)
-
-
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-@dataclass
-class _Lane:
-    """One task type's consumer."""
-
-    task_type: TaskType
-    topic: str
-    consumer: Consumer
-    assigned: bool = False  # the group has assigned this member (possibly nothing)
-    owned: set[Partition] = field(default_factory=set)  # kept by the rebalance callbacks
-    commits: CommitLedger = field(default_factory=CommitLedger)
-    # Assigned partitions whose next record is checked against the status topic (takeover.py).
-    taken_over: set[Partition] = field(default_factory=set)
-    # A fatal client error (e.g. UNRELEASED_INSTANCE_ID) left this consumer unusable: the main
-    # loop replaces it (_replace_lane); ``rejoins`` counts replacements not yet assigned.
-    fatal: KafkaError | None = None
-    rejoins: int = 0
-
-
-@dataclass
-class _InFlight:
-    lane: _Lane
-    msg: Message
-    run: TaskRun
-    call: Call = field(init=False)  # the run, in the worker's task thread
-    report: RunReport | None = None
-    lost: bool = False  # its partition was revoked before it finished: never commit it
-    committed: bool = False
 
 
 class Worker:
@@ -212,19 +149,17 @@ class Worker:
         self._stop = threading.Event()
         self._force = threading.Event()
         self._healthy = True
-        self._inflight: _InFlight | None = None
+        self._inflight: InFlight | None = None
         self._task_thread = ReusableThread("task")  # runs each task, so _wait can give up on one
-        self._buffer: deque[tuple[_Lane, Message]] = deque()
-        self._paused = False
-        self._lanes: list[_Lane] = []
-        self._next_lane = 0
-        self._lookup: StatusLookup | None = None
+        # The types' consumers; a revocation settles the task in flight on its partition.
+        self._lanes = Lanes(kafka, settings, self.worker_id, stop=self._stop,
+                            inflight=lambda: self._inflight)
+        self._takeover = TakeoverGate(None, self._lanes, stop=self._stop, stats=self.stats)
         self.protocol: Protocol = "classic"  # the consumer-group protocol run() chose
-        self._last_activity = time.monotonic()
 
     @property
     def healthy(self) -> bool:
-        return self._healthy
+        return self._healthy and not self._lanes.gave_up
 
     def stop(self, *, now: bool = False) -> None:
         """Stop taking work; the running task gets ``shutdown_grace_s`` (none with ``now``).
@@ -241,7 +176,7 @@ class Worker:
 
     def assignment(self) -> list[tuple[str, int]]:
         """The (topic, partition) pairs this worker owns now (for health checks and tests)."""
-        return sorted(tp for lane in list(self._lanes) for tp in list(lane.owned))
+        return self._lanes.assignment()
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -273,10 +208,12 @@ class Worker:
                                                   registry=self.providers.metrics)
         control = ControlListener(self.kafka, self._on_cancel, codec=self._codec,
                                   client_id=f"{self.worker_id}-control")
+        lookup = None
         if self.settings.takeover_lookback_s > 0:
-            self._lookup = StatusLookup(
+            lookup = StatusLookup(
                 self.kafka, self._codec, lookback_s=self.settings.takeover_lookback_s,
                 scan_max=self.settings.takeover_scan_max, client_id=f"{self.worker_id}-takeover")
+            self._takeover = TakeoverGate(lookup, self._lanes, stop=self._stop, stats=self.stats)
         started = time.monotonic()
         try:
             control.start()
@@ -284,23 +221,22 @@ class Worker:
                 self.kafka, self.settings.group_protocol,
                 [self.settings.group_id(t) for t in self.settings.types],
                 self.settings.session_timeout_ms, stop=self._stop.is_set)
-            self._lanes = [self._open_lane(t) for t in self.settings.types]
+            self._lanes.open(self.protocol)
             log.info("worker %s serving %s (%s group protocol)", self.worker_id,
                      ", ".join(t.slug for t in self.settings.types), self.protocol)
-            while not self._stop.is_set() and self._healthy:
+            while not self._stop.is_set() and self.healthy:
                 if max_tasks is not None and self.stats.handled >= max_tasks:
                     break
-                item = self._next_message()
+                item = self._lanes.next_message()
                 if item is not None:
                     self._handle(*item)
-                elif idle_timeout_s is not None and self._idle_for(started) > idle_timeout_s:
+                elif idle_timeout_s is not None and self._lanes.idle_for(started) > idle_timeout_s:
                     break
         finally:
-            for lane in self._lanes:
-                self._close_lane(lane)
+            self._lanes.close()
             control.stop()
-            if self._lookup is not None:
-                self._lookup.close()
+            if lookup is not None:
+                lookup.close()
             self._task_thread.close()
             self._services.handler_thread.close()
             if supervisor is not None:
@@ -312,42 +248,9 @@ class Worker:
             log.info("worker %s stopped: %s", self.worker_id, self.stats)
         return self.stats
 
-    def _idle_for(self, started: float) -> float:
-        now = time.monotonic()
-        if not all(lane.assigned for lane in self._lanes) and now - started < _JOIN_ALLOWANCE_S:
-            return 0.0
-        return now - self._last_activity
-
-    def _next_message(self) -> tuple[_Lane, Message] | None:
-        if self._buffer:
-            return self._buffer.popleft()
-        n = len(self._lanes)
-        for i in range(n):
-            index = (self._next_lane + i) % n
-            lane = self._lanes[index]
-            if lane.fatal is not None:
-                self._replace_lane(index, lane)
-                continue
-            self._retry_commits(lane)
-            msg = lane.consumer.poll(_POLL_S / n)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError.UNKNOWN_TOPIC_OR_PART:  # one clear line
-                    log.warning("topic %s does not exist: run `computectl topics create` "
-                                "(waiting for it)", lane.topic)
-                elif _is_fatal(msg.error()):
-                    lane.fatal = msg.error()  # replaced on the next turn
-                else:
-                    log.warning("consumer error on %s: %s", lane.topic, msg.error())
-                continue
-            self._next_lane = (self._next_lane + i + 1) % n  # round robin between types
-            return lane, msg
-        return None
-
-    def _handle(self, lane: _Lane, msg: Message) -> None:
+    def _handle(self, lane: Lane, msg: Message) -> None:
         self.stats.handled += 1
-        self._last_activity = time.monotonic()
+        self._lanes.touch()
         headers = header_dict(msg.headers())
         task = None
         try:
@@ -364,18 +267,18 @@ class Worker:
             # Its FAILED is keyed by the envelope's task id when the envelope could be read.
             owner = task.envelope.task_id if isinstance(task, TaskSubmitted) else None
             if self._emitter.dead_letter(msg, exc, lane.task_type, task_id=owner):
-                self._commit(lane, msg)
+                lane.commit(msg)
             return
-        step = self._takeover_step(lane, msg, task)
+        step = self._takeover.step(lane, msg, task)
         if step is Step.WAIT:  # stopping, or the partition went while the check waited
             return
         if step is Step.SKIP:
             self.stats.already_ended += 1
-            self._commit(lane, msg)
+            lane.commit(msg)
             return
         run = TaskRun(task, headers.get("traceparent"), self._services,
                       stops=stops_from_header(headers.get(STOPS_HEADER)))
-        inflight = _InFlight(lane, msg, run)
+        inflight = InFlight(lane, msg, run)
         with self._cancel_lock:
             written = run.task_id in self._cancel_written
             if run.task_id in self._cancelled:
@@ -391,24 +294,24 @@ class Worker:
         self._wait(inflight)
         self._inflight = None
         self._finish(lane, msg, inflight.report, inflight)
-        if self._paused:
-            self._pause(False)
-        self._last_activity = time.monotonic()
+        if self._lanes.paused:
+            self._lanes.pause(False)
+        self._lanes.touch()
 
-    def _execute(self, inflight: _InFlight) -> None:
+    def _execute(self, inflight: InFlight) -> None:
         try:
             inflight.report = inflight.run.execute()
         except Exception:  # a bug in the runtime itself: leave the record to the group
             log.exception("task %s: the run crashed", inflight.run.task_id)
             inflight.report = RunReport(Outcome.ABORTED, commit=False, healthy=False)
 
-    def _wait(self, inflight: _InFlight) -> None:
+    def _wait(self, inflight: InFlight) -> None:
         """Poll until the task thread ends; on shutdown, cancel it after the grace period."""
         shutdown_at = abandon_at = None
         while True:
-            if inflight.call.wait(_POLL_S):  # returns as soon as the task ends
+            if inflight.call.wait(POLL_S):  # returns as soon as the task ends
                 return
-            self._poll_while_busy()
+            self._lanes.poll_while_busy()
             if not self._stop.is_set():
                 continue
             now = time.monotonic()
@@ -426,21 +329,8 @@ class Worker:
                 inflight.report = RunReport(Outcome.ABORTED, commit=False, healthy=False)
                 return
 
-    def _poll_while_busy(self) -> None:
-        """Keep the members alive. The first record that arrives during a task is kept for
-        later and every partition is paused, so nothing more is fetched until the task ends.
-        (Pausing at the start of every task would cost each resume a fetch round trip, up to
-        ``fetch.wait.max.ms``: half a second per task for short tasks.)"""
-        for lane in self._lanes:
-            msg = lane.consumer.poll(0)
-            if msg is not None and msg.error() and _is_fatal(msg.error()):
-                lane.fatal = msg.error()  # replaced once the task ends
-            elif msg is not None and not msg.error():
-                self._buffer.append((lane, msg))
-                self._pause(True)
-
-    def _finish(self, lane: _Lane, msg: Message, report: RunReport | None,
-                inflight: _InFlight | None = None) -> None:
+    def _finish(self, lane: Lane, msg: Message, report: RunReport | None,
+                inflight: InFlight | None = None) -> None:
         report = report or RunReport(Outcome.ABORTED, commit=False, healthy=False)
         counter = {Outcome.COMPLETED: "completed", Outcome.FAILED: "failed",
                    Outcome.CANCELLED: "cancelled", Outcome.ABORTED: "aborted"}[report.outcome]
@@ -450,7 +340,7 @@ class Worker:
         if not report.healthy:
             self._healthy = False
         if report.commit and not (inflight and (inflight.lost or inflight.committed)):
-            self._commit(lane, msg)
+            lane.commit(msg)
 
     def _on_cancel(self, task_id: str, status_written: bool = False) -> None:
         """From the control listener's thread."""
@@ -461,205 +351,3 @@ class Worker:
             inflight = self._inflight
             if inflight is not None and inflight.run.task_id == task_id:
                 inflight.run.cancel(CancelReason.USER)
-
-    # ---- Kafka plumbing ---------------------------------------------------------------------------
-
-    def _open_lane(self, task_type: TaskType) -> _Lane:
-        ledger = CommitLedger()
-        consumer = Consumer({
-            **client_config_for(self.protocol, self.kafka.client_config()),
-            "group.id": self.settings.group_id(task_type),
-            "client.id": self.worker_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",  # a new group starts with the oldest queued task
-            "max.poll.interval.ms": self.settings.max_poll_interval_ms,
-            **group_config(self.protocol, self.settings.session_timeout_ms),
-            "enable.partition.eof": False,
-            "on_commit": on_commit(ledger),
-            **({"group.instance.id": self.settings.group_instance_id}
-               if self.settings.group_instance_id else {}),
-        })
-        lane = _Lane(task_type, self.kafka.topics.task(task_type), consumer, commits=ledger)
-
-        def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
-            lane.assigned = True
-            new = {(p.topic, p.partition) for p in partitions}
-            lane.owned |= new
-            lane.taken_over |= new
-            lane.commits.retry_now = True  # a rejoin: send the commits the rebalance rejected
-            log.info("assigned %s: %s", lane.topic, sorted(p.partition for p in partitions))
-            self._last_activity = time.monotonic()
-            if self._paused:
-                self._pause(True)
-
-        def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
-            self._revoked(lane, {(p.topic, p.partition) for p in partitions})
-
-        def on_lost(c: Consumer, partitions: list[TopicPartition]) -> None:
-            # Lost (session expired, fenced): a commit can no longer be made; the next owner's
-            # takeover check finds what this worker finished.
-            self._revoked(lane, {(p.topic, p.partition) for p in partitions}, lost=True)
-
-        consumer.subscribe([lane.topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
-        return lane
-
-    def _retry_commits(self, lane: _Lane) -> None:
-        """Send again the commits the broker rejected, for the partitions still owned."""
-        due = lane.commits.due(lane.owned, time.monotonic())
-        if not due:
-            return
-        offsets = [TopicPartition(t, p, offset) for (t, p), offset in due]
-        log.info("committing again %s", ", ".join(f"{t}[{p}]@{o}" for (t, p), o in due))
-        try:
-            lane.consumer.commit(offsets=offsets, asynchronous=True)
-        except KafkaException as exc:
-            log.info("commit retry on %s failed: %s", lane.topic, exc)
-
-    def _takeover_step(self, lane: _Lane, msg: Message, task: TaskSubmitted) -> Step:
-        """For the first records of a partition just taken over: SKIP if the task already has
-        its final status (its previous owner died before committing it), RUN if not. While the
-        status topic cannot be read, every partition stays paused and the check is asked again
-        (takeover.recheck_delay apart); WAIT comes back only if the worker stops or loses the
-        partition meanwhile: the record is then neither run nor committed."""
-        tp = (msg.topic(), msg.partition())
-        if tp not in lane.taken_over or self._lookup is None:
-            return Step.RUN
-        env = task.envelope
-        check = self._lookup.check(env.task_id, env.attempt, msg.timestamp()[1])
-        unknown = 0
-        while step_for(check) is Step.WAIT:
-            unknown += 1
-            self.stats.takeover_waits += 1
-            delay = recheck_delay(unknown)
-            log.warning("task %s: cannot tell whether it already ended (%s); not running it, "
-                        "asking again in %.1f s", env.task_id, check.error, delay,
-                        extra={"task_id": env.task_id})
-            if not self._hold(lane, msg, delay):
-                return Step.WAIT
-            check = self._lookup.check(env.task_id, env.attempt, msg.timestamp()[1])
-        if unknown and self._paused:
-            self._pause(False)
-        if check.answer is Answer.NOT_ENDED:
-            lane.taken_over.discard(tp)  # ran in order: no later record of it has ended
-            return Step.RUN
-        assert check.ended is not None
-        log.info("task %s already ended %s (attempt %d): committing without running it again",
-                 env.task_id, check.ended.status.value, check.ended.envelope.attempt,
-                 extra={"task_id": env.task_id})
-        return Step.SKIP
-
-    def _hold(self, lane: _Lane, msg: Message, delay_s: float) -> bool:
-        """Keep the members alive for ``delay_s`` with every partition paused; False if the
-        worker stops or ``msg``'s partition is no longer this worker's (revoked, or revoked and
-        assigned again: its position went back, so the record will be fetched and checked
-        again)."""
-        self._pause(True)
-        until = time.monotonic() + delay_s
-        tp = TopicPartition(msg.topic(), msg.partition())
-        while time.monotonic() < until:
-            if self._stop.wait(_POLL_S):
-                return False
-            self._poll_while_busy()
-            self._last_activity = time.monotonic()
-            if (msg.topic(), msg.partition()) not in lane.owned:
-                return False
-            try:
-                position = lane.consumer.position([tp])[0].offset
-            except KafkaException:
-                return False
-            if position <= msg.offset():
-                return False
-        return True
-
-    def _revoked(self, lane: _Lane, gone: set[Partition], *, lost: bool = False) -> None:
-        lane.owned -= gone
-        lane.taken_over -= gone
-        log.info("%s %s: %s", "lost" if lost else "revoked", lane.topic, sorted(p for _, p in gone))
-        self._buffer = deque(
-            (ln, m) for ln, m in self._buffer if (m.topic(), m.partition()) not in gone)
-        inflight = self._inflight
-        if inflight is not None and inflight.lane is lane and (
-                (inflight.msg.topic(), inflight.msg.partition()) in gone):
-            if not lost:  # give the running task a moment to finish, so its owner commits it
-                inflight.call.wait(self.settings.rebalance_wait_s)
-            if not lost and inflight.report is not None and inflight.report.commit:
-                msg = inflight.msg
-                lane.commits.want((msg.topic(), msg.partition()), msg.offset() + 1,
-                                  time.monotonic())
-                inflight.committed = True  # by _commit_now, below
-            else:
-                inflight.lost = True
-                log.warning("task %s: partition %s while running; its new owner runs it again",
-                            inflight.run.task_id, "lost" if lost else "revoked")
-        if not lost:
-            self._commit_now(lane, gone)
-        lane.commits.forget(gone)
-
-    def _commit_now(self, lane: _Lane, gone: set[Partition]) -> None:
-        """Synchronously commit what is pending on partitions being revoked: the member still
-        belongs to the group's generation inside the revoke callback, afterwards it cannot."""
-        offsets = [TopicPartition(t, p, off) for (t, p) in gone
-                   if (off := lane.commits.pending((t, p))) is not None]
-        if not offsets:
-            return
-        try:
-            for tp in lane.consumer.commit(offsets=offsets, asynchronous=False) or []:
-                if tp.error is None:
-                    lane.commits.confirm((tp.topic, tp.partition), tp.offset)
-        except KafkaException as exc:
-            log.warning("commit of revoked %s failed (%s); their next owner checks the status "
-                        "topic before running them", lane.topic, exc)
-
-    def _pause(self, paused: bool) -> None:
-        self._paused = paused
-        for lane in self._lanes:
-            try:
-                assignment = lane.consumer.assignment()
-                if assignment:
-                    (lane.consumer.pause if paused else lane.consumer.resume)(assignment)
-            except KafkaException as exc:
-                log.warning("pause/resume on %s failed: %s", lane.topic, exc)
-
-    def _commit(self, lane: _Lane, msg: Message) -> None:
-        """Commit past ``msg`` (its terminal status is acknowledged already). Asynchronous: the
-        next task need not wait for the broker's answer (~10 ms on a loaded broker); a failure
-        is logged by :func:`_log_commit` and, like a crash before the commit, means the record
-        is run again by whoever owns its partition. Closing the consumer waits for the commits
-        still in flight."""
-        offset = TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)
-        lane.commits.want((offset.topic, offset.partition), offset.offset, time.monotonic())
-        try:
-            lane.consumer.commit(offsets=[offset], asynchronous=True)
-            fault_point("during_commit")
-        except KafkaException as exc:  # e.g. rebalanced away: the new owner redoes the record
-            log.warning("commit of %s[%d]@%d failed: %s", msg.topic(), msg.partition(),
-                        msg.offset(), exc)
-
-    def _replace_lane(self, index: int, lane: _Lane) -> None:
-        """Close a consumer a fatal error left unusable and join again with a new one. Seen in the
-        fault suite: a static member restarted right after a SIGKILL is refused with "the
-        instance ID is still used by another member" until its old session expires, and the
-        worker went on polling the dead consumer, its partitions never served again. Too many
-        replacements with no assignment in between stop the worker unhealthy (exit 1), so its
-        supervisor starts a fresh process."""
-        rejoins = 1 if lane.assigned else lane.rejoins + 1
-        log.warning("the %s consumer hit a fatal error (%s): joining again with a new one",
-                    lane.topic, lane.fatal)
-        self._close_lane(lane)
-        self._buffer = deque(item for item in self._buffer if item[0] is not lane)
-        if rejoins > _MAX_REJOINS:
-            log.error("the %s consumer failed %d times without an assignment: stopping",
-                      lane.topic, rejoins - 1)
-            self._healthy = False
-            return
-        if self._stop.wait(_REJOIN_PAUSE_S):
-            return
-        fresh = self._open_lane(lane.task_type)
-        fresh.rejoins = rejoins
-        self._lanes[index] = fresh
-
-    def _close_lane(self, lane: _Lane) -> None:
-        try:
-            lane.consumer.close()  # leaves the group: the others rebalance at once
-        except Exception as exc:
-            log.warning("closing the %s consumer: %s", lane.topic, exc)
