@@ -104,6 +104,9 @@ def _wait_until_led(admin: AdminClient, settings: KafkaSettings, names: list[str
         time.sleep(_LEADER_POLL_S)
 
 
+_NOT_YET = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError._UNKNOWN_PARTITION)
+
+
 def watermarks(consumer: Consumer, partition: TopicPartition, timeout_s: float = _TIMEOUT_S) -> tuple[int, int]:
     """(low, high) offsets of a partition, retrying the transient errors of a partition whose
     leader is moving or just created (NOT_LEADER_FOR_PARTITION, LEADER_NOT_AVAILABLE...)."""
@@ -113,7 +116,9 @@ def watermarks(consumer: Consumer, partition: TopicPartition, timeout_s: float =
             return consumer.get_watermark_offsets(partition, timeout=timeout_s)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
-            if not error.retriable() and error.code() != KafkaError.NOT_LEADER_FOR_PARTITION:
+            # _UNKNOWN_PARTITION: the client's metadata does not have the new partition yet (a
+            # three-broker cluster, in CI): as transient as a leader that moves
+            if not error.retriable() and error.code() not in _NOT_YET:
                 raise
             if time.monotonic() > deadline:
                 raise TopicSetupError(f"{partition.topic}[{partition.partition}]: {error.str()}") from exc
