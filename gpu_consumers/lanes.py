@@ -210,6 +210,11 @@ class Lanes:
                 self.buffer.append((lane, msg))
                 self.pause(True)
 
+    def resume(self) -> None:
+        """Fetch again if a held record or a takeover wait paused every partition."""
+        if self.paused:
+            self.pause(False)
+
     def pause(self, paused: bool) -> None:
         self.paused = paused
         for lane in self.lanes:

@@ -213,7 +213,7 @@ class Worker:
             lookup = StatusLookup(
                 self.kafka, self._codec, lookback_s=self.settings.takeover_lookback_s,
                 scan_max=self.settings.takeover_scan_max, client_id=f"{self.worker_id}-takeover")
-            self._takeover = TakeoverGate(lookup, self._lanes, stop=self._stop, stats=self.stats)
+        self._takeover = TakeoverGate(lookup, self._lanes, stop=self._stop, stats=self.stats)
         started = time.monotonic()
         try:
             control.start()
@@ -294,8 +294,7 @@ class Worker:
         self._wait(inflight)
         self._inflight = None
         self._finish(lane, msg, inflight.report, inflight)
-        if self._lanes.paused:
-            self._lanes.pause(False)
+        self._lanes.resume()
         self._lanes.touch()
 
     def _execute(self, inflight: InFlight) -> None:

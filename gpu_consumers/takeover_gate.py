@@ -51,8 +51,8 @@ class TakeoverGate:
             if not self._hold(lane, msg, delay):
                 return Step.WAIT
             check = self._lookup.check(env.task_id, env.attempt, msg.timestamp()[1])
-        if unknown and self._lanes.paused:
-            self._lanes.pause(False)
+        if unknown:
+            self._lanes.resume()
         if check.answer is Answer.NOT_ENDED:
             lane.taken_over.discard(tp)  # ran in order: no later record of it has ended
             return Step.RUN
