@@ -67,6 +67,24 @@ def run_task(api: ApiStack, tenant: Tenant, task_id: str, task_type: TaskType,
     produce(api.kafka, events)
 
 
+def projector_caught_up(kafka: KafkaSettings, group: str, topics: list[str]) -> bool:
+    """Whether ``group`` has committed every record the topics hold (it commits only after the
+    database transaction, so every row those records make is written)."""
+    consumer = Consumer({**kafka.client_config(), "group.id": group})
+    try:
+        meta = consumer.list_topics(timeout=10).topics
+        parts = [TopicPartition(t, p) for t in topics for p in meta[t].partitions]
+        committed = {(tp.topic, tp.partition): tp.offset
+                     for tp in consumer.committed(parts, timeout=10)}
+        for tp in parts:
+            high = _high_or_none(consumer, tp)
+            if high is None or high - 1 > max(committed[(tp.topic, tp.partition)], 0):
+                return False
+        return True
+    finally:
+        consumer.close()
+
+
 def record_counts(kafka: KafkaSettings, topics: list[str]) -> dict[str, int]:
     """Records each topic holds now (sum of its partitions' high watermarks), one consumer."""
     consumer = Consumer({**kafka.client_config(), "group.id": f"count-{uuid.uuid4().hex}"})

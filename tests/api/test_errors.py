@@ -10,9 +10,10 @@ import httpx
 import psycopg
 import pytest
 
+from projection.batch import projector_topics
 from projection.db.apikeys import revoke_key
 from tests.api.conftest import ApiStack, Tenant, new_tenant
-from tests.api.helpers import assert_problem, record_counts
+from tests.api.helpers import assert_problem, projector_caught_up, record_counts
 from tests.kafka_helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -22,8 +23,12 @@ GOOD = {"task_type": "GENERATION", "prompt": "a linen shirt"}
 
 
 def _footprint(api: ApiStack) -> tuple[dict[str, int], int]:
-    """Records on every task, status and control topic, and task rows."""
+    """Records on every task, status and control topic, and task rows, once the projector has
+    written every record there is (a task of an earlier test projected late is not ours)."""
     topics = [*api.kafka.topics.task_topics(), api.kafka.topics.status, api.kafka.topics.control]
+    wait_for(lambda: projector_caught_up(api.kafka, api.projector.group_id,
+                                         projector_topics(api.kafka)),
+             what="the projector to catch up")
     with psycopg.connect(api.db_url) as conn:
         rows = conn.execute("SELECT count(*) FROM tasks").fetchone()[0]
     return record_counts(api.kafka, topics), rows
