@@ -48,17 +48,50 @@ def _unreachable(why: str) -> bool:
     return any(marker in why for marker in _UNREACHABLE)
 
 
+def _alter_groups(admin: AdminClient, groups: Iterable[str], configs: dict[str, int]) -> None:
+    resources = [ConfigResource(ResourceType.GROUP, group, incremental_configs=[
+        ConfigEntry(name, str(value), incremental_operation=AlterConfigOpType.SET)
+        for name, value in configs.items()]) for group in groups]
+    for future in admin.incremental_alter_configs(resources).values():
+        future.result(_TIMEOUT_S)
+
+
+def heartbeat_for(session_ms: int) -> int:
+    """The heartbeat interval a session of ``session_ms`` needs: a third of it, as the classic
+    protocol's rule, so that one late heartbeat (a busy broker, a stalled machine) does not
+    expire the session."""
+    return max(100, session_ms // 3)
+
+
 def set_group_session(kafka: KafkaSettings, groups: Iterable[str], session_ms: int) -> str | None:
-    """Set each KIP-848 group's session timeout on the broker; None when done, else why not."""
+    """Set each KIP-848 group's session timeout on the broker, and its heartbeat interval to a
+    third of it; None when the session timeout is set, else why not.
+
+    The broker's own heartbeat interval (``group.consumer.heartbeat.interval.ms``, 5 s) with a
+    10 s session leaves one heartbeat of margin: in a 100,000-task backlog on two cores both
+    workers were fenced (UNKNOWN_MEMBER_ID, partitions lost) within a second of each other, and
+    their finished but uncommitted tasks were checked one by one (docs/PERFORMANCE.md). Where the
+    broker's floor (``group.consumer.min.heartbeat.interval.ms``, 5 s by default) refuses a third
+    of the session, the session alone is set and the worker says so."""
+    groups = list(groups)
     admin = AdminClient(kafka.client_config())
-    resources = [ConfigResource(ResourceType.GROUP, group, incremental_configs=[ConfigEntry(
-        "consumer.session.timeout.ms", str(session_ms),
-        incremental_operation=AlterConfigOpType.SET)]) for group in groups]
+    heartbeat = heartbeat_for(session_ms)
     try:
-        for future in admin.incremental_alter_configs(resources).values():
-            future.result(_TIMEOUT_S)
+        _alter_groups(admin, groups, {"consumer.session.timeout.ms": session_ms,
+                                      "consumer.heartbeat.interval.ms": heartbeat})
+        return None
     except Exception as exc:  # KafkaException (INVALID_CONFIG, UNSUPPORTED_VERSION...), timeouts
+        why = f"{type(exc).__name__}: {exc}"
+    if _unreachable(why):
+        return why
+    try:
+        _alter_groups(admin, groups, {"consumer.session.timeout.ms": session_ms})
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
+    log.warning("the groups' heartbeat interval could not be set to %d ms (%s): the broker's "
+                "group.consumer.heartbeat.interval.ms applies, and a %d ms session may expire "
+                "after one late heartbeat (lower group.consumer.min.heartbeat.interval.ms on the "
+                "broker, or raise WORKER_SESSION_TIMEOUT_MS)", heartbeat, why, session_ms)
     return None
 
 

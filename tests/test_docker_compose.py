@@ -471,10 +471,10 @@ def test_kafka_nodes_let_workers_use_kip848_as_the_local_stack_does(services: di
     # stack's broker allows, or the compose workers fall back to classic at 45 s.
     from devstack.kafka import TEST_BROKER_PROPS
 
-    floor = TEST_BROKER_PROPS["group.consumer.min.session.timeout.ms"]
-    for node in KAFKA_NODES:
-        env = env_of(services[node])
-        assert env.get("KAFKA_GROUP_CONSUMER_MIN_SESSION_TIMEOUT_MS") == floor, node
+    for prop in ("group.consumer.min.session.timeout.ms", "group.consumer.min.heartbeat.interval.ms"):
+        name = "KAFKA_" + prop.upper().replace(".", "_")
+        for node in KAFKA_NODES:
+            assert env_of(services[node]).get(name) == TEST_BROKER_PROPS[prop], (node, name)
 
 
 def test_the_image_copies_every_package_the_project_installs() -> None:
