@@ -68,31 +68,32 @@ class Lane:
 
     def commit(self, msg: Message) -> None:
         """Commit past ``msg`` (its terminal status is acknowledged already). Asynchronous: the
-        next task need not wait for the broker's answer (~10 ms on a loaded broker); a rejection
-        is logged by :func:`~gpu_consumers.offsets.on_commit` and sent again while the partition
-        is owned; one never confirmed, like a crash before the commit, means the record is run
-        again by whoever owns its partition next. Closing the consumer waits for the commits
-        still in flight."""
-        offset = TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)
-        self.commits.want((offset.topic, offset.partition), offset.offset, time.monotonic())
-        try:
-            self.consumer.commit(offsets=[offset], asynchronous=True)
-            fault_point("during_commit")
-        except KafkaException as exc:  # e.g. rebalanced away: the new owner redoes the record
-            log.warning("commit of %s[%d]@%d failed: %s", msg.topic(), msg.partition(),
-                        msg.offset(), exc)
+        next task need not wait for the broker's answer (~10 ms on a loaded broker); and spaced
+        (``offsets.COMMIT_SPACING_S``): a task finished within 0.1 s of the lane's last commit
+        request goes with the next one, sent on the loop's next turn (also while a task runs).
+        A rejection is logged by :func:`~gpu_consumers.offsets.on_commit` and sent again while
+        the partition is owned; one never confirmed, like a crash before the commit, means the
+        record is run again by whoever owns its partition next, unless the takeover check finds
+        it ended.
+        Closing the lane sends what is pending and waits for the commits in flight."""
+        self.commits.want((msg.topic(), msg.partition()), msg.offset() + 1)
+        self.send_commits()
+        fault_point("during_commit")
 
-    def retry_commits(self) -> None:
-        """Send again the commits the broker rejected, for the partitions still owned."""
+    def send_commits(self) -> None:
+        """Send what the ledger says is due: new offsets (spaced) and rejected ones again, for
+        the partitions still owned."""
         due = self.commits.due(self.owned, time.monotonic())
         if not due:
             return
-        offsets = [TopicPartition(t, p, offset) for (t, p), offset in due]
-        log.info("committing again %s", ", ".join(f"{t}[{p}]@{o}" for (t, p), o in due))
+        again = [f"{t}[{p}]@{o}" for (t, p), o, repeated in due if repeated]
+        if again:
+            log.info("committing again %s", ", ".join(again))
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=True)
-        except KafkaException as exc:
-            log.info("commit retry on %s failed: %s", self.topic, exc)
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o, _ in due],
+                                 asynchronous=True)
+        except KafkaException as exc:  # e.g. rebalanced away: the new owner redoes the record
+            log.warning("commit on %s failed: %s", self.topic, exc)
 
     def commit_now(self, gone: set[Partition]) -> None:
         """Synchronously commit what is pending on partitions being revoked: the member still
@@ -111,6 +112,8 @@ class Lane:
 
     def close(self) -> None:
         try:
+            self.commits.retry_now = True  # what the spacing held back; close() waits for it
+            self.send_commits()
             self.consumer.close()  # leaves the group: the others rebalance at once
         except Exception as exc:
             log.warning("closing the %s consumer: %s", self.topic, exc)
@@ -180,7 +183,7 @@ class Lanes:
             if lane.fatal is not None:
                 self._replace(index, lane)
                 continue
-            lane.retry_commits()
+            lane.send_commits()
             msg = lane.consumer.poll(POLL_S / n)
             if msg is None:
                 continue
@@ -203,6 +206,7 @@ class Lanes:
         (Pausing at the start of every task would cost each resume a fetch round trip, up to
         ``fetch.wait.max.ms``: half a second per task for short tasks.)"""
         for lane in self.lanes:
+            lane.send_commits()  # the previous task's, if the spacing held it back
             msg = lane.consumer.poll(0)
             if msg is not None and msg.error() and _is_fatal(msg.error()):
                 lane.fatal = msg.error()  # replaced once the task ends
@@ -277,8 +281,7 @@ class Lanes:
                 inflight.call.wait(self.settings.rebalance_wait_s)
             if not lost and inflight.report is not None and inflight.report.commit:
                 msg = inflight.msg
-                lane.commits.want((msg.topic(), msg.partition()), msg.offset() + 1,
-                                  time.monotonic())
+                lane.commits.want((msg.topic(), msg.partition()), msg.offset() + 1)
                 inflight.committed = True  # by commit_now, below
             else:
                 inflight.lost = True
@@ -286,7 +289,7 @@ class Lanes:
                             inflight.run.task_id, "lost" if lost else "revoked")
         if not lost:
             lane.commit_now(gone)
-        lane.commits.forget(gone)
+        lane.commits.forget(gone, int(time.time() * 1000))
 
     def _replace(self, index: int, lane: Lane) -> None:
         """Close a consumer a fatal error left unusable and join again with a new one. Seen in the

@@ -12,8 +12,8 @@ record that has not ended: the dead owner ran its records in order, so none afte
 
 The status topic is keyed by task id; this reads only the partition the task id hashes to (the
 partitioner every writer uses, murmur2 like the Java client: ``schemas/partitioning.py``),
-from the time the task record was written (at most ``lookback_s`` back) to the end, matching
-keys before decoding anything. Nothing new is written for this: the status every task ends
+from the time the task record was written (at most ``lookback_s`` back) to the task's first
+final status or the end, matching keys before decoding anything. Nothing new is written for this: the status every task ends
 with is the marker. A miss (a partition count changed, a lookback too short) only
 means the task runs again, as it did before: at-least-once either way.
 
@@ -208,6 +208,9 @@ class StatusLookup:
                     except DecodeError as exc:  # says nothing about the task: the rest decides
                         log.warning("task %s: an undecodable status at %s[%d]@%d (%s)", task_id,
                                     self._topic, partition, msg.offset(), exc)
+                        continue
+                    if final_end(mine[-1:], attempt) is not None:
+                        break  # the first final status is the answer: the rest cannot change it
         finally:
             consumer.unassign()
         if position < high and final_end(mine, attempt) is None:

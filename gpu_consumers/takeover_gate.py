@@ -39,6 +39,10 @@ class TakeoverGate:
         if tp not in lane.taken_over or self._lookup is None:
             return Step.RUN
         env = task.envelope
+        if lane.commits.finished_here(tp, msg.offset(), msg.timestamp()[1]):
+            log.info("task %s was finished by this worker before the partition went: committing "
+                     "without running it again", env.task_id, extra={"task_id": env.task_id})
+            return Step.SKIP
         check = self._lookup.check(env.task_id, env.attempt, msg.timestamp()[1])
         unknown = 0
         while step_for(check) is Step.WAIT:

@@ -12,12 +12,13 @@ TP, OTHER = ("t", 0), ("t", 1)
 
 def test_a_rejected_commit_is_due_again_after_an_assignment_and_then_every_retry_interval():
     ledger = CommitLedger(retry_s=1.0)
-    ledger.want(TP, 5, now=0.0)  # sent; the broker rejects it (no confirm)
+    ledger.want(TP, 5)
+    assert ledger.due([TP], now=0.0) == [(TP, 5, False)]  # sent; the broker rejects it
     assert ledger.due([TP], now=0.5) == []  # not yet: it may still be answered
     ledger.retry_now = True  # the rejoin
-    assert ledger.due([TP], now=0.6) == [(TP, 5)]
+    assert ledger.due([TP], now=0.6) == [(TP, 5, True)]
     assert ledger.due([TP], now=1.0) == []
-    assert ledger.due([TP], now=1.7) == [(TP, 5)]
+    assert ledger.due([TP], now=1.7) == [(TP, 5, True)]
     ledger.confirm(TP, 5)
     assert ledger.due([TP], now=9.0) == []
     assert ledger.retried == 2
@@ -25,14 +26,55 @@ def test_a_rejected_commit_is_due_again_after_an_assignment_and_then_every_retry
 
 def test_only_owned_partitions_are_retried_and_a_later_offset_supersedes():
     ledger = CommitLedger(retry_s=1.0)
-    ledger.want(TP, 5, now=0.0)
-    ledger.want(TP, 7, now=0.1)
-    ledger.want(OTHER, 3, now=0.0)
+    ledger.want(TP, 5)
+    ledger.want(OTHER, 3)
+    assert ledger.due([TP, OTHER], now=0.0) == [(TP, 5, False), (OTHER, 3, False)]
+    ledger.want(TP, 7)
     ledger.confirm(TP, 5)  # the older commit's answer: 7 is still pending
     assert ledger.pending(TP) == 7
-    assert ledger.due([TP], now=5.0) == [(TP, 7)]  # OTHER is no longer owned
-    ledger.forget([TP, OTHER])
+    assert ledger.due([TP], now=5.0) == [(TP, 7, False)]  # OTHER is no longer owned
+    ledger.forget([TP, OTHER], now_ms=1_000)
     assert ledger.pending(TP) is None and ledger.pending(OTHER) is None
+
+
+def test_commits_of_quick_tasks_are_spaced_and_the_latest_offset_covers_the_rest():
+    # One commit request per task queued the member's heartbeats behind hundreds of commits on
+    # the coordinator's connection, and the broker fenced the worker.
+    ledger = CommitLedger(spacing_s=0.1)
+    ledger.want(TP, 1)
+    assert ledger.due([TP], now=10.0) == [(TP, 1, False)]  # a lone task: at once
+    for offset, now in ((2, 10.01), (3, 10.02), (4, 10.05)):
+        ledger.want(TP, offset)
+        assert ledger.due([TP], now=now) == []  # within the spacing: held
+    assert ledger.due([TP], now=10.15) == [(TP, 4, False)]  # one request for the three
+    ledger.want(OTHER, 9)
+    ledger.retry_now = True  # an assignment, or the lane closing: what is held goes at once
+    assert ledger.due([TP, OTHER], now=10.16) == [(TP, 4, True), (OTHER, 9, False)]
+
+
+def test_what_was_finished_here_unconfirmed_is_known_when_the_partition_comes_back():
+    # A fenced worker's commits are rejected; given the same partition again, the records below
+    # its last unconfirmed commit are its own finished ones: no status-topic scan for each.
+    ledger = CommitLedger()
+    ledger.want(TP, 10)
+    ledger.want(OTHER, 4)
+    ledger.confirm(OTHER, 4)  # confirmed: the broker's committed offset is past them already
+    ledger.forget([TP, OTHER], now_ms=5_000)
+    assert ledger.finished == {TP: (10, 5_000)}
+    assert ledger.finished_here(TP, 3, written_ms=4_000)
+    assert ledger.finished_here(TP, 9, written_ms=5_000)
+    assert not ledger.finished_here(OTHER, 1, written_ms=0)
+    assert not ledger.finished_here(TP, 10, written_ms=4_000)  # the first record not finished here
+    assert TP not in ledger.finished and not ledger.finished_here(TP, 3, written_ms=4_000)
+
+
+def test_a_record_written_after_the_partition_went_is_not_taken_for_a_finished_one():
+    # A topic deleted and made again starts at offset 0: its records are new work.
+    ledger = CommitLedger()
+    ledger.want(TP, 10)
+    ledger.forget([TP], now_ms=5_000)
+    assert not ledger.finished_here(TP, 2, written_ms=6_000)
+    assert TP not in ledger.finished
 
 
 def _status(status: TaskStatus, attempt: int, retryable: bool | None = None) -> StatusChanged:
