@@ -11,7 +11,8 @@ The points (one-line calls in the worker):
 - ``mid_run``: the handler started (its PROCESSING emitted), before it returns;
 - ``after_store``: the outputs stored, before the COMPLETED status;
 - ``after_terminal``: the terminal status acknowledged by the broker, before the offset commit;
-- ``during_commit``: the offset commit sent, before the broker answered it.
+- ``during_commit``: the offset commit asked for (sent, or held for the next request by the
+  commit spacing of ``gpu_consumers.offsets``), before the broker answered it.
 """
 
 from __future__ import annotations

@@ -83,8 +83,8 @@ class CommitLedger:
             if offset is None:
                 continue
             again = self.sent.get(tp, -1) >= offset
-            if not retry_now and not (now - self.sent_at.get(tp, 0.0) >= self.retry_s if again
-                                      else spaced):
+            waited = now - self.sent_at.get(tp, 0.0) >= self.retry_s if again else spaced
+            if not (retry_now or waited):
                 continue
             self.retried += again
             self.sent[tp], self.sent_at[tp] = offset, now
