@@ -154,7 +154,7 @@ class Worker:
         # The types' consumers; a revocation settles the task in flight on its partition.
         self._lanes = Lanes(kafka, settings, self.worker_id, stop=self._stop,
                             inflight=lambda: self._inflight)
-        self._takeover = TakeoverGate(None, self._lanes, stop=self._stop, stats=self.stats)
+        self._takeover: TakeoverGate  # made by run(), with or without its status lookup
         self.protocol: Protocol = "classic"  # the consumer-group protocol run() chose
 
     @property

@@ -16,6 +16,7 @@ from psycopg.rows import dict_row
 
 from schemas.enums import TaskStatus, TaskType
 from schemas.kafka_settings import KafkaSettings
+from schemas.topic_admin import watermarks
 from tests.api.conftest import ApiStack, Tenant
 from tests.projection.db.helpers import produce, status, wait_for
 
@@ -74,13 +75,9 @@ def projector_caught_up(kafka: KafkaSettings, group: str, topics: list[str]) -> 
     try:
         meta = consumer.list_topics(timeout=10).topics
         parts = [TopicPartition(t, p) for t in topics for p in meta[t].partitions]
-        committed = {(tp.topic, tp.partition): tp.offset
-                     for tp in consumer.committed(parts, timeout=10)}
-        for tp in parts:
-            high = _high_or_none(consumer, tp)
-            if high is None or high - 1 > max(committed[(tp.topic, tp.partition)], 0):
-                return False
-        return True
+        committed = consumer.committed(parts, timeout=10)
+        return all(watermarks(consumer, tp)[1] <= max(done.offset, 0)
+                   for tp, done in zip(parts, committed, strict=True))
     finally:
         consumer.close()
 
