@@ -194,7 +194,8 @@ class Worker:
             s = self.settings
             supervisor = Supervisor(self._child, timeout_grace_s=s.timeout_grace_s,
                                     cancel_grace_s=s.cancel_grace_s, max_rss_bytes=s.rss_ceiling(),
-                                    start_timeout_s=s.child_start_timeout_s)
+                                    start_timeout_s=s.child_start_timeout_s,
+                                    progress_interval_s=s.progress_interval_s)
             supervisor.start()  # warms up while the consumers join their groups
         self.supervisor = supervisor
         self._services = Services(

@@ -117,6 +117,27 @@ def free_gpu_cache() -> None:
         log.exception("torch.cuda.empty_cache() failed")
 
 
+class _ChildProgress:
+    """The handler's progress callback in the child: a report at most every ``every_s``. Each
+    one wakes the parent (a pipe read, on the CPUs the handler runs on), which emits at most one
+    event per its progress interval, twice ``every_s``: a quick task's reports would all be
+    dropped there, so they are not sent."""
+
+    def __init__(self, send: Callable[[tuple[Any, ...]], None], every_s: float) -> None:
+        self._send, self._every_s = send, every_s
+        self._sent_at = time.monotonic()
+
+    def __call__(self, value: float) -> None:
+        now = time.monotonic()
+        if now - self._sent_at < self._every_s:
+            return
+        try:
+            self._send(("progress", float(value)))
+        except (TypeError, ValueError):
+            return
+        self._sent_at = now
+
+
 def _child_main(conn: Connection, build: Callable[[], ChildKit], log_level: int) -> None:
     """The child: build the kit, then run the tasks the parent sends, one at a time."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the parent's to handle
@@ -153,14 +174,8 @@ def _child_main(conn: Connection, build: Callable[[], ChildKit], log_level: int)
     threading.Thread(target=read, name="child-pipe", daemon=True).start()
     send(("ready", os.getpid()))
     while (msg := inbox.get())[0] == "run":
-        _, task, attempt, low_memory, token = msg
-
-        def progress(value: float) -> None:
-            try:
-                send(("progress", float(value)))
-            except (TypeError, ValueError):
-                pass
-
+        _, task, attempt, low_memory, progress_every_s, token = msg
+        progress = _ChildProgress(send, progress_every_s)
         # The task reads inputs only as its tenant may (gpu_consumers.input_scope).
         fetch = kit.fetcher and kit.fetcher.for_task(task.envelope.origin_tenant_id)
         ctx = TaskContext(task_id=task.envelope.task_id, attempt=attempt, progress=progress,
@@ -209,8 +224,13 @@ class Supervisor:
     called from one thread at a time (the worker's handler thread)."""
 
     def __init__(self, build: Callable[[], ChildKit], *, timeout_grace_s: float,
-                 cancel_grace_s: float, max_rss_bytes: int, start_timeout_s: float) -> None:
+                 cancel_grace_s: float, max_rss_bytes: int, start_timeout_s: float,
+                 progress_interval_s: float = 0.0) -> None:
+        """``progress_interval_s``: the least time between two progress events the parent
+        emits; the child reports at twice that rate, so no report the parent would use is
+        missing (and none is older than half of it), and a quick task's go unsent."""
         self._build = build
+        self._progress_every_s = progress_interval_s / 2
         self._grace = {CancelReason.TIMEOUT: timeout_grace_s}
         self._cancel_grace_s = cancel_grace_s
         self._max_rss = max_rss_bytes
@@ -272,7 +292,7 @@ class Supervisor:
         self.ready()
         conn = self._conn
         assert conn is not None
-        conn.send(("run", task, attempt, low_memory))
+        conn.send(("run", task, attempt, low_memory, self._progress_every_s))
         cancelled_at: float | None = None
         while True:
             if token.cancelled and cancelled_at is None:

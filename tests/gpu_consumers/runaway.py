@@ -4,7 +4,8 @@ they are module-level classes (pickled by reference) and report through their re
 The task's ``prompt`` says what to do: ``ok`` (a 1x1 PNG, the process id as ``text``);
 ``ignore:<s>`` (sleeps ``s`` seconds without ever looking at its cancel token); ``alloc:<mb>``
 (allocates and touches 16 MiB blocks, up to ``mb`` MiB in all: the test bounds it);
-``abort`` (``os.abort()``: the process dies as a C++ ``terminate`` makes it die).
+``abort`` (``os.abort()``: the process dies as a C++ ``terminate`` makes it die);
+``progress:<n>:<s>`` (``n`` progress reports, 1/n to 1, evenly over ``s`` seconds).
 """
 
 from __future__ import annotations
@@ -38,5 +39,10 @@ class Runaway:
                 time.sleep(0.05)
         elif verb == "abort":
             os.abort()
+        elif verb == "progress":
+            n, seconds = int(args[0]), float(args[1])
+            for k in range(1, n + 1):
+                time.sleep(seconds / n)
+                ctx.progress(k / n)
         return HandlerResult(outputs=[OutputFile(PNG, "image/png", ".png")], model="runaway",
                              provider="test", width=1, height=1, text=str(os.getpid()))
