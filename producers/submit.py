@@ -51,14 +51,17 @@ from schemas.schema_store import publish_schemas
 from schemas.task_params import PARAMS_MODELS
 
 # librdkafka settings for the task producer. Idempotence implies acks=all and bounded in-flight
-# requests (5). linger.ms 0: a lone submit is sent at once (5 ms of linger was most of a single
-# task's round trip, issue 19), and a burst still batches, adaptively: while 5 requests are in
-# flight to a partition's leader, what is produced meanwhile queues and goes in the next request
-# (docs/PERFORMANCE.md, "Latency defaults").
+# requests (5). linger.ms 0.2: a lone submit waits a fifth of a millisecond (5 ms of linger was
+# most of a single task's round trip, issue 19). With 0, its PENDING and QUEUED, produced back to
+# back once the task record is acknowledged, left in two requests four times in five (librdkafka's
+# broker thread took the first alone), and each woke every reader of the status topic. A burst
+# still batches, adaptively: while 5 requests are in flight to a partition's leader, what is
+# produced meanwhile goes in the next request (docs/PERFORMANCE.md, "Latency defaults" and
+# "Figures of 2026-12-07, 18:11").
 _PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,
     "acks": "all",
-    "linger.ms": 0,
+    "linger.ms": 0.2,
     "compression.type": "lz4",
     "queue.buffering.max.messages": 500_000,
 }
