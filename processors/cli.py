@@ -11,6 +11,7 @@ recovers the tables from their changelogs and folds again from the last committe
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from types import FrameType
@@ -22,6 +23,12 @@ def _stop_while_starting(signum: int, frame: FrameType | None) -> None:
     """SIGTERM before Faust has installed its own handler: nothing was consumed or produced
     yet that needs flushing, so stop here, cleanly, instead of dying by the signal."""
     sys.exit(0)
+
+
+def yield_cpu(nice: int) -> None:
+    """Lower this process's CPU priority by ``nice`` (ProcessorSettings.cpu_nice)."""
+    if nice > 0:
+        os.nice(nice)
 
 
 def build_app():  # settings read once, here
@@ -39,8 +46,9 @@ def build_app():  # settings read once, here
 
         registry = HttpSchemaRegistry(kafka.schema_registry_url)
     codec = EventCodec(registry=registry, lookup_fingerprint=SchemaStoreReader(kafka))
-    return kafka, create_app(kafka, ProcessorSettings(), codec=codec,
-                             evaluator_settings=EvaluatorSettings.from_env())
+    settings = ProcessorSettings()
+    return kafka, settings, create_app(kafka, settings, codec=codec,
+                                       evaluator_settings=EvaluatorSettings.from_env())
 
 
 @click.command("processors")
@@ -58,7 +66,8 @@ def processors(create_topics: bool, log_level: str) -> None:
     from schemas.schema_store import publish_event_schemas
     from schemas.topic_admin import ensure_topics
 
-    kafka, app = build_app()
+    kafka, settings, app = build_app()
+    yield_cpu(settings.cpu_nice)
     if create_topics:
         ensure_topics(kafka)
     # What this process writes (statuses, retried task records, evaluations), for readers

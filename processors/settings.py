@@ -90,6 +90,12 @@ class ProcessorSettings(RetrySettings, BaseSettings):
     producer_compression: str | None = None
     # Standby replicas of the tables on other workers: a failover then recovers from a warm copy.
     table_standby_replicas: int = Field(default=1, ge=0)
+    # Niceness the process adds to itself at start (0: none). The processors' work is
+    # throughput work (a batch waits up to batch_within_s anyway); on a machine they share with
+    # workers, the broker and the API (the local stack, one box), a fold's burst of CPU then
+    # waits for a task's next step instead of delaying it. Where they run alone it changes
+    # nothing. Issue 19: docs/PERFORMANCE.md, "Figures of 2026-12-07, 18:11".
+    cpu_nice: int = Field(default=10, ge=0, le=19)
 
     # ---- the generations orchestrator (processors/orchestrator.py)
     # Tests and demos only: scores of the "scripted" evaluator, which is registered only when

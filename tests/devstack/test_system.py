@@ -124,6 +124,11 @@ def test_up_prints_exports_and_the_system_runs_a_task(system: System) -> None:
     for name, service in status["services"].items():
         assert service["state"] == "running" and service["alive"], (name, service)
         assert service["restarts"] == 0 and Path(service["log"]).parent == system.state_dir / "logs"
+    # The processors yield the CPU to the task path (PROCESSORS_CPU_NICE, 10); the rest keep
+    # the supervisor's priority.
+    base = os.getpriority(os.PRIO_PROCESS, status["supervisor"]["pid"])
+    nice = {name: os.getpriority(os.PRIO_PROCESS, s["pid"]) for name, s in status["services"].items()}
+    assert nice == {"worker": base, "projector": base, "api": base, "processors": min(base + 10, 19)}
     text = computectl("ps", env=system.env)
     assert text.returncode == 0 and "worker" in text.stdout and "running" in text.stdout
 
