@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from psycopg.rows import dict_row
 
 from schemas.enums import TaskStatus, TaskType
@@ -83,28 +83,15 @@ def projector_caught_up(kafka: KafkaSettings, group: str, topics: list[str]) -> 
 
 
 def record_counts(kafka: KafkaSettings, topics: list[str]) -> dict[str, int]:
-    """Records each topic holds now (sum of its partitions' high watermarks), one consumer."""
+    """Records each topic holds now (sum of its partitions' high watermarks), one consumer;
+    a just-created partition's moment without a leader is retried (schemas.topic_admin)."""
     consumer = Consumer({**kafka.client_config(), "group.id": f"count-{uuid.uuid4().hex}"})
-
-    def high(tp: TopicPartition) -> int:
-        # A just-created partition answers NOT_LEADER_FOR_PARTITION for a moment.
-        return wait_for(lambda: _high_or_none(consumer, tp), timeout_s=30,
-                        what=f"the leader of {tp.topic}[{tp.partition}]") - 1
-
     try:
         meta = consumer.list_topics(timeout=10).topics
-        return {t: sum(high(TopicPartition(t, p)) for p in meta[t].partitions) for t in topics}
+        return {t: sum(watermarks(consumer, TopicPartition(t, p), 30.0)[1] for p in meta[t].partitions)
+                for t in topics}
     finally:
         consumer.close()
-
-
-def _high_or_none(consumer: Consumer, tp: TopicPartition) -> int | None:
-    try:
-        return consumer.get_watermark_offsets(tp, timeout=10)[1] + 1  # +1: 0 must be truthy
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.NOT_LEADER_FOR_PARTITION:
-            raise
-        return None
 
 
 def sse_frames(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
