@@ -38,9 +38,9 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from bench_api_latency import TASK_DEADLINE_S, deploy, say  # noqa: E402 - bench/ is not a package
+from bench_api_latency import deploy, say  # noqa: E402 - bench/ is not a package
 from bench_load import start_stack  # noqa: E402
-from bench_peer import PARAMS, Direct, stats  # noqa: E402
+from bench_peer import Direct, stats  # noqa: E402
 from machine import cpu_between, describe, machine_state  # noqa: E402
 from proc_sample import ProcessSet  # noqa: E402
 
@@ -53,26 +53,16 @@ class DirectPath(Direct):
     def stages(self, image_url: str) -> dict[str, float]:
         """One task's stages in ms (wall clock: the records' timestamps are wall clock too)."""
         t0 = time.time()
-        task_id = self.producer.submit("IMAGE_ADJUSTER", {"base_image_url": image_url, **PARAMS})
+        task_id = self.submit(image_url)
         submitted = time.time()
-        key, seen = task_id.encode(), {}
-        while time.time() - t0 < TASK_DEADLINE_S:
-            msg = self.consumer.poll(0.05)
-            if msg is not None and not msg.error() and msg.key() == key:
-                status = self.codec.decode_dict(msg.value())[1]["status"]
-                seen[status] = (msg.timestamp()[1] / 1000, time.time())
-                if status == "COMPLETED":
-                    self.producer.poll(0)  # this task's PENDING/QUEUED, outside the timing
-                    processing, (completed, received) = seen["PROCESSING"][0], seen["COMPLETED"]
-                    return {"submit": (submitted - t0) * 1e3,
-                            "to_processing": (processing - t0) * 1e3,
-                            "handler": (completed - processing) * 1e3,
-                            "completed_rx": (received - completed) * 1e3,
-                            "total": (received - t0) * 1e3}
-                if status in ("FAILED", "CANCELLED"):
-                    raise RuntimeError(f"task {task_id} ended {status}")
-            self.producer.poll(0)
-        raise RuntimeError(f"task {task_id} not COMPLETED in {TASK_DEADLINE_S} s")
+        seen = {status: (msg.timestamp()[1] / 1000, time.time())
+                for status, msg in self.statuses(task_id, t0, time.time)}
+        processing, (completed, received) = seen["PROCESSING"][0], seen["COMPLETED"]
+        return {"submit": (submitted - t0) * 1e3,
+                "to_processing": (processing - t0) * 1e3,
+                "handler": (completed - processing) * 1e3,
+                "completed_rx": (received - completed) * 1e3,
+                "total": (received - t0) * 1e3}
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ from bench_api_latency import (  # noqa: E402 - bench/ is not a package
     deploy,
     run_task,
 )
-from confluent_kafka import OFFSET_END, Consumer, TopicPartition  # noqa: E402
+from confluent_kafka import OFFSET_END, Consumer, Message, TopicPartition  # noqa: E402
 from machine import cpu_between, describe, machine_state  # noqa: E402
 
 from devstack.procs import free_port, spawn, stop_pid, tail, wait_until  # noqa: E402
@@ -116,22 +117,35 @@ class Direct:
         self.consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
         self.codec = EventCodec()
 
-    def run(self, image_url: str) -> float:
-        t0 = time.perf_counter()
-        task_id = self.producer.submit("IMAGE_ADJUSTER", {"base_image_url": image_url, **PARAMS})
+    def submit(self, image_url: str) -> str:
+        return self.producer.submit("IMAGE_ADJUSTER", {"base_image_url": image_url, **PARAMS})
+
+    def statuses(self, task_id: str, started: float,
+                 clock: Callable[[], float] = time.perf_counter) -> Iterator[tuple[str, Message]]:
+        """The task's status records as they arrive, up to its COMPLETED (iterate to the end:
+        its PENDING/QUEUED are produced after, outside the caller's timing); RuntimeError when
+        it ends otherwise, or not within TASK_DEADLINE_S of ``started`` by ``clock``."""
         key = task_id.encode()
-        while time.perf_counter() - t0 < TASK_DEADLINE_S:
+        while clock() - started < TASK_DEADLINE_S:
             msg = self.consumer.poll(0.05)
             if msg is not None and not msg.error() and msg.key() == key:
-                _, record = self.codec.decode_dict(msg.value())
-                if record["status"] == "COMPLETED":
-                    elapsed = (time.perf_counter() - t0) * 1e3
-                    self.producer.poll(0)  # this task's PENDING/QUEUED, outside the timing
-                    return elapsed
-                if record["status"] in ("FAILED", "CANCELLED"):
-                    raise RuntimeError(f"task {task_id} ended {record['status']}")
+                status = self.codec.decode_dict(msg.value())[1]["status"]
+                yield status, msg
+                if status == "COMPLETED":
+                    self.producer.poll(0)
+                    return
+                if status in ("FAILED", "CANCELLED"):
+                    raise RuntimeError(f"task {task_id} ended {status}")
             self.producer.poll(0)
         raise RuntimeError(f"task {task_id} not COMPLETED in {TASK_DEADLINE_S} s")
+
+    def run(self, image_url: str) -> float:
+        t0 = time.perf_counter()
+        elapsed = 0.0
+        for status, _ in self.statuses(self.submit(image_url), t0):
+            if status == "COMPLETED":
+                elapsed = (time.perf_counter() - t0) * 1e3
+        return elapsed
 
     def close(self) -> None:
         self.producer.close(10)
