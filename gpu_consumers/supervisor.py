@@ -138,8 +138,10 @@ class _ChildProgress:
         self._sent_at = now
 
 
-def _child_main(conn: Connection, build: Callable[[], ChildKit], log_level: int) -> None:
-    """The child: build the kit, then run the tasks the parent sends, one at a time."""
+def _child_main(conn: Connection, build: Callable[[], ChildKit], log_level: int,
+                progress_every_s: float) -> None:
+    """The child: build the kit, then run the tasks the parent sends, one at a time, reporting
+    their progress at most every ``progress_every_s``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the parent's to handle
     logging.basicConfig(level=log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s [handlers] %(message)s")
@@ -174,7 +176,7 @@ def _child_main(conn: Connection, build: Callable[[], ChildKit], log_level: int)
     threading.Thread(target=read, name="child-pipe", daemon=True).start()
     send(("ready", os.getpid()))
     while (msg := inbox.get())[0] == "run":
-        _, task, attempt, low_memory, progress_every_s, token = msg
+        _, task, attempt, low_memory, token = msg
         progress = _ChildProgress(send, progress_every_s)
         # The task reads inputs only as its tenant may (gpu_consumers.input_scope).
         fetch = kit.fetcher and kit.fetcher.for_task(task.envelope.origin_tenant_id)
@@ -255,7 +257,8 @@ class Supervisor:
             ctx = multiprocessing.get_context("spawn")
             parent_end, child_end = ctx.Pipe()
             level = logging.getLogger().getEffectiveLevel()
-            proc = ctx.Process(target=_child_main, args=(child_end, self._build, level),
+            proc = ctx.Process(target=_child_main,
+                               args=(child_end, self._build, level, self._progress_every_s),
                                name="worker-handlers", daemon=True)
             proc.start()
             child_end.close()
@@ -292,7 +295,7 @@ class Supervisor:
         self.ready()
         conn = self._conn
         assert conn is not None
-        conn.send(("run", task, attempt, low_memory, self._progress_every_s))
+        conn.send(("run", task, attempt, low_memory))
         cancelled_at: float | None = None
         while True:
             if token.cancelled and cancelled_at is None:

@@ -25,12 +25,6 @@ def _stop_while_starting(signum: int, frame: FrameType | None) -> None:
     sys.exit(0)
 
 
-def yield_cpu(nice: int) -> None:
-    """Lower this process's CPU priority by ``nice`` (ProcessorSettings.cpu_nice)."""
-    if nice > 0:
-        os.nice(nice)
-
-
 def build_app():  # settings read once, here
     from processors.app import create_app
     from processors.evaluators.base import EvaluatorSettings
@@ -67,7 +61,7 @@ def processors(create_topics: bool, log_level: str) -> None:
     from schemas.topic_admin import ensure_topics
 
     kafka, settings, app = build_app()
-    yield_cpu(settings.cpu_nice)
+    os.nice(settings.cpu_nice)  # yield the CPU to the task path (0: keep the priority)
     if create_topics:
         ensure_topics(kafka)
     # What this process writes (statuses, retried task records, evaluations), for readers
