@@ -104,7 +104,14 @@ def _wait_until_led(admin: AdminClient, settings: KafkaSettings, names: list[str
         time.sleep(_LEADER_POLL_S)
 
 
-_NOT_YET = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError._UNKNOWN_PARTITION)
+# Not flagged retriable by librdkafka for this call, yet as transient as a leader that moves
+# while a new topic's metadata spreads over a cluster (three brokers, in CI): the client's own
+# metadata lacks the partition (_UNKNOWN_PARTITION, _UNKNOWN_TOPIC) or the broker asked has not
+# applied the topic yet (UNKNOWN_TOPIC_OR_PART).
+_NOT_YET = (
+    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC,
+)
 
 
 def watermarks(consumer: Consumer, partition: TopicPartition, timeout_s: float = _TIMEOUT_S) -> tuple[int, int]:
@@ -116,8 +123,6 @@ def watermarks(consumer: Consumer, partition: TopicPartition, timeout_s: float =
             return consumer.get_watermark_offsets(partition, timeout=timeout_s)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
-            # _UNKNOWN_PARTITION: the client's metadata does not have the new partition yet (a
-            # three-broker cluster, in CI): as transient as a leader that moves
             if not error.retriable() and error.code() not in _NOT_YET:
                 raise
             if time.monotonic() > deadline:
