@@ -27,7 +27,7 @@ from confluent_kafka.admin import AdminClient
 
 from generations.plan import GenerationCancelRequested, GenerationRequested
 from producers.errors import DeliveryError, TaskTooLargeError
-from producers.submit import Origin, TaskProducer
+from producers.submit import LINGER_MS, Origin, TaskProducer
 from schemas.codec import EventCodec
 from schemas.emit import produce_event
 from schemas.enums import TaskStatus, TaskType
@@ -36,9 +36,6 @@ from schemas.headers import STATUS_WRITTEN_HEADER, Headers
 from schemas.kafka_settings import KafkaSettings
 
 SOURCE = "api"
-# The API waits for each acknowledgement, so batching would only add latency; 0.2 ms, not 0, so a
-# task's PENDING and QUEUED leave in one request (producers/submit.py says why).
-_LOW_LATENCY = {"linger.ms": 0.2}
 # How long the reporter thread waits for delivery reports per turn (also how soon close() ends it).
 _REPORT_POLL_S = 0.1
 
@@ -73,14 +70,17 @@ class TaskGateway:
         # queue makes submit serve reports itself, whose callbacks take it again.
         self._lock = threading.RLock()
         self._tasks = TaskProducer(kafka, codec=self._codec, source=SOURCE, origin=self._origin,
-                                   producer_config=_LOW_LATENCY, serve_reports=False)
+                                   serve_reports=False)
         self._pending: dict[str, _Delivery] = {}  # task id -> its report, until it comes
         self._closing = threading.Event()
         self._reporter = threading.Thread(target=self._serve_reports, name="submit-reports",
                                           daemon=True)
         self._reporter.start()
+        # The API waits for each acknowledgement, so batching would only add latency: the task
+        # producer's linger (a fraction of a millisecond, so events produced together travel
+        # together).
         self._events = Producer({**kafka.producer_config(), "enable.idempotence": True,
-                                 **_LOW_LATENCY})
+                                 "linger.ms": LINGER_MS})
         self._admin = AdminClient(kafka.client_config())
 
     def task_id_for(self, idempotency_key: str, tenant_id: str) -> str:

@@ -57,11 +57,13 @@ from schemas.task_params import PARAMS_MODELS
 # broker thread took the first alone), and each woke every reader of the status topic. A burst
 # still batches, adaptively: while 5 requests are in flight to a partition's leader, what is
 # produced meanwhile goes in the next request (docs/PERFORMANCE.md, "Latency defaults" and
-# "Figures of 2026-12-07, 18:11").
+# "Figures of 2026-12-07, 18:11"). The API's producers, which wait for each acknowledgement,
+# use it too.
+LINGER_MS = 0.2
 _PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,
     "acks": "all",
-    "linger.ms": 0.2,
+    "linger.ms": LINGER_MS,
     "compression.type": "lz4",
     "queue.buffering.max.messages": 500_000,
 }

@@ -39,8 +39,7 @@ def assert_generic_refusal(message: str, url: str, *secrets: str) -> None:
     assert message == f"input {redact(url, last_segment_only=True)} is not readable for this task", message
     # Looked for outside the URL's host and port, which the task gave itself: a test server's
     # random port (51403) once spelled "403".
-    netloc = urlsplit(url).netloc
-    shown = message.replace(netloc, "") if netloc else message
+    shown = message.replace(urlsplit(url).netloc, "")  # an empty netloc replaces nothing
     for secret in secrets:
         assert secret not in shown, (secret, message)
     for word in LEAKY_WORDS:
